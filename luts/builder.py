@@ -1,0 +1,684 @@
+"""Build a latency table by timing every op a space can run on one device.
+
+Method
+    Every distinct op (:func:`supernet.ops.enumerate_ops`) becomes a small standalone model
+    (:mod:`supernet.op_models`), is converted to the backend's format and timed. By default an
+    op is timed behind a *context* producer (a depthwise 1x1 conv on its input) and the
+    producer alone is timed too; the entry is the difference. That difference is the op as it
+    runs inside a network: the runtime's layout conversions at graph edges telescope along a
+    chain of ops, fusions with the producer happen as they do in a network, and the fixed cost
+    of one inference call cancels. The fixed cost is timed once on an empty model and stored as the
+    table's ``overhead_ms``, which the predictor adds once per network. With ``context=False``
+    the op is timed alone and ``overhead_ms`` is subtracted from it instead.
+
+Rounds
+    ``rounds`` passes time every model again; each keeps its best round (lowest median). On a
+    shared machine a neighbour's burst slows whatever is being timed at that moment; best-of
+    rounds keeps those spells out of the table (validation times whole networks the same way).
+
+Resume
+    The table is saved atomically after every op, with a sidecar (``<table>.raw``) holding the
+    raw timings and rounds done, so a killed build loses at most the op it was timing and the
+    same command run again skips what is done. More rounds or more resolutions extend a table.
+
+Conversion cache and overlap
+    Converting an op model (ONNX export, litert-torch conversion) costs far more than timing it,
+    so converted files are cached on disk by format, converter version and op key under
+    ``cache_dir()/ops/<format>/<converter>/``, shared by every device that runs that format. A
+    build converts in a separate worker *process* (``convert_workers``) that runs ahead while
+    the main process times the ops already converted. A thread would not do: the exporters are
+    Python-heavy, and every timed call would wait for the GIL. The trade-off: on a machine with
+    few cores the converter competes with the timed thread for CPU, memory bandwidth and cache,
+    which inflates and spreads the times. Workers therefore run at a lower priority (nice 5) so
+    the timed process wins a contended core; time with ``threads`` below the core count (e.g. 1
+    on 2 cores), pin with ``cpus`` (workers then avoid those CPUs), or pass
+    ``convert_workers=0`` to convert each op just before timing it (slowest, least disturbed;
+    or warm the cache first and build again). Once the cache is warm no worker is started.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import datetime as _dt
+import json
+import os
+import queue
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from profilers.base import DeviceSpec, LatencyStats, Profiler, get_profiler
+from profilers.measure import DriftMonitor, loadavg
+from supernet.errors import OfaDeployError
+from supernet.ops import OpKey, enumerate_ops
+from supernet.space import Space, get_space
+
+from .table import LatencyTable, LUTError, cache_dir as default_cache_dir, default_lut_path
+
+__all__ = ["build_lut", "export_artifact", "require_converter", "raw_path", "best_of",
+           "network_bytes", "converter_tag", "OpModelCache", "check_resolutions",
+           "METHOD_VERSION", "FORMAT_SUFFIX"]
+
+# Bump when op models or the subtraction scheme change: tables and caches of another method
+# version are not mixed with new measurements.
+METHOD_VERSION = 2
+FORMAT_SUFFIX = {"onnx": ".onnx", "tflite": ".tflite"}
+
+
+# ------------------------------------------------------------------------------ conversion
+def converter_tag(fmt: str) -> str:
+    """Identifies the converter that writes ``fmt`` files (a cache-directory name)."""
+    import torch
+
+    tv = torch.__version__.split("+")[0]
+    if fmt == "onnx":
+        tag = f"torch{tv}-ts-opset17"
+    elif fmt == "tflite":
+        from supernet.export_tflite import litert_torch_version
+
+        tag = f"litert-torch{litert_torch_version() or 'none'}-torch{tv}"
+    elif fmt == "torch":
+        tag = f"torch{tv}"
+    else:
+        raise LUTError(f"unknown artifact format {fmt!r}")
+    return re.sub(r"[^A-Za-z0-9_.\-]+", "_", f"{tag}-m{METHOD_VERSION}")
+
+
+def export_artifact(model, input_shape: Sequence[int], path: "str | os.PathLike",
+                    fmt: str) -> Path:
+    """Write ``model`` in ``fmt`` (``onnx``/``tflite``), atomically. Op models and the
+    subnets a table is validated against go through this one function, so they are
+    converted the same way."""
+    if fmt == "onnx":
+        from supernet.export import export_onnx
+
+        return export_onnx(model, input_shape, path, opset=17, dynamo=False)
+    if fmt == "tflite":
+        from supernet.export_tflite import export_tflite
+
+        return export_tflite(model, input_shape, path)
+    raise LUTError(f"cannot export to artifact format {fmt!r}")
+
+
+def require_converter(fmt: str) -> None:
+    """Fail early, in one line, when the converter for ``fmt`` is not installed (the
+    converter process would otherwise report it only after starting up)."""
+    if fmt == "tflite":
+        import importlib.util
+
+        if importlib.util.find_spec("litert_torch") is None:
+            from supernet.export_tflite import require_litert_torch
+
+            require_litert_torch()
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One model to build: ``what`` is an OpKey string, ``ctx-...`` or ``overhead``."""
+
+    what: str
+    shape: Tuple[int, ...]
+    space: str
+    seed: int
+    context: bool
+
+
+def _build_model(job: _Job):
+    from supernet.op_models import (OverheadModel, build_context_model, build_op_model)
+
+    if job.what == "overhead":
+        return OverheadModel().eval()
+    if job.what.startswith("ctx-"):
+        return build_context_model(job.shape, seed=job.seed)
+    return build_op_model(OpKey.from_string(job.what), job.space, seed=job.seed,
+                          context=job.context)
+
+
+def _convert(job: _Job, fmt: str, path: str) -> str:
+    """Worker entry point (module-level so a spawned process can import it)."""
+    if os.path.exists(path):  # another build converted it meanwhile
+        return path
+    export_artifact(_build_model(job), job.shape, path, fmt)
+    return path
+
+
+class OpModelCache:
+    """Converted op models on disk: ``root/<format>/<converter tag>/<name><suffix>``."""
+
+    def __init__(self, root: "str | os.PathLike", fmt: str):
+        self.fmt = fmt
+        self.dir = Path(root) / fmt / converter_tag(fmt)
+
+    def path(self, job: _Job) -> Path:
+        name = job.what if job.what.startswith(("ctx-", "overhead")) else (
+            job.what + ("-ctx" if job.context else ""))
+        return self.dir / f"{name}-seed{job.seed}{FORMAT_SUFFIX[self.fmt]}"
+
+    def has(self, job: _Job) -> bool:
+        return self.path(job).is_file()
+
+
+class _Workers:
+    """Persistent converter subprocesses (``luts._convert_worker``), one job each at a time.
+
+    Each worker gets its jobs from a shared queue through a feeder thread that only blocks on
+    pipes, so the timing thread never waits for the GIL behind a conversion."""
+
+    def __init__(self, n: int, cpus: Optional[List[int]], nice: int = 5):
+        self.queue: "queue.Queue" = queue.Queue()
+        self.procs: List[subprocess.Popen] = []
+        self.threads: List[threading.Thread] = []
+        root = str(Path(__file__).resolve().parent.parent)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        arg = json.dumps({"nice": nice, "cpus": cpus})
+        self.logs: List[Any] = []
+        for _ in range(n):
+            # Startup errors (before the worker silences its stderr) land in this file and are
+            # quoted if the worker dies.
+            log = tempfile.TemporaryFile(mode="w+")
+            p = subprocess.Popen([sys.executable, "-m", "luts._convert_worker", arg],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+                                 text=True, bufsize=1, env=env)
+            t = threading.Thread(target=self._feed, args=(p, log), daemon=True)
+            self.procs.append(p)
+            self.threads.append(t)
+            self.logs.append(log)
+            t.start()
+
+    def submit(self, payload: dict) -> cf.Future:
+        fut: cf.Future = cf.Future()
+        self.queue.put((fut, payload))
+        return fut
+
+    def _feed(self, p: subprocess.Popen, log) -> None:
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            fut, payload = item
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                p.stdin.write(json.dumps(payload) + "\n")
+                p.stdin.flush()
+                line = p.stdout.readline()
+            except (OSError, ValueError):
+                line = ""
+            if not line:
+                try:
+                    p.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    pass
+                why = "out of memory?"
+                with contextlib.suppress(OSError, ValueError):
+                    log.seek(0)
+                    tail = [ln for ln in log.read().splitlines() if ln.strip()]
+                    if tail:
+                        why = tail[-1][:300]
+                fut.set_exception(LUTError(
+                    f"the converter process died while converting {payload['what']} "
+                    f"(exit status {p.poll()}: {why})"))
+                self._fail_rest()
+                return
+            reply = json.loads(line)
+            if reply.get("ok"):
+                fut.set_result(reply["path"])
+            else:
+                fut.set_exception(LUTError(f"converting {payload['what']} to {payload['fmt']} "
+                                           f"failed: {reply.get('error')}"))
+
+    def _fail_rest(self) -> None:
+        """A dead worker: hand its queued jobs back to the caller as failures only if no other
+        worker is alive to take them."""
+        if any(p.poll() is None for p in self.procs):
+            return
+        while True:
+            try:
+                item = self.queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is not None and item[0].set_running_or_notify_cancel():
+                item[0].set_exception(LUTError("the converter processes died"))
+
+    def shutdown(self) -> None:
+        while True:  # drop what was never started
+            try:
+                item = self.queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                item[0].cancel()
+        for _ in self.threads:
+            self.queue.put(None)
+        for p in self.procs:
+            with contextlib.suppress(OSError, ValueError):
+                p.stdin.close()
+        # A worker still converting is stopped, not waited for: its output is written to a
+        # temporary name and renamed when complete, so the cache never holds a partial file.
+        deadline = time.monotonic() + 0.5
+        for p in self.procs:
+            try:
+                p.wait(timeout=max(0.01, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        for t in self.threads:
+            t.join(timeout=1)
+        for log in self.logs:
+            log.close()
+
+
+class _Converter:
+    """Hands out artifacts for jobs in order, converting ahead in worker processes."""
+
+    def __init__(self, fmt: str, cache: Optional[OpModelCache], workers: int,
+                 avoid_cpus: Optional[List[int]]):
+        self.fmt, self.cache, self.workers = fmt, cache, workers
+        self.avoid = avoid_cpus
+        self.pool: Optional[_Workers] = None
+        self.futures: Dict[_Job, cf.Future] = {}
+        self.converted = 0
+        self.reused = 0
+
+    def prefetch(self, jobs: Iterable[_Job]) -> None:
+        if self.fmt == "torch" or self.workers <= 0:
+            return
+        todo = [j for j in dict.fromkeys(jobs) if not self.cache.has(j) and j not in self.futures]
+        if not todo:
+            return
+        if self.pool is None:
+            cpus = None
+            if self.avoid and hasattr(os, "sched_getaffinity"):
+                cpus = sorted(os.sched_getaffinity(0) - set(self.avoid)) or None
+            self.pool = _Workers(self.workers, cpus)
+        for j in todo:
+            self.futures[j] = self.pool.submit({
+                "what": j.what, "shape": list(j.shape), "space": j.space, "seed": j.seed,
+                "context": j.context, "fmt": self.fmt, "path": str(self.cache.path(j))})
+
+    def get(self, job: _Job):
+        if self.fmt == "torch":
+            return _build_model(job)
+        path = self.cache.path(job)
+        fut = self.futures.pop(job, None)
+        if fut is not None:
+            fut.result()
+            self.converted += 1
+        elif path.is_file():
+            self.reused += 1
+        else:
+            try:
+                _convert(job, self.fmt, str(path))
+            except OfaDeployError as exc:
+                raise LUTError(f"converting {job.what} to {self.fmt} failed: {exc}") from None
+            self.converted += 1
+        return path
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+            self.pool = None
+
+
+# ------------------------------------------------------------------------------ building
+def check_resolutions(space: Space, resolutions: Optional[Sequence[int]]) -> List[int]:
+    if resolutions is None:
+        return list(space.resolutions)
+    res = sorted({int(r) for r in resolutions})
+    bad = [r for r in res if r not in space.resolutions]
+    if not res:
+        raise LUTError("no resolutions given")
+    if bad:
+        raise LUTError(f"resolution(s) {bad} not in space {space.name} "
+                       f"(resolutions: {', '.join(map(str, space.resolutions))})")
+    return res
+
+
+def _diff_stats(s: LatencyStats, base_ms: float, base_std: float = 0.0) -> LatencyStats:
+    """``s`` minus a constant baseline, clamped at zero (a cheap op's difference can dip below
+    zero by timing noise; a negative latency would only add noise to every prediction)."""
+    med = max(0.0, s.median_ms - base_ms)
+    p10 = min(med, max(0.0, s.p10_ms - base_ms))
+    p90 = max(med, s.p90_ms - base_ms)
+    return LatencyStats(med, p10, p90, float(np.hypot(s.std_ms, base_std)), s.runs)
+
+
+def best_of(old: Optional[LatencyStats], new: LatencyStats) -> LatencyStats:
+    """Keep the round with the lower median: the least-disturbed estimate (the usual
+    best-of-repeats rule of benchmarking; interference only ever adds time)."""
+    return new if old is None or new.median_ms < old.median_ms else old
+
+
+_COMPAT_KEYS = ("device", "method", "method_version", "threads", "artifact_format", "seed",
+                "runs", "warmup", "flush_bytes")
+
+# Backends that time on this host's CPU, where cache flushing between runs applies.
+HOST_BACKENDS = ("ort", "tflite")
+
+
+def _activation_elems(op: OpKey) -> int:
+    """Elements of the tensors ``op`` reads and writes (input, output, expanded middles)."""
+    hi, ho = op.h * op.h, op.out_h * op.out_h
+    n = hi * op.cin + ho * op.cout
+    if op.kind == "block":
+        n += hi * op.mid + ho * op.mid
+    elif op.kind == "first_block":
+        n += ho * op.cin
+    return n
+
+
+def network_bytes(space: Space, resolutions: Sequence[int], samples: int = 256) -> int:
+    """Bytes a typical subnet of ``space`` moves per inference (weights plus the activations
+    its ops read and write, float32; mean over seeded random subnets), clamped to between
+    twice the L2 and twice the L3 cache. That is what passes through the caches between two
+    runs of one op inside a network, so what an op model's timed runs are preceded by (see
+    :class:`~profilers.measure.CacheFlusher`): a small network leaves an op's weights in L3, a
+    large one sends them back to memory, and the op models then pay the same."""
+    from profilers.measure import cache_size
+    from supernet.arch import ArchConfig
+    from supernet.ops import arch_ops
+
+    rng = np.random.default_rng(0)
+    total = []
+    for _ in range(samples):
+        ops = arch_ops(space, ArchConfig.sample(space, rng, resolutions=resolutions))
+        total.append(4 * sum(op.params + _activation_elems(op) for op in ops))
+    lo = 2 * (cache_size(2) or 1024 ** 2)
+    hi = max(lo, 2 * (cache_size(3) or 32 * 1024 ** 2))
+    return int(min(max(float(np.mean(total)), lo), hi))
+
+
+def _check_resume(old_meta: dict, meta: dict, path: Path) -> None:
+    for k in _COMPAT_KEYS:
+        if old_meta.get(k) != meta.get(k):
+            raise LUTError(f"{path} was built with {k}={old_meta.get(k)!r}, this build has "
+                           f"{k}={meta.get(k)!r}; pass --fresh to rebuild it, or another --out")
+
+
+RAW_SCHEMA = "ofa-deploy-lut-raw"
+
+
+def raw_path(out: "str | os.PathLike") -> Path:
+    """Sidecar of a table being built: raw timings of every model and rounds done, for resume."""
+    out = Path(out)
+    return out.with_name(out.name + ".raw")
+
+
+class _Raw:
+    """Raw per-model timings (best round so far) and how many rounds each model has had."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.stats: Dict[str, LatencyStats] = {}
+        self.rounds: Dict[str, int] = {}
+        self.meta: dict = {}
+
+    @classmethod
+    def load(cls, path: Path) -> "_Raw":
+        raw = cls(path)
+        try:
+            state = json.loads(path.read_text(encoding="utf-8"))
+            if state.get("schema") != RAW_SCHEMA:
+                raise ValueError("schema")
+            raw.stats = {k: LatencyStats.from_dict(v) for k, v in state["stats"].items()}
+            raw.rounds = {k: int(v) for k, v in state["rounds"].items()}
+            raw.meta = dict(state.get("meta", {}))
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise LUTError(f"build progress file {path} is corrupt ({exc}); delete it or pass "
+                           f"--fresh") from None
+        return raw
+
+    def record(self, name: str, stats: LatencyStats, rnd: int) -> LatencyStats:
+        self.stats[name] = best_of(self.stats.get(name), stats)
+        self.rounds[name] = max(self.rounds.get(name, 0), rnd)
+        return self.stats[name]
+
+    def save(self) -> None:
+        state = {"schema": RAW_SCHEMA, "meta": self.meta,
+                 "stats": {k: v.to_dict() for k, v in sorted(self.stats.items())},
+                 "rounds": dict(sorted(self.rounds.items()))}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(state, sort_keys=True), encoding="utf-8")
+        os.replace(tmp, self.path)
+
+
+def build_lut(space: "Space | str", device: "str | DeviceSpec", *,
+              resolutions: Optional[Sequence[int]] = None,
+              out: "str | os.PathLike | None" = None, runs: int = 15, warmup: int = 5,
+              rounds: int = 10, threads: Optional[int] = None,
+              cache_dir: "str | os.PathLike | None" = None, progress: bool = True,
+              context: bool = True, convert_workers: int = 1,
+              cpus: "str | Sequence[int] | None" = None, fresh: bool = False, seed: int = 0,
+              drift_every_s: float = 30.0, drift_tolerance: float = 0.05,
+              flush_bytes: "int | str | None" = "auto", profiler: Optional[Profiler] = None,
+              on_op: Optional[Callable[[OpKey, LatencyStats], None]] = None,
+              on_warn: Optional[Callable[[str], None]] = None) -> LatencyTable:
+    """Time every op of ``space`` at ``resolutions`` on ``device`` and write the table to
+    ``out`` (default :func:`~luts.table.default_lut_path`), resuming a partial table there.
+
+    ``rounds``: passes over all ops; each model keeps its best round (lowest median), which
+    on a shared machine filters out periods when a neighbour slowed everything down. Rerunning
+    a complete build with more rounds refines it. ``cache_dir``: root of the op-model cache
+    (default ``cache_dir()/ops``). ``profiler``: an already-made profiler (tests); otherwise one
+    is made from ``device``, ``threads``, ``runs``, ``warmup`` (and ``cpus`` for host backends).
+    ``flush_bytes`` (host CPU backends): bytes written to evict caches before each timed run
+    of an op model; ``"auto"`` is :func:`network_bytes`, the weight bytes of a typical subnet,
+    so an op sees the caches as the rest of a network leaves them. ``on_op(op, entry)`` is
+    called after each op is saved; ``on_warn(message)`` receives drift warnings (default: the
+    progress bar, else a :class:`~profilers.measure.DriftWarning`). Returns the complete
+    table; its ``path`` is ``out``.
+    """
+    t_start = time.monotonic()
+    space = get_space(space)
+    res = check_resolutions(space, resolutions)
+    spec = DeviceSpec.parse(device)
+    if runs < 1 or warmup < 0 or rounds < 1:
+        raise LUTError(f"need runs >= 1, warmup >= 0 and rounds >= 1 (got runs={runs}, "
+                       f"warmup={warmup}, rounds={rounds})")
+    out = Path(out) if out is not None else default_lut_path(spec, space.name)
+    if out.is_dir():
+        raise LUTError(f"--out {out} is a directory; give a .json file path")
+    if profiler is None:
+        kw: Dict[str, Any] = dict(threads=threads, runs=runs, warmup=warmup)
+        if cpus is not None:
+            kw["cpus"] = cpus
+        if spec.backend in HOST_BACKENDS:
+            flush_bytes = network_bytes(space, res) if flush_bytes == "auto" else flush_bytes
+            kw["flush_bytes"] = flush_bytes
+        profiler = get_profiler(spec, **kw)
+    fmt = profiler.artifact_format
+    require_converter(fmt)
+    cache = OpModelCache(Path(cache_dir) if cache_dir is not None
+                         else default_cache_dir() / "ops", fmt) if fmt != "torch" else None
+    desc = profiler.describe()
+    meta = {
+        "device": str(spec), "backend": spec.backend, "artifact_format": fmt,
+        "method": "context-difference" if context else "isolated-minus-overhead",
+        "method_version": METHOD_VERSION, "threads": profiler.threads, "runs": profiler.runs,
+        "warmup": profiler.warmup, "seed": seed, "converter": converter_tag(fmt),
+        "flush_bytes": desc.get("flush_cache_bytes"),
+        "profiler": desc, "stats_note": (
+            "median/p10/p90 of the best of `rounds` rounds; entries are the op inside a "
+            "network (context model + op minus context model), so they exclude the "
+            "per-inference overhead, stored once as overhead_ms" if context else
+            "median/p10/p90 of the best of `rounds` rounds; entries are the op timed alone "
+            "minus overhead_ms"),
+    }
+
+    rawp = raw_path(out)
+    raw = _Raw(rawp)
+    prior_seconds = 0.0
+    old_meta: dict = {}
+    keep: Dict[OpKey, LatencyStats] = {}
+    keep_overhead = 0.0
+    if not fresh and out.exists():
+        old = LatencyTable.load(out)
+        if old.space.name != space.name:
+            raise LUTError(f"{out} holds a table for space {old.space.name}, not {space.name}; "
+                           f"pass --fresh to overwrite it, or another --out")
+        _check_resume(old.meta, meta, out)
+        old_meta = old.meta
+        raw = _Raw.load(rawp)
+        if not raw.stats:
+            # A table whose progress file is gone: its entries are final (nothing to refine
+            # them with); only ops it lacks get timed.
+            keep = dict(old.entries)
+            keep_overhead = old.overhead_ms
+        prior_seconds = float(old.meta.get("build_seconds", 0.0) or 0.0)
+    elif not fresh and rawp.exists():
+        raw = _Raw.load(rawp)
+        if raw.meta:
+            _check_resume(raw.meta, meta, rawp)
+    raw.meta.update({k: meta[k] for k in _COMPAT_KEYS})
+
+    from supernet.op_models import context_name, op_input_shape, overhead_input_shape
+
+    ops = enumerate_ops(space, res)
+    op_job = {op: _Job(op.to_string(), op_input_shape(op), space.name, seed, context)
+              for op in ops}
+    ctx_job = {}
+    if context:
+        for j in op_job.values():
+            ctx_job.setdefault(j.shape, _Job(context_name(j.shape), j.shape, space.name, seed,
+                                             False))
+    over_job = _Job("overhead", overhead_input_shape(), space.name, seed, False)
+
+    table = LatencyTable(space, res, meta={**old_meta, **meta})
+
+    def entry_of(op: OpKey) -> Optional[LatencyStats]:
+        if op in keep:
+            return keep[op]
+        s = raw.stats.get(op.to_string())
+        if s is None:
+            return None
+        if context:
+            c = raw.stats.get(ctx_job[op_job[op].shape].what)
+            return None if c is None else _diff_stats(s, c.median_ms, c.std_ms)
+        o = raw.stats.get("overhead")
+        return None if o is None else _diff_stats(s, o.median_ms)
+
+    def refresh() -> None:
+        table.entries = {}
+        for op in ops:
+            e = entry_of(op)
+            if e is not None:
+                table.entries[op] = e
+        table._grids.clear()
+        o = raw.stats.get("overhead")
+        if o is not None:
+            table.overhead_ms = o.median_ms
+            table.meta["overhead_stats"] = o.to_dict()
+        else:
+            table.overhead_ms = keep_overhead
+
+    def rounds_done(op: OpKey) -> int:
+        return rounds if op in keep else raw.rounds.get(op.to_string(), 0)
+
+    total = len(ops) * rounds
+    done0 = sum(min(rounds_done(op), rounds) for op in ops)
+    table.meta.update({"complete": False, "resolutions": res, "rounds": rounds,
+                       "loadavg_start": loadavg(), "host_cpu": desc.get("cpu_model"),
+                       "started": old_meta.get("started") or _now()})
+    refresh()
+
+    # Everything still to convert, in the order it will be timed.
+    jobs: List[_Job] = [over_job]
+    for op in ops:
+        if rounds_done(op) < rounds:
+            j = op_job[op]
+            if context:
+                jobs.append(ctx_job[j.shape])
+            jobs.append(j)
+    avoid = getattr(profiler, "cpus", None)
+    conv = _Converter(fmt, cache, convert_workers, avoid)
+    bar = None
+    monitor: Optional[DriftMonitor] = None
+    measured = 0
+    try:
+        conv.prefetch(jobs)
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=total, initial=done0, unit="op", dynamic_ncols=True,
+                       desc=f"profile {spec} {space.name}", file=sys.stderr)
+        pending = [op.macs for op in ops if rounds_done(op) < rounds]
+        ref_macs = float(np.percentile(pending, 75)) if pending else 0.0
+        for rnd in range(1, rounds + 1):
+            todo = [op for op in ops if rounds_done(op) < rnd]
+            if not todo:
+                continue
+            if raw.rounds.get("overhead", 0) < rnd:
+                raw.record("overhead", profiler.measure(conv.get(over_job), over_job.shape), rnd)
+            timed_ctx: set = set()
+            for op in todo:
+                j = op_job[op]
+                if context and j.shape not in timed_ctx:
+                    cj = ctx_job[j.shape]
+                    raw.record(cj.what, profiler.measure(conv.get(cj), cj.shape), rnd)
+                    timed_ctx.add(j.shape)
+                art = conv.get(j)
+                raw.record(j.what, profiler.measure(art, j.shape), rnd)
+                measured += 1
+                if monitor is None and op.macs >= ref_macs:
+                    # The drift reference: a costly op (a cheap one is too noisy for a 5%
+                    # test), timed again now and then; it must keep its time unless the
+                    # machine's speed changed.
+                    monitor = DriftMonitor(
+                        lambda a=art, sh=j.shape: profiler.measure(a, sh).median_ms,
+                        every_s=drift_every_s, tolerance=drift_tolerance,
+                        on_warn=on_warn or (bar.write if bar is not None else None))
+                elif monitor is not None:
+                    monitor.check()
+                refresh()
+                table.meta["build_seconds"] = round(prior_seconds + time.monotonic() - t_start, 3)
+                if monitor is not None:
+                    table.meta["drift"] = monitor.summary()
+                raw.save()
+                table.save(out)
+                if bar is not None:
+                    bar.update(1)
+                if on_op is not None and op in table.entries:
+                    on_op(op, table.entries[op])
+        if monitor is not None:
+            monitor.check(force=True)
+            table.meta["drift"] = monitor.summary()
+        refresh()
+        missing = table.missing_ops()
+        if missing:  # cannot happen unless enumerate_ops and the table disagree
+            raise LUTError(f"table incomplete after build: {len(missing)} ops missing, e.g. "
+                           f"{missing[0].to_string()}")
+        table.meta.update({
+            "complete": True, "finished": _now(), "loadavg_end": loadavg(), "ops": len(ops),
+            "op_timings_this_run": measured, "models_converted": conv.converted,
+            "models_from_cache": conv.reused,
+            "build_seconds": round(prior_seconds + time.monotonic() - t_start, 3),
+        })
+        raw.save()
+        table.save(out)
+        table.path = out
+        return table
+    finally:
+        if bar is not None:
+            bar.close()
+        conv.close()
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()

@@ -1,0 +1,515 @@
+"""Latency lookup tables: per-op latency of one device, and the network latencies they predict.
+
+A table maps every op shape a space can run (:class:`~supernet.ops.OpKey`) to measured
+:class:`~profilers.base.LatencyStats`. A subnet's predicted latency is the sum of the median
+latencies of its ops plus ``overhead_ms`` (what a whole network costs beyond its ops: input
+copy, interpreter dispatch), evaluated for whole populations at once through an
+:class:`~supernet.ops.OpGrid`.
+
+Most tables measure each op shape once (``entries``). Tables imported from the reference
+measured every op inside the network of each input resolution, so a shape that occurs at two
+resolutions (the head, and the last stage at 176/192 px and 208/224 px) has two measurements;
+those live in ``resolution_entries[r]`` and override ``entries`` for networks at resolution
+``r``. That keeps predictions equal to the reference's own per-resolution sums.
+
+File format (JSON, one object)::
+
+    {"schema": "ofa-deploy-lut", "schema_version": 1,
+     "meta": {"space": ..., "resolutions": [...], "device": ..., "backend": ..., ...},
+     "overhead_ms": 0.0,
+     "entries": {"<OpKey string>": {"median_ms", "p10_ms", "p90_ms", "std_ms", "runs"}},
+     "resolution_entries": {"<r>": {"<OpKey string>": {...}}},     # optional
+     "interpolated": {"<OpKey string>": {"from", "scale", ...}}}    # optional, a report
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Dict, List, Mapping, Sequence, Tuple
+
+import numpy as np
+
+from profilers.base import DeviceSpec, DeviceSpecError, LatencyStats
+from supernet.arch import ArchConfig
+from supernet.batch import ArchBatch
+from supernet.errors import OfaDeployError
+from supernet.fileio import atomic_write_text
+from supernet.ops import OpGrid, OpKey, arch_ops, enumerate_ops
+from supernet.space import Space, SpaceError, get_space, list_spaces
+
+__all__ = [
+    "SCHEMA",
+    "SCHEMA_VERSION",
+    "LUTError",
+    "LatencyTable",
+    "cache_dir",
+    "default_lut_path",
+    "BUILTIN_TABLES",
+    "builtin_table_path",
+    "load_table",
+]
+
+log = logging.getLogger("ofa_deploy.luts")
+
+SCHEMA = "ofa-deploy-lut"
+SCHEMA_VERSION = 1
+
+# Built-in target name -> file shipped inside this package (relative to luts/).
+BUILTIN_TABLES: Dict[str, str] = {
+    "note10": "luts/tables/note10-ofa-mbv3-w1.2.json",
+}
+
+
+class LUTError(OfaDeployError):
+    """A latency table that is missing, unreadable, inconsistent with its space, or lacks an op."""
+
+
+def _stats_sane(s: LatencyStats) -> str | None:
+    vals = (s.median_ms, s.p10_ms, s.p90_ms, s.std_ms)
+    if not all(math.isfinite(v) for v in vals):
+        return "non-finite value"
+    if min(vals) < 0:
+        return "negative value"
+    # a little slack: percentiles written with rounding may cross the median by an ulp
+    tol = 1e-9 * max(1.0, s.median_ms)
+    if not (s.p10_ms <= s.median_ms + tol and s.median_ms <= s.p90_ms + tol):
+        return "p10 <= median <= p90 does not hold"
+    if s.runs < 1:
+        return "runs < 1"
+    return None
+
+
+def _work(op: OpKey) -> float:
+    """Size proxy used to scale an interpolated latency: MACs, or elements read for pooling."""
+    return float(op.macs if op.macs > 0 else op.h * op.h * op.cin) or 1.0
+
+
+def _scale_stats(s: LatencyStats, f: float) -> LatencyStats:
+    return LatencyStats(s.median_ms * f, s.p10_ms * f, s.p90_ms * f, s.std_ms * f, s.runs)
+
+
+class LatencyTable:
+    """Per-op latency of one device for one space at a set of input resolutions."""
+
+    def __init__(self, space: "Space | str", resolutions: Sequence[int], *,
+                 meta: Mapping | None = None, entries: Mapping[OpKey, LatencyStats] | None = None,
+                 overhead_ms: float = 0.0,
+                 resolution_entries: Mapping[int, Mapping[OpKey, LatencyStats]] | None = None):
+        self.space: Space = get_space(space)
+        res = sorted({int(r) for r in resolutions})
+        if not res:
+            raise LUTError("a latency table needs at least one resolution")
+        self.resolutions: Tuple[int, ...] = tuple(res)
+        self.meta: dict = dict(meta or {})
+        self.entries: Dict[OpKey, LatencyStats] = dict(entries or {})
+        self.resolution_entries: Dict[int, Dict[OpKey, LatencyStats]] = {
+            int(r): dict(v) for r, v in (resolution_entries or {}).items()}
+        self.overhead_ms = float(overhead_ms)
+        # op -> {"from", "scale", "median_ms", "resolutions"}: filled by grid(interpolate=True)
+        self.interpolated: Dict[OpKey, dict] = {}
+        self._grids: Dict[bool, OpGrid] = {}
+        self.path: Path | None = None  # where it was loaded from, if anywhere
+
+    def __repr__(self) -> str:
+        return (f"LatencyTable(space={self.space.name!r}, resolutions={list(self.resolutions)}, "
+                f"entries={len(self.entries)}, device={self.meta.get('device')!r})")
+
+    # -- entries -----------------------------------------------------------------------
+    def add(self, op: OpKey, stats: LatencyStats, *, resolution: int | None = None) -> None:
+        """Record ``stats`` for ``op`` (for every resolution, or only networks at ``resolution``)."""
+        if not isinstance(op, OpKey):
+            raise TypeError(f"op must be an OpKey, got {type(op).__name__}")
+        if not isinstance(stats, LatencyStats):
+            raise TypeError(f"stats must be LatencyStats, got {type(stats).__name__}")
+        if resolution is None:
+            self.entries[op] = stats
+        else:
+            self.resolution_entries.setdefault(int(resolution), {})[op] = stats
+        self._grids.clear()
+        self.interpolated = {}  # estimates made from the old entries no longer apply
+
+    def get(self, op: OpKey, resolution: int | None = None) -> LatencyStats:
+        """The stats of ``op`` (in networks at ``resolution`` when that has its own entry)."""
+        if resolution is not None:
+            s = self.resolution_entries.get(int(resolution), {}).get(op)
+            if s is not None:
+                return s
+        s = self.entries.get(op)
+        if s is None:
+            where = f" at resolution {resolution}" if resolution is not None else ""
+            raise LUTError(f"latency table ({self._describe()}) has no entry for op "
+                           f"{op.to_string()}{where}")
+        return s
+
+    def has(self, op: OpKey, resolution: int | None = None) -> bool:
+        return op in self.entries or (
+            resolution is not None and op in self.resolution_entries.get(int(resolution), {}))
+
+    def _describe(self) -> str:
+        return f"device {self.meta.get('device', '?')}, space {self.space.name}"
+
+    def ops(self, resolution: int | None = None) -> List[OpKey]:
+        """The ops subnets run at ``resolution`` (all of the table's resolutions if None)."""
+        return enumerate_ops(self.space, self.resolutions if resolution is None else [resolution])
+
+    def missing_ops(self) -> List[OpKey]:
+        """Ops of the space at the table's resolutions that have no entry (sorted)."""
+        missing = set()
+        for r in self.resolutions:
+            missing.update(op for op in self.ops(r) if not self.has(op, r))
+        return sorted(missing)
+
+    def validate(self) -> None:
+        """Raise :class:`LUTError` unless every entry is an op of the space at the table's
+        resolutions and every stats record is sane."""
+        bad_res = [r for r in self.resolutions if r not in self.space.resolutions]
+        if bad_res:
+            raise LUTError(f"latency table resolutions {bad_res} are not resolutions of space "
+                           f"{self.space.name}")
+        known = set(self.ops())
+        for op, s in self.entries.items():
+            if op not in known:
+                raise LUTError(f"latency table entry {op.to_string()} is not an op of space "
+                               f"{self.space.name} at resolutions {list(self.resolutions)}")
+            why = _stats_sane(s)
+            if why:
+                raise LUTError(f"latency table entry {op.to_string()}: {why} ({s})")
+        for r, ents in self.resolution_entries.items():
+            if r not in self.resolutions:
+                raise LUTError(f"latency table has entries for resolution {r}, which is not one "
+                               f"of its resolutions {list(self.resolutions)}")
+            known_r = set(self.ops(r))
+            for op, s in ents.items():
+                if op not in known_r:
+                    raise LUTError(f"latency table entry {op.to_string()} (resolution {r}) is "
+                                   f"not an op of space {self.space.name} at resolution {r}")
+                why = _stats_sane(s)
+                if why:
+                    raise LUTError(f"latency table entry {op.to_string()} (resolution {r}): "
+                                   f"{why} ({s})")
+        if not math.isfinite(self.overhead_ms):
+            raise LUTError(f"latency table overhead_ms is not finite ({self.overhead_ms})")
+
+    # -- interpolation -----------------------------------------------------------------
+    def _nearest_measured(self, op: OpKey, resolution: int) -> Tuple[OpKey, LatencyStats]:
+        measured = dict(self.entries)
+        measured.update(self.resolution_entries.get(resolution, {}))
+        cands = [o for o in measured if o.kind == op.kind]
+        if not cands:
+            raise LUTError(f"latency table ({self._describe()}) has no entry for op "
+                           f"{op.to_string()} and no measured {op.kind} op to interpolate from")
+        w = _work(op)
+
+        def distance(o: OpKey):
+            structure = (o.stride != op.stride, o.act != op.act, (o.se > 0) != (op.se > 0),
+                         o.skip != op.skip, o.kernel != op.kernel, o.h != op.h)
+            return (sum(structure), abs(math.log(_work(o) / w)), o.to_string())
+
+        src = min(cands, key=distance)
+        return src, measured[src]
+
+    # -- prediction --------------------------------------------------------------------
+    def grid(self, *, interpolate: bool = False) -> OpGrid:
+        """Median latency per op laid out for vectorised scoring; ``overhead_ms`` is added to
+        the fixed part, so it counts once per network. Missing ops raise :class:`LUTError`
+        naming the op, unless ``interpolate``: then each is estimated from the nearest measured
+        op of the same kind scaled by MACs, and listed in :attr:`interpolated`."""
+        g = self._grids.get(interpolate)
+        if g is not None:
+            return g
+        if interpolate:
+            self.interpolated = {}
+        # The OpGrid value function sees ops, not resolutions, so build one grid per resolution
+        # (per-resolution entries may differ) and write its rows into the full grid.
+        full = OpGrid(self.space, lambda op: 0.0, self.resolutions)
+        for ri, r in enumerate(self.resolutions):
+            def value(op: OpKey, r=r) -> float:
+                if self.has(op, r):
+                    return self.get(op, r).median_ms
+                if not interpolate:
+                    self.get(op, r)  # raises, naming the op
+                src, s = self._nearest_measured(op, r)
+                f = _work(op) / _work(src)
+                rec = self.interpolated.setdefault(op, {
+                    "from": src.to_string(), "scale": f, "median_ms": s.median_ms * f,
+                    "resolutions": []})
+                rec["resolutions"].append(r)
+                return s.median_ms * f
+
+            sub = OpGrid(self.space, value, [r])
+            full.fixed[ri] = sub.fixed[0] + self.overhead_ms
+            full.blocks[ri] = sub.blocks[0]
+        if interpolate and self.interpolated:
+            log.warning("latency table (%s): %d op(s) missing, interpolated from the nearest "
+                        "measured op scaled by MACs", self._describe(), len(self.interpolated))
+        self._grids[interpolate] = full
+        return full
+
+    def _batch(self, archs) -> ArchBatch:
+        if isinstance(archs, ArchBatch):
+            if archs.space.name != self.space.name:
+                raise LUTError(f"archs are of space {archs.space.name}, the latency table is "
+                               f"for space {self.space.name}")
+            batch = archs
+        elif isinstance(archs, ArchConfig):
+            batch = ArchBatch.from_archs(self.space, [archs])
+        else:
+            batch = ArchBatch.from_archs(self.space, list(archs))
+        sp = self.space
+        if batch.ks.shape[1:] != (sp.num_blocks,) or batch.d.shape[1:] != (sp.num_stages,):
+            raise LUTError(f"archs do not have the shape of space {sp.name} "
+                           f"({sp.num_blocks} blocks, {sp.num_stages} stages)")
+        act = batch.active
+        k_ok, e_ok = np.isin(batch.ks, sp.kernel_choices), np.isin(batch.e, sp.expand_choices)
+        ok = ((k_ok & e_ok) | ~act).all(axis=1) & np.isin(batch.d, sp.depth_choices).all(axis=1)
+        if not ok.all():
+            i = int(np.argmin(ok))
+            raise LUTError(f"arch #{i} has kernel/expand/depth values outside space {sp.name}")
+        if not (k_ok.all() and e_ok.all()):
+            # skipped blocks may hold anything, but the grid indexes them: make them valid
+            batch = batch.canonical()
+        return batch
+
+    def predict(self, archs, *, interpolate: bool = False) -> np.ndarray:
+        """Predicted latency (ms) of each arch: an :class:`ArchBatch` or a list of
+        :class:`ArchConfig`. Shape ``(N,)``."""
+        batch = self._batch(archs)
+        g = self.grid(interpolate=interpolate)
+        bad = ~np.isin(batch.r, self.resolutions)
+        if bad.any():
+            raise LUTError(f"resolution(s) {sorted(set(batch.r[bad].tolist()))} not in the "
+                           f"latency table ({self._describe()}; resolutions "
+                           f"{list(self.resolutions)})")
+        return g.evaluate(batch)
+
+    def predict_one(self, arch: ArchConfig, *, interpolate: bool = False) -> float:
+        return float(self.predict([arch], interpolate=interpolate)[0])
+
+    def breakdown(self, arch: ArchConfig) -> List[Tuple[OpKey, float]]:
+        """(op, median ms) of each op of ``arch`` in execution order (overhead not included)."""
+        return [(op, self.get(op, arch.r).median_ms) for op in arch_ops(self.space, arch)]
+
+    def min_max(self, resolutions: Sequence[int] | None = None, *,
+                interpolate: bool = False) -> Tuple[float, float]:
+        """Exact smallest and largest predicted latency over every subnet at ``resolutions``
+        (default: all of the table's)."""
+        rs = self.resolutions if resolutions is None else [int(r) for r in resolutions]
+        bad = [r for r in rs if r not in self.resolutions]
+        if bad:
+            raise LUTError(f"resolution(s) {bad} not in the latency table (resolutions "
+                           f"{list(self.resolutions)})")
+        return self.grid(interpolate=interpolate).min_max(rs)
+
+    # -- (de)serialisation ---------------------------------------------------------------
+    def get_state(self) -> dict:
+        meta = dict(self.meta)
+        meta["space"] = self.space.name
+        meta["resolutions"] = list(self.resolutions)
+        state = {
+            "schema": SCHEMA,
+            "schema_version": SCHEMA_VERSION,
+            "meta": meta,
+            "overhead_ms": self.overhead_ms,
+            "entries": {op.to_string(): s.to_dict() for op, s in sorted(self.entries.items())},
+        }
+        if any(self.resolution_entries.values()):
+            state["resolution_entries"] = {
+                str(r): {op.to_string(): s.to_dict() for op, s in sorted(ents.items())}
+                for r, ents in sorted(self.resolution_entries.items()) if ents}
+        if self.interpolated:
+            state["interpolated"] = {op.to_string(): dict(v)
+                                     for op, v in sorted(self.interpolated.items())}
+        return state
+
+    @classmethod
+    def from_state(cls, state: Mapping, *, source: str = "latency table") -> "LatencyTable":
+        if not isinstance(state, Mapping):
+            raise LUTError(f"{source}: expected a JSON object, got {type(state).__name__}")
+        if state.get("schema") != SCHEMA:
+            raise LUTError(f"{source}: not an ofa-deploy latency table (schema "
+                           f"{state.get('schema')!r}, expected {SCHEMA!r})")
+        ver = state.get("schema_version")
+        if not isinstance(ver, int) or isinstance(ver, bool) or ver < 1:
+            raise LUTError(f"{source}: bad schema_version {ver!r}")
+        if ver > SCHEMA_VERSION:
+            raise LUTError(f"{source}: written by a newer ofa-deploy (schema version {ver}, this "
+                           f"version reads up to {SCHEMA_VERSION}); upgrade ofa-deploy")
+        meta = state.get("meta")
+        if not isinstance(meta, Mapping):
+            raise LUTError(f"{source}: missing 'meta' object")
+        if "space" not in meta:
+            raise LUTError(f"{source}: meta has no 'space'")
+        try:
+            space = get_space(str(meta["space"]))
+        except SpaceError as exc:
+            raise LUTError(f"{source}: {exc}") from None
+        res = meta.get("resolutions")
+        if not isinstance(res, list) or not res or not all(
+                isinstance(r, int) and not isinstance(r, bool) for r in res):
+            raise LUTError(f"{source}: meta 'resolutions' must be a non-empty list of integers")
+
+        def read_entries(obj, where: str) -> Dict[OpKey, LatencyStats]:
+            if not isinstance(obj, Mapping):
+                raise LUTError(f"{source}: {where} must be an object")
+            out = {}
+            for k, v in obj.items():
+                try:
+                    op = OpKey.from_string(k)
+                except ValueError as exc:
+                    raise LUTError(f"{source}: {where}: {exc}") from None
+                if not isinstance(v, Mapping):
+                    raise LUTError(f"{source}: {where}: entry {k} must be an object")
+                try:
+                    out[op] = LatencyStats.from_dict(v)
+                except ValueError as exc:
+                    raise LUTError(f"{source}: {where}: entry {k}: {exc}") from None
+            return out
+
+        entries = read_entries(state.get("entries", None), "entries")
+        rents = {}
+        re_obj = state.get("resolution_entries", {})
+        if not isinstance(re_obj, Mapping):
+            raise LUTError(f"{source}: resolution_entries must be an object")
+        for r, obj in re_obj.items():
+            if not str(r).isdigit():
+                raise LUTError(f"{source}: resolution_entries key {r!r} is not a resolution")
+            rents[int(r)] = read_entries(obj, f"resolution_entries[{r}]")
+        try:
+            overhead = float(state.get("overhead_ms", 0.0))
+        except (TypeError, ValueError):
+            raise LUTError(f"{source}: overhead_ms must be a number") from None
+        t = cls(space, res, meta=meta, entries=entries, overhead_ms=overhead,
+                resolution_entries=rents)
+        interp = state.get("interpolated", {})
+        if isinstance(interp, Mapping):
+            for k, v in interp.items():
+                try:
+                    t.interpolated[OpKey.from_string(k)] = dict(v)
+                except (ValueError, TypeError):
+                    raise LUTError(f"{source}: bad 'interpolated' record {k!r}") from None
+        t.validate()
+        return t
+
+    @classmethod
+    def load(cls, path: "str | os.PathLike") -> "LatencyTable":
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise LUTError(f"latency table not found: {p}") from None
+        except IsADirectoryError:
+            raise LUTError(f"latency table path is a directory: {p}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise LUTError(f"cannot read latency table {p}: {exc}") from None
+        try:
+            state = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise LUTError(f"latency table {p} is corrupt (not valid JSON: {exc})") from None
+        t = cls.from_state(state, source=f"latency table {p}")
+        t.path = p
+        return t
+
+    def to_json(self) -> str:
+        return json.dumps(self.get_state(), indent=1, sort_keys=True, allow_nan=False) + "\n"
+
+    def save(self, path: "str | os.PathLike") -> Path:
+        """Write atomically (temp file + rename): a crash never leaves a half-written table."""
+        return atomic_write_text(path, self.to_json())
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, LatencyTable):
+            return NotImplemented
+        return self.get_state() == other.get_state()
+
+    __hash__ = None  # mutable
+
+
+# -- where tables live -------------------------------------------------------------------------
+def cache_dir() -> Path:
+    """``$OFA_DEPLOY_HOME``, else the platform's user cache directory + ``ofa-deploy``."""
+    env = os.environ.get("OFA_DEPLOY_HOME")
+    if env:
+        return Path(env).expanduser()
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Caches" / "ofa-deploy"
+    if os.name == "nt":
+        base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
+        return Path(base) / "ofa-deploy" / "Cache"
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "ofa-deploy"
+
+
+def _device_slug(device: "DeviceSpec | str") -> str:
+    if isinstance(device, DeviceSpec):
+        return device.slug
+    try:
+        return DeviceSpec.parse(device).slug
+    except DeviceSpecError:
+        return re.sub(r"[^A-Za-z0-9_.\-]+", "-", str(device)).strip("-") or "device"
+
+
+def default_lut_path(device: "DeviceSpec | str", space_name: "str | Space") -> Path:
+    """``cache_dir()/luts/<device slug>/<space>.json``."""
+    name = space_name.name if isinstance(space_name, Space) else str(space_name)
+    return cache_dir() / "luts" / _device_slug(device) / f"{name}.json"
+
+
+def builtin_table_path(name: str) -> Path:
+    try:
+        rel = BUILTIN_TABLES[name]
+    except KeyError:
+        raise LUTError(f"unknown built-in latency table {name!r}; built-in: "
+                       f"{', '.join(BUILTIN_TABLES)}") from None
+    # entries are written relative to the project root (luts/...); this module is luts/table.py
+    return Path(__file__).resolve().parent.parent / rel
+
+
+def _check_space(t: LatencyTable, space) -> LatencyTable:
+    if space is not None:
+        want = get_space(space).name
+        if t.space.name != want:
+            raise LUTError(f"latency table ({t._describe()}) is for space {t.space.name}, not "
+                           f"{want}")
+    return t
+
+
+def load_table(name_or_path: "str | os.PathLike", *, space: "Space | str | None" = None
+               ) -> LatencyTable:
+    """A built-in target name (``note10``), a table file, or a device spec (``cpu``,
+    ``adb:pixel``...) whose profiled table exists at :func:`default_lut_path`."""
+    text = str(name_or_path)
+    if text in BUILTIN_TABLES:
+        return _check_space(LatencyTable.load(builtin_table_path(text)), space)
+    p = Path(text).expanduser()
+    if p.is_file() or p.is_dir():
+        return _check_space(LatencyTable.load(p), space)
+    if text.endswith(".json") or os.sep in text or "/" in text:
+        raise LUTError(f"latency table not found: {text}")
+    try:
+        dev = DeviceSpec.parse(text)
+    except DeviceSpecError:
+        raise LUTError(f"{text!r} is not a latency table file, a built-in table "
+                       f"({', '.join(BUILTIN_TABLES)}) or a device spec (cpu, tflite:cpu, "
+                       f"cuda:0, adb:NAME)") from None
+    if space is not None:
+        sp = get_space(space).name
+        path = default_lut_path(dev, sp)
+        if path.is_file():
+            return _check_space(LatencyTable.load(path), sp)
+        raise LUTError(f"no latency table for device {dev} and space {sp} (looked for {path}); "
+                       f"build it with `ofa-deploy profile --device {dev} --space {sp}`")
+    found = [(n, default_lut_path(dev, n)) for n in list_spaces()]
+    found = [(n, pth) for n, pth in found if pth.is_file()]
+    if len(found) == 1:
+        return LatencyTable.load(found[0][1])
+    if not found:
+        raise LUTError(f"no latency table for device {dev} (looked in "
+                       f"{cache_dir() / 'luts' / dev.slug}); build one with "
+                       f"`ofa-deploy profile --device {dev} --space SPACE`")
+    raise LUTError(f"device {dev} has tables for several spaces "
+                   f"({', '.join(n for n, _ in found)}); choose one with --space")

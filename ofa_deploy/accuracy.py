@@ -1,0 +1,628 @@
+"""Accuracy predictors: an arch encoding and a small MLP that maps it to top-1 accuracy.
+
+Two file formats are read:
+
+* ``ofa-reference``: the OFA authors' ImageNet predictor (``acc_predictor.pth``), a plain
+  ``state_dict`` of an MLP whose Linear layers sit at even indices (``0.*``, ``2.*``, ...).
+  Its 128-d input is, in order: per elastic block a one-hot of the kernel over (3, 5, 7),
+  then per block a one-hot of the expand ratio over (3, 4, 6) (skipped blocks all zero in
+  both), then a one-hot of the resolution over 8 bins, ``bin = (r - 112) // 16``. Output is
+  top-1 accuracy as a fraction.
+* ``ofa-deploy``: our own ``torch.save`` dict with ``format``/``version``, the encoder's state,
+  the hidden sizes, the target normalisation and the weights.
+
+Both are served by :class:`AccuracyPredictor`, whose :meth:`~AccuracyPredictor.predict`
+scores a whole :class:`~supernet.batch.ArchBatch` with one forward pass.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Dict, List, Mapping, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from supernet.arch import ArchConfig
+from supernet.batch import ArchBatch
+from supernet.errors import OfaDeployError
+from supernet.space import Space, get_space
+
+__all__ = [
+    "PredictorError",
+    "ArchEncoder",
+    "AccuracyPredictor",
+    "FitReport",
+    "kendall_tau",
+    "load_predictor",
+    "bundled_predictor_path",
+    "PREDICTOR_FORMAT",
+    "PREDICTOR_VERSION",
+    "FORMATS",
+]
+
+PREDICTOR_FORMAT = "ofa-deploy-accuracy-predictor"
+PREDICTOR_VERSION = 1
+FORMATS = ("auto", "ofa-reference", "ofa-deploy")
+
+# The reference predictor's resolution encoding: 8 bins of 16 px starting at 112.
+REFERENCE_RES_BINS = (112, 16, 8)
+# Predictors shipped with the package, by space name (file names under ofa_deploy/assets/).
+BUNDLED_PREDICTORS: Dict[str, str] = {
+    "ofa-mbv3-w1.2": "ofa-mbv3-w1.2-imagenet-acc-predictor.pth",
+    # trained on the bundled default supernet (see assets/README.md for the exact commands)
+    "ofa-mbv3-tiny": "ofa-mbv3-tiny-fmnist-acc-predictor.pt",
+}
+
+
+class PredictorError(OfaDeployError):
+    """A predictor file that is missing, unreadable, or does not fit the space."""
+
+
+# -- encoding --------------------------------------------------------------------------------
+def _lookup_table(choices: Sequence[int]) -> np.ndarray:
+    lut = np.full(max(choices) + 1, -1, dtype=np.int64)
+    lut[list(choices)] = np.arange(len(choices))
+    return lut
+
+
+def _lookup(lut: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Index of each value in the choices behind ``lut``; -1 for values that are not choices."""
+    inside = (values >= 0) & (values < len(lut))
+    return np.where(inside, lut[np.clip(values, 0, len(lut) - 1)], -1)
+
+
+@dataclass(frozen=True)
+class ArchEncoder:
+    """One-hot arch features: kernel per block, then expand per block, then resolution.
+
+    Blocks skipped by their stage depth are all zero. The resolution is one-hot either over
+    an explicit list (``resolutions``) or, for the reference layout, over ``count`` bins of
+    ``step`` px from ``start`` (``resolution_bins``); exactly one of the two is set.
+    """
+
+    num_stages: int
+    max_depth: int
+    kernel_choices: Tuple[int, ...]
+    expand_choices: Tuple[int, ...]
+    resolutions: Tuple[int, ...] = ()
+    resolution_bins: Tuple[int, int, int] | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("kernel_choices", "expand_choices", "resolutions"):
+            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+        if self.resolution_bins is not None:
+            object.__setattr__(self, "resolution_bins",
+                               tuple(int(v) for v in self.resolution_bins))
+        if (self.resolution_bins is None) == (not self.resolutions):
+            raise ValueError("an ArchEncoder needs exactly one of resolutions or resolution_bins")
+        if self.resolution_bins is not None:
+            start, step, count = self.resolution_bins
+            if step < 1 or count < 1:
+                raise ValueError(f"bad resolution bins {self.resolution_bins}")
+        for name in ("kernel_choices", "expand_choices", "resolutions"):
+            vals = getattr(self, name)
+            if list(vals) != sorted(set(vals)) or any(v < 0 for v in vals):
+                raise ValueError(f"ArchEncoder {name} must be sorted, unique, non-negative")
+        if not self.kernel_choices or not self.expand_choices:
+            raise ValueError("ArchEncoder needs kernel and expand choices")
+        object.__setattr__(self, "_k_lut", _lookup_table(self.kernel_choices))
+        object.__setattr__(self, "_e_lut", _lookup_table(self.expand_choices))
+        if self.resolutions:
+            object.__setattr__(self, "_r_lut", _lookup_table(self.resolutions))
+
+    # -- construction ------------------------------------------------------------------
+    @classmethod
+    def for_space(cls, space: "Space | str", resolutions: Sequence[int] | None = None
+                  ) -> "ArchEncoder":
+        """Our layout: resolution one-hot over ``resolutions`` (default: the space's)."""
+        space = get_space(space)
+        res = tuple(sorted(set(space.resolutions if resolutions is None else resolutions)))
+        return cls(space.num_stages, space.max_depth, space.kernel_choices,
+                   space.expand_choices, resolutions=res)
+
+    @classmethod
+    def reference(cls) -> "ArchEncoder":
+        """The OFA ImageNet predictor's 128-d layout (5 stages x 4 blocks, k357, e346, 8 bins)."""
+        return cls(5, 4, (3, 5, 7), (3, 4, 6), resolution_bins=REFERENCE_RES_BINS)
+
+    # -- facts -------------------------------------------------------------------------
+    @property
+    def num_blocks(self) -> int:
+        return self.num_stages * self.max_depth
+
+    @property
+    def num_resolution_slots(self) -> int:
+        return self.resolution_bins[2] if self.resolution_bins else len(self.resolutions)
+
+    @property
+    def dim(self) -> int:
+        nb = self.num_blocks
+        return nb * len(self.kernel_choices) + nb * len(self.expand_choices) + \
+            self.num_resolution_slots
+
+    def resolution_slot(self, r) -> np.ndarray:
+        """Slot of each resolution in the one-hot; -1 where it cannot be encoded."""
+        r = np.asarray(r, dtype=np.int64)
+        if self.resolution_bins is not None:
+            start, step, count = self.resolution_bins
+            off = r - start
+            slot = np.where(off >= 0, off // step, -1)
+            return np.where(slot < count, slot, -1)
+        return _lookup(self._r_lut, r)
+
+    def unsupported_resolutions(self, resolutions: Sequence[int]) -> List[int]:
+        res = np.asarray(list(resolutions), dtype=np.int64)
+        return sorted(set(res[self.resolution_slot(res) < 0].tolist()))
+
+    def describe_resolutions(self) -> str:
+        if self.resolution_bins is not None:
+            start, step, count = self.resolution_bins
+            return f"{start}..{start + step * count - 1} in {count} bins of {step} px"
+        return ", ".join(map(str, self.resolutions))
+
+    def check_space(self, space: "Space | str") -> None:
+        """Raise :class:`PredictorError` unless ``space``'s archs have this encoding's shape."""
+        space = get_space(space)
+        want = (self.num_stages, self.max_depth, self.kernel_choices, self.expand_choices)
+        have = (space.num_stages, space.max_depth, tuple(space.kernel_choices),
+                tuple(space.expand_choices))
+        if want != have:
+            raise PredictorError(
+                f"predictor encodes {self.num_stages} stages x {self.max_depth} blocks, kernels "
+                f"{list(self.kernel_choices)}, expands {list(self.expand_choices)}; space "
+                f"{space.name} has {have[0]} x {have[1]}, {list(have[2])}, {list(have[3])}")
+
+    # -- encoding ----------------------------------------------------------------------
+    def encode(self, batch: ArchBatch) -> np.ndarray:
+        """Features of every arch in ``batch`` as a float32 array ``(N, dim)``."""
+        ks, e, d, r = batch.ks, batch.e, batch.d, batch.r
+        n, nb = ks.shape
+        if nb != self.num_blocks or d.shape[1] != self.num_stages:
+            raise PredictorError(f"archs have {nb} blocks and {d.shape[1]} stages; the "
+                                 f"predictor encodes {self.num_blocks} blocks and "
+                                 f"{self.num_stages} stages")
+        pos = np.tile(np.arange(self.max_depth), self.num_stages)
+        active = pos[None, :] < np.repeat(d, self.max_depth, axis=1)
+        ki, ei = _lookup(self._k_lut, ks), _lookup(self._e_lut, e)
+        bad = active & ((ki < 0) | (ei < 0))
+        if bad.any():
+            row, blk = (int(v[0]) for v in np.nonzero(bad))
+            raise PredictorError(
+                f"arch #{row} block {blk}: kernel {int(ks[row, blk])} / expand "
+                f"{int(e[row, blk])} not among the predictor's choices "
+                f"{list(self.kernel_choices)} / {list(self.expand_choices)}")
+        slot = self.resolution_slot(r)
+        if (slot < 0).any():
+            bad_r = sorted(set(r[slot < 0].tolist()))
+            raise PredictorError(f"resolution(s) {bad_r} cannot be encoded by the predictor "
+                                 f"(it covers {self.describe_resolutions()})")
+        return self.encode_indices(ki, ei, active, slot)
+
+    def encode_indices(self, ki: np.ndarray, ei: np.ndarray, active: np.ndarray,
+                       slot: np.ndarray) -> np.ndarray:
+        """Features from choice indices (``ki``/``ei`` (N, blocks) into the kernel/expand
+        choices, ``active`` (N, blocks), ``slot`` (N,) from :meth:`resolution_slot`); the fast
+        path for callers that already hold indices, such as the search."""
+        n, nb = ki.shape
+        nk, ne = len(self.kernel_choices), len(self.expand_choices)
+        x = np.zeros((n, self.dim), dtype=np.float32)
+        rows = np.arange(n)[:, None]
+        blocks = np.arange(nb)[None, :]
+        # skipped blocks may hold any value (the reference writes 0): point them at a valid
+        # column and write 0 there, so they can never clear a neighbour's one
+        x[rows, blocks * nk + np.where(active, ki, 0)] = active
+        x[rows, nb * nk + blocks * ne + np.where(active, ei, 0)] = active
+        x[rows[:, 0], nb * (nk + ne) + slot] = 1.0
+        return x
+
+    def encode_archs(self, space: "Space | str", archs: Sequence[ArchConfig]) -> np.ndarray:
+        return self.encode(ArchBatch.from_archs(space, list(archs)))
+
+    # -- state -------------------------------------------------------------------------
+    def get_state(self) -> dict:
+        return {
+            "num_stages": self.num_stages,
+            "max_depth": self.max_depth,
+            "kernel_choices": list(self.kernel_choices),
+            "expand_choices": list(self.expand_choices),
+            "resolutions": list(self.resolutions),
+            "resolution_bins": None if self.resolution_bins is None else
+            list(self.resolution_bins),
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping) -> "ArchEncoder":
+        known = {"num_stages", "max_depth", "kernel_choices", "expand_choices", "resolutions",
+                 "resolution_bins"}
+        unknown = sorted(set(state) - known)
+        if unknown:
+            raise PredictorError(f"unknown encoder fields: {', '.join(unknown)}")
+        try:
+            bins = state.get("resolution_bins")
+            return cls(int(state["num_stages"]), int(state["max_depth"]),
+                       tuple(state["kernel_choices"]), tuple(state["expand_choices"]),
+                       resolutions=tuple(state.get("resolutions") or ()),
+                       resolution_bins=None if bins is None else tuple(bins))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PredictorError(f"bad encoder state: {exc}") from None
+
+
+# -- metrics ---------------------------------------------------------------------------------
+def kendall_tau(a, b) -> float:
+    """Kendall's tau-b between two score vectors (ties handled); NaN if either is constant."""
+    a = np.asarray(a, dtype=np.float64).ravel()
+    b = np.asarray(b, dtype=np.float64).ravel()
+    if a.shape != b.shape:
+        raise ValueError("kendall_tau needs two vectors of the same length")
+    n = a.size
+    conc = ties_a = ties_b = 0.0
+    chunk = max(1, 2_000_000 // max(n, 1))  # bound the pairwise block to ~2M entries
+    for s in range(0, n, chunk):
+        sa = np.sign(a[s:s + chunk, None] - a[None, :])
+        sb = np.sign(b[s:s + chunk, None] - b[None, :])
+        conc += float((sa * sb).sum())
+        ties_a += float((sa == 0).sum())
+        ties_b += float((sb == 0).sum())
+    pairs = n * (n - 1)  # ordered pairs; the diagonal counted n ties in each
+    na, nb = pairs - (ties_a - n), pairs - (ties_b - n)
+    if na <= 0 or nb <= 0:
+        return float("nan")
+    return conc / math.sqrt(na * nb)
+
+
+@dataclass
+class FitReport:
+    """What :meth:`AccuracyPredictor.fit` achieved (RMSE in accuracy units, i.e. fractions)."""
+
+    n_train: int
+    n_val: int
+    epochs: int
+    best_epoch: int
+    train_rmse: float
+    val_rmse: float
+    kendall_tau: float
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# -- the predictor ---------------------------------------------------------------------------
+def _mlp(in_dim: int, hidden: Sequence[int]) -> nn.Sequential:
+    """Linear/ReLU stack ending in one output; Linear layers at even indices, like the
+    reference, so its state_dict keys load unchanged."""
+    layers: List[nn.Module] = []
+    prev = in_dim
+    for h in hidden:
+        layers += [nn.Linear(prev, h), nn.ReLU()]
+        prev = h
+    layers.append(nn.Linear(prev, 1))
+    return nn.Sequential(*layers)
+
+
+def _init_mlp(model: nn.Sequential, seed: int) -> None:
+    """PyTorch's default Linear init bounds, drawn from a seeded generator instead of the
+    global RNG so that two fits with one seed start from the same weights."""
+    g = torch.Generator().manual_seed(int(seed))
+    with torch.no_grad():
+        for m in model:
+            if isinstance(m, nn.Linear):
+                bound = 1.0 / math.sqrt(m.in_features)
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) * 2 * bound - bound)
+                m.bias.copy_(torch.rand(m.bias.shape, generator=g) * 2 * bound - bound)
+
+
+def _as_batch(space: Space | None, archs) -> ArchBatch:
+    if isinstance(archs, ArchBatch):
+        return archs
+    archs = list(archs)
+    if space is None:
+        raise PredictorError("this predictor has no space; pass an ArchBatch")
+    return ArchBatch.from_archs(space, archs)
+
+
+class AccuracyPredictor:
+    """An MLP over :class:`ArchEncoder` features predicting top-1 accuracy (a fraction).
+
+    The network's raw output is de-normalised as ``out * target_std + target_mean``; the
+    reference predictor has ``(0, 1)``, our trained ones the statistics of their training set.
+    """
+
+    def __init__(self, encoder: ArchEncoder, hidden: Sequence[int] = (400, 400, 400), *,
+                 space: "Space | str | None" = None, target_mean: float = 0.0,
+                 target_std: float = 1.0, seed: int = 0, source_format: str = "ofa-deploy",
+                 metadata: Mapping | None = None):
+        self.encoder = encoder
+        self.hidden = tuple(int(h) for h in hidden)
+        if not self.hidden or min(self.hidden) < 1:
+            raise PredictorError(f"hidden sizes must be positive integers, got {hidden!r}")
+        self.space: Space | None = None if space is None else get_space(space)
+        if self.space is not None:
+            encoder.check_space(self.space)
+            if len(encoder.unsupported_resolutions(self.space.resolutions)) == \
+                    len(self.space.resolutions):
+                raise PredictorError(
+                    f"the predictor cannot encode any resolution of space {self.space.name} "
+                    f"(it covers {encoder.describe_resolutions()})")
+        self.target_mean = float(target_mean)
+        self.target_std = float(target_std)
+        self.source_format = source_format
+        self.metadata: dict = dict(metadata or {})
+        self.model = _mlp(encoder.dim, self.hidden)
+        _init_mlp(self.model, seed)
+        self.model.eval()
+
+    def __repr__(self) -> str:
+        return (f"AccuracyPredictor(dim={self.encoder.dim}, hidden={list(self.hidden)}, "
+                f"space={getattr(self.space, 'name', None)!r}, format={self.source_format!r})")
+
+    # -- prediction --------------------------------------------------------------------
+    def supported_resolutions(self, candidates: Sequence[int]) -> Tuple[int, ...]:
+        bad = set(self.encoder.unsupported_resolutions(candidates))
+        return tuple(r for r in candidates if r not in bad)
+
+    def predict_features(self, x: np.ndarray) -> np.ndarray:
+        """Predicted accuracy for already-encoded features ``(N, encoder.dim)`` float32."""
+        # the layers are called functionally: on the ~100-row batches of a search, module
+        # dispatch costs as much as the arithmetic
+        layers = [m for m in self.model if isinstance(m, nn.Linear)]
+        with torch.inference_mode():
+            h = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+            for lin in layers[:-1]:
+                h = torch.relu_(nn.functional.linear(h, lin.weight, lin.bias))
+            out = nn.functional.linear(h, layers[-1].weight, layers[-1].bias).reshape(-1)
+        return out.numpy().astype(np.float64) * self.target_std + self.target_mean
+
+    def predict(self, archs) -> np.ndarray:
+        """Predicted accuracy (fraction) of each arch: an :class:`ArchBatch` (one forward pass
+        for all rows) or a list of :class:`ArchConfig`. Shape ``(N,)``."""
+        batch = _as_batch(self.space, archs)
+        if len(batch) == 0:
+            return np.zeros(0)
+        return self.predict_features(self.encoder.encode(batch))
+
+    __call__ = predict
+
+    def predict_one(self, arch: ArchConfig) -> float:
+        return float(self.predict([arch])[0])
+
+    # -- training ----------------------------------------------------------------------
+    def fit(self, archs, accs, *, epochs: int = 200, lr: float = 1e-3, batch_size: int = 256,
+            weight_decay: float = 0.0, seed: int = 0, val_fraction: float = 0.2) -> FitReport:
+        """Train on (arch, accuracy) pairs with Adam on the MSE of normalised targets.
+
+        A ``val_fraction`` of the data (chosen with ``seed``) is held out; the weights of the
+        epoch with the lowest held-out RMSE are kept, and the report gives that RMSE and the
+        Kendall tau of the held-out ranking (the quantity a search relies on)."""
+        t0 = time.perf_counter()
+        batch = _as_batch(self.space, archs)
+        y = np.asarray(accs, dtype=np.float64).ravel()
+        n = len(batch)
+        if y.size != n:
+            raise PredictorError(f"{n} archs but {y.size} accuracies")
+        if not np.isfinite(y).all():
+            raise PredictorError("accuracies must be finite numbers")
+        if not (isinstance(epochs, int) and epochs >= 1):
+            raise PredictorError(f"epochs must be a positive integer, got {epochs!r}")
+        if not (lr > 0 and math.isfinite(lr)):
+            raise PredictorError(f"lr must be positive, got {lr!r}")
+        if not 0.0 <= val_fraction < 1.0:
+            raise PredictorError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+        n_val = int(round(n * val_fraction))
+        if n - n_val < 2:
+            raise PredictorError(f"need at least 2 training samples, got {n - n_val}")
+        x = self.encoder.encode(batch)
+        order = np.random.default_rng(seed).permutation(n)
+        val_idx, tr_idx = order[:n_val], order[n_val:]
+        mean = float(y[tr_idx].mean())
+        std = float(y[tr_idx].std()) or 1.0
+        xt = torch.from_numpy(x[tr_idx])
+        yt = torch.from_numpy(((y[tr_idx] - mean) / std).astype(np.float32))
+        xv = torch.from_numpy(x[val_idx])
+
+        _init_mlp(self.model, seed)
+        self.target_mean, self.target_std = mean, std
+        opt = torch.optim.Adam(self.model.parameters(), lr=lr, weight_decay=weight_decay)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+        g = torch.Generator().manual_seed(int(seed))
+        bs = max(1, int(batch_size))
+        best = (math.inf, 0, None)
+        for ep in range(1, epochs + 1):
+            self.model.train()
+            perm = torch.randperm(len(tr_idx), generator=g)
+            for s in range(0, len(tr_idx), bs):
+                idx = perm[s:s + bs]
+                loss = nn.functional.mse_loss(self.model(xt[idx]).reshape(-1), yt[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            sched.step()
+            self.model.eval()
+            if n_val:
+                with torch.no_grad():
+                    pv = self.model(xv).reshape(-1).numpy() * std + mean
+                rmse = float(np.sqrt(np.mean((pv - y[val_idx]) ** 2)))
+                if rmse < best[0]:
+                    best = (rmse, ep, {k: v.clone() for k, v in self.model.state_dict().items()})
+        if best[2] is not None:
+            self.model.load_state_dict(best[2])
+        self.model.eval()
+        pt = self.predict_features(x[tr_idx])
+        train_rmse = float(np.sqrt(np.mean((pt - y[tr_idx]) ** 2)))
+        if n_val:
+            pv = self.predict_features(x[val_idx])
+            val_rmse = float(np.sqrt(np.mean((pv - y[val_idx]) ** 2)))
+            tau = kendall_tau(pv, y[val_idx]) if n_val > 1 else float("nan")
+        else:
+            val_rmse, tau = float("nan"), float("nan")
+        self.source_format = "ofa-deploy"
+        return FitReport(n_train=len(tr_idx), n_val=n_val, epochs=epochs,
+                         best_epoch=best[1] if n_val else epochs, train_rmse=train_rmse,
+                         val_rmse=val_rmse, kendall_tau=tau, seconds=time.perf_counter() - t0)
+
+    # -- state -------------------------------------------------------------------------
+    def get_state(self) -> dict:
+        """Everything needed to rebuild this predictor (loads with ``weights_only=True``)."""
+        return {
+            "format": PREDICTOR_FORMAT,
+            "version": PREDICTOR_VERSION,
+            "space": None if self.space is None else self.space.name,
+            "encoder": self.encoder.get_state(),
+            "hidden": list(self.hidden),
+            "target_mean": self.target_mean,
+            "target_std": self.target_std,
+            "metadata": dict(self.metadata),
+            "state_dict": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping, space: "Space | str | None" = None,
+                   *, source: str = "predictor") -> "AccuracyPredictor":
+        if not isinstance(state, Mapping) or state.get("format") != PREDICTOR_FORMAT:
+            raise PredictorError(f"{source} is not an ofa-deploy predictor")
+        ver = state.get("version")
+        if not isinstance(ver, int) or ver < 1:
+            raise PredictorError(f"{source}: bad version {ver!r}")
+        if ver > PREDICTOR_VERSION:
+            raise PredictorError(f"{source} was written by a newer ofa-deploy (version {ver}; "
+                                 f"this one reads up to {PREDICTOR_VERSION})")
+        encoder = ArchEncoder.from_state(state.get("encoder") or {})
+        trained = state.get("space")
+        if space is not None and trained is not None and get_space(space).name != trained:
+            raise PredictorError(f"{source} was trained for space {trained}, not "
+                                 f"{get_space(space).name}")
+        use_space = space if space is not None else trained
+        try:
+            pred = cls(encoder, state.get("hidden") or (), space=use_space,
+                       target_mean=float(state.get("target_mean", 0.0)),
+                       target_std=float(state.get("target_std", 1.0)),
+                       metadata=state.get("metadata") or {})
+            pred.model.load_state_dict(state["state_dict"])
+        except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+            raise PredictorError(f"{source}: weights do not fit: "
+                                 f"{str(exc).splitlines()[0]}") from None
+        pred.model.eval()
+        return pred
+
+    @classmethod
+    def from_reference_state_dict(cls, sd: Mapping, space: "Space | str | None" = None, *,
+                                  source: str = "predictor") -> "AccuracyPredictor":
+        """The OFA ImageNet predictor's plain state_dict (Linear layers at ``0.``, ``2.``...)."""
+        idx = _reference_layer_indices(sd)
+        if idx is None:
+            raise PredictorError(f"{source} is not an OFA reference predictor state_dict "
+                                 f"(expected keys 0.weight, 0.bias, 2.weight, ...)")
+        shapes = [tuple(sd[f"{i}.weight"].shape) for i in idx]
+        encoder = ArchEncoder.reference()
+        if shapes[0][1] != encoder.dim:
+            raise PredictorError(f"{source}: first layer takes {shapes[0][1]} features; the "
+                                 f"reference encoding has {encoder.dim}")
+        if shapes[-1][0] != 1:
+            raise PredictorError(f"{source}: last layer has {shapes[-1][0]} outputs, expected 1")
+        for (o, _), (_, i2) in zip(shapes, shapes[1:]):
+            if o != i2:
+                raise PredictorError(f"{source}: layer sizes do not chain ({shapes})")
+        pred = cls(encoder, [s[0] for s in shapes[:-1]], space=space,
+                   source_format="ofa-reference",
+                   metadata={"description": "OFA reference ImageNet accuracy predictor "
+                                            "(ofa_mbv3_d234_e346_k357_w1.2 supernet)"})
+        remap = {f"{i}.{p}": sd[f"{i}.{p}"] for i in idx for p in ("weight", "bias")}
+        try:
+            pred.model.load_state_dict(remap)
+        except RuntimeError as exc:
+            raise PredictorError(f"{source}: weights do not fit: "
+                                 f"{str(exc).splitlines()[0]}") from None
+        pred.model.eval()
+        return pred
+
+    def save(self, path: "str | os.PathLike") -> Path:
+        """Write atomically (temp file + rename)."""
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+        try:
+            torch.save(self.get_state(), tmp)
+            os.replace(tmp, p)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        return p
+
+
+_REF_KEY = re.compile(r"^(\d+)\.(weight|bias)$")
+
+
+def _reference_layer_indices(sd) -> List[int] | None:
+    """Sorted Linear indices if ``sd`` looks like a plain Sequential MLP state_dict."""
+    if not isinstance(sd, Mapping) or not sd:
+        return None
+    layers: Dict[int, set] = {}
+    for k, v in sd.items():
+        m = _REF_KEY.match(str(k))
+        if not m or not isinstance(v, torch.Tensor):
+            return None
+        layers.setdefault(int(m.group(1)), set()).add(m.group(2))
+    idx = sorted(layers)
+    if any(layers[i] != {"weight", "bias"} for i in idx):
+        return None
+    if idx != list(range(0, 2 * len(idx), 2)):
+        return None
+    if any(sd[f"{i}.weight"].dim() != 2 for i in idx):
+        return None
+    return idx
+
+
+def bundled_predictor_path(space: "Space | str") -> Path | None:
+    """The predictor shipped for ``space``, if the package has one."""
+    name = BUNDLED_PREDICTORS.get(get_space(space).name)
+    if name is None:
+        return None
+    p = Path(__file__).resolve().parent / "assets" / name
+    return p if p.is_file() else None
+
+
+def load_predictor(path: "str | os.PathLike", space: "Space | str | None" = None,
+                   format: str = "auto") -> AccuracyPredictor:
+    """Read a predictor file: ``ofa-deploy`` (ours), ``ofa-reference`` (the OFA authors' plain
+    state_dict) or ``auto`` (decided by the file's content)."""
+    if format not in FORMATS:
+        raise PredictorError(f"unknown predictor format {format!r} (choose from "
+                             f"{', '.join(FORMATS)})")
+    p = Path(path)
+    if not p.exists():
+        raise PredictorError(f"predictor file not found: {p}")
+    if p.is_dir():
+        raise PredictorError(f"predictor path is a directory: {p}")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a corrupt or foreign file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PredictorError(f"cannot read predictor {p}: not a loadable torch file "
+                             f"({first[:200]})") from None
+    is_ours = isinstance(obj, Mapping) and obj.get("format") == PREDICTOR_FORMAT
+    is_ref = not is_ours and _reference_layer_indices(obj) is not None
+    if format == "auto":
+        if not (is_ours or is_ref):
+            raise PredictorError(f"{p} is neither an ofa-deploy predictor nor an OFA reference "
+                                 f"predictor state_dict")
+        format = "ofa-deploy" if is_ours else "ofa-reference"
+    source = f"predictor {p}"
+    if format == "ofa-deploy":
+        if not is_ours:
+            raise PredictorError(f"{p} is not an ofa-deploy predictor (try --predictor-format "
+                                 f"ofa-reference)" if is_ref else
+                                 f"{p} is not an ofa-deploy predictor")
+        pred = AccuracyPredictor.from_state(obj, space, source=source)
+    else:
+        if not is_ref:
+            raise PredictorError(f"{p} is not an OFA reference predictor state_dict" +
+                                 (" (it is an ofa-deploy predictor)" if is_ours else ""))
+        pred = AccuracyPredictor.from_reference_state_dict(obj, space, source=source)
+    pred.metadata.setdefault("path", str(p))
+    return pred

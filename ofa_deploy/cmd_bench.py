@@ -1,0 +1,147 @@
+"""``devices`` and ``bench``: what can be profiled here, and CI latency benchmarks against it."""
+from __future__ import annotations
+
+import click
+
+from profilers import discovery
+
+from . import bench as B
+from .cli import config_option, emit, main, table
+
+
+def _device_details(d: dict) -> str:
+    if d["kind"] == "cpu":
+        phys = f", {d['physical_cores']} physical" if d.get("physical_cores") else ""
+        return f"{d['cores']} cores{phys}, {d['arch']}; specs: {', '.join(d['specs']) or 'none'}"
+    if d["kind"] == "cuda":
+        bits = [f"{d['memory_gib']} GiB" if d.get("memory_gib") else None,
+                f"cc {d['compute_capability']}" if d.get("compute_capability") else None,
+                d.get("reason")]
+        return ", ".join(b for b in bits if b)
+    bits = [f"serial {d['serial']}" if d.get("serial") else None,
+            d.get("abi"), f"Android {d['android']}" if d.get("android") else None,
+            d.get("reason")]
+    return ", ".join(b for b in bits if b)
+
+
+@main.command()
+@click.option("--no-adb", is_flag=True, help="Do not probe the registered ADB devices.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def devices(no_adb: bool, as_json: bool) -> None:
+    """List what can be profiled here: the local CPU, CUDA GPUs, and the ADB devices of the
+    registry with their state (online, unauthorized, offline).
+
+    The SPEC column is what `bench --devices` and `profile --device` take.
+    """
+    data = discovery.discover(adb=not no_adb)
+    if not no_adb and not any(d["kind"] == "adb" for d in data):
+        from profilers.devices import registry_path
+
+        click.echo(f"note: no ADB devices registered ({registry_path()} does not exist or is "
+                   f"empty; see the README, 'Android phones')", err=True)
+
+    def human(ds):
+        rows = [(d["spec"], d["kind"], d["state"], d.get("name") or "-", _device_details(d))
+                for d in ds]
+        return table(rows, ("spec", "kind", "state", "name", "details"))
+
+    emit(data, as_json, human)
+
+
+@main.command()
+@click.argument("paths", nargs=-1, metavar="[PATH]...")
+@click.option("--artifacts", "-a", multiple=True, metavar="PATH",
+              help="A .onnx or .tflite file, or a directory holding them (searched recursively, "
+                   "e.g. a specialize output). Repeatable; positional PATHs are added too.")
+@click.option("--devices", "-d", "device_specs", multiple=True, metavar="SPEC[,SPEC...]",
+              help="Devices to measure on: cpu, ort:cpu, tflite:cpu, cuda:0, adb:NAME, or 'all' "
+                   "(every online device of `ofa-deploy devices`). Repeatable.")
+@click.option("--runs", type=click.IntRange(min=1), default=50, show_default=True,
+              help="Timed runs per measurement.")
+@click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True,
+              help="Untimed warm-up runs before timing.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Threads for the host CPU backends (cpu, tflite:cpu; default: every usable "
+                   "core). Phones use the registry's threads.")
+@click.option("--baseline", type=click.Path(dir_okay=False), default=None,
+              help="An earlier --json file; results slower than it by more than --tolerance fail.")
+@click.option("--tolerance", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              metavar="PCT", help="Allowed slowdown against the baseline, in percent.")
+@click.option("--min-delta-ms", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Ignore slowdowns smaller than this many ms (jitter on tiny models).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Write results here (rewritten atomically after each result).")
+@click.option("--junit", "junit_path", type=click.Path(dir_okay=False), default=None,
+              help="Write JUnit XML (regression = failure, device error = error).")
+@click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False), default=None,
+              help="Write a Markdown summary (e.g. for $GITHUB_STEP_SUMMARY).")
+@click.option("--resume", is_flag=True,
+              help="Keep measured results already in the --json file; measure the rest.")
+@click.option("--quiet", "-q", is_flag=True, help="No per-result progress lines.")
+@config_option
+@click.pass_context
+def bench(ctx, paths, artifacts, device_specs, runs, warmup, threads, baseline, tolerance,
+          min_delta_ms, json_path, junit_path, markdown_path, resume, quiet) -> None:
+    """Measure every artifact on every device; compare with a baseline for CI.
+
+    \b
+    Artifacts map to devices by format: .onnx runs on cpu/ort:*, .tflite on tflite:cpu and
+    adb:*; other pairs are listed as skipped with the reason. The input shape is read from
+    each model file. Devices run in parallel, one measurement at a time per device (host CPU
+    backends share one lane).
+
+    \b
+    Baseline results are matched per device by the artifact's path relative to its root plus
+    its sha256 (a renamed directory still matches; then by sha256 alone, then by name alone).
+
+    \b
+    Exit status: 0 all good; 1 a regression beyond --tolerance, or a device/measurement error
+    (errors keep the results already measured).
+    """
+    if resume and not json_path:
+        raise click.UsageError("--resume needs --json FILE (the results to resume from)")
+    arts = B.collect_artifacts(list(artifacts) + list(paths))
+    if not device_specs:
+        raise click.UsageError("give --devices SPEC[,SPEC...] (see `ofa-deploy devices`)")
+    devs = B.resolve_devices(device_specs)
+
+    def progress(r: B.BenchResult, done: int, total: int) -> None:
+        if quiet:
+            return
+        s = r.stats
+        what = (f"{s.median_ms:.3f} ms (p10 {s.p10_ms:.3f}, p90 {s.p90_ms:.3f})" if s
+                else f"{r.status}: {r.reason}")
+        if r.status == "regressed":
+            what += f"  REGRESSED {r.baseline['delta_pct']:+.1f}%"
+        click.echo(f"[{done}/{total}] {r.device:<14} {r.artifact.name}  {what}", err=True)
+
+    rep = B.run_bench(arts, devs, runs=runs, warmup=warmup, threads=threads, baseline=baseline,
+                      tolerance_pct=tolerance, min_delta_ms=min_delta_ms, json_path=json_path,
+                      resume=resume, on_result=progress)
+    if junit_path:
+        B.write_junit(junit_path, rep)
+    if markdown_path:
+        B.write_markdown(markdown_path, rep)
+
+    click.echo(table(B.result_rows(rep), B.RESULT_HEADERS))
+    reg, err = rep.by_status("regressed"), rep.by_status("error")
+    if reg:
+        click.echo(f"\nRegressions (slower than baseline by more than {tolerance:g}%):")
+        click.echo(table([(r.artifact.name, r.device, B._fmt_ms(r.stats.median_ms),
+                           B._fmt_ms(r.baseline["median_ms"]), B._fmt_pct(r.baseline["delta_pct"]),
+                           r.baseline["match"]) for r in reg],
+                         ("artifact", "device", "median ms", "baseline ms", "change", "matched")))
+    if err:
+        click.echo("\nErrors:")
+        click.echo(table([(r.artifact.name, r.device, r.reason) for r in err],
+                         ("artifact", "device", "error")))
+    if rep.unmatched_baseline:
+        click.echo("\nBaseline entries with no result this run: " + ", ".join(
+            f"{b['artifact']} on {b['device']}" for b in rep.unmatched_baseline))
+    c = rep.counts
+    summary = (f"{c['ok']} ok, {c['regressed']} regressed, {c['error']} errors, "
+               f"{c['skipped']} skipped")
+    if rep.failed:
+        click.echo(f"FAILED: {summary}", err=True)
+        ctx.exit(1)
+    click.echo(f"passed: {summary}", err=True)

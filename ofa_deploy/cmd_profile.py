@@ -1,0 +1,136 @@
+"""``profile``: build a device's latency table for a space (resumable)."""
+from __future__ import annotations
+
+from typing import List, Optional
+
+import click
+
+from luts.builder import build_lut, raw_path
+from luts.table import default_lut_path
+from profilers.base import DeviceSpec
+from supernet.space import get_space
+
+from .cli import config_option, emit, main, table
+
+
+def parse_resolutions(value: "str | None", space) -> Optional[List[int]]:
+    """``"160,192,224"`` -> [160, 192, 224]; ``all``/None -> None (every resolution). A value
+    outside the space is a one-line usage error naming the valid ones."""
+    if value is None or str(value).strip().lower() in ("", "all"):
+        return None
+    out = []
+    for part in str(value).replace(" ", "").split(","):
+        if not part:
+            continue
+        try:
+            out.append(int(part))
+        except ValueError:
+            raise click.BadParameter(f"{part!r} is not an integer resolution",
+                                     param_hint="--resolutions") from None
+    bad = [r for r in out if r not in space.resolutions]
+    if bad or not out:
+        raise click.BadParameter(
+            f"{bad or value} not in space {space.name} (resolutions: "
+            f"{', '.join(map(str, space.resolutions))})", param_hint="--resolutions")
+    return sorted(set(out))
+
+
+def _human(d: dict) -> str:
+    rows = [("table", d["path"]), ("device", d["device"]), ("space", d["space"]),
+            ("resolutions", ", ".join(map(str, d["resolutions"]))), ("ops", d["ops"]),
+            ("timed this run", d["op_timings_this_run"]),
+            ("models converted / from cache",
+             f"{d['models_converted']} / {d['models_from_cache']}"),
+            ("threads", d["threads"]), ("runs x rounds", f"{d['runs']} x {d['rounds']}"),
+            ("overhead", f"{d['overhead_ms']:.4f} ms"),
+            ("build time", f"{d['build_seconds']:.1f} s"),
+            ("max drift", f"{d['max_drift']:.1%}" if d["max_drift"] is not None else "-")]
+    parts = [table(rows, ("field", "value"))]
+    parts.append(table([(x["resolution"], f"{x['min_ms']:.3f}", f"{x['max_ms']:.3f}")
+                        for x in d["latency_range"]], ("resolution", "min ms", "max ms")))
+    return "\n\n".join(parts)
+
+
+@main.command()
+@click.option("--device", "device", required=True, metavar="SPEC",
+              help="cpu (= ort:cpu), tflite:cpu, cuda[:N], adb:NAME.")
+@click.option("--space", "space_name", required=True,
+              help="Search space (see `ofa-deploy spaces`).")
+@click.option("--resolutions", default=None, metavar="LIST",
+              help="Comma-separated input sizes, or 'all' (default: every size of the space).")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Table file (default: the per-device cache path `specialize` looks in).")
+@click.option("--runs", type=click.IntRange(min=1), default=15, show_default=True,
+              help="Timed runs per model per round.")
+@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True,
+              help="Untimed runs before timing.")
+@click.option("--rounds", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Passes over all ops; each op keeps its best pass, which filters out "
+                   "spells when other processes slowed the machine.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Runtime threads (default: all usable CPUs). Recorded in the table.")
+@click.option("--cpus", default=None, metavar="LIST",
+              help="Pin timing to these CPUs, e.g. 0 or 0-3 (host backends).")
+@click.option("--convert-workers", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Processes converting op models ahead of timing (0: convert inline).")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+              help="Op-model cache root (default: <cache>/ops).")
+@click.option("--no-context", is_flag=True,
+              help="Time ops alone (minus the overhead) instead of behind a producer layer.")
+@click.option("--flush-mb", default="auto", show_default=True, metavar="MB|auto",
+              help="Cache flush before each timed run of an op (CPU backends): 'auto' = the "
+                   "weight bytes of a typical subnet, so ops see caches as inside a network; "
+                   "0 = off.")
+@click.option("--fresh", is_flag=True, help="Ignore an existing (partial) table at --out.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of op-model weights.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@config_option
+def profile(device, space_name, resolutions, out, runs, warmup, rounds, threads, cpus,
+            convert_workers, cache_dir, no_context, flush_mb, fresh, seed, quiet,
+            as_json) -> None:
+    """Time every op a space can run on DEVICE and write its latency table.
+
+    The table is saved after every op: interrupt it and run the same command again to resume.
+    Converted op models are cached (shared across devices of one format), so a second device
+    or a rebuild skips conversion.
+    """
+    spec = DeviceSpec.parse(device)
+    space = get_space(space_name)
+    res = parse_resolutions(resolutions, space)
+    path = out if out is not None else default_lut_path(spec, space.name)
+    flush: "int | str" = "auto"
+    if str(flush_mb).strip().lower() != "auto":
+        try:
+            flush = int(round(float(flush_mb) * 2**20))
+        except ValueError:
+            flush = -1
+        if flush < 0:
+            raise click.BadParameter(f"{flush_mb!r} is not a size in MB or 'auto'",
+                                     param_hint="--flush-mb")
+    t = build_lut(space, spec, resolutions=res, out=path, runs=runs, warmup=warmup,
+                  rounds=rounds, threads=threads, cpus=cpus, cache_dir=cache_dir,
+                  progress=not quiet and not as_json, context=not no_context,
+                  convert_workers=convert_workers, fresh=fresh, seed=seed, flush_bytes=flush,
+                  on_warn=(lambda msg: click.echo(f"warning: {msg}", err=True))
+                  if quiet or as_json else None)
+    m = t.meta
+    ranges = []
+    for r in t.resolutions:
+        lo, hi = t.min_max([r])
+        ranges.append({"resolution": r, "min_ms": lo, "max_ms": hi})
+    data = {
+        "path": str(path), "progress_file": str(raw_path(path)), "device": str(spec),
+        "space": space.name, "resolutions": list(t.resolutions), "ops": len(t.entries),
+        "op_timings_this_run": m.get("op_timings_this_run"),
+        "models_converted": m.get("models_converted"),
+        "models_from_cache": m.get("models_from_cache"), "threads": m.get("threads"),
+        "runs": m.get("runs"), "warmup": m.get("warmup"), "rounds": m.get("rounds"),
+        "method": m.get("method"), "flush_bytes": m.get("flush_bytes"),
+        "overhead_ms": t.overhead_ms,
+        "build_seconds": m.get("build_seconds"),
+        "max_drift": (m.get("drift") or {}).get("max_abs_drift"),
+        "loadavg": [m.get("loadavg_start"), m.get("loadavg_end")],
+        "latency_range": ranges,
+    }
+    emit(data, as_json, _human)

@@ -1,0 +1,162 @@
+"""``search``: the most accurate subnet (as predicted) that meets a latency / MACs / params budget.
+
+No supernet weights are needed: accuracy comes from a predictor, latency from a lookup table.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from supernet.errors import OfaDeployError
+from supernet.space import get_space
+
+from .cli import atomic_write_text, config_option, emit, main, table
+
+
+def _pct(v: float) -> str:
+    return f"{100 * v:.2f}%"
+
+
+def _budget_label(c) -> str:
+    parts = []
+    if c.get("max_latency_ms") is not None:
+        parts.append(f"{c['max_latency_ms']:g} ms")
+    if c.get("max_macs") is not None:
+        parts.append(f"{c['max_macs'] / 1e6:g}M MACs")
+    if c.get("max_params") is not None:
+        parts.append(f"{c['max_params'] / 1e6:g}M params")
+    return ", ".join(parts)
+
+
+def _entry(res) -> dict:
+    d = res.to_dict()
+    d.pop("space", None)
+    d.pop("config", None)
+    d.pop("resolutions", None)
+    return d
+
+
+def _human(data: dict) -> str:
+    head = (f"space {data['space']}  target {data['target'] or '-'}  predictor "
+            f"{data['predictor']['format']} ({Path(data['predictor']['path']).name})  "
+            f"{data['config']['population']} x {data['config']['generations']} generations, "
+            f"seed {data['config']['seed']}")
+    lat = lambda e: "-" if e["predicted_latency_ms"] is None else \
+        f"{e['predicted_latency_ms']:.2f} ms"
+    if "pareto" in data:
+        rows = [(_budget_label(e["constraints"]), _pct(e["predicted_accuracy"]), lat(e),
+                 f"{e['macs'] / 1e6:.1f}M", f"{e['params'] / 1e6:.2f}M", e["arch"]["r"],
+                 e["arch_string"]) for e in data["pareto"]]
+        body = table(rows, ("budget", "pred. acc", "latency", "MACs", "params", "res", "arch"))
+        return (f"{head}\n{body}\nsearch: {data['search_seconds_total']:.2f} s for "
+                f"{len(rows)} budgets (evolved together)")
+    rows = [("budget", _budget_label(data["constraints"])),
+            ("arch", data["arch_string"]),
+            ("arch (json)", json.dumps(data["arch"])),
+            ("predicted accuracy", _pct(data["predicted_accuracy"])),
+            ("predicted latency", lat(data)),
+            ("MACs", f"{data['macs']:,} ({data['macs'] / 1e6:.1f}M)"),
+            ("params", f"{data['params']:,} ({data['params'] / 1e6:.2f}M)"),
+            ("search", f"{data['search_seconds']:.2f} s, {data['evaluations']:,} archs scored")]
+    return f"{head}\n{table(rows, ('field', 'value'))}"
+
+
+@main.command()
+@click.option("--space", required=True,
+              help="Search space name (see `ofa-deploy spaces`).")
+@click.option("--target", default=None, metavar="NAME|DEVICE",
+              help="Latency target: a built-in table (note10) or a device spec whose table was "
+                   "profiled (cpu, adb:NAME, ...).")
+@click.option("--lut", type=click.Path(dir_okay=False), default=None,
+              help="A latency table file (instead of looking one up from --target).")
+@click.option("--ms", type=float, multiple=True, metavar="MS",
+              help="Latency budget in ms; repeat for a Pareto front (one search per budget).")
+@click.option("--mflops", type=float, default=None, metavar="N",
+              help="MACs budget in millions (what the OFA papers call MFLOPs).")
+@click.option("--params-m", type=float, default=None, metavar="N",
+              help="Parameter budget in millions.")
+@click.option("--predictor", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="Accuracy predictor file (default: the one bundled for the space, if any).")
+@click.option("--predictor-format", type=click.Choice(["auto", "ofa-reference", "ofa-deploy"]),
+              default="auto", show_default=True, help="Format of --predictor.")
+@click.option("--resolution", type=int, multiple=True, metavar="R",
+              help="Input resolution(s) to search (default: those of the latency table).")
+@click.option("--population", type=int, default=100, show_default=True)
+@click.option("--generations", type=int, default=500, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="Also write the result (the --json document) to FILE.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@config_option
+def search(space, target, lut, ms, mflops, params_m, predictor, predictor_format, resolution,
+           population, generations, seed, out, as_json) -> None:
+    """Find the subnet with the best predicted accuracy within a budget.
+
+    \b
+    Examples:
+      ofa-deploy search --space ofa-mbv3-w1.2 --target note10 --ms 30 --predictor acc_predictor.pth
+      ofa-deploy search --space ofa-mbv3-w1.2 --target note10 --ms 15 --ms 25 --ms 40 --json
+      ofa-deploy search --space ofa-mbv3-w1.2 --mflops 300 --predictor acc_predictor.pth
+
+    Several --ms give a Pareto front. --mflops/--params-m apply to every search.
+    """
+    from .accuracy import bundled_predictor_path, load_predictor
+    from .search import Constraints, EvolutionConfig, pareto_search
+
+    # parameter names equal the option names, so --config files use the flags' spelling
+    space = get_space(space)
+    if not ms and mflops is None and params_m is None:
+        raise click.UsageError("give a budget: --ms, --mflops and/or --params-m")
+    if ms and target is None and lut is None:
+        raise click.UsageError("--ms needs a latency table: give --target or --lut")
+    for name, v in (("--ms", min(ms) if ms else None), ("--mflops", mflops),
+                    ("--params-m", params_m)):
+        if v is not None and not v > 0:
+            raise click.BadParameter(f"must be positive, got {v:g}", param_hint=name)
+
+    config = EvolutionConfig(population=population, generations=generations, seed=seed)
+
+    table_obj, target_label = None, target
+    if lut is not None or target is not None:
+        from luts.table import load_table
+
+        table_obj = load_table(lut if lut is not None else target, space=space)
+        if target_label is None:
+            target_label = str(table_obj.meta.get("device") or Path(lut).stem)
+
+    if predictor is None:
+        bundled = bundled_predictor_path(space)
+        if bundled is None:
+            raise OfaDeployError(
+                f"no accuracy predictor is bundled for space {space.name}; pass --predictor FILE "
+                f"(an ofa-deploy predictor, or the OFA reference acc_predictor.pth for "
+                f"ofa-mbv3-w1.2)")
+        predictor = str(bundled)
+    pred = load_predictor(predictor, space, format=predictor_format)
+
+    base = Constraints(max_macs=None if mflops is None else mflops * 1e6,
+                       max_params=None if params_m is None else params_m * 1e6)
+    budgets = [float(b) for b in dict.fromkeys(ms)] or [base]
+    results = pareto_search(space, pred, budgets, config, latency_table=table_obj,
+                            constraints=base, resolutions=list(resolution) or None)
+
+    last = results[-1]
+    data = {
+        "space": space.name,
+        "target": target_label,
+        "predictor": {"path": str(predictor), "format": pred.source_format},
+        "resolutions": list(last.resolutions),
+        "config": config.get_state(),
+        **_entry(last),
+    }
+    if len(results) > 1:
+        data["pareto"] = [_entry(r) for r in results]
+        data["search_seconds_total"] = results[-1].extra.get(
+            "front_seconds", sum(r.wall_seconds for r in results))
+    if out:
+        atomic_write_text(out, json.dumps(data, indent=2) + "\n")
+    emit(data, as_json, _human)
+    if out and not as_json:
+        click.echo(f"wrote {out}", err=True)

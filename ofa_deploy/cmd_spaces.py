@@ -1,0 +1,90 @@
+"""``spaces`` and ``inspect``: what the spaces and their subnets are and cost."""
+from __future__ import annotations
+
+import click
+
+from supernet import ArchConfig, arch_cost, get_space, list_spaces, space_stats
+from supernet.checkpoint import load_supernet
+
+from .cli import emit, main, table
+
+
+def _space_choice_help() -> str:
+    return "Search space name (see `ofa-deploy spaces`)."
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def spaces(as_json: bool) -> None:
+    """List the registered search spaces with a one-line summary each."""
+    data = []
+    for name in list_spaces():
+        sp = get_space(name)
+        data.append({"name": name, "summary": sp.summary(),
+                     "num_subnets": sp.num_subnets(per_resolution=False),
+                     "resolutions": list(sp.resolutions), "num_classes": sp.num_classes})
+    emit(data, as_json, lambda d: "\n".join(f"{x['name']:<16} {x['summary']}" for x in d))
+
+
+def _fmt_m(v: int) -> str:
+    return f"{v / 1e6:.1f}M"
+
+
+@main.command()
+@click.option("--space", "space_name", default=None, help=_space_choice_help()
+              + " Optional with --supernet (read from the checkpoint).")
+@click.option("--arch", default=None, metavar="FILE|min|max|STRING",
+              help="An arch: JSON file, inline JSON, compact string, or min/max.")
+@click.option("--resolution", type=int, default=None,
+              help="Override the arch's input resolution.")
+@click.option("--supernet", default=None, metavar="CKPT|NAME",
+              help="A checkpoint path or registered name; its parameters are counted too.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def inspect(space_name, arch, resolution, supernet, as_json) -> None:
+    """Size of a space and cost (params, MACs) of one of its subnets.
+
+    MACs are multiply-accumulates counted the reference OFA way (convolutions, linears and SE;
+    not BN, activations or pooling), computed analytically without building the subnet.
+    """
+    if space_name is None and supernet is None:
+        raise click.UsageError("give --space NAME (or --supernet CKPT)")
+    net = None
+    if supernet is not None:
+        net = load_supernet(supernet, space_name)
+        space = net.space
+    else:
+        space = get_space(space_name)
+    data = space_stats(space)
+    if net is not None:
+        data["checkpoint"] = {"path": str(supernet),
+                              "params": sum(p.numel() for p in net.parameters()),
+                              "metadata": getattr(net, "checkpoint_metadata", {})}
+    if arch is not None:
+        a = ArchConfig.parse(arch, space)
+        if resolution is not None:
+            a = a.with_resolution(resolution).validate(space)
+        data.update({"arch": a.to_dict(), "arch_string": a.to_string(space),
+                     **arch_cost(space, a)})
+    elif resolution is not None:
+        raise click.UsageError("--resolution needs --arch")
+
+    def human(d: dict) -> str:
+        n = d["num_subnets"]
+        rows = [
+            ("space", d["space"]),
+            ("supernet params", f"{d['supernet_params']:,}"),
+            ("subnets", f"{n['per_resolution']:.3e} per resolution x {n['resolutions']} "
+                        f"= {n['total']:.3e}"),
+            ("min subnet", f"{d['min']['params']:,} params, {_fmt_m(d['min']['macs'])} MACs "
+                           f"@{d['min']['arch']['r']}"),
+            ("max subnet", f"{d['max']['params']:,} params, {_fmt_m(d['max']['macs'])} MACs "
+                           f"@{d['max']['arch']['r']}"),
+        ]
+        if "checkpoint" in d:
+            rows.append(("checkpoint params", f"{d['checkpoint']['params']:,}"))
+        if "arch" in d:
+            rows += [("arch", d["arch_string"]), ("params", f"{d['params']:,}"),
+                     ("MACs", f"{d['macs']:,} ({_fmt_m(d['macs'])})")]
+        return table(rows, ("field", "value"))
+
+    emit(data, as_json, human)

@@ -1,0 +1,53 @@
+"""Fast subnet evaluation on CPU: BN statistics re-estimated in torch, then the calibrated
+subnet runs in onnxruntime (3-8x faster than torch for these depthwise-heavy nets on CPU)."""
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Optional
+
+import torch
+
+from supernet import ArchConfig, extract_subnet
+from supernet.bn import calibrate_bn, calibration_batches, eval_batches
+from supernet.export import export_onnx
+
+__all__ = ["accuracy_onnx", "evaluate_arch"]
+
+
+def accuracy_onnx(model: torch.nn.Module, source, resolution: int, *, images: Optional[int] = None,
+                  batch_size: int = 250, threads: Optional[int] = None) -> dict:
+    """Top-1 accuracy of ``model`` (eval mode) on the first ``images`` of ``source``, run by
+    onnxruntime on the CPU."""
+    import onnxruntime as ort
+
+    fd, path = tempfile.mkstemp(suffix=".onnx")
+    os.close(fd)
+    try:
+        export_onnx(model, (1, 3, resolution, resolution), path, dynamic_batch=True)
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        opts.intra_op_num_threads = threads or torch.get_num_threads()
+        sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        name = sess.get_inputs()[0].name
+        correct = total = 0
+        for x, y in eval_batches(source, resolution, batch_size, limit=images,
+                                 channels_last=False):
+            out = sess.run(None, {name: x.numpy()})[0]
+            correct += int((out.argmax(1) == y.numpy()).sum())
+            total += int(y.numel())
+    finally:
+        os.unlink(path)
+    if total == 0:
+        raise ValueError("evaluation set is empty")
+    return {"accuracy": correct / total, "samples": total}
+
+
+def evaluate_arch(net, arch: ArchConfig, eval_source, calib_source, *, calib_images: int = 500,
+                  images: Optional[int] = None, batch_size: int = 250) -> dict:
+    """Extract, BN-calibrate (torch, channels_last) and evaluate (onnxruntime) one subnet."""
+    sub = extract_subnet(net, arch).to(memory_format=torch.channels_last)
+    calibrate_bn(sub, calibration_batches(calib_source, arch.r, calib_images, batch_size,
+                                          channels_last=True))
+    sub = sub.to(memory_format=torch.contiguous_format).eval()
+    return accuracy_onnx(sub, eval_source, arch.r, images=images, batch_size=batch_size)

@@ -1,0 +1,339 @@
+"""``specialize``: search -> extract -> BN-calibrate -> export -> measure -> report, for one or
+several (target, budget) scenarios sharing one supernet and one accuracy predictor."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from luts.table import LatencyTable, LUTError, load_table
+from profilers.base import DeviceSpec, get_profiler
+from supernet import ArchConfig, Supernet, arch_cost, extract_subnet
+from supernet.errors import OfaDeployError
+from supernet.fileio import atomic_write_text, sha256_file
+
+from .search import Constraints, EvolutionConfig, SearchResult, evolution_search, pareto_search
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Scenario", "make_scenarios", "resolve_lut", "lut_id", "specialize", "runtime_versions",
+           "subnet_metadata"]
+
+LOCAL_BACKENDS = ("ort", "tflite", "cuda")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    target: str
+    budget_ms: float
+    mflops: Optional[float] = None
+
+    @property
+    def name(self) -> str:
+        b = f"{self.budget_ms:g}ms"
+        return f"{DeviceSpec.parse(self.target).slug}-{b}" + (f"-{self.mflops:g}M" if self.mflops else "")
+
+
+def make_scenarios(targets: Sequence[str], budgets: Sequence[float],
+                   mflops: Optional[float] = None) -> List[Scenario]:
+    """Pair targets with budgets: one each, one target with many budgets, or one budget for
+    many targets."""
+    targets, budgets = list(targets), [float(b) for b in budgets]
+    if not targets:
+        raise OfaDeployError("give at least one --target")
+    if not budgets:
+        raise OfaDeployError("give a latency budget with --ms")
+    for b in budgets:
+        if not np.isfinite(b) or b <= 0:
+            raise OfaDeployError(f"--ms must be a positive number of milliseconds, got {b:g}")
+    for t in targets:
+        DeviceSpec.parse(t)
+    if len(targets) == len(budgets):
+        pairs = list(zip(targets, budgets))
+    elif len(targets) == 1:
+        pairs = [(targets[0], b) for b in budgets]
+    elif len(budgets) == 1:
+        pairs = [(t, budgets[0]) for t in targets]
+    else:
+        raise OfaDeployError(f"{len(targets)} targets and {len(budgets)} budgets: give one budget "
+                             f"per target, one target with several budgets, or one budget")
+    out, seen = [], set()
+    for t, b in pairs:
+        s = Scenario(t, b, mflops)
+        if s not in seen:
+            seen.add(s)
+            out.append(s)
+    return out
+
+
+def resolve_lut(target: str, space, *, lut_path: Optional[str] = None, build: bool = True,
+                threads: Optional[int] = None, progress: bool = True,
+                echo: Callable[[str], None] = lambda s: None) -> LatencyTable:
+    """The target's table: ``--lut``, a built-in, the profile cache; for a local target a
+    missing table is built now (and cached), for a phone the error names the profile command."""
+    if lut_path is not None:
+        return load_table(lut_path, space=space)
+    try:
+        return load_table(target, space=space)
+    except LUTError:
+        spec = DeviceSpec.parse(target) if ":" in target or target == "cpu" else None
+        if spec is None or spec.backend not in LOCAL_BACKENDS or not build:
+            raise
+    from luts.builder import build_lut
+
+    # One thread unless asked: per-op timings of these small ops add up to whole-network
+    # latency far more faithfully single-threaded (see benchmarks/lut_validation).
+    threads = 1 if threads is None else threads
+    echo(f"no latency table for {spec} / {space.name} yet: profiling it now with {threads} "
+         f"thread(s) (cached for next time; --threads to change)")
+    return build_lut(space, spec, threads=threads, progress=progress)
+
+
+def lut_id(table: LatencyTable) -> str:
+    """Content hash of a table: reports and exported models name the exact LUT they used."""
+    return "lut-" + hashlib.sha256(table.to_json().encode()).hexdigest()[:12]
+
+
+def runtime_versions() -> Dict[str, str]:
+    vers = {"python": platform.python_version(), "torch": torch.__version__,
+            "numpy": np.__version__, "platform": platform.platform()}
+    for mod, name in (("onnxruntime", "onnxruntime"), ("onnx", "onnx"),
+                      ("ai_edge_litert", "ai-edge-litert")):
+        try:
+            m = __import__(mod)
+            vers[name] = getattr(m, "__version__", "unknown")
+        except ImportError:
+            pass
+    try:
+        from importlib.metadata import version
+
+        vers["litert-torch"] = version("litert-torch")
+        vers["ai-edge-litert"] = version("ai-edge-litert")
+    except Exception:
+        pass
+    return vers
+
+
+def subnet_metadata(space, arch: ArchConfig, artifacts: Dict[str, dict], **extra) -> dict:
+    """Metadata that travels with an exported subnet (a test recomputes every number)."""
+    cost = arch_cost(space, arch)
+    files = {fmt: {"path": Path(a["path"]).name, "bytes": Path(a["path"]).stat().st_size,
+                   "sha256": sha256_file(Path(a["path"])), "max_abs_diff": a.get("max_abs_diff")}
+             for fmt, a in artifacts.items()}
+    return {"space": space.name, "arch": arch.to_dict(), "arch_string": arch.to_string(space),
+            "input_shape": [1, 3, arch.r, arch.r], "params": cost["params"],
+            "macs": cost["macs"], "files": files, **extra}
+
+
+@dataclass
+class DataContext:
+    """Calibration / evaluation data for a specialization (optional)."""
+
+    dataset: Any = None
+    calib_images: int = 2000
+    eval_images: Optional[int] = None
+    batch_size: int = 200
+
+
+def prepare_subnet(net: Supernet, arch: ArchConfig, data: DataContext, *,
+                   finetune_epochs: int = 0, seed: int = 0, echo=lambda s: None):
+    """Extract ``arch``, re-estimate its BN statistics (and optionally fine-tune); returns the
+    subnet and its measured test accuracy (None without data)."""
+    from supernet.bn import calibrate_bn, calibration_batches
+
+    from .evaluate import accuracy_onnx
+
+    sub = extract_subnet(net, arch).eval()
+    if data.dataset is None:
+        echo("no data: the subnet keeps the supernet's BN statistics (pass --data to calibrate)")
+        return sub, None, None
+    ds = data.dataset
+    sub = sub.to(memory_format=torch.channels_last)
+    calibrate_bn(sub, calibration_batches(ds.holdout, arch.r, data.calib_images, data.batch_size,
+                                          channels_last=True))
+    sub = sub.to(memory_format=torch.contiguous_format).eval()
+    if finetune_epochs > 0:
+        _finetune(sub, ds, arch.r, finetune_epochs, seed=seed, batch_size=data.batch_size,
+                  echo=echo)
+    res = accuracy_onnx(sub, ds.test, arch.r, images=data.eval_images,
+                        batch_size=data.batch_size)
+    return sub, res["accuracy"], res["samples"]
+
+
+def _finetune(sub: torch.nn.Module, ds, r: int, epochs: int, *, seed: int, batch_size: int,
+              echo) -> None:
+    """Plain SGD fine-tuning of the static subnet on the training split (cosine lr)."""
+    rng = np.random.default_rng(seed)
+    n = len(ds.train)
+    steps = epochs * max(1, n // batch_size)
+    opt = torch.optim.SGD(sub.parameters(), lr=0.01, momentum=0.9, weight_decay=3e-5, nesterov=True)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    sub.train()
+    step = 0
+    for ep in range(epochs):
+        perm = rng.permutation(n)
+        for i in range(0, n - batch_size + 1, batch_size):
+            x, y = ds.train.batch(perm[i:i + batch_size], r, train=True, rng=rng)
+            loss = torch.nn.functional.cross_entropy(sub(x), y, label_smoothing=0.1)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+        echo(f"fine-tune epoch {ep + 1}/{epochs}: loss {float(loss):.3f}")
+    sub.eval()
+
+
+def measure_artifact(target: str, artifacts: Dict[str, dict], subnet: torch.nn.Module,
+                     input_shape: Sequence[int], *, threads: Optional[int], runs: int,
+                     warmup: int) -> Dict[str, Any]:
+    prof = get_profiler(target, threads=threads, runs=runs, warmup=warmup)
+    try:
+        fmt = prof.artifact_format
+        if fmt == "torch":
+            artifact = subnet
+        elif fmt in artifacts:
+            artifact = artifacts[fmt]["path"]
+        else:
+            raise OfaDeployError(f"target {target} runs {fmt} models: include {fmt} in --formats")
+        stats = prof.measure(artifact, tuple(input_shape))
+        return {"median": stats.median_ms, "p10": stats.p10_ms, "p90": stats.p90_ms,
+                "std": stats.std_ms, "runs": stats.runs, "artifact": fmt,
+                "profiler": prof.describe()}
+    finally:
+        prof.close()
+
+
+def _search(space, predictor, table: LatencyTable, scenarios: List[Scenario],
+            config: EvolutionConfig) -> List[SearchResult]:
+    cons = [Constraints(max_latency_ms=s.budget_ms,
+                        max_macs=None if s.mflops is None else s.mflops * 1e6) for s in scenarios]
+    if len(cons) == 1:
+        return [evolution_search(space, predictor, cons[0], config, latency_table=table)]
+    res = pareto_search(space, predictor, cons, config, latency_table=table)
+    # pareto_search returns tightest first; map back to the scenarios' order
+    by_limits = {tuple(r.constraints.limits()): r for r in res}
+    return [by_limits[tuple(c.limits())] for c in cons]
+
+
+def specialize(net: Supernet, predictor, scenarios: List[Scenario], *, out_dir: "str | Path",
+               search_config: EvolutionConfig, data: DataContext, formats: Sequence[str],
+               lut_path: Optional[str] = None, threads: Optional[int] = None, runs: int = 50,
+               warmup: int = 10, finetune_epochs: int = 0, supernet_name: str = "",
+               command: str = "", echo: Callable[[str], None] = print,
+               progress: bool = True) -> List[Dict[str, Any]]:
+    from .export import export_artifacts
+    from .report import plot_pred_vs_measured, plot_search, write_report, write_summary
+
+    space = net.space
+    out = Path(out_dir)
+    targets = list(dict.fromkeys(s.target for s in scenarios))
+    if lut_path is not None and len(targets) > 1:
+        raise OfaDeployError("--lut names one table: use it with a single --target")
+    # every table is resolved (and every budget checked) before any slow work starts
+    tables = {t: resolve_lut(t, space, lut_path=lut_path, threads=threads, progress=progress,
+                             echo=echo) for t in targets}
+    for s in scenarios:
+        lo, hi = tables[s.target].min_max()
+        if s.budget_ms < lo:
+            raise OfaDeployError(f"budget {s.budget_ms:g} ms is infeasible on {s.target}: the "
+                                 f"fastest subnet of {space.name} takes {lo:.3f} ms by its LUT "
+                                 f"(range {lo:.3f} .. {hi:.3f} ms)")
+    results: Dict[Scenario, SearchResult] = {}
+    for t in targets:
+        group = [s for s in scenarios if s.target == t]
+        echo(f"searching {t}: budgets {', '.join(f'{s.budget_ms:g} ms' for s in group)}")
+        for s, r in zip(group, _search(space, predictor, tables[t], group, search_config)):
+            results[s] = r
+    reports = []
+    single = len(scenarios) == 1
+    versions = runtime_versions()
+    for s in scenarios:
+        res, table = results[s], tables[s.target]
+        sdir = out if single else out / s.name
+        sdir.mkdir(parents=True, exist_ok=True)
+        arch = res.arch
+        echo(f"[{s.name}] winner {arch.to_string(space)}: predicted "
+             f"{res.predicted_accuracy:.4f} acc, {res.latency_ms:.3f} ms")
+        sub, acc, n_eval = prepare_subnet(net, arch, data, finetune_epochs=finetune_epochs,
+                                          seed=search_config.seed, echo=echo)
+        shape = (1, 3, arch.r, arch.r)
+        artifacts = export_artifacts(sub, shape, sdir, formats, seed=search_config.seed)
+        lut_threads = table.meta.get("threads") if threads is None else threads
+        measured = measure_artifact(s.target, artifacts, sub, shape, threads=lut_threads,
+                                    runs=runs, warmup=warmup)
+        lo, hi = table.min_max()
+        tid = lut_id(table)
+        rep: Dict[str, Any] = {
+            "scenario": s.name,
+            "target": s.target,
+            "space": space.name,
+            "supernet": supernet_name,
+            "budget_ms": s.budget_ms,
+            "budget_mmacs": s.mflops,
+            "arch": arch.to_dict(),
+            "arch_string": arch.to_string(space),
+            "predicted_latency_ms": res.latency_ms,
+            "measured_latency_ms": {k: measured[k] for k in ("median", "p10", "p90", "std", "runs")},
+            "within_budget": bool(measured["median"] <= s.budget_ms),
+            "latency_error_pct": 100.0 * (measured["median"] - res.latency_ms) / res.latency_ms,
+            "predicted_accuracy": res.predicted_accuracy,
+            "measured_accuracy": acc,
+            "measured_accuracy_samples": n_eval,
+            "params": res.params,
+            "macs": res.macs,
+            "lut_min_ms": lo,
+            "lut_max_ms": hi,
+            "lut_id": tid,
+            "lut_path": str(table.path) if table.path else None,
+            "lut_meta": {k: table.meta.get(k) for k in ("device", "backend", "threads", "host",
+                                                        "date") if k in table.meta},
+            "artifacts": artifacts,
+            "measured_on": measured["profiler"],
+            "search": {"seconds": res.wall_seconds, "evaluations": res.evaluations,
+                       "config": search_config.get_state(),
+                       "resolutions": list(res.resolutions)},
+            "finetune_epochs": finetune_epochs,
+            "runtime": versions,
+            "command": command,
+        }
+        meta = subnet_metadata(space, arch, artifacts, lut_id=tid, target=s.target,
+                               predicted_latency_ms=res.latency_ms,
+                               predicted_accuracy=res.predicted_accuracy,
+                               measured_accuracy=acc, supernet=supernet_name)
+        atomic_write_text(sdir / "model.json", json.dumps(meta, indent=2))
+        pop = res.population
+        pop_lat = table.predict(pop)
+        plots = {
+            "search": plot_search(sdir / "search.png", pop_latency=pop_lat,
+                                  pop_accuracy=res.population_scores, budget_ms=s.budget_ms,
+                                  best=(res.latency_ms, res.predicted_accuracy),
+                                  pareto=[(results[o].latency_ms, results[o].predicted_accuracy)
+                                          for o in scenarios if o.target == s.target],
+                                  title=f"{s.target} @ {s.budget_ms:g} ms"),
+            "latency": plot_pred_vs_measured(sdir / "latency.png", [{
+                "label": s.name, "predicted_ms": res.latency_ms,
+                "measured_ms": measured["median"], "p10_ms": measured["p10"],
+                "p90_ms": measured["p90"]}]),
+        }
+        rep["plots"] = plots
+        rep["report_files"] = write_report(rep, sdir)
+        if not rep["within_budget"]:
+            echo(f"[{s.name}] WARNING: measured {measured['median']:.3f} ms exceeds the "
+                 f"{s.budget_ms:g} ms budget (predicted {res.latency_ms:.3f} ms)")
+        reports.append(rep)
+    if not single:
+        write_summary(reports, out)
+        plot_pred_vs_measured(out / "latency.png", [
+            {"label": r["scenario"], "predicted_ms": r["predicted_latency_ms"],
+             "measured_ms": r["measured_latency_ms"]["median"],
+             "p10_ms": r["measured_latency_ms"]["p10"], "p90_ms": r["measured_latency_ms"]["p90"]}
+            for r in reports])
+    return reports

@@ -1,0 +1,281 @@
+"""Search spaces as data.
+
+A space is a frozen dataclass; adding a space means registering a new entry, never a new
+class. Every derived quantity (block strides, middle widths, SE widths) is computed here so
+the supernet, the cost model and the op enumeration read the same numbers.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable, Dict, Tuple
+
+from .errors import OfaDeployError
+
+__all__ = [
+    "Space",
+    "SPACES",
+    "register_space",
+    "get_space",
+    "list_spaces",
+    "make_divisible",
+    "BlockSpec",
+    "SpaceError",
+]
+
+
+class SpaceError(OfaDeployError, KeyError):
+    """Unknown space name."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+def make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> int:
+    """Round to the nearest multiple of ``divisor`` without losing more than 10%.
+
+    This is the rounding rule of the MobileNet family; keeping it bit-exact is what makes the
+    channel counts (and so checkpoints and published tables) line up with the reference.
+    """
+    if min_value is None:
+        min_value = divisor
+    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
+    if new_v < 0.9 * v:
+        new_v += divisor
+    return int(new_v)
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """Static facts about one elastic block of a space (everything but the choices)."""
+
+    index: int  # 0-based among elastic blocks
+    stage: int  # 0-based elastic stage
+    position: int  # 0-based position inside its stage
+    in_channels: int
+    out_channels: int
+    stride: int
+    act: str
+    se: bool
+
+    @property
+    def identity_skip(self) -> bool:
+        return self.stride == 1 and self.in_channels == self.out_channels
+
+
+@dataclass(frozen=True)
+class Space:
+    """An OFA MobileNetV3-style elastic space, fully described by data."""
+
+    name: str
+    description: str
+    stem_width: int
+    stem_stride: int
+    first_block_width: int
+    first_block_act: str
+    first_block_se: bool
+    stage_widths: Tuple[int, ...]
+    stage_strides: Tuple[int, ...]
+    stage_acts: Tuple[str, ...]
+    stage_se: Tuple[bool, ...]
+    final_expand_width: int
+    feature_mix_width: int
+    num_classes: int
+    resolutions: Tuple[int, ...]
+    kernel_choices: Tuple[int, ...] = (3, 5, 7)
+    expand_choices: Tuple[int, ...] = (3, 4, 6)
+    depth_choices: Tuple[int, ...] = (2, 3, 4)
+    se_reduction: int = 4
+    channel_divisible: int = 8
+    dropout: float = 0.1
+    bn_momentum: float = 0.1
+    bn_eps: float = 1e-5
+    stem_act: str = "h_swish"
+    head_act: str = "h_swish"
+
+    def __post_init__(self) -> None:
+        n = len(self.stage_widths)
+        for fname in ("stage_strides", "stage_acts", "stage_se"):
+            if len(getattr(self, fname)) != n:
+                raise ValueError(f"space {self.name!r}: {fname} must have {n} entries")
+        for fname in ("kernel_choices", "expand_choices", "depth_choices", "resolutions"):
+            vals = getattr(self, fname)
+            if not vals or list(vals) != sorted(set(vals)):
+                raise ValueError(f"space {self.name!r}: {fname} must be non-empty, sorted, unique")
+        if any(k % 2 == 0 for k in self.kernel_choices):
+            raise ValueError(f"space {self.name!r}: kernel sizes must be odd")
+        for a in (*self.stage_acts, self.first_block_act, self.stem_act, self.head_act):
+            if a not in ("relu", "h_swish", "relu6"):
+                raise ValueError(f"space {self.name!r}: unknown activation {a!r}")
+
+    # -- derived structure -------------------------------------------------------------
+    @property
+    def num_stages(self) -> int:
+        return len(self.stage_widths)
+
+    @property
+    def max_depth(self) -> int:
+        return max(self.depth_choices)
+
+    @property
+    def num_blocks(self) -> int:
+        """Number of elastic blocks in the supernet (stages x max depth)."""
+        return self.num_stages * self.max_depth
+
+    @property
+    def blocks(self) -> Tuple[BlockSpec, ...]:
+        out = []
+        cin = self.first_block_width
+        for s in range(self.num_stages):
+            for p in range(self.max_depth):
+                out.append(
+                    BlockSpec(
+                        index=s * self.max_depth + p,
+                        stage=s,
+                        position=p,
+                        in_channels=cin,
+                        out_channels=self.stage_widths[s],
+                        stride=self.stage_strides[s] if p == 0 else 1,
+                        act=self.stage_acts[s],
+                        se=self.stage_se[s],
+                    )
+                )
+                cin = self.stage_widths[s]
+        return tuple(out)
+
+    @property
+    def first_block_skip(self) -> bool:
+        return self.stem_width == self.first_block_width
+
+    @property
+    def downsample(self) -> int:
+        f = self.stem_stride
+        for s in self.stage_strides:
+            f *= s
+        return f
+
+    def middle_channels(self, in_channels: int, expand: int) -> int:
+        return make_divisible(round(in_channels * expand), self.channel_divisible)
+
+    def max_middle_channels(self, in_channels: int) -> int:
+        return self.middle_channels(in_channels, max(self.expand_choices))
+
+    def se_channels(self, middle: int) -> int:
+        return make_divisible(middle // self.se_reduction, self.channel_divisible)
+
+    def num_subnets(self, per_resolution: bool = True) -> int:
+        """Distinct (kernel, expand) x depth combinations, optionally times resolutions."""
+        per_block = len(self.kernel_choices) * len(self.expand_choices)
+        per_stage = sum(per_block**d for d in self.depth_choices)
+        n = per_stage**self.num_stages
+        return n if per_resolution else n * len(self.resolutions)
+
+    def summary(self) -> str:
+        res = self.resolutions
+        res_s = f"{res[0]}..{res[-1]} ({len(res)})" if len(res) > 1 else str(res[0])
+        return (
+            f"{self.description}; widths {self.stem_width}/{self.first_block_width}/"
+            f"{'/'.join(map(str, self.stage_widths))}/{self.final_expand_width}/"
+            f"{self.feature_mix_width}; k{self.kernel_choices} e{self.expand_choices} "
+            f"d{self.depth_choices}; res {res_s}; {self.num_classes} classes"
+        )
+
+    # -- state -------------------------------------------------------------------------
+    def get_state(self) -> dict:
+        d = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "Space":
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(state) - set(fields))
+        if unknown:
+            raise ValueError(f"unknown space fields: {', '.join(unknown)}")
+        kw = {k: tuple(v) if isinstance(v, list) else v for k, v in state.items()}
+        return cls(**kw)
+
+    from_config = from_state
+
+
+SPACES: Dict[str, Callable[[], Space]] = {}
+
+
+def register_space(fn: Callable[[], Space]) -> Callable[[], Space]:
+    """Decorator: register a zero-argument space factory under the name it returns."""
+    space = fn()
+    if space.name in SPACES:
+        raise ValueError(f"space {space.name!r} registered twice")
+    SPACES[space.name] = fn
+    return fn
+
+
+def list_spaces() -> Tuple[str, ...]:
+    return tuple(SPACES)
+
+
+def get_space(name: "str | Space") -> Space:
+    if isinstance(name, Space):
+        return name
+    try:
+        return SPACES[name]()
+    except KeyError:
+        raise SpaceError(
+            f"unknown space {name!r}; known spaces: {', '.join(SPACES)}"
+        ) from None
+
+
+_OFA_BASE = (16, 16, 24, 40, 80, 112, 160, 960, 1280)
+
+
+def _ofa_mbv3(width_mult: float, resolutions: Tuple[int, ...], name: str) -> Space:
+    w = [make_divisible(b * width_mult, 8) for b in _OFA_BASE]
+    return Space(
+        name=name,
+        description=f"OFA MobileNetV3 w{width_mult} (ImageNet, reference layout)",
+        stem_width=w[0],
+        stem_stride=2,
+        first_block_width=w[1],
+        first_block_act="relu",
+        first_block_se=False,
+        stage_widths=tuple(w[2:7]),
+        stage_strides=(2, 2, 2, 1, 2),
+        stage_acts=("relu", "relu", "h_swish", "h_swish", "h_swish"),
+        stage_se=(False, True, False, True, True),
+        final_expand_width=w[7],
+        feature_mix_width=w[8],
+        num_classes=1000,
+        resolutions=resolutions,
+    )
+
+
+@register_space
+def ofa_mbv3_w10() -> Space:
+    return _ofa_mbv3(1.0, tuple(range(128, 225, 4)), "ofa-mbv3-w1.0")
+
+
+@register_space
+def ofa_mbv3_w12() -> Space:
+    return _ofa_mbv3(1.2, tuple(range(160, 225, 4)), "ofa-mbv3-w1.2")
+
+
+@register_space
+def ofa_mbv3_tiny() -> Space:
+    # Same topology as the ImageNet spaces, narrower, and a stride-1 stem so that 32..64 px
+    # inputs (Fashion-MNIST upscaled) still end at 2x2..4x4 before pooling.
+    return Space(
+        name="ofa-mbv3-tiny",
+        description="OFA MobileNetV3 topology for small CPU work (Fashion-MNIST default)",
+        stem_width=16,
+        stem_stride=1,
+        first_block_width=16,
+        first_block_act="relu",
+        first_block_se=False,
+        stage_widths=(16, 24, 32, 48, 64),
+        stage_strides=(2, 2, 2, 1, 2),
+        stage_acts=("relu", "relu", "h_swish", "h_swish", "h_swish"),
+        stage_se=(False, True, False, True, True),
+        final_expand_width=256,
+        feature_mix_width=512,
+        num_classes=10,
+        resolutions=(32, 40, 48, 56, 64),
+    )

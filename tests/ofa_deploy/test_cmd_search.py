@@ -1,0 +1,140 @@
+"""``ofa-deploy search`` through click's runner: JSON keys, Pareto output, one-line errors."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from luts.table import load_table
+
+W12 = "ofa-mbv3-w1.2"
+FAST = ("--population", "16", "--generations", "8")
+
+
+@pytest.fixture(scope="module")
+def predictor_file(tmp_path_factory):
+    """A reference-format predictor (plain state_dict, Linear layers at 0/2/4/6)."""
+    g = torch.Generator().manual_seed(0)
+    dims = [128, 16, 16, 16, 1]
+    sd = {}
+    for j, (i, o) in enumerate(zip(dims, dims[1:])):
+        sd[f"{2 * j}.weight"] = torch.randn(o, i, generator=g) * 0.3
+        sd[f"{2 * j}.bias"] = torch.randn(o, generator=g) * 0.1
+    p = tmp_path_factory.mktemp("pred") / "acc_predictor.pth"
+    torch.save(sd, p)
+    return str(p)
+
+
+def _one_line_error(res, *needles):
+    assert res.exit_code != 0
+    text = res.output.strip()
+    assert len(text.splitlines()) == 1, text
+    assert "Traceback" not in text
+    for n in needles:
+        assert n in text, text
+
+
+def test_single_budget_json(run_cli, predictor_file, tmp_path):
+    out = tmp_path / "best.json"
+    res = run_cli("search", "--space", W12, "--target", "note10", "--ms", "30",
+                  "--predictor", predictor_file, *FAST, "--json", "--out", out)
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    for key in ("arch", "predicted_accuracy", "predicted_latency_ms", "macs", "search_seconds",
+                "arch_string", "params", "constraints", "evaluations"):
+        assert key in data, key
+    assert data["predicted_latency_ms"] <= 30.0
+    assert data["target"] == "note10" and data["predictor"]["format"] == "ofa-reference"
+    assert data["resolutions"] == [160, 176, 192, 208, 224]
+    assert set(data["arch"]) == {"ks", "e", "d", "r"}
+    table = load_table("note10", space=W12)
+    from supernet.arch import ArchConfig
+
+    assert table.predict_one(ArchConfig.from_dict(data["arch"], W12)) == \
+        pytest.approx(data["predicted_latency_ms"])
+    assert json.loads(out.read_text()) == data
+    assert "pareto" not in data
+
+
+def test_pareto_table_and_json(run_cli, predictor_file):
+    args = ("search", "--space", W12, "--target", "note10", "--ms", "40", "--ms", "15",
+            "--ms", "25", "--predictor", predictor_file, *FAST)
+    res = run_cli(*args, "--json")
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    budgets = [e["constraints"]["max_latency_ms"] for e in data["pareto"]]
+    assert budgets == [15.0, 25.0, 40.0]
+    accs = [e["predicted_accuracy"] for e in data["pareto"]]
+    assert accs == sorted(accs)
+    for e in data["pareto"]:
+        assert e["predicted_latency_ms"] <= e["constraints"]["max_latency_ms"]
+        assert {"arch", "predicted_accuracy", "predicted_latency_ms", "macs",
+                "search_seconds"} <= set(e)
+    assert data["arch"] == data["pareto"][-1]["arch"]
+    human = run_cli(*args)
+    assert human.exit_code == 0, human.output
+    assert "pred. acc" in human.output and "15 ms" in human.output and "40 ms" in human.output
+
+
+def test_macs_only_search_needs_no_table(run_cli, predictor_file):
+    res = run_cli("search", "--space", W12, "--mflops", "300", "--params-m", "7",
+                  "--predictor", predictor_file, *FAST, "--json")
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["predicted_latency_ms"] is None
+    assert data["macs"] <= 300e6 and data["params"] <= 7e6
+
+
+def test_config_file_supplies_options(run_cli, predictor_file, tmp_path):
+    cfg = tmp_path / "search.yaml"
+    cfg.write_text(f"space: {W12}\ntarget: note10\nms: [30]\npredictor: {predictor_file}\n"
+                   f"population: 12\ngenerations: 3\nseed: 4\n")
+    res = run_cli("search", "--config", cfg, "--json")
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["config"]["population"] == 12 and data["config"]["seed"] == 4
+
+
+def test_infeasible_budget_is_one_line(run_cli, predictor_file):
+    res = run_cli("search", "--space", W12, "--target", "note10", "--ms", "5",
+                  "--predictor", predictor_file, *FAST)
+    _one_line_error(res, "Error:", "infeasible", "9.891 ms")
+
+
+def test_bundled_reference_predictor_is_the_default_for_w12(run_cli):
+    res = run_cli("search", "--space", W12, "--target", "note10", "--ms", "30", *FAST, "--json")
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["predictor"]["format"] == "ofa-reference"
+    assert data["predicted_latency_ms"] <= 30.0
+
+
+def test_errors_are_one_line(run_cli, predictor_file, tmp_path, monkeypatch):
+    import ofa_deploy.accuracy as acc
+
+    monkeypatch.setattr(acc, "BUNDLED_PREDICTORS", {})
+    _one_line_error(run_cli("search", "--space", W12, "--target", "note10", "--ms", "30",
+                            *FAST), "no accuracy predictor is bundled", "--predictor")
+    monkeypatch.undo()
+    _one_line_error(run_cli("search", "--space", W12, "--target", "note10", "--ms", "30",
+                            "--predictor", tmp_path / "nope.pth"), "not found")
+    _one_line_error(run_cli("search", "--space", W12, "--target", "mars", "--ms", "30",
+                            "--predictor", predictor_file), "mars")
+    _one_line_error(run_cli("search", "--space", "nope", "--ms", "30"), "unknown space")
+    _one_line_error(run_cli("search", "--space", W12, "--target", "note10", "--ms", "30",
+                            "--predictor", predictor_file, "--predictor-format", "ofa-deploy"),
+                    "not an ofa-deploy predictor")
+    _one_line_error(run_cli("search", "--space", W12, "--target", "note10", "--ms", "30",
+                            "--predictor", predictor_file, "--population", "1"),
+                    "population must be >= 2")
+
+
+def test_usage_errors(run_cli, predictor_file):
+    res = run_cli("search", "--space", W12, "--predictor", predictor_file)
+    assert res.exit_code == 2 and "give a budget" in res.output
+    res = run_cli("search", "--space", W12, "--ms", "30", "--predictor", predictor_file)
+    assert res.exit_code == 2 and "--target or --lut" in res.output
+    res = run_cli("search", "--space", W12, "--target", "note10", "--ms", "-3",
+                  "--predictor", predictor_file)
+    assert res.exit_code == 2 and "must be positive" in res.output

@@ -1,0 +1,301 @@
+"""Evolutionary search: budgets respected, infeasible budgets refused early, determinism, Pareto."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from luts.table import load_table
+from ofa_deploy.accuracy import AccuracyPredictor, ArchEncoder
+from ofa_deploy.search import (Constraints, EvolutionConfig, InfeasibleBudgetError,
+                               SearchError, evolution_search, pareto_search, random_search)
+from supernet.arch import ArchConfig
+from supernet.batch import ArchBatch
+from supernet.cost import arch_cost
+from supernet.ops import OpGrid
+
+W12 = "ofa-mbv3-w1.2"
+SMALL = EvolutionConfig(population=24, generations=15, seed=0)
+
+
+@pytest.fixture(scope="module")
+def note10():
+    return load_table("note10", space=W12)
+
+
+class CapacityScore:
+    """A duck-typed predictor that prefers bigger networks, so every budget binds."""
+
+    def __init__(self, space):
+        self.macs = OpGrid(space, lambda op: op.macs)
+        self.calls = 0
+
+    def predict(self, batch: ArchBatch) -> np.ndarray:
+        self.calls += 1
+        return np.log(self.macs.evaluate(batch)) + 0.01 * batch.ks.mean(axis=1)
+
+
+@pytest.fixture(scope="module")
+def mlp_predictor():
+    """An AccuracyPredictor in the reference layout with fixed random weights."""
+    return AccuracyPredictor(ArchEncoder.reference(), hidden=(32, 32), space=W12, seed=5)
+
+
+def test_latency_budget_is_respected(note10):
+    score = CapacityScore(W12)
+    res = evolution_search(W12, score, Constraints(max_latency_ms=25.0), SMALL,
+                           latency_table=note10)
+    assert res.latency_ms <= 25.0
+    assert res.latency_ms == pytest.approx(note10.predict_one(res.arch))
+    assert res.arch.r in note10.resolutions
+    # every member of the final population is within budget too
+    assert (note10.predict(res.population) <= 25.0).all()
+    cost = arch_cost(W12, res.arch)
+    assert (res.macs, res.params) == (cost["macs"], cost["params"])
+    assert res.predicted_accuracy == pytest.approx(float(score.predict(res.population[:1])[0]))
+    assert len(res.history) == SMALL.generations + 1
+    assert all(b >= a for a, b in zip(res.history, res.history[1:]))
+    # the budget binds: a capacity-loving search ends close to it
+    assert res.latency_ms > 20.0
+
+
+def test_macs_and_params_budgets_are_respected():
+    cons = Constraints(max_macs=250e6, max_params=6e6)
+    res = evolution_search(W12, CapacityScore(W12), cons, SMALL)
+    assert res.latency_ms is None
+    cost = arch_cost(W12, res.arch)
+    assert cost["macs"] <= 250e6 and cost["params"] <= 6e6
+    for a in res.population.to_archs():
+        c = arch_cost(W12, a)
+        assert c["macs"] <= 250e6 and c["params"] <= 6e6
+    # without a table every space resolution is searched
+    assert res.resolutions == tuple(range(160, 225, 4))
+
+
+def test_mixed_budget_with_explicit_resolutions(note10, mlp_predictor):
+    cons = Constraints(max_latency_ms=40.0, max_macs=300e6)
+    res = evolution_search(W12, mlp_predictor, cons, SMALL, latency_table=note10,
+                           resolutions=[176, 208])
+    assert res.arch.r in (176, 208)
+    assert res.latency_ms <= 40.0 and res.macs <= 300e6
+    with pytest.raises(SearchError, match=r"\[164\] are not in the latency table"):
+        evolution_search(W12, mlp_predictor, cons, SMALL, latency_table=note10,
+                         resolutions=[164])
+    with pytest.raises(SearchError, match="needs a latency table"):
+        evolution_search(W12, mlp_predictor, Constraints(max_latency_ms=30), SMALL)
+
+
+def test_infeasible_latency_fails_fast_naming_the_minimum(note10):
+    score = CapacityScore(W12)
+    lo = note10.min_max()[0]
+    t0 = time.perf_counter()
+    with pytest.raises(InfeasibleBudgetError) as exc:
+        evolution_search(W12, score, Constraints(max_latency_ms=lo - 0.01),
+                         EvolutionConfig(generations=100000), latency_table=note10)
+    assert time.perf_counter() - t0 < 5
+    assert score.calls == 0  # refused before any scoring
+    msg = str(exc.value)
+    assert f"{np.ceil(lo * 1000) / 1000:.3f} ms" in msg and "note10" in msg
+    # the printed (rounded-up) minimum itself is accepted, and the search ends
+    ok = float(msg.split("takes ")[1].split(" ms")[0])
+    res = evolution_search(W12, score, Constraints(max_latency_ms=ok), SMALL,
+                           latency_table=note10)
+    assert lo <= res.latency_ms <= ok
+
+
+def test_infeasible_macs_and_params_name_the_exact_minimum():
+    smallest = arch_cost(W12, ArchConfig.min(W12))
+    with pytest.raises(InfeasibleBudgetError, match=f"{smallest['macs']:,}"):
+        evolution_search(W12, CapacityScore(W12), Constraints(max_macs=smallest["macs"] - 1),
+                         SMALL)
+    with pytest.raises(InfeasibleBudgetError, match=f"{smallest['params']:,}"):
+        evolution_search(W12, CapacityScore(W12),
+                         Constraints(max_params=smallest["params"] - 1), SMALL)
+    # exactly the minimum is feasible: the only arch is the smallest one
+    res = evolution_search(W12, CapacityScore(W12), Constraints(max_macs=smallest["macs"]),
+                           SMALL, resolutions=[160])
+    assert res.macs == smallest["macs"]
+
+
+class InvertedTable:
+    """A latency table where big kernels are *fast*: cheap-in-MACs and cheap-in-latency archs
+    differ, so tight budgets on both cannot be met together."""
+
+    def __init__(self, space):
+        self.space = space
+        self.resolutions = (160, 192)
+        self._grid = OpGrid(space, lambda op: (10 - op.kernel) if op.kind == "block" else 1.0,
+                            self.resolutions)
+
+    def grid(self):
+        return self._grid
+
+    def predict(self, batch):
+        return self._grid.evaluate(batch)
+
+
+def test_conflicting_budgets_end_with_a_clear_error():
+    from supernet.space import get_space
+
+    table = InvertedTable(get_space(W12))
+    lat_lo = table.grid().min_max()[0]
+    macs_lo = arch_cost(W12, ArchConfig.min(W12))["macs"]
+    cons = Constraints(max_latency_ms=lat_lo + 0.5, max_macs=macs_lo * 1.01)
+    t0 = time.perf_counter()
+    with pytest.raises(InfeasibleBudgetError, match="meets all constraints together"):
+        evolution_search(W12, CapacityScore(W12), cons, SMALL, latency_table=table)
+    assert time.perf_counter() - t0 < 30
+
+
+def test_fixed_seed_gives_the_same_winner(note10, mlp_predictor):
+    cons = Constraints(max_latency_ms=30.0)
+    a = evolution_search(W12, mlp_predictor, cons, SMALL, latency_table=note10)
+    b = evolution_search(W12, mlp_predictor, cons, SMALL, latency_table=note10)
+    assert a.arch == b.arch and a.history == b.history
+    np.testing.assert_array_equal(a.population.keys(), b.population.keys())
+    c = evolution_search(W12, mlp_predictor, cons,
+                         EvolutionConfig(population=24, generations=15, seed=1),
+                         latency_table=note10)
+    assert c.history != a.history
+
+
+def test_generic_predictor_path_equals_fast_path(note10, mlp_predictor):
+    """A predictor seen only through predict(ArchBatch) must give the same search."""
+
+    class Plain:
+        def predict(self, batch):
+            return mlp_predictor.predict(batch)
+
+    cons = Constraints(max_latency_ms=20.0)
+    fast = evolution_search(W12, mlp_predictor, cons, SMALL, latency_table=note10)
+    slow = evolution_search(W12, Plain(), cons, SMALL, latency_table=note10)
+    assert fast.arch == slow.arch
+    np.testing.assert_allclose(fast.history, slow.history, rtol=0, atol=1e-6)
+
+
+def test_evolution_beats_random_search_with_the_same_evaluations(note10):
+    cons = Constraints(max_latency_ms=30.0)
+    cfg = EvolutionConfig(population=30, generations=30, seed=0)
+    evo = evolution_search(W12, CapacityScore(W12), cons, cfg, latency_table=note10)
+    rnd = random_search(W12, CapacityScore(W12), cons, cfg.evaluations_budget, seed=0,
+                        latency_table=note10)
+    assert rnd.evaluations == cfg.evaluations_budget
+    assert rnd.latency_ms <= 30.0
+    assert len(rnd.history) == int(np.ceil(cfg.evaluations_budget / 100))
+    assert evo.evaluations <= cfg.evaluations_budget
+    assert evo.predicted_accuracy >= rnd.predicted_accuracy
+
+
+def test_pareto_front_is_monotonic_and_sorted(note10, mlp_predictor):
+    budgets = [40.0, 15.0, 25.0, 20.0]
+    res = pareto_search(W12, mlp_predictor, budgets, SMALL, latency_table=note10)
+    assert [r.constraints.max_latency_ms for r in res] == sorted(budgets)
+    for r in res:
+        assert r.latency_ms <= r.constraints.max_latency_ms
+    accs = [r.predicted_accuracy for r in res]
+    assert all(b >= a for a, b in zip(accs, accs[1:])), accs
+    for r in res:  # every budget evolved its own population for the full run
+        assert len(r.history) == SMALL.generations + 1 and r.evaluations >= SMALL.population
+        assert r.extra["front_seconds"] >= r.wall_seconds
+    again = pareto_search(W12, mlp_predictor, budgets, SMALL, latency_table=note10)
+    assert [r.arch for r in again] == [r.arch for r in res]
+    # one budget is exactly evolution_search with the same seed
+    one = pareto_search(W12, mlp_predictor, [25.0], SMALL, latency_table=note10)[0]
+    direct = evolution_search(W12, mlp_predictor, Constraints(max_latency_ms=25.0), SMALL,
+                              latency_table=note10)
+    assert one.arch == direct.arch
+    # an infeasible budget anywhere in the list is refused before any search
+    score = CapacityScore(W12)
+    with pytest.raises(InfeasibleBudgetError):
+        pareto_search(W12, score, [30.0, 5.0], SMALL, latency_table=note10)
+    assert score.calls == 0
+
+
+def test_config_and_constraints_validation():
+    with pytest.raises(SearchError, match="population must be >= 2"):
+        EvolutionConfig(population=1)
+    with pytest.raises(SearchError, match=r"parent_ratio must be in \(0, 1\]"):
+        EvolutionConfig(parent_ratio=0)
+    with pytest.raises(SearchError, match="leaves no parents"):
+        EvolutionConfig(population=3, parent_ratio=0.1)
+    with pytest.raises(SearchError, match="mutate_prob"):
+        EvolutionConfig(mutate_prob=1.5)
+    with pytest.raises(SearchError, match="generations must be an integer"):
+        EvolutionConfig(generations=2.5)
+    with pytest.raises(SearchError, match="unknown evolution setting"):
+        EvolutionConfig.from_state({"populaton": 3})
+    assert EvolutionConfig.from_state(SMALL.get_state()) == SMALL
+    with pytest.raises(SearchError, match="max_latency_ms must be a positive"):
+        Constraints(max_latency_ms=-1)
+    with pytest.raises(SearchError, match="max_macs must be a number"):
+        Constraints(max_macs="many")
+    assert Constraints(max_latency_ms=30, max_macs=3e8).describe() == \
+        "latency <= 30 ms, MACs <= 300M"
+
+
+def test_predictor_resolution_support_is_checked(note10):
+    """A predictor that can score only some resolutions limits the default search, and an
+    explicit request for others is refused."""
+    enc = ArchEncoder.for_space(W12, resolutions=[160, 176])
+    pred = AccuracyPredictor(enc, hidden=(8,), space=W12)
+    res = evolution_search(W12, pred, Constraints(max_latency_ms=30), SMALL,
+                           latency_table=note10)
+    assert res.resolutions == (160, 176)
+    with pytest.raises(SearchError, match="cannot be scored"):
+        evolution_search(W12, pred, Constraints(max_latency_ms=30), SMALL,
+                         latency_table=note10, resolutions=[160, 224])
+
+
+def test_duck_typed_table_without_grid(note10):
+    """Any object with predict(ArchBatch) (and min_max for the early check) is a latency table."""
+
+    class PlainTable:
+        space = note10.space
+        resolutions = note10.resolutions
+        calls = 0
+
+        def predict(self, batch):
+            PlainTable.calls += 1
+            return note10.predict(batch)
+
+        def min_max(self, resolutions=None):
+            return note10.min_max(resolutions)
+
+    tab = PlainTable()
+    res = evolution_search(W12, CapacityScore(W12), Constraints(max_latency_ms=22.0), SMALL,
+                           latency_table=tab)
+    assert tab.calls > 0 and res.latency_ms <= 22.0
+    assert res.latency_ms == pytest.approx(note10.predict_one(res.arch))
+    with pytest.raises(InfeasibleBudgetError, match="9.891 ms"):
+        evolution_search(W12, CapacityScore(W12), Constraints(max_latency_ms=9.0), SMALL,
+                         latency_table=tab)
+
+
+def test_variation_follows_the_reference_rules(note10):
+    """Mutants resample a block's kernel and expand on one shared draw; crossovers take each
+    gene from either parent independently with probability 1/2."""
+    from ofa_deploy.search import _Problem
+
+    prob = _Problem(W12, CapacityScore(W12), Constraints(), None, [160, 176, 192, 208, 224])
+    c = prob.cost
+    rng = np.random.default_rng(0)
+    n = 20000
+    zero = np.zeros((n, c.width), dtype=np.int64)
+    mut = prob.mutate(zero, rng, 0.5, 0.25)
+    k_changed, e_changed = mut[:, c.K] != 0, mut[:, c.E] != 0
+    # a block is resampled with p=0.5 and a fresh choice differs with 2/3: 1/3 each, and both
+    # change together with 0.5 * (2/3)^2 = 2/9 (independent draws would give 1/9)
+    assert k_changed.mean() == pytest.approx(1 / 3, abs=0.01)
+    assert e_changed.mean() == pytest.approx(1 / 3, abs=0.01)
+    assert (k_changed & e_changed).mean() == pytest.approx(2 / 9, abs=0.01)
+    assert (mut[:, c.D] != 0).mean() == pytest.approx(0.5 * 2 / 3, abs=0.01)
+    assert (mut[:, c.R] != 0).mean() == pytest.approx(0.25 * 4 / 5, abs=0.01)
+    ones = np.ones_like(zero)
+    cross = prob.crossover(zero, ones, rng)
+    assert cross.mean() == pytest.approx(0.5, abs=0.01)
+    kk, ee = cross[:, c.K].astype(float), cross[:, c.E].astype(float)
+    assert abs(np.corrcoef(kk.ravel(), ee.ravel())[0, 1]) < 0.02
+    # a mixed batch keeps each row's kind
+    mixed = prob.vary(zero, ones, np.arange(n) < n // 2, rng, 0.0, 0.0)
+    assert (mixed[: n // 2] == 0).all() and 0.45 < mixed[n // 2:].mean() < 0.55
