@@ -585,6 +585,9 @@ class SearchResult:
     resolutions: Tuple[int, ...] = ()
     config: EvolutionConfig | None = None
     extra: Dict[str, Any] = field(default_factory=dict)
+    # seconds since the search started when history[i] was reached (evolution only): how fast
+    # a quality level is reached, beside the full run's wall time
+    history_seconds: List[float] = field(default_factory=list)
 
     @property
     def predicted_latency_ms(self) -> float | None:
@@ -609,6 +612,8 @@ class SearchResult:
             d["config"] = self.config.get_state()
         if with_history:
             d["history"] = list(self.history)
+            if self.history_seconds:
+                d["history_seconds"] = list(self.history_seconds)
         d.update(self.extra)
         return d
 
@@ -705,6 +710,8 @@ def _evolve(problem: _Problem, config: EvolutionConfig, rng: np.random.Generator
     scores = problem.score(pool)
     evaluations = len(pool)
     history = [float(scores.max())]
+    clock = time.perf_counter
+    elapsed = [clock() - t0]
     children = _Children(problem, config)
 
     for _gen in range(config.generations):
@@ -724,7 +731,10 @@ def _evolve(problem: _Problem, config: EvolutionConfig, rng: np.random.Generator
         else:
             pool, scores = parents, pscores
         history.append(max(history[-1], float(scores.max())))
-    return _result(problem, pool, scores, history, t0, evaluations, "evolution", config)
+        elapsed.append(clock() - t0)
+    res = _result(problem, pool, scores, history, t0, evaluations, "evolution", config)
+    res.history_seconds = elapsed
+    return res
 
 
 def evolution_search(space: "Space | str", predictor, constraints: Constraints,

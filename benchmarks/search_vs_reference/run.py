@@ -77,6 +77,23 @@ def _stats(vals):
             "n": len(vals)}
 
 
+def improvements(history, seconds) -> list:
+    """``[generation, best, seconds]`` at the start and wherever the best improved."""
+    out = []
+    for g, (h, t) in enumerate(zip(history, seconds)):
+        if not out or h > out[-1][1]:
+            out.append([g, h, round(t, 5)])
+    return out
+
+
+def time_to_reach(rec: dict, target: float):
+    """(generation, seconds) at which an ``ours`` run first had a best >= ``target``."""
+    for g, h, t in rec.get("improvements", []):
+        if h >= target - 1e-12:
+            return g, t
+    return None
+
+
 def summarize(records: list, budgets) -> dict:
     out = {}
     for b in budgets:
@@ -107,6 +124,19 @@ def summarize(records: list, budgets) -> dict:
                                           / row["ours"]["wall_seconds"]["median"])
             row["speedup_cpu_median"] = (row["reference"]["cpu_seconds"]["median"]
                                          / row["ours"]["cpu_seconds"]["median"])
+            # how soon our runs reach the accuracy the reference ends its 500 generations with
+            target = row["reference"]["predicted_accuracy"]["mean"]
+            hits = [time_to_reach(r, target) for r in ours.values()]
+            got = [h for h in hits if h is not None]
+            if got and all("improvements" in r for r in ours.values()):
+                row["time_to_reference_quality"] = {
+                    "target": target, "reached": len(got), "runs": len(hits),
+                    "generations_median": statistics.median(g for g, _ in got),
+                    "seconds_median": statistics.median(t for _, t in got),
+                }
+                row["speedup_to_reference_quality"] = (
+                    row["reference"]["wall_seconds"]["median"]
+                    / max(statistics.median(t for _, t in got), 1e-9))
         out[str(b)] = row
     return out
 
@@ -158,6 +188,21 @@ def markdown(doc: dict) -> str:
             f"{row['speedup_wall_median']:.0f}x" if "speedup_wall_median" in row else "-",
             f"{row['speedup_cpu_median']:.0f}x" if "speedup_cpu_median" in row else "-",
         ]) + " |")
+    ttq = {b: row["time_to_reference_quality"] for b, row in doc["summary"].items()
+           if "time_to_reference_quality" in row}
+    if ttq:
+        lines += ["", "Time to the reference's quality: how soon our 500-generation runs first "
+                      "hold an arch at least as accurate (predicted) as the reference's mean "
+                      "final result, against the reference's full run (median over seeds).",
+                  "", "| budget | reference final acc (mean) | ours reached it | generations "
+                      "(median) | ours seconds (median) | ref wall | speed-up |",
+                  "|---|---|---|---|---|---|---|"]
+        for b, t in ttq.items():
+            row = doc["summary"][b]
+            lines.append(f"| {b} ms | {100 * t['target']:.2f} | {t['reached']}/{t['runs']} | "
+                         f"{t['generations_median']:g} | {t['seconds_median']:.3f} s | "
+                         f"{row['reference']['wall_seconds']['median']:.1f} s | "
+                         f"{row['speedup_to_reference_quality']:.0f}x |")
     tot = doc.get("totals", {})
     if tot:
         lines += ["", f"All budgets together: ours {tot['ours_wall']:.1f} s wall "
@@ -294,7 +339,8 @@ def main() -> None:
                         "method": "ours", "budget": b, "seed": seed,
                         "predicted_accuracy": r.predicted_accuracy, "latency_ms": r.latency_ms,
                         "macs": r.macs, "arch": r.arch.to_dict(), "wall_seconds": wall,
-                        "cpu_seconds": cpu, "evaluations": r.evaluations})
+                        "cpu_seconds": cpu, "evaluations": r.evaluations,
+                        "improvements": improvements(r.history, r.history_seconds)})
                     save()
                     print(f"ours      {b:5.1f} ms seed {seed}: {100 * r.predicted_accuracy:.2f}% "
                           f"{r.latency_ms:.2f} ms  {wall:.2f} s", flush=True)

@@ -56,6 +56,11 @@ def test_latency_budget_is_respected(note10):
     assert res.predicted_accuracy == pytest.approx(float(score.predict(res.population[:1])[0]))
     assert len(res.history) == SMALL.generations + 1
     assert all(b >= a for a, b in zip(res.history, res.history[1:]))
+    # when each best was reached: one time per history entry, in order, within the run
+    assert len(res.history_seconds) == len(res.history)
+    assert all(b >= a >= 0 for a, b in zip(res.history_seconds, res.history_seconds[1:]))
+    assert res.history_seconds[-1] <= res.wall_seconds
+    assert res.to_dict(with_history=True)["history_seconds"] == res.history_seconds
     # the budget binds: a capacity-loving search ends close to it
     assert res.latency_ms > 20.0
 
