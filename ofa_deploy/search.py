@@ -26,7 +26,7 @@ import functools
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
@@ -657,28 +657,45 @@ class _Children:
         n = cfg.population
         a = parents[rng.integers(len(parents), size=n)]  # mutant's parent / first parent
         b = parents[rng.integers(len(parents), size=n)]  # second crossover parent
-        rate = self.passed / self.tried
-        k = 1 if rate >= 0.99 else int(min(16, math.ceil(math.log(0.01) / math.log1p(-rate))))
-        kids = np.empty_like(a)
-        done = np.zeros(n, dtype=bool)
-        todo = np.arange(n)
-        for _ in range(cfg.retry_rounds):
-            rows = np.concatenate([todo] * k)  # k candidates per open slot, slot-major blocks
-            cand = prob.vary(a[rows], b[rows], self.is_mut[rows], rng, self.p, self.pr)
-            ok = prob.feasible(cand)
-            self.tried += len(ok)
-            self.passed += float(np.count_nonzero(ok))
-            ok = ok.reshape(k, len(todo))
-            first = ok.argmax(axis=0)  # 0 where none is feasible: checked next
-            hit = ok[first, np.arange(len(todo))]
-            won = todo[hit]
-            kids[won] = cand[first[hit] * len(todo) + np.nonzero(hit)[0]]
-            done[won] = True
-            todo = todo[~hit]
-            if not len(todo):
-                break
-            k = min(2 * k, 32)  # the slots left are the hard ones (parents at the budget edge)
+        kids, done, tried, passed = _fill_slots(
+            prob, a, b, self.is_mut, rng, self.p, self.pr, self.passed / self.tried,
+            cfg.retry_rounds, lambda g, _rows: prob.feasible(g))
+        self.tried += tried
+        self.passed += passed
         return kids[done]
+
+
+def _fill_slots(prob: _Problem, a: np.ndarray, b: np.ndarray, is_mut: np.ndarray,
+                rng: np.random.Generator, p: float, pr: float, rate: float, rounds: int,
+                feasible: Callable[[np.ndarray, np.ndarray], np.ndarray]):
+    """One child per slot (row of ``a``/``b``): up to ``rounds`` rounds of ``k`` candidates per
+    open slot, all priced in one pass; a slot takes its first feasible candidate. ``k`` starts
+    where a feasibility ``rate`` fills ~99% of slots in one round and doubles after. Returns
+    ``(kids, filled mask, candidates tried, candidates feasible)``; ``feasible(genes, slots)``
+    gets the slot index of every candidate row."""
+    n = len(a)
+    k = 1 if rate >= 0.99 else int(min(16, math.ceil(math.log(0.01) / math.log1p(-rate))))
+    kids = np.empty_like(a)
+    done = np.zeros(n, dtype=bool)
+    todo = np.arange(n)
+    tried = passed = 0.0
+    for _ in range(rounds):
+        rows = np.concatenate([todo] * k)  # k candidates per open slot, slot-major blocks
+        cand = prob.vary(a[rows], b[rows], is_mut[rows], rng, p, pr)
+        ok = feasible(cand, rows)
+        tried += len(ok)
+        passed += float(np.count_nonzero(ok))
+        ok = ok.reshape(k, len(todo))
+        first = ok.argmax(axis=0)  # 0 where none is feasible: checked next
+        hit = ok[first, np.arange(len(todo))]
+        won = todo[hit]
+        kids[won] = cand[first[hit] * len(todo) + np.nonzero(hit)[0]]
+        done[won] = True
+        todo = todo[~hit]
+        if not len(todo):
+            break
+        k = min(2 * k, 32)  # the slots left are the hard ones (parents at the budget edge)
+    return kids, done, tried, passed
 
 
 def _evolve(problem: _Problem, config: EvolutionConfig, rng: np.random.Generator,
@@ -860,27 +877,11 @@ def _evolve_lockstep(problem: _Problem, cons: List[Constraints], config: Evoluti
         a = parents[off + (rng.random(G * N) * cnt).astype(np.int64)]
         b = parents[off + (rng.random(G * N) * cnt).astype(np.int64)]
 
-        rate = passed / tried
-        k = 1 if rate >= 0.99 else int(min(16, math.ceil(math.log(0.01) / math.log1p(-rate))))
-        kids = np.empty_like(a)
-        done = np.zeros(G * N, dtype=bool)
-        todo = np.arange(G * N)
-        for _ in range(config.retry_rounds):
-            rows = np.concatenate([todo] * k)
-            cand = problem.vary(a[rows], b[rows], is_mut[rows], rng, p, pr)
-            ok = feasible(cand, slot_gid[rows])
-            tried += len(ok)
-            passed += float(np.count_nonzero(ok))
-            ok = ok.reshape(k, len(todo))
-            first = ok.argmax(axis=0)
-            hit = ok[first, np.arange(len(todo))]
-            won = todo[hit]
-            kids[won] = cand[first[hit] * len(todo) + np.nonzero(hit)[0]]
-            done[won] = True
-            todo = todo[~hit]
-            if not len(todo):
-                break
-            k = min(2 * k, 32)
+        kids, done, t, f = _fill_slots(problem, a, b, is_mut, rng, p, pr, passed / tried,
+                                       config.retry_rounds,
+                                       lambda g, rows: feasible(g, slot_gid[rows]))
+        tried += t
+        passed += f
         kids, kg = kids[done], slot_gid[done]
         fresh = new_rows(kids, kg)
         if fresh:

@@ -46,35 +46,26 @@ class DistContext:
     def average_gradients(self, params: List[torch.nn.Parameter]) -> None:
         """Average ``.grad`` of ``params`` over ranks (parameters without a gradient on every
         rank stay without one: ranks train the same subnet, so the sets agree)."""
-        if not self.enabled:
-            return
-        grads = [p.grad for p in params if p.grad is not None]
-        if not grads:
-            return
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-        flat.div_(self.world_size)
-        off = 0
-        for g in grads:
-            n = g.numel()
-            g.copy_(flat[off:off + n].view_as(g))
-            off += n
+        if self.enabled:
+            self._average([p.grad for p in params if p.grad is not None])
 
     def average_buffers(self, module: torch.nn.Module) -> None:
         """BN running statistics drift apart per rank (each sees its own shard); averaging
         them before a checkpoint keeps every rank's copy identical."""
-        if not self.enabled:
+        if self.enabled:
+            self._average([b for b in module.buffers() if b.is_floating_point()])
+
+    def _average(self, tensors: List[torch.Tensor]) -> None:
+        # one all-reduce over a flat copy: far fewer collective calls than one per tensor
+        if not tensors:
             return
-        bufs = [b for b in module.buffers() if b.is_floating_point()]
-        if not bufs:
-            return
-        flat = torch.cat([b.reshape(-1) for b in bufs])
+        flat = torch.cat([t.reshape(-1) for t in tensors])
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         flat.div_(self.world_size)
         off = 0
-        for b in bufs:
-            n = b.numel()
-            b.copy_(flat[off:off + n].view_as(b))
+        for t in tensors:
+            n = t.numel()
+            t.copy_(flat[off:off + n].view_as(t))
             off += n
 
     def broadcast_module(self, module: torch.nn.Module) -> None:
@@ -109,7 +100,6 @@ def init_distributed(device: str) -> DistContext:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistContext()
-    rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
     backend = "nccl" if device.startswith("cuda") else "gloo"
     if backend == "nccl":

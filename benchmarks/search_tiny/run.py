@@ -92,14 +92,9 @@ def _rel(p) -> str:
 
 
 def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    from profilers.measure import cpu_model
+
+    return cpu_model()
 
 
 def _nproc() -> int:

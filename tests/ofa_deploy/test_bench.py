@@ -4,10 +4,8 @@ Real measurements use onnxruntime on the local CPU with tiny ONNX models built h
 scheduling and failure cases use a deterministic in-test backend registered under ``fake``.
 """
 import hashlib
-import importlib.util
 import json
 import re
-import sys
 import shutil
 import threading
 import time
@@ -22,6 +20,7 @@ from click.testing import CliRunner
 
 from ofa_deploy import bench as B
 from ofa_deploy.cli import main
+from tests.adbd_loader import adbd_module
 from profilers import base
 from profilers.base import LatencyStats, Profiler, ProfilerError
 from supernet.export import export_onnx as project_export_onnx
@@ -432,17 +431,6 @@ def test_resume_keeps_measured_results(arts, lab, tmp_path):
 
 
 # -- a loopback Android phone (real ADB protocol; benchmark_model stub times with LiteRT) --------
-def adbd_module():
-    """The loopback adbd, imported under the name its benchmark_model stub uses."""
-    if "adbd_server" not in sys.modules:
-        path = Path(__file__).resolve().parents[1] / "profilers" / "adbd_server.py"
-        spec = importlib.util.spec_from_file_location("adbd_server", path)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules["adbd_server"] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules["adbd_server"]
-
-
 @pytest.fixture(scope="module")
 def tflite_file(tmp_path_factory) -> Path:
     from supernet.export_tflite import export_tflite

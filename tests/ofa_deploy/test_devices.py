@@ -4,29 +4,17 @@ Phones are loopback adbd servers (tests/profilers/adbd_server.py) speaking the r
 one that trusts our key (online), one that never answers the key prompt (unauthorized), and an
 address nobody listens on (offline).
 """
-import importlib.util
 import json
 import os
 import socket
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.adbd_loader import adbd_module
 from profilers import discovery
 from profilers.measure import cpu_model
-
-
-def adbd_module():
-    """The loopback adbd, imported under the name its benchmark_model stub uses."""
-    if "adbd_server" not in sys.modules:
-        path = Path(__file__).resolve().parents[1] / "profilers" / "adbd_server.py"
-        spec = importlib.util.spec_from_file_location("adbd_server", path)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules["adbd_server"] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules["adbd_server"]
 
 
 @pytest.fixture(scope="module")
