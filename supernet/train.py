@@ -32,7 +32,8 @@ import torch.nn.functional as F
 
 from .arch import ArchConfig
 from .bn import autocast_for, evaluate_subnet
-from .checkpoint import atomic_torch_save, load_state_dict_file, load_supernet, save_supernet
+from .checkpoint import (TRAIN_STATE_FORMAT, atomic_torch_save, load_state_dict_file,
+                         load_supernet, save_supernet)
 from .cost import arch_cost
 from .data import Dataset
 from .errors import OfaDeployError
@@ -44,7 +45,7 @@ from .train_sampler import SubnetSampler, arch_digest, phase_choices
 __all__ = ["Trainer", "TrainError", "kd_loss", "ExplicitDropout", "init_weights",
            "WarmupCosine", "STATE_FORMAT"]
 
-STATE_FORMAT = "ofa-deploy-train-state"
+STATE_FORMAT = TRAIN_STATE_FORMAT
 STATE_VERSION = 1
 
 

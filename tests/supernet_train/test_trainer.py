@@ -101,6 +101,11 @@ def test_resume_restores_exact_state(synthetic, tmp_path):
     assert (a_dir / "metrics.jsonl").read_text() == (b_dir / "metrics.jsonl").read_text()
     assert _strip_timing(read_jsonl(a_dir / "log.jsonl")) == \
         _strip_timing(read_jsonl(b_dir / "log.jsonl"))
+    # a run's checkpoint also loads as a supernet (eval/export while training goes on)
+    mid = load_supernet(b_dir / "checkpoint.pt")
+    assert mid.space.name == SPACE
+    assert mid.checkpoint_metadata["from_training_checkpoint"]["global_step"] == 10
+    _assert_same({k: v for k, v in mid.state_dict().items()}, dict(cb["model"]), "model")
 
 
 def test_resume_refuses_mismatches(synthetic, tmp_path):
