@@ -17,8 +17,8 @@ __all__ = ["accuracy_onnx", "evaluate_arch"]
 
 def accuracy_onnx(model: torch.nn.Module, source, resolution: int, *, images: Optional[int] = None,
                   batch_size: int = 250, threads: Optional[int] = None) -> dict:
-    """Top-1 accuracy of ``model`` (eval mode) on the first ``images`` of ``source``, run by
-    onnxruntime on the CPU."""
+    """Top-1 accuracy and mean cross-entropy of ``model`` (eval mode) on the first ``images``
+    of ``source``, run by onnxruntime on the CPU."""
     import onnxruntime as ort
 
     fd, path = tempfile.mkstemp(suffix=".onnx")
@@ -31,16 +31,18 @@ def accuracy_onnx(model: torch.nn.Module, source, resolution: int, *, images: Op
         sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
         name = sess.get_inputs()[0].name
         correct = total = 0
+        loss_sum = 0.0
         for x, y in eval_batches(source, resolution, batch_size, limit=images,
                                  channels_last=False):
-            out = sess.run(None, {name: x.numpy()})[0]
-            correct += int((out.argmax(1) == y.numpy()).sum())
+            out = torch.from_numpy(sess.run(None, {name: x.numpy()})[0]).float()
+            correct += int((out.argmax(1) == y).sum())
+            loss_sum += float(torch.nn.functional.cross_entropy(out, y, reduction="sum"))
             total += int(y.numel())
     finally:
         os.unlink(path)
     if total == 0:
         raise ValueError("evaluation set is empty")
-    return {"accuracy": correct / total, "samples": total}
+    return {"accuracy": correct / total, "samples": total, "loss": loss_sum / total}
 
 
 def evaluate_arch(net, arch: ArchConfig, eval_source, calib_source, *, calib_images: int = 500,
