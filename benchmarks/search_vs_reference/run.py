@@ -98,7 +98,7 @@ def summarize(records: list, budgets) -> dict:
     out = {}
     for b in budgets:
         row = {}
-        for method in ("ours", "reference", "random"):
+        for method in ("ours", "reference", "random", "ours_short"):
             rs = [r for r in records if r["method"] == method and r["budget"] == b]
             if not rs:
                 continue
@@ -124,6 +124,13 @@ def summarize(records: list, budgets) -> dict:
                                           / row["ours"]["wall_seconds"]["median"])
             row["speedup_cpu_median"] = (row["reference"]["cpu_seconds"]["median"]
                                          / row["ours"]["cpu_seconds"]["median"])
+            if "ours_short" in row:
+                row["short_delta_points"] = 100 * (
+                    row["ours_short"]["predicted_accuracy"]["mean"]
+                    - row["reference"]["predicted_accuracy"]["mean"])
+                row["speedup_short_wall_median"] = (
+                    row["reference"]["wall_seconds"]["median"]
+                    / row["ours_short"]["wall_seconds"]["median"])
             # how soon our runs reach the accuracy the reference ends its 500 generations with
             target = row["reference"]["predicted_accuracy"]["mean"]
             hits = [time_to_reach(r, target) for r in ours.values()]
@@ -149,7 +156,8 @@ def markdown(doc: dict) -> str:
         f"Machine: {m['machine']}. **Timing was taken on a shared machine** (other jobs ran "
         f"alongside; the benchmark ran under `nice`), so absolute seconds are noisy; ours and "
         f"the reference ran alternately for every (budget, seed), and the table gives medians.",
-        f"Both sides score with one torch thread. Command: `{m['command']}`.",
+        "Both sides score with one torch thread. Command(s): "
+        + "; then ".join(f"`{c}`" for c in m.get("commands", [m["command"]])) + ".",
         f"Settings: space {SPACE}, Note10 latency table, OFA ImageNet accuracy predictor, "
         f"population {m['population']} x {m['generations']} generations, seeds "
         f"{m['seeds']}. Random search scores {m['random_evaluations']:,} random feasible archs "
@@ -188,12 +196,26 @@ def markdown(doc: dict) -> str:
             f"{row['speedup_wall_median']:.0f}x" if "speedup_wall_median" in row else "-",
             f"{row['speedup_cpu_median']:.0f}x" if "speedup_cpu_median" in row else "-",
         ]) + " |")
+    short = {b: row for b, row in doc["summary"].items() if "speedup_short_wall_median" in row}
+    if short:
+        g = doc["meta"].get("short_generations")
+        lines += ["", f"Fewer generations: our search with population {m['population']} x {g} "
+                      f"generations (same seeds) against the reference's {m['generations']}.",
+                  "", "| budget | ours acc | reference acc | Δ (pts) | ours wall | ref wall | "
+                      "speed-up wall |", "|---|---|---|---|---|---|---|"]
+        for b, row in short.items():
+            lines.append(f"| {b} ms | {acc(row['ours_short'])} | {acc(row['reference'])} | "
+                         f"{row['short_delta_points']:+.2f} | "
+                         f"{row['ours_short']['wall_seconds']['median']:.3f} s | "
+                         f"{row['reference']['wall_seconds']['median']:.1f} s | "
+                         f"{row['speedup_short_wall_median']:.0f}x |")
     ttq = {b: row["time_to_reference_quality"] for b, row in doc["summary"].items()
            if "time_to_reference_quality" in row}
     if ttq:
         lines += ["", "Time to the reference's quality: how soon our 500-generation runs first "
                       "hold an arch at least as accurate (predicted) as the reference's mean "
-                      "final result, against the reference's full run (median over seeds).",
+                      "final result, against the reference's full run (generations and seconds: "
+                      "median over the runs that reached it).",
                   "", "| budget | reference final acc (mean) | ours reached it | generations "
                       "(median) | ours seconds (median) | ref wall | speed-up |",
                   "|---|---|---|---|---|---|---|"]
@@ -251,6 +273,8 @@ def main() -> None:
     ap.add_argument("--ref-python", default="/work/refvenv-bench/bin/python")
     ap.add_argument("--reference-dir", default=str(ROOT.parent / "shared" / "reference"))
     ap.add_argument("--out-dir", default=str(HERE))
+    ap.add_argument("--short-generations", type=int, default=100,
+                    help="also run ours with this many generations (0: skip)")
     ap.add_argument("--no-reference", action="store_true", help="only our side")
     ap.add_argument("--fresh", action="store_true", help="ignore earlier results.json")
     args = ap.parse_args()
@@ -278,6 +302,7 @@ def main() -> None:
     if res_path.exists() and not args.fresh:
         doc = json.loads(res_path.read_text())
     done = {(r["method"], r["budget"], r["seed"]) for r in doc["records"]}
+    old_meta = doc.get("meta", {}) if not args.fresh else {}
     ofa_version = "?"
     try:
         ofa_version = subprocess.run(
@@ -292,12 +317,19 @@ def main() -> None:
                                              "benchmarks/search_vs_reference/run.py",
                                              *sys.argv[1:]]),
         "population": args.population, "generations": args.generations,
+        "short_generations": args.short_generations,
         "budgets": budgets, "seeds": args.seeds, "random_evaluations": evals,
         "python": platform.python_version(), "torch": torch.__version__,
         "numpy": np.__version__, "ofa_version": ofa_version,
         "date": time.strftime("%Y-%m-%d"),
         **({k: v for k, v in doc.get("meta", {}).items() if k == "reference_versions"}),
     }
+    # a resumed benchmark lists every command that added records to it
+    cmds = list(old_meta.get("commands") or ([old_meta["command"]] if "command" in old_meta
+                                             else []))
+    if doc["meta"]["command"] not in cmds:
+        cmds.append(doc["meta"]["command"])
+    doc["meta"]["commands"] = cmds
 
     def save():
         doc["summary"] = summarize(doc["records"], budgets)
@@ -344,6 +376,19 @@ def main() -> None:
                     save()
                     print(f"ours      {b:5.1f} ms seed {seed}: {100 * r.predicted_accuracy:.2f}% "
                           f"{r.latency_ms:.2f} ms  {wall:.2f} s", flush=True)
+                if args.short_generations and ("ours_short", b, seed) not in done:
+                    short_cfg = EvolutionConfig(population=args.population,
+                                                generations=args.short_generations, seed=seed)
+                    t0, c0 = time.perf_counter(), time.process_time()
+                    r = evolution_search(SPACE, pred, cons, short_cfg, latency_table=table)
+                    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+                    doc["records"].append({
+                        "method": "ours_short", "budget": b, "seed": seed,
+                        "generations": args.short_generations,
+                        "predicted_accuracy": r.predicted_accuracy, "latency_ms": r.latency_ms,
+                        "macs": r.macs, "arch": r.arch.to_dict(), "wall_seconds": wall,
+                        "cpu_seconds": cpu, "evaluations": r.evaluations})
+                    save()
                 if reference is not None and ("reference", b, seed) not in done:
                     rr = reference.run(b, seed, args.population, args.generations)
                     arch = ArchConfig.from_dict(rr["arch"], SPACE)
