@@ -43,6 +43,7 @@ from supernet.train_config import TrainConfig  # noqa: E402
 
 SPACE = "ofa-mbv3-tiny"
 HERE = Path(__file__).resolve().parent
+WORK = "/tmp/ofa-ps-bench"
 
 
 def subnets(space, r: int) -> dict:
@@ -216,7 +217,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tp-steps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--work", default="/tmp/ofa-ps-bench")
+    ap.add_argument("--work", default=WORK)
     ap.add_argument("--out", default=str(HERE))
     ap.add_argument("--progress", action="store_true")
     ap.add_argument("--quick", action="store_true", help="tiny synthetic smoke run")
@@ -233,6 +234,8 @@ def main(argv=None) -> int:
     if args.quick:
         args.data, args.subset, args.epochs, args.batch_size = "synthetic", 256, 0.5, 16
         args.test_images, args.calib_images, args.eval_images, args.tp_steps = 64, 32, 16, 2
+        if args.work == WORK:  # never clear the work dirs of a full run going on beside it
+            args.work = WORK + "-quick"
     torch.set_num_threads(args.threads)
     ds = load_dataset(args.data)
     archs = subnets(SPACE, args.resolution)
