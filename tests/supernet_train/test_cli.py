@@ -12,8 +12,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from supernet.arch import ArchConfig
+from supernet.bn import evaluate_subnet
 from supernet.checkpoint import SUPERNETS, load_state_dict_file, load_supernet
-from supernet.data import FASHION_MNIST_DIR
+from supernet.cost import arch_cost, supernet_params
+from supernet.data import FASHION_MNIST_DIR, load_dataset
+from supernet.fileio import sha256_file
 from supernet.train import Trainer, model_digest
 
 from .conftest import SPACE, TINY, tiny_config
@@ -77,12 +81,21 @@ def test_train_then_eval_json(run_cli, tmp_path, tiny_yaml):
     assert res.exit_code == 0 and "done" in res.output, res.output
     one_line_error(run_cli("train", "--space", SPACE, "--data", "synthetic", "--out", out,
                            "--resume", "--phases", "teacher"), "phases")
+    ds = load_dataset("synthetic")
+    net = load_supernet(out / "supernet.pt")
     for arch in ("min", "max"):
         res = run_cli("eval", "--supernet", out / "supernet.pt", "--arch", arch, "--data",
-                      "synthetic", "--split", "val", "--calib-images", "32", "--json")
+                      "synthetic", "--split", "val", "--calib-images", "32", "--json",
+                      "--device", "cpu")
         assert res.exit_code == 0, res.output
         data = json.loads(res.output)
         assert 0.0 <= data["accuracy"] <= 1.0 and data["samples"] == 128
+        # the CPU path runs onnxruntime; it must agree with the network run by torch
+        assert data["backend"] == "onnxruntime"
+        ref = evaluate_subnet(net, ArchConfig.parse(arch, SPACE), ds.split("val"), ds.holdout,
+                              calib_images=32, batch_size=256)
+        assert abs(data["accuracy"] - ref["accuracy"]) <= 1 / 128
+        assert data["loss"] == pytest.approx(ref["loss"], rel=1e-3, abs=1e-4)
     one_line_error(run_cli("eval", "--supernet", out / "supernet.pt", "--arch", "r99-d2", "--data",
                            "synthetic"), "arch")
 
@@ -98,12 +111,42 @@ def test_default_supernet_is_registered_and_loads():
     assert raw["state_dict"]["classifier.linear.weight"].dtype.itemsize == 2  # fp16 on disk
 
 
+def _default_card():
+    path = Path(SUPERNETS["default"]())
+    return path, json.loads(path.with_name(path.stem + ".test.json").read_text())
+
+
+def test_default_supernet_card_matches_the_weights():
+    """The model card's params/MACs and file facts, recomputed from what ships."""
+    path, doc = _default_card()
+    assert doc["weights"]["bytes"] == path.stat().st_size
+    assert doc["weights"]["sha256"] == sha256_file(path)
+    card = load_supernet("default").checkpoint_metadata["card"]
+    assert card["supernet_params"] == supernet_params(SPACE)
+    assert set(card["subnets"]) == set(doc["results"]) == {"largest", "middle", "smallest"}
+    for name, sub in card["subnets"].items():
+        arch = ArchConfig.from_string(sub["arch"], SPACE)
+        assert (sub["params"], sub["macs"]) == tuple(arch_cost(SPACE, arch)[k]
+                                                     for k in ("params", "macs"))
+        assert doc["results"][name]["arch"] == sub["arch"]
+        assert doc["results"][name]["samples"] == 10000  # the whole test set
+    assert card["subnets"]["largest"]["arch"] == ArchConfig.max(SPACE).to_string(SPACE)
+    assert card["subnets"]["smallest"]["arch"] == ArchConfig.min(SPACE).to_string(SPACE)
+
+
 @pytest.mark.skipif(not os.path.isdir(FASHION_MNIST_DIR), reason="dataset-fashion-mnist absent")
-def test_default_supernet_is_accurate_on_fashion_mnist(run_cli):
-    res = run_cli("eval", "--supernet", "default", "--arch", "min", "--data", "fashion-mnist",
-                  "--images", "500", "--calib-images", "500", "--json")
+@pytest.mark.parametrize("name", ["smallest", "largest"])
+def test_default_supernet_accuracy_reproduces(run_cli, name):
+    """Re-run the card's quick check (first 500 test images): the same accuracy, up to an
+    image or two that float rounding on another CPU may flip."""
+    _, doc = _default_card()
+    rec = doc["results"][name]
+    chk = rec["check"]
+    res = run_cli("eval", "--supernet", "default", "--arch", rec["arch"], "--data",
+                  "fashion-mnist", "--images", str(chk["images"]), "--calib-images",
+                  str(chk["calib_images"]), "--json")
     assert res.exit_code == 0, res.output
-    assert json.loads(res.output)["accuracy"] >= 0.8
+    assert abs(json.loads(res.output)["accuracy"] - chk["accuracy"]) <= 2 / chk["images"]
 
 
 def test_kill_9_then_resume_matches_uninterrupted(synthetic, tmp_path, tiny_yaml):
