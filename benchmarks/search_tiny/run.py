@@ -45,10 +45,13 @@ from luts.table import load_table  # noqa: E402
 from ofa_deploy.accuracy import (AccuracyPredictor, ArchEncoder, kendall_tau,  # noqa: E402
                                  load_predictor)
 from ofa_deploy.collect import read_records  # noqa: E402
-from ofa_deploy.search import (Constraints, EvolutionConfig, evolution_search,  # noqa: E402
-                               random_search)
+# the search's own one-thread policy, so throughput is measured as the search scores
+from ofa_deploy.search import (Constraints, EvolutionConfig, _single_thread_torch,  # noqa: E402
+                               evolution_search, random_search)
+from profilers.measure import cpu_model  # noqa: E402
 from supernet.arch import ArchConfig  # noqa: E402
 from supernet.batch import ArchBatch  # noqa: E402
+from supernet.fileio import atomic_write_text  # noqa: E402
 from supernet.space import get_space  # noqa: E402
 
 SPACE = "ofa-mbv3-tiny"
@@ -63,17 +66,6 @@ BUDGET_FRACTIONS = (0.1, 0.2, 0.4, 0.6, 0.8)
 
 
 # -- helpers ---------------------------------------------------------------------------------
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _stats(vals) -> dict | None:
     vals = [float(v) for v in vals]
     if not vals:
@@ -91,12 +83,6 @@ def _rel(p) -> str:
         return str(p)
 
 
-def _cpu_model() -> str:
-    from profilers.measure import cpu_model
-
-    return cpu_model()
-
-
 def _nproc() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -106,20 +92,9 @@ def _nproc() -> int:
 
 def _machine() -> dict:
     return {"platform": platform.platform(), "machine": platform.machine(),
-            "cpu_model": _cpu_model(), "nproc": _nproc(), "cpu_count": os.cpu_count(),
+            "cpu_model": cpu_model(), "nproc": _nproc(), "cpu_count": os.cpu_count(),
             "python": platform.python_version(), "torch": torch.__version__,
             "numpy": np.__version__, "niceness": os.nice(0)}
-
-
-class _OneThread:
-    """torch.set_num_threads(1) for the block, restored after."""
-
-    def __enter__(self):
-        self.before = torch.get_num_threads()
-        torch.set_num_threads(1)
-
-    def __exit__(self, *exc):
-        torch.set_num_threads(self.before)
 
 
 # -- settings --------------------------------------------------------------------------------
@@ -186,7 +161,7 @@ def predictor_throughput(pred, resolutions, repeats: int, quick: bool) -> dict:
     space = get_space(SPACE)
     rng = np.random.default_rng(0)
     out = {}
-    with _OneThread():
+    with _single_thread_torch():
         for n in (100, 10000):
             batch = ArchBatch.sample(space, n, rng, resolutions=resolutions)
             x = pred.encoder.encode(batch)
@@ -300,7 +275,7 @@ def cross_validate(records, hidden, epochs, folds, repeats, log) -> dict:
     enc = ArchEncoder.for_space(space, sorted({a.r for a in archs} | set(space.resolutions)))
     fold_rows, pooled = [], []
     t0 = time.perf_counter()
-    with _OneThread():
+    with _single_thread_torch():
         for rep in range(repeats):
             order = np.random.default_rng(1000 + rep).permutation(n)
             oof = np.full(n, np.nan)
@@ -359,7 +334,7 @@ def bundled_metrics(pred, records) -> dict:
     if records:
         archs = [ArchConfig.from_dict(r["arch"], space) for r in records]
         y = np.array([float(r["accuracy"]) for r in records])
-        with _OneThread():
+        with _single_thread_torch():
             p = pred.predict(archs)
         out["in_sample_all_records"] = {"n": len(y),
                                         "rmse": float(np.sqrt(np.mean((p - y) ** 2))),
@@ -543,8 +518,8 @@ def main(argv=None) -> dict:
     }
     res["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     res["total_seconds"] = time.perf_counter() - t_start
-    _atomic_write(out / "results.json", json.dumps(res, indent=1) + "\n")
-    _atomic_write(out / "results.md", render_md(res))
+    atomic_write_text(out / "results.json", json.dumps(res, indent=1) + "\n")
+    atomic_write_text(out / "results.md", render_md(res))
     log(f"wrote {out / 'results.json'} and {out / 'results.md'} "
         f"({res['total_seconds']:.0f} s)")
     return res

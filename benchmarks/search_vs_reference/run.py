@@ -31,12 +31,6 @@ BUDGETS = (15, 20, 25, 30, 40, 50, 60)
 SPACE = "ofa-mbv3-w1.2"
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 class Reference:
     """The reference runner as a long-lived subprocess answering one request per line."""
 
@@ -283,6 +277,7 @@ def main() -> None:
     import torch
 
     from luts.table import load_table
+    from supernet.fileio import atomic_write_text
     from ofa_deploy.accuracy import load_predictor
     from ofa_deploy.search import (Constraints, EvolutionConfig, evolution_search,
                                    pareto_search, random_search)
@@ -350,13 +345,25 @@ def main() -> None:
                                     for r in refs),
                 "max_latency_diff_ms": max(abs(r["rescored_latency_ms"] - r["latency_ms"])
                                            for r in refs)}
-        _atomic_write(res_path, json.dumps(doc, indent=1) + "\n")
-        _atomic_write(out_dir / "results.md", markdown(doc))
+        atomic_write_text(res_path, json.dumps(doc, indent=1) + "\n")
+        atomic_write_text(out_dir / "results.md", markdown(doc))
 
     reference = None
     if not args.no_reference:
         reference = Reference(args.ref_python, str(ref_dir))
         doc["meta"]["reference_versions"] = reference.versions
+    def run_ours(method, b, cons, cfg):
+        """One timed ``evolution_search``; its record is appended (the caller saves)."""
+        t0, c0 = time.perf_counter(), time.process_time()
+        r = evolution_search(SPACE, pred, cons, cfg, latency_table=table)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        rec = {"method": method, "budget": b, "seed": cfg.seed,
+               "predicted_accuracy": r.predicted_accuracy, "latency_ms": r.latency_ms,
+               "macs": r.macs, "arch": r.arch.to_dict(), "wall_seconds": wall,
+               "cpu_seconds": cpu, "evaluations": r.evaluations}
+        doc["records"].append(rec)
+        return r, rec
+
     try:
         for seed in args.seeds:
             cfg = EvolutionConfig(population=args.population, generations=args.generations,
@@ -364,30 +371,16 @@ def main() -> None:
             for b in budgets:
                 cons = Constraints(max_latency_ms=b)
                 if ("ours", b, seed) not in done:
-                    t0, c0 = time.perf_counter(), time.process_time()
-                    r = evolution_search(SPACE, pred, cons, cfg, latency_table=table)
-                    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-                    doc["records"].append({
-                        "method": "ours", "budget": b, "seed": seed,
-                        "predicted_accuracy": r.predicted_accuracy, "latency_ms": r.latency_ms,
-                        "macs": r.macs, "arch": r.arch.to_dict(), "wall_seconds": wall,
-                        "cpu_seconds": cpu, "evaluations": r.evaluations,
-                        "improvements": improvements(r.history, r.history_seconds)})
+                    r, rec = run_ours("ours", b, cons, cfg)
+                    rec["improvements"] = improvements(r.history, r.history_seconds)
                     save()
                     print(f"ours      {b:5.1f} ms seed {seed}: {100 * r.predicted_accuracy:.2f}% "
-                          f"{r.latency_ms:.2f} ms  {wall:.2f} s", flush=True)
+                          f"{r.latency_ms:.2f} ms  {rec['wall_seconds']:.2f} s", flush=True)
                 if args.short_generations and ("ours_short", b, seed) not in done:
-                    short_cfg = EvolutionConfig(population=args.population,
-                                                generations=args.short_generations, seed=seed)
-                    t0, c0 = time.perf_counter(), time.process_time()
-                    r = evolution_search(SPACE, pred, cons, short_cfg, latency_table=table)
-                    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-                    doc["records"].append({
-                        "method": "ours_short", "budget": b, "seed": seed,
-                        "generations": args.short_generations,
-                        "predicted_accuracy": r.predicted_accuracy, "latency_ms": r.latency_ms,
-                        "macs": r.macs, "arch": r.arch.to_dict(), "wall_seconds": wall,
-                        "cpu_seconds": cpu, "evaluations": r.evaluations})
+                    _, rec = run_ours("ours_short", b, cons, EvolutionConfig(
+                        population=args.population, generations=args.short_generations,
+                        seed=seed))
+                    rec["generations"] = args.short_generations
                     save()
                 if reference is not None and ("reference", b, seed) not in done:
                     rr = reference.run(b, seed, args.population, args.generations)
