@@ -1,0 +1,38 @@
+"""Evolutionary architecture search under latency / MACs / params budgets.
+
+The algorithm is the OFA authors' regularised evolution (keep the best ``parent_ratio`` of the
+population; make ``mutation_ratio`` of the next population by mutating a random parent, the
+rest by uniform crossover of two random parents; children must meet the budget), run on whole
+populations at once: a population is one integer matrix of choice indices, the budget check is
+one gather over per-op cost tables, and the accuracy predictor scores every new child in one
+forward pass. Two differences from the reference, both to spend the evaluation budget better,
+neither changing what a generation can produce: parents are the best *distinct* archs (the
+reference can fill its parent pool with clones of one arch), and a child identical to an arch
+already scored is dropped instead of re-scored (the reference re-scores it; by the time it
+reappears it has already lost its place among the parents).
+
+Every sampling loop is bounded: a child slot that finds no feasible candidate within
+``retry_rounds`` rounds stays empty (the reference would loop forever or fall back to a parent
+copy, a duplicate), and the initial population is drawn by rejection in a bounded number of
+large rounds, completed by *repair* (moving random genes to the cheapest choice until the arch
+fits) when the budget is so tight that rejection finds too few. Budgets below the smallest
+achievable value are refused before any search, naming that value.
+"""
+from .costs import QUANTITIES, CostModel
+from .evolution import evolution_search, random_search
+from .pareto import pareto_search
+from .problem import _Problem, _single_thread_torch
+from .results import SearchResult, _genes_of
+from .settings import Constraints, EvolutionConfig, InfeasibleBudgetError, SearchError
+
+__all__ = [
+    "SearchError",
+    "InfeasibleBudgetError",
+    "EvolutionConfig",
+    "Constraints",
+    "SearchResult",
+    "CostModel",
+    "evolution_search",
+    "pareto_search",
+    "random_search",
+]

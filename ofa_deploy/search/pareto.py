@@ -1,0 +1,158 @@
+"""Pareto fronts: several budgets evolved in lock-step."""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import List, Sequence
+
+import numpy as np
+
+from supernet.space import Space
+
+from .evolution import _evolve, _fill_slots
+from .problem import _Problem, _single_thread_torch
+from .results import SearchResult, _genes_of, _result
+from .settings import Constraints, EvolutionConfig, SearchError
+
+
+def _as_constraints(b, base: Constraints | None) -> Constraints:
+    if isinstance(b, Constraints):
+        return b
+    if isinstance(b, bool) or not isinstance(b, (int, float, np.integer, np.floating)):
+        raise SearchError(f"a budget must be a number of ms or a Constraints, got {b!r}")
+    return dataclasses.replace(base or Constraints(), max_latency_ms=float(b))
+
+
+def pareto_search(space: "Space | str", predictor, budgets: Sequence["Constraints | float"],
+                  config: EvolutionConfig | None = None, *, latency_table=None,
+                  constraints: Constraints | None = None,
+                  resolutions: Sequence[int] | None = None) -> List[SearchResult]:
+    """The best arch for each budget (a Pareto front), tightest first; a number is a latency
+    budget (ms) combined with ``constraints``. Every budget is checked before any search runs.
+
+    All budgets evolve in lock-step: one population per budget, but every step (variation,
+    budget checks, de-duplication, scoring) is one array operation over all of them, so a front
+    of B budgets costs far less than B searches. After every generation the best arch of each
+    budget also joins the population of the next looser budget when it fits there and is
+    better, so a looser budget never ends worse than a tighter one. One budget is exactly
+    :func:`evolution_search`. ``wall_seconds`` of each result is its share of the total, which
+    ``extra["front_seconds"]`` holds."""
+    config = EvolutionConfig() if config is None else config
+    if not isinstance(config, EvolutionConfig):
+        raise SearchError("config must be an EvolutionConfig")
+    cons = [_as_constraints(b, constraints) for b in budgets]
+    if not cons:
+        raise SearchError("no budgets given")
+    cons.sort(key=lambda c: tuple(c.limits()))
+    problem = _Problem(space, predictor, cons[0], latency_table, resolutions)
+    for c in cons:
+        problem.set_constraints(c)
+        problem.check_feasible()
+    rng = np.random.default_rng(config.seed)
+    with _single_thread_torch():
+        if len(cons) == 1:
+            return [_evolve(problem, config, rng)]
+        return _evolve_lockstep(problem, cons, config, rng)
+
+
+def _evolve_lockstep(problem: _Problem, cons: List[Constraints], config: EvolutionConfig,
+                     rng: np.random.Generator) -> List[SearchResult]:
+    """:func:`_evolve` for several budgets at once; rows carry their budget's index ``gid``."""
+    t0 = time.perf_counter()
+    cost = problem.cost
+    G, P, N = len(cons), config.num_parents, config.population
+    q_all = sorted({q for c in cons for q in np.nonzero(np.isfinite(c.limits()))[0].tolist()})
+    lims = np.stack([c.limits()[q_all] for c in cons])  # (G, Q)
+
+    def feasible(genes: np.ndarray, gid: np.ndarray) -> np.ndarray:
+        return (cost.costs(genes, q_all) <= lims[gid]).all(axis=1)
+
+    seen: set = set()  # keys of (arch, budget index) pairs already scored
+    add = seen.add
+
+    def new_rows(genes: np.ndarray, gid: np.ndarray) -> List[int]:
+        return [i for i, k in enumerate(cost.keys(genes, gid)) if k not in seen and not add(k)]
+
+    parts = []
+    for g, c in enumerate(cons):
+        problem.set_constraints(c)
+        parts.append(problem.sample_feasible(N, rng))
+    gid = np.concatenate([np.full(len(x), g) for g, x in enumerate(parts)])
+    pool = np.concatenate(parts)
+    seen.update(cost.keys(pool, gid))
+    scores = problem.score(pool)
+    evaluations = np.bincount(gid, minlength=G)
+    best = np.full(G, -np.inf)
+    np.maximum.at(best, gid, scores)
+    history = [best.copy()]
+
+    slot_gid = np.repeat(np.arange(G), N)
+    is_mut = np.tile(np.arange(N) < config.num_mutations, G)
+    p = config.mutate_prob
+    pr = p if config.resolution_mutate_prob is None else config.resolution_mutate_prob
+    tried = passed = 1.0
+    for _gen in range(config.generations):
+        # parents: the best P of each budget (rows sorted by budget, then score)
+        order = np.lexsort((-scores, gid))
+        sg = gid[order]
+        starts = np.searchsorted(sg, np.arange(G))
+        # migration: a budget's best joins the next looser budget's pool if better there
+        tops = order[starts]
+        up = np.nonzero(scores[tops[:-1]] > scores[tops[1:]])[0]
+        if len(up):
+            cand, cg = pool[tops[up]], up + 1
+            ok = np.nonzero(feasible(cand, cg))[0]
+            fresh = [ok[i] for i in new_rows(cand[ok], cg[ok])] if len(ok) else []
+            if fresh:
+                pool = np.concatenate([pool, cand[fresh]])
+                gid = np.concatenate([gid, cg[fresh]])
+                scores = np.concatenate([scores, scores[tops[up]][fresh]])
+                order = np.lexsort((-scores, gid))
+                sg = gid[order]
+                starts = np.searchsorted(sg, np.arange(G))
+        keep = order[np.arange(len(order)) - starts[sg] < P]
+        parents, pg, ps = pool[keep], gid[keep], scores[keep]
+        counts = np.bincount(pg, minlength=G)
+        offs = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        cnt, off = counts[slot_gid], offs[slot_gid]
+        a = parents[off + (rng.random(G * N) * cnt).astype(np.int64)]
+        b = parents[off + (rng.random(G * N) * cnt).astype(np.int64)]
+
+        kids, done, t, f = _fill_slots(problem, a, b, is_mut, rng, p, pr, passed / tried,
+                                       config.retry_rounds,
+                                       lambda g, rows: feasible(g, slot_gid[rows]))
+        tried += t
+        passed += f
+        kids, kg = kids[done], slot_gid[done]
+        fresh = new_rows(kids, kg)
+        if fresh:
+            kids, kg = kids[fresh], kg[fresh]
+            kscores = problem.score(kids)
+            evaluations += np.bincount(kg, minlength=G)
+            pool = np.concatenate([parents, kids])
+            gid = np.concatenate([pg, kg])
+            scores = np.concatenate([ps, kscores])
+            np.maximum.at(best, kg, kscores)
+        else:
+            pool, gid, scores = parents, pg, ps
+        history.append(best.copy())
+
+    total = time.perf_counter() - t0
+    results: List[SearchResult] = []
+    for g, c in enumerate(cons):
+        problem.set_constraints(c)
+        sel = gid == g
+        pool_g, scores_g = pool[sel], scores[sel]
+        # a last pass of migration so the front is monotone even where it was one step behind
+        for prev in results[-1:]:
+            row = _genes_of(cost, prev.population[:1])
+            if prev.predicted_accuracy > scores_g.max() and problem.feasible(row)[0]:
+                pool_g = np.concatenate([pool_g, row])
+                scores_g = np.append(scores_g, prev.predicted_accuracy)
+        res = _result(problem, pool_g, scores_g, [float(h[g]) for h in history], t0,
+                      int(evaluations[g]), "evolution", config)
+        res.history[-1] = max(res.history[-1], res.predicted_accuracy)
+        res.wall_seconds = total / G
+        res.extra["front_seconds"] = total
+        results.append(res)
+    return results

@@ -1,0 +1,248 @@
+"""The search problem: one space, predictor, cost model and budget; samples, prices, scores."""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import List, Tuple
+
+import numpy as np
+
+from supernet.space import Space, get_space
+
+from .costs import CostModel
+from .settings import Constraints, InfeasibleBudgetError, SearchError
+
+
+@contextlib.contextmanager
+def _single_thread_torch():
+    """Score in one thread: the forward passes are ~100 rows, where intra-op threads only add
+    synchronisation (and on a busy machine spin for milliseconds)."""
+    try:
+        import torch
+    except ImportError:  # a duck-typed predictor may not use torch
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _table_name(table) -> str:
+    meta = getattr(table, "meta", None) or {}
+    return str(meta.get("device") or meta.get("name") or "the latency table")
+
+
+def _resolve_resolutions(space: Space, predictor, latency_table, resolutions) -> Tuple[int, ...]:
+    explicit = resolutions is not None
+    if explicit:
+        res = sorted({int(r) for r in resolutions})
+        if not res:
+            raise SearchError("no resolutions to search")
+        bad = [r for r in res if r not in space.resolutions]
+        if bad:
+            raise SearchError(f"resolution(s) {bad} are not resolutions of space {space.name} "
+                              f"({space.resolutions[0]}..{space.resolutions[-1]})")
+    elif latency_table is not None and getattr(latency_table, "resolutions", None):
+        res = sorted(r for r in latency_table.resolutions if r in space.resolutions)
+        if not res:
+            raise SearchError(f"the latency table's resolutions {list(latency_table.resolutions)} "
+                              f"are not resolutions of space {space.name}")
+    else:
+        res = list(space.resolutions)
+    if latency_table is not None and getattr(latency_table, "resolutions", None):
+        bad = [r for r in res if r not in latency_table.resolutions]
+        if bad:
+            raise SearchError(f"resolution(s) {bad} are not in the latency table (it covers "
+                              f"{list(latency_table.resolutions)})")
+    supported = getattr(predictor, "supported_resolutions", None)
+    if supported is not None:
+        ok = list(supported(res))
+        if explicit and len(ok) != len(res):
+            bad = sorted(set(res) - set(ok))
+            raise SearchError(f"resolution(s) {bad} cannot be scored by the accuracy predictor")
+        if not ok:
+            raise SearchError(f"the accuracy predictor cannot score any of the resolutions "
+                              f"{res}")
+        res = ok
+    return tuple(res)
+
+
+class _Problem:
+    """One space + predictor + cost model + constraints: samples, prices and scores genes."""
+
+    def __init__(self, space, predictor, constraints: Constraints, latency_table, resolutions):
+        self.space = get_space(space)
+        if not isinstance(constraints, Constraints):
+            raise SearchError("constraints must be a Constraints object")
+        if not callable(getattr(predictor, "predict", None)):
+            raise SearchError("the accuracy predictor must have a predict(ArchBatch) method")
+        sp_tab = getattr(latency_table, "space", None)
+        if sp_tab is not None and get_space(sp_tab).name != self.space.name:
+            raise SearchError(f"the latency table is for space {get_space(sp_tab).name}, not "
+                              f"{self.space.name}")
+        self.predictor = predictor
+        self.table = latency_table
+        self.resolutions = _resolve_resolutions(self.space, predictor, latency_table, resolutions)
+        self.cost = c = CostModel(self.space, self.resolutions, latency_table)
+        # fast path: a predictor with an ArchEncoder over this space's choices is fed features
+        # built straight from the gene matrix, skipping the value -> index round trip
+        self._fast = None
+        enc = getattr(predictor, "encoder", None)
+        if (callable(getattr(predictor, "predict_features", None))
+                and callable(getattr(enc, "encode_indices", None))
+                and tuple(getattr(enc, "kernel_choices", ())) == tuple(self.space.kernel_choices)
+                and tuple(getattr(enc, "expand_choices", ())) == tuple(self.space.expand_choices)
+                and getattr(enc, "num_blocks", None) == c.nb):
+            slots = np.asarray(enc.resolution_slot(c.rc))
+            if (slots >= 0).all():
+                self._fast = (enc, slots)
+        self.set_constraints(constraints)
+
+    def set_constraints(self, constraints: Constraints) -> None:
+        if constraints.max_latency_ms is not None and self.table is None:
+            raise SearchError("a latency budget needs a latency table")
+        self.constraints = constraints
+        self.limits = constraints.limits()
+        self.active_q = [int(q) for q in np.nonzero(np.isfinite(self.limits))[0]]
+        self._lim = self.limits[self.active_q]
+
+    def check_feasible(self) -> None:
+        """Refuse a budget below the exact minimum of its quantity, before any search."""
+        res = self.resolutions
+        span = f"resolutions {res[0]}..{res[-1]}" if len(res) > 1 else f"resolution {res[0]}"
+        for q in self.active_q:
+            lo, r = self.cost.minimum(q)
+            budget = self.limits[q]
+            if budget >= lo:
+                continue
+            if q == 0:
+                # rounded up so that passing the printed value back is feasible
+                msg = (f"latency budget {budget:g} ms is infeasible on "
+                       f"{_table_name(self.table)}: the fastest subnet of {self.space.name} "
+                       f"takes {math.ceil(lo * 1000) / 1000:.3f} ms ("
+                       + (f"at resolution {r}; " if r is not None else "") + f"{span} searched)")
+            elif q == 1:
+                msg = (f"MACs budget {budget / 1e6:g}M is infeasible: the smallest subnet of "
+                       f"{self.space.name} has {lo / 1e6:.2f}M MACs ({int(round(lo)):,}, at "
+                       f"resolution {r}; {span} searched)")
+            else:
+                msg = (f"params budget {budget / 1e6:g}M is infeasible: the smallest subnet of "
+                       f"{self.space.name} has {lo / 1e6:.3f}M params ({int(round(lo)):,})")
+            raise InfeasibleBudgetError(msg)
+
+    def feasible(self, genes: np.ndarray) -> np.ndarray:
+        if not len(self.active_q):
+            return np.ones(genes.shape[0], dtype=bool)
+        return (self.cost.costs(genes, self.active_q) <= self._lim).all(axis=1)
+
+    def score(self, genes: np.ndarray) -> np.ndarray:
+        if len(genes) == 0:
+            return np.zeros(0)
+        c = self.cost
+        if self._fast is not None:
+            enc, slots = self._fast
+            x = enc.encode_indices(genes[:, c.K], genes[:, c.E], c.active(genes),
+                                   slots[genes[:, c.R]])
+            out = self.predictor.predict_features(x)
+        else:
+            out = self.predictor.predict(c.batch(genes))
+        out = np.asarray(out, dtype=np.float64).ravel()
+        if out.shape[0] != len(genes):
+            raise SearchError(f"the accuracy predictor returned {out.shape[0]} values for "
+                              f"{len(genes)} archs")
+        return out
+
+    # -- sampling ----------------------------------------------------------------------
+    def uniform(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        return (rng.random((n, self.cost.width), dtype=np.float32)
+                * self.cost.ranges).astype(self.cost.dtype)
+
+    def _floors(self) -> np.ndarray:
+        c = self.cost
+        smallest = np.zeros((1, c.width), dtype=c.dtype)
+        smallest[0, c.R] = int(np.argmin(c.fixed[:, 0 if c._lat_grid is not None else 1]))
+        return np.concatenate([smallest] + [c.floor(int(q)) for q in self.active_q])
+
+    def repair(self, genes: np.ndarray, rng: np.random.Generator, steps: int = 12
+               ) -> np.ndarray:
+        """Move random genes of over-budget rows to a cheapest arch, more each step, until
+        they fit; the last step lands on the floor itself. Returns the feasibility mask."""
+        floors = self._floors()
+        target = floors[rng.integers(len(floors), size=len(genes))]
+        ok = self.feasible(genes)
+        for step in range(1, steps + 1):
+            bad = np.nonzero(~ok)[0]
+            if not len(bad):
+                break
+            m = rng.random((len(bad), genes.shape[1])) < step / steps
+            genes[bad] = np.where(m, target[bad], genes[bad])
+            ok[bad] = self.feasible(genes[bad])
+        return ok
+
+    def sample_feasible(self, n: int, rng: np.random.Generator, *, exclude=(),
+                        rounds: int = 16) -> np.ndarray:
+        """Up to ``n`` distinct feasible archs: rejection sampling (uniform over the feasible
+        set) in up to ``rounds`` batches of up to 64k archs, priced in one pass each; at budgets
+        so tight that this finds too few, repair of rejected samples fills the rest. Always
+        terminates."""
+        seen = set(exclude)
+        got: List[np.ndarray] = []
+        count = 0
+        chunk = min(max(8 * n, 16384), 65536)
+        for attempt in range(rounds + 4):
+            if count >= n:
+                break
+            if attempt < rounds:
+                g = self.uniform(chunk, rng)
+                g = g[self.feasible(g)]
+            else:
+                g = self.uniform(2 * (n - count) + 8, rng)
+                g = g[self.repair(g, rng)]
+            take = []
+            for i, k in enumerate(self.cost.keys(g)):
+                if count + len(take) >= n:
+                    break
+                if k not in seen:
+                    seen.add(k)
+                    take.append(i)
+            if take:
+                got.append(g[take])
+                count += len(take)
+        if not count:
+            raise InfeasibleBudgetError(
+                f"no subnet of {self.space.name} meets all constraints together "
+                f"({self.constraints.describe()}); each is achievable alone, so loosen one")
+        return np.concatenate(got)
+
+    # -- variation ---------------------------------------------------------------------
+    def vary(self, a: np.ndarray, b: np.ndarray, is_mut: np.ndarray,
+             rng: np.random.Generator, p: float, pr: float) -> np.ndarray:
+        """Children of parent rows ``a`` (and ``b``), as the reference makes them.
+
+        Where ``is_mut``: a mutant of ``a``: each block's kernel and expand are resampled
+        (together, on one draw) with probability ``p``, each stage depth with ``p``, the
+        resolution with ``pr``. Elsewhere: a uniform crossover, each gene from ``a`` or ``b``
+        with probability 1/2. Both kinds read one uniform matrix (mutants use its first
+        ``blocks + stages + 1`` columns as their decisions, crossovers every column as coins),
+        so a mixed batch costs a handful of array operations."""
+        c = self.cost
+        u = rng.random(a.shape, dtype=np.float32)
+        probs = np.full(a.shape[1], p, dtype=np.float32)
+        probs[c.R] = pr
+        mut = is_mut[:, None]
+        hit = (u[:, c.mutation_cols] < probs) & mut
+        out = np.where((u < 0.5) & ~mut, b, a)
+        rows, cols = np.nonzero(hit)
+        out[rows, cols] = (rng.random(len(rows), dtype=np.float32)
+                           * c.ranges[cols]).astype(out.dtype)
+        return out
+
+    def mutate(self, parents: np.ndarray, rng: np.random.Generator, p: float,
+               pr: float) -> np.ndarray:
+        return self.vary(parents, parents, np.ones(len(parents), bool), rng, p, pr)
+
+    def crossover(self, a: np.ndarray, b: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return self.vary(a, b, np.zeros(len(a), bool), rng, 0.0, 0.0)

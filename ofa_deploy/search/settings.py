@@ -1,0 +1,129 @@
+"""Search settings: the evolution hyper-parameters and the budgets an arch must meet."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+from supernet.errors import OfaDeployError
+
+
+class SearchError(OfaDeployError, ValueError):
+    """Bad search settings (population, ratios, resolutions...)."""
+
+
+class InfeasibleBudgetError(SearchError):
+    """No subnet of the space can meet the budget; the message names the smallest value."""
+
+
+def _check_int(name: str, v: Any, lo: int) -> None:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise SearchError(f"{name} must be an integer, got {v!r}")
+    if v < lo:
+        raise SearchError(f"{name} must be >= {lo}, got {v}")
+
+
+def _check_frac(name: str, v: Any, *, open_low: bool = False) -> None:
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)):
+        raise SearchError(f"{name} must be a number, got {v!r}")
+    if not math.isfinite(v) or v > 1 or v < 0 or (open_low and v == 0):
+        rng = "(0, 1]" if open_low else "[0, 1]"
+        raise SearchError(f"{name} must be in {rng}, got {v}")
+
+
+@dataclass(frozen=True)
+class EvolutionConfig:
+    """Hyper-parameters of :func:`evolution_search` (defaults: the OFA reference's)."""
+
+    population: int = 100
+    parent_ratio: float = 0.25
+    mutation_ratio: float = 0.5
+    mutate_prob: float = 0.1
+    generations: int = 500
+    seed: int = 0
+    # None: mutate the resolution with ``mutate_prob``, as the reference's tutorial finder does
+    resolution_mutate_prob: float | None = None
+    # rounds of candidates for a child slot before it is left empty (see _Children)
+    retry_rounds: int = 10
+
+    def __post_init__(self) -> None:
+        _check_int("population", self.population, 2)
+        _check_frac("parent_ratio", self.parent_ratio, open_low=True)
+        _check_frac("mutation_ratio", self.mutation_ratio)
+        _check_frac("mutate_prob", self.mutate_prob)
+        if self.resolution_mutate_prob is not None:
+            _check_frac("resolution_mutate_prob", self.resolution_mutate_prob)
+        _check_int("generations", self.generations, 0)
+        _check_int("seed", self.seed, 0)
+        _check_int("retry_rounds", self.retry_rounds, 1)
+        if self.num_parents < 1:
+            raise SearchError(f"parent_ratio {self.parent_ratio} of population "
+                              f"{self.population} leaves no parents")
+
+    @property
+    def num_parents(self) -> int:
+        return int(round(self.parent_ratio * self.population))
+
+    @property
+    def num_mutations(self) -> int:
+        return int(round(self.mutation_ratio * self.population))
+
+    @property
+    def evaluations_budget(self) -> int:
+        """Children generated in a whole run (the reference scores exactly this many)."""
+        return self.population * (self.generations + 1)
+
+    def get_state(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_state(cls, state: Mapping) -> "EvolutionConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(state) - names)
+        if unknown:
+            raise SearchError(f"unknown evolution setting(s): {', '.join(unknown)}")
+        return cls(**dict(state))
+
+
+def _check_limit(name: str, v: Any) -> None:
+    if v is None:
+        return
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise SearchError(f"{name} must be a number, got {v!r}")
+    if not math.isfinite(v) or v <= 0:
+        raise SearchError(f"{name} must be a positive number, got {v}")
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """Upper bounds an arch must meet; any mix, None = unconstrained."""
+
+    max_latency_ms: float | None = None
+    max_macs: float | None = None
+    max_params: float | None = None
+
+    def __post_init__(self) -> None:
+        _check_limit("max_latency_ms", self.max_latency_ms)
+        _check_limit("max_macs", self.max_macs)
+        _check_limit("max_params", self.max_params)
+
+    def limits(self) -> np.ndarray:
+        """(latency, MACs, params) bounds with +inf where unconstrained."""
+        return np.array([math.inf if v is None else float(v)
+                         for v in (self.max_latency_ms, self.max_macs, self.max_params)])
+
+    def describe(self) -> str:
+        parts = []
+        if self.max_latency_ms is not None:
+            parts.append(f"latency <= {self.max_latency_ms:g} ms")
+        if self.max_macs is not None:
+            parts.append(f"MACs <= {self.max_macs / 1e6:g}M")
+        if self.max_params is not None:
+            parts.append(f"params <= {self.max_params / 1e6:g}M")
+        return ", ".join(parts) or "unconstrained"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
