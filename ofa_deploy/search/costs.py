@@ -42,29 +42,31 @@ class CostModel:
     def __init__(self, space: "Space | str", resolutions: Sequence[int], latency_table=None):
         self.space = sp = get_space(space)
         self.resolutions = tuple(int(r) for r in resolutions)
-        self.kc = np.asarray(sp.kernel_choices, dtype=np.int64)
-        self.ec = np.asarray(sp.expand_choices, dtype=np.int64)
-        self.dc = np.asarray(sp.depth_choices, dtype=np.int64)
-        self.rc = np.asarray(self.resolutions, dtype=np.int64)
+        self.kernel_values = np.asarray(sp.kernel_choices, dtype=np.int64)
+        self.expand_values = np.asarray(sp.expand_choices, dtype=np.int64)
+        self.depth_values = np.asarray(sp.depth_choices, dtype=np.int64)
+        self.res_values = np.asarray(self.resolutions, dtype=np.int64)
         nb, ns, md = sp.num_blocks, sp.num_stages, sp.max_depth
         self.nb, self.ns, self.md = nb, ns, md
-        self.nk, self.ne, self.nd, self.nr = len(self.kc), len(self.ec), len(self.dc), len(self.rc)
+        self.n_kernels, self.n_expands = len(self.kernel_values), len(self.expand_values)
+        self.n_depths, self.n_res = len(self.depth_values), len(self.res_values)
         # gene matrix layout
-        self.K, self.E = slice(0, nb), slice(nb, 2 * nb)
-        self.D, self.R = slice(2 * nb, 2 * nb + ns), 2 * nb + ns
+        self.kernel_genes, self.expand_genes = slice(0, nb), slice(nb, 2 * nb)
+        self.depth_genes, self.res_gene = slice(2 * nb, 2 * nb + ns), 2 * nb + ns
         self.width = 2 * nb + ns + 1
         # genes are small indices: int8 keeps the population arrays 8x smaller than int64,
         # which is most of the cost of gathering and mixing them
-        self.dtype = np.int8 if max(self.nk, self.ne, self.nd, self.nr) <= 127 else np.int16
-        self.ranges = np.array([self.nk] * nb + [self.ne] * nb + [self.nd] * ns + [self.nr])
+        widest = max(self.n_kernels, self.n_expands, self.n_depths, self.n_res)
+        self.dtype = np.int8 if widest <= 127 else np.int16
+        self.ranges = np.array([self.n_kernels] * nb + [self.n_expands] * nb + [self.n_depths] * ns + [self.n_res])
         # which mutation draw (block, stage, resolution) decides each gene
         self.mutation_cols = np.r_[np.arange(nb), np.arange(nb), nb + np.arange(ns), nb + ns]
         self.pos = np.tile(np.arange(md), ns)
         self.stage_of_block = np.repeat(np.arange(ns), md)
         self.table = latency_table
-        nr = self.nr
+        nr = self.n_res
         fixed = np.zeros((nr, 3))
-        blocks = np.zeros((nr, nb, self.nk * self.ne, 3))
+        blocks = np.zeros((nr, nb, self.n_kernels * self.n_expands, 3))
         self._lat_grid = None
         if latency_table is not None and hasattr(latency_table, "grid"):
             self._lat_grid = latency_table.grid()
@@ -76,7 +78,7 @@ class CostModel:
         self.fixed, self.blocks = fixed, blocks
         # flat per-quantity tables with one trailing zero that skipped blocks point at, so a
         # population is priced by one take() and one sum per quantity
-        ke = self.nk * self.ne
+        ke = self.n_kernels * self.n_expands
         self._flat = [np.append(blocks[..., q].ravel(), 0.0) for q in range(3)]
         self._zero = nr * nb * ke
         self._block_off = np.arange(nb) * ke
@@ -93,13 +95,13 @@ class CostModel:
 
     # -- gene matrices -----------------------------------------------------------------
     def active(self, genes: np.ndarray) -> np.ndarray:
-        return self.dc[genes[:, self._dcols]] > self.pos
+        return self.depth_values[genes[:, self._dcols]] > self.pos
 
     def costs(self, genes: np.ndarray, quantities: Sequence[int] = (0, 1, 2)) -> np.ndarray:
         """``(N, len(quantities))`` of latency ms (NaN without a table), MACs, params."""
-        r = genes[:, self.R].astype(np.intp)
+        r = genes[:, self.res_gene].astype(np.intp)
         idx = (r[:, None] * self._row_stride + self._block_off
-               + genes[:, self.K].astype(np.intp) * self.ne + genes[:, self.E])
+               + genes[:, self.kernel_genes].astype(np.intp) * self.n_expands + genes[:, self.expand_genes])
         idx = np.where(self.active(genes), idx, self._zero)
         out = np.empty((len(genes), len(quantities)))
         for j, q in enumerate(quantities):
@@ -114,15 +116,15 @@ class CostModel:
     def canonical(self, genes: np.ndarray) -> np.ndarray:
         act = self.active(genes)
         out = genes.copy()
-        out[:, self.K] *= act
-        out[:, self.E] *= act
+        out[:, self.kernel_genes] *= act
+        out[:, self.expand_genes] *= act
         return out
 
     def batch(self, genes: np.ndarray) -> ArchBatch:
         """Canonical :class:`ArchBatch` (skipped blocks hold the smallest choice)."""
         c = self.canonical(genes)
-        return ArchBatch(self.space, self.kc[c[:, self.K]], self.ec[c[:, self.E]],
-                         self.dc[c[:, self.D]], self.rc[c[:, self.R]])
+        return ArchBatch(self.space, self.kernel_values[c[:, self.kernel_genes]], self.expand_values[c[:, self.expand_genes]],
+                         self.depth_values[c[:, self.depth_genes]], self.res_values[c[:, self.res_gene]])
 
     def keys(self, genes: np.ndarray, extra: np.ndarray | None = None) -> List[int]:
         """One integer key per arch, equal for equal networks (skipped blocks ignored): a
@@ -146,7 +148,7 @@ class CostModel:
         if q == 0 and self._lat_grid is None:
             mm = getattr(self.table, "min_max", None)
             return (float(mm(list(self.resolutions))[0]) if mm else 0.0), None
-        mask = self.pos < self.dc.min()
+        mask = self.pos < self.depth_values.min()
         per_res = self.fixed[:, q] + self.blocks[:, :, :, q].min(axis=2)[:, mask].sum(axis=1)
         i = int(np.argmin(per_res))
         return float(per_res[i]), self.resolutions[i]
@@ -159,5 +161,5 @@ class CostModel:
             return np.zeros((1, self.width), dtype=self.dtype)
         ri = self.resolutions.index(r)
         best = self.blocks[ri, :, :, q].argmin(axis=1)
-        return np.concatenate([best // self.ne, best % self.ne, np.zeros(self.ns, np.int64),
+        return np.concatenate([best // self.n_expands, best % self.n_expands, np.zeros(self.ns, np.int64),
                                [ri]])[None, :].astype(self.dtype)

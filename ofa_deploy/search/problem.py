@@ -96,7 +96,7 @@ class _Problem:
                 and tuple(getattr(enc, "kernel_choices", ())) == tuple(self.space.kernel_choices)
                 and tuple(getattr(enc, "expand_choices", ())) == tuple(self.space.expand_choices)
                 and getattr(enc, "num_blocks", None) == c.nb):
-            slots = np.asarray(enc.resolution_slot(c.rc))
+            slots = np.asarray(enc.resolution_slot(c.res_values))
             if (slots >= 0).all():
                 self._fast = (enc, slots)
         self.set_constraints(constraints)
@@ -144,8 +144,8 @@ class _Problem:
         c = self.cost
         if self._fast is not None:
             enc, slots = self._fast
-            x = enc.encode_indices(genes[:, c.K], genes[:, c.E], c.active(genes),
-                                   slots[genes[:, c.R]])
+            x = enc.encode_indices(genes[:, c.kernel_genes], genes[:, c.expand_genes], c.active(genes),
+                                   slots[genes[:, c.res_gene]])
             out = self.predictor.predict_features(x)
         else:
             out = self.predictor.predict(c.batch(genes))
@@ -163,7 +163,7 @@ class _Problem:
     def _floors(self) -> np.ndarray:
         c = self.cost
         smallest = np.zeros((1, c.width), dtype=c.dtype)
-        smallest[0, c.R] = int(np.argmin(c.fixed[:, 0 if c._lat_grid is not None else 1]))
+        smallest[0, c.res_gene] = int(np.argmin(c.fixed[:, 0 if c._lat_grid is not None else 1]))
         return np.concatenate([smallest] + [c.floor(int(q)) for q in self.active_q])
 
     def repair(self, genes: np.ndarray, rng: np.random.Generator, steps: int = 12
@@ -218,31 +218,37 @@ class _Problem:
         return np.concatenate(got)
 
     # -- variation ---------------------------------------------------------------------
-    def vary(self, a: np.ndarray, b: np.ndarray, is_mut: np.ndarray,
-             rng: np.random.Generator, p: float, pr: float) -> np.ndarray:
-        """Children of parent rows ``a`` (and ``b``), as the reference makes them.
+    def vary(self, first: np.ndarray, second: np.ndarray, mutate_rows: np.ndarray,
+             rng: np.random.Generator, mutate_prob: float, res_mutate_prob: float
+             ) -> np.ndarray:
+        """Children of parent rows ``first`` (and ``second``), as the reference makes them.
 
-        Where ``is_mut``: a mutant of ``a``: each block's kernel and expand are resampled
-        (together, on one draw) with probability ``p``, each stage depth with ``p``, the
-        resolution with ``pr``. Elsewhere: a uniform crossover, each gene from ``a`` or ``b``
-        with probability 1/2. Both kinds read one uniform matrix (mutants use its first
-        ``blocks + stages + 1`` columns as their decisions, crossovers every column as coins),
-        so a mixed batch costs a handful of array operations."""
+        Where ``mutate_rows``: a mutant of ``first``: each block's kernel and expand are
+        resampled (together, on one draw) with probability ``mutate_prob``, each stage depth
+        with ``mutate_prob``, the resolution with ``res_mutate_prob``. Elsewhere: a uniform
+        crossover, each gene from ``first`` or ``second`` with probability 1/2. Both kinds read
+        one uniform matrix (mutants use its first ``blocks + stages + 1`` columns as their
+        decisions, crossovers every column as coins), so a mixed batch costs a handful of
+        array operations."""
         c = self.cost
-        u = rng.random(a.shape, dtype=np.float32)
-        probs = np.full(a.shape[1], p, dtype=np.float32)
-        probs[c.R] = pr
-        mut = is_mut[:, None]
+        u = rng.random(first.shape, dtype=np.float32)
+        probs = np.full(first.shape[1], mutate_prob, dtype=np.float32)
+        probs[c.res_gene] = res_mutate_prob
+        mut = mutate_rows[:, None]
         hit = (u[:, c.mutation_cols] < probs) & mut
-        out = np.where((u < 0.5) & ~mut, b, a)
+        out = np.where((u < 0.5) & ~mut, second, first)
         rows, cols = np.nonzero(hit)
         out[rows, cols] = (rng.random(len(rows), dtype=np.float32)
                            * c.ranges[cols]).astype(out.dtype)
         return out
 
-    def mutate(self, parents: np.ndarray, rng: np.random.Generator, p: float,
-               pr: float) -> np.ndarray:
-        return self.vary(parents, parents, np.ones(len(parents), bool), rng, p, pr)
+    def mutate(self, parents: np.ndarray, rng: np.random.Generator, mutate_prob: float,
+               res_mutate_prob: float) -> np.ndarray:
+        """Mutants of ``parents`` (see :meth:`vary`)."""
+        return self.vary(parents, parents, np.ones(len(parents), bool), rng, mutate_prob,
+                         res_mutate_prob)
 
-    def crossover(self, a: np.ndarray, b: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        return self.vary(a, b, np.zeros(len(a), bool), rng, 0.0, 0.0)
+    def crossover(self, first: np.ndarray, second: np.ndarray, rng: np.random.Generator
+                  ) -> np.ndarray:
+        """Uniform crossovers of row pairs (see :meth:`vary`)."""
+        return self.vary(first, second, np.zeros(len(first), bool), rng, 0.0, 0.0)

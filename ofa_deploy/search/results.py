@@ -86,6 +86,6 @@ def _result(problem: _Problem, pool: np.ndarray, scores: np.ndarray, history: Li
 
 def _genes_of(cost: CostModel, batch: ArchBatch) -> np.ndarray:
     """Gene matrix of a canonical batch produced by this cost model."""
-    cols = [np.searchsorted(cost.kc, batch.ks), np.searchsorted(cost.ec, batch.e),
-            np.searchsorted(cost.dc, batch.d), np.searchsorted(cost.rc, batch.r)[:, None]]
+    cols = [np.searchsorted(cost.kernel_values, batch.ks), np.searchsorted(cost.expand_values, batch.e),
+            np.searchsorted(cost.depth_values, batch.d), np.searchsorted(cost.res_values, batch.r)[:, None]]
     return np.concatenate(cols, axis=1).astype(cost.dtype)

@@ -288,18 +288,18 @@ def test_variation_follows_the_reference_rules(note10):
     n = 20000
     zero = np.zeros((n, c.width), dtype=np.int64)
     mut = prob.mutate(zero, rng, 0.5, 0.25)
-    k_changed, e_changed = mut[:, c.K] != 0, mut[:, c.E] != 0
+    k_changed, e_changed = mut[:, c.kernel_genes] != 0, mut[:, c.expand_genes] != 0
     # a block is resampled with p=0.5 and a fresh choice differs with 2/3: 1/3 each, and both
     # change together with 0.5 * (2/3)^2 = 2/9 (independent draws would give 1/9)
     assert k_changed.mean() == pytest.approx(1 / 3, abs=0.01)
     assert e_changed.mean() == pytest.approx(1 / 3, abs=0.01)
     assert (k_changed & e_changed).mean() == pytest.approx(2 / 9, abs=0.01)
-    assert (mut[:, c.D] != 0).mean() == pytest.approx(0.5 * 2 / 3, abs=0.01)
-    assert (mut[:, c.R] != 0).mean() == pytest.approx(0.25 * 4 / 5, abs=0.01)
+    assert (mut[:, c.depth_genes] != 0).mean() == pytest.approx(0.5 * 2 / 3, abs=0.01)
+    assert (mut[:, c.res_gene] != 0).mean() == pytest.approx(0.25 * 4 / 5, abs=0.01)
     ones = np.ones_like(zero)
     cross = prob.crossover(zero, ones, rng)
     assert cross.mean() == pytest.approx(0.5, abs=0.01)
-    kk, ee = cross[:, c.K].astype(float), cross[:, c.E].astype(float)
+    kk, ee = cross[:, c.kernel_genes].astype(float), cross[:, c.expand_genes].astype(float)
     assert abs(np.corrcoef(kk.ravel(), ee.ravel())[0, 1]) < 0.02
     # a mixed batch keeps each row's kind
     mixed = prob.vary(zero, ones, np.arange(n) < n // 2, rng, 0.0, 0.0)
