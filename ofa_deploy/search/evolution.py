@@ -9,6 +9,7 @@ import numpy as np
 
 from supernet.space import Space
 
+from .local import polish
 from .problem import _Problem, _single_thread_torch
 from .results import SearchResult, _result
 from .settings import Constraints, EvolutionConfig, SearchError, _check_int
@@ -129,8 +130,13 @@ def _evolve(problem: _Problem, config: EvolutionConfig, rng: np.random.Generator
             pool, scores = parents, pscores
         history.append(max(history[-1], float(scores.max())))
         elapsed.append(clock() - t0)
+    pool, scores, n, report = polish(problem, pool, scores, config.local_search)
+    evaluations += n
+    history[-1] = max(history[-1], float(scores.max()))
+    elapsed[-1] = clock() - t0
     res = _result(problem, pool, scores, history, t0, evaluations, "evolution", config)
     res.history_seconds = elapsed
+    res.extra.update(report)
     return res
 
 

@@ -10,6 +10,7 @@ import numpy as np
 from supernet.space import Space
 
 from .evolution import _evolve, _fill_slots
+from .local import polish
 from .problem import _Problem, _single_thread_torch
 from .results import SearchResult, _genes_of, _result
 from .settings import Constraints, EvolutionConfig, SearchError
@@ -137,7 +138,6 @@ def _evolve_lockstep(problem: _Problem, cons: List[Constraints], config: Evoluti
             pool, gid, scores = parents, pg, ps
         history.append(best.copy())
 
-    total = time.perf_counter() - t0
     results: List[SearchResult] = []
     for g, c in enumerate(cons):
         problem.set_constraints(c)
@@ -149,10 +149,15 @@ def _evolve_lockstep(problem: _Problem, cons: List[Constraints], config: Evoluti
             if prev.predicted_accuracy > scores_g.max() and problem.feasible(row)[0]:
                 pool_g = np.concatenate([pool_g, row])
                 scores_g = np.append(scores_g, prev.predicted_accuracy)
+        # the same final local search as a single budget's, so every budget gets its quality
+        pool_g, scores_g, n, report = polish(problem, pool_g, scores_g, config.local_search)
         res = _result(problem, pool_g, scores_g, [float(h[g]) for h in history], t0,
-                      int(evaluations[g]), "evolution", config)
+                      int(evaluations[g]) + n, "evolution", config)
         res.history[-1] = max(res.history[-1], res.predicted_accuracy)
+        res.extra.update(report)
+        results.append(res)
+    total = time.perf_counter() - t0
+    for res in results:
         res.wall_seconds = total / G
         res.extra["front_seconds"] = total
-        results.append(res)
     return results

