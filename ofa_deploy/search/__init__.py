@@ -17,6 +17,14 @@ copy, a duplicate), and the initial population is drawn by rejection in a bounde
 large rounds, completed by *repair* (moving random genes to the cheapest choice until the arch
 fits) when the budget is so tight that rejection finds too few. Budgets below the smallest
 achievable value are refused before any search, naming that value.
+
+The run ends with a steepest-ascent local search from the best arch (single-gene moves, then
+gene pairs, within the budget; see :mod:`.local`), and every result reports whether its winner
+is a local optimum (``local_optimum``, ``best_single_move_gain``).
+
+Modules: :mod:`.settings` (config, budgets, errors), :mod:`.costs` (the cost model over gene
+matrices), :mod:`.problem` (sampling, pricing, scoring, variation), :mod:`.evolution` (one
+budget, random search), :mod:`.pareto` (fronts), :mod:`.local` (local search), :mod:`.results`.
 """
 from .costs import QUANTITIES, CostModel
 from .evolution import evolution_search, random_search

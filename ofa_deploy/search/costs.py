@@ -91,10 +91,12 @@ class CostModel:
 
     @property
     def has_latency(self) -> bool:
+        """Whether latency can be priced (a latency table was given)."""
         return self.table is not None
 
     # -- gene matrices -----------------------------------------------------------------
     def active(self, genes: np.ndarray) -> np.ndarray:
+        """``(N, blocks)`` mask of the blocks each arch runs (its stage's depth reaches them)."""
         return self.depth_values[genes[:, self._dcols]] > self.pos
 
     def costs(self, genes: np.ndarray, quantities: Sequence[int] = (0, 1, 2)) -> np.ndarray:
@@ -114,6 +116,7 @@ class CostModel:
         return out
 
     def canonical(self, genes: np.ndarray) -> np.ndarray:
+        """Copy of ``genes`` with skipped blocks' kernel/expand set to index 0."""
         act = self.active(genes)
         out = genes.copy()
         out[:, self.kernel_genes] *= act

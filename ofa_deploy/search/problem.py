@@ -102,6 +102,7 @@ class _Problem:
         self.set_constraints(constraints)
 
     def set_constraints(self, constraints: Constraints) -> None:
+        """Switch to another budget (same space, predictor and cost model)."""
         if constraints.max_latency_ms is not None and self.table is None:
             raise SearchError("a latency budget needs a latency table")
         self.constraints = constraints
@@ -134,11 +135,13 @@ class _Problem:
             raise InfeasibleBudgetError(msg)
 
     def feasible(self, genes: np.ndarray) -> np.ndarray:
+        """``(N,)`` mask of the gene rows that meet every active bound."""
         if not len(self.active_q):
             return np.ones(genes.shape[0], dtype=bool)
         return (self.cost.costs(genes, self.active_q) <= self._lim).all(axis=1)
 
     def score(self, genes: np.ndarray) -> np.ndarray:
+        """Predicted accuracy of every gene row (one predictor pass)."""
         if len(genes) == 0:
             return np.zeros(0)
         c = self.cost
@@ -157,6 +160,7 @@ class _Problem:
 
     # -- sampling ----------------------------------------------------------------------
     def uniform(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """``n`` gene rows drawn uniformly from the whole space (feasible or not)."""
         return (rng.random((n, self.cost.width), dtype=np.float32)
                 * self.cost.ranges).astype(self.cost.dtype)
 

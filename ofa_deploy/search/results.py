@@ -41,9 +41,11 @@ class SearchResult:
 
     @property
     def predicted_latency_ms(self) -> float | None:
+        """Alias of ``latency_ms`` (the table's prediction)."""
         return self.latency_ms
 
     def to_dict(self, *, with_history: bool = False) -> dict:
+        """JSON-ready summary (the ``search --json`` keys), ``extra`` merged in."""
         d = {
             "space": self.space.name,
             "method": self.method,

@@ -69,10 +69,12 @@ class EvolutionConfig:
 
     @property
     def num_parents(self) -> int:
+        """Parents kept per generation (``parent_ratio`` of the population)."""
         return int(round(self.parent_ratio * self.population))
 
     @property
     def num_mutations(self) -> int:
+        """Children per generation made by mutation (the rest by crossover)."""
         return int(round(self.mutation_ratio * self.population))
 
     @property
@@ -81,10 +83,12 @@ class EvolutionConfig:
         return self.population * (self.generations + 1)
 
     def get_state(self) -> dict:
+        """The settings as a plain dict (for JSON reports; see :meth:`from_state`)."""
         return dataclasses.asdict(self)
 
     @classmethod
     def from_state(cls, state: Mapping) -> "EvolutionConfig":
+        """Settings from :meth:`get_state`'s dict; unknown keys are refused."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(state) - names)
         if unknown:
@@ -120,6 +124,7 @@ class Constraints:
                          for v in (self.max_latency_ms, self.max_macs, self.max_params)])
 
     def describe(self) -> str:
+        """The budgets in words, e.g. ``latency <= 25 ms, MACs <= 300M``."""
         parts = []
         if self.max_latency_ms is not None:
             parts.append(f"latency <= {self.max_latency_ms:g} ms")
@@ -130,4 +135,5 @@ class Constraints:
         return ", ".join(parts) or "unconstrained"
 
     def to_dict(self) -> dict:
+        """The three bounds as a dict (None = unconstrained)."""
         return dataclasses.asdict(self)
