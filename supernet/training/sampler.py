@@ -11,8 +11,8 @@ from typing import List, Sequence, Tuple
 
 import numpy as np
 
-from .arch import ArchConfig
-from .space import Space, get_space
+from ..arch import ArchConfig
+from ..space import Space, get_space
 
 __all__ = ["PhaseChoices", "phase_choices", "SubnetSampler", "arch_digest", "STRATEGIES"]
 

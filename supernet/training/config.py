@@ -13,13 +13,13 @@ from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 import yaml
 
-from .errors import OfaDeployError
-from .space import Space, get_space
+from ..errors import OfaDeployError
+from ..space import Space, get_space
 
 __all__ = ["ConfigError", "TrainConfig", "StageConfig", "PHASES", "DEFAULT_PHASES",
            "default_config_path", "load_config_file", "ASSETS"]
 
-ASSETS = Path(__file__).resolve().parent / "assets"
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
 PHASES = ("teacher", "kernel", "depth", "expand", "full")
 DEFAULT_PHASES = ("teacher", "kernel", "depth", "expand")
 # Phases whose elastic dimension grows one choice per stage, as in the reference.
@@ -236,9 +236,6 @@ class TrainConfig:
     @classmethod
     def from_state(cls, state: Mapping) -> "TrainConfig":
         return cls(state["config"], state["space"])
-
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.data, sort_keys=False)
 
     def __getitem__(self, key: str):
         return self.data[key]
