@@ -79,7 +79,7 @@ class Trainer:
         self.local_batch = d["batch_size"] // ws
         self.amp = bool(d["amp"]) and self.device.type == "cuda"
         self.autocast = autocast_for(self.device, self.amp)
-        self.cl = bool(d["channels_last"])
+        self.channels_last = bool(d["channels_last"])
         # Training pool: the training split minus the held-out part, optionally a fixed subset
         # (the same one for every seed, so benchmark arms see the same images).
         pool = np.arange(len(dataset.train))
@@ -117,7 +117,7 @@ class Trainer:
         if isinstance(net.classifier.dropout, nn.Dropout):
             net.classifier.dropout = ExplicitDropout(net.classifier.dropout.p, self.dropout_gen)
         net = net.to(self.device)
-        if self.cl:
+        if self.channels_last:
             net = net.to(memory_format=torch.channels_last)
         net.train()
         self.net = net
@@ -172,7 +172,7 @@ class Trainer:
     def _load_teacher(self) -> None:
         src = load_supernet(self._teacher_source(), self.space)
         t = extract_subnet(src, ArchConfig.max(self.space)).to(self.device)
-        if self.cl:
+        if self.channels_last:
             t = t.to(memory_format=torch.channels_last)
         t.eval().requires_grad_(False)
         self.teacher = t
@@ -208,7 +208,7 @@ class Trainer:
 
     def _to_device(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True)
-        return x.contiguous(memory_format=torch.channels_last) if self.cl else x
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     # -- one step ----------------------------------------------------------------------------
     def _train_step(self, st: StageConfig, stage_idx: int) -> dict:
@@ -258,7 +258,7 @@ class Trainer:
             res = evaluate_subnet(net, arch, source, self.data.holdout,
                                   calib_images=e["calib_images"], images=e["images"],
                                   batch_size=e["batch_size"], device=self.device, amp=self.amp,
-                                  channels_last=self.cl)
+                                  channels_last=self.channels_last)
             out.append({"stage": st.name, "phase": st.phase, "global_step": self.pos["global_step"],
                         "split": e["split"], "arch": arch.to_string(self.space),
                         "ks": max(arch.ks), "e": max(arch.e), "d": max(arch.d),
@@ -395,16 +395,16 @@ class Trainer:
             self.dist.barrier()
         self._write_config()
         self._t0 = time.time()
-        ce = self.cfg.data["checkpoint_every"]
+        checkpoint_every = self.cfg.data["checkpoint_every"]
         interrupted = False
         while self.pos["stage"] < len(self.stages) and not interrupted:
-            si = self.pos["stage"]
-            st = self.stages[si]
+            stage_idx = self.pos["stage"]
+            st = self.stages[stage_idx]
             steps = self.stage_steps(st)
             if steps > 0:
                 self._enter_stage(st, saved)
                 saved = None
-                interrupted = self._run_stage(st, si, steps, ce, max_steps)
+                interrupted = self._run_stage(st, stage_idx, steps, checkpoint_every, max_steps)
                 if interrupted:
                     break
                 metrics = []
@@ -418,7 +418,7 @@ class Trainer:
                         save_supernet(self.net, self.paths["teacher"])
                     self.dist.barrier()
                     self.teacher = None
-            self.pos.update(stage=si + 1, step=0, setup_done=False)
+            self.pos.update(stage=stage_idx + 1, step=0, setup_done=False)
             self.optimizer = self.scheduler = self.scaler = None
             self._save_checkpoint()
             self._save_supernet(final=self.pos["stage"] >= len(self.stages))
@@ -431,7 +431,7 @@ class Trainer:
         return {"complete": not interrupted, "global_step": self.pos["global_step"],
                 "elapsed_s": round(self.elapsed, 1), "out": str(self.out)}
 
-    def _run_stage(self, st: StageConfig, si: int, steps: int, ce: int,
+    def _run_stage(self, st: StageConfig, stage_idx: int, steps: int, checkpoint_every: int,
                    max_steps: int | None) -> bool:
         log_every = self.cfg.data["log_every"]
         bar = None
@@ -446,7 +446,7 @@ class Trainer:
         win.update(images=0, t=time.time())
         try:
             while self.pos["step"] < steps:
-                m = self._train_step(st, si)
+                m = self._train_step(st, stage_idx)
                 self.pos["step"] += 1
                 self.pos["global_step"] += 1
                 win["loss"] += m["loss"]
@@ -470,7 +470,8 @@ class Trainer:
                         "elapsed_s": round(self.elapsed + time.time() - self._t0, 1)}])
                     win.update(loss=0.0, acc=0.0, n=0, images=0, t=time.time())
                 stop = max_steps is not None and self.pos["global_step"] >= max_steps
-                if self.pos["step"] < steps and (self.pos["global_step"] % ce == 0 or stop):
+                due = self.pos["global_step"] % checkpoint_every == 0
+                if self.pos["step"] < steps and (due or stop):
                     self._save_checkpoint()
                 if stop and self.pos["step"] < steps:
                     return True
