@@ -55,7 +55,7 @@ def collect(supernet_name, space_name, data_spec, samples, out, seed, resolution
             eval_images, shard, workers, threads, as_json) -> None:
     """Evaluate random subnets (BN re-calibrated) on the held-out split; resumable."""
     import torch
-    from supernet.data import load_dataset
+    from supernet.training.data import load_dataset
 
     from .collect import collect as run
     from .collect import parse_shard, read_records

@@ -17,7 +17,7 @@ from .cli import atomic_write_text, config_option, emit, main, save_resolved_con
 
 def _load_data(spec: str | None, supernet_name: str, echo):
     """``--data`` if given; for the bundled default, Fashion-MNIST when it is installed."""
-    from supernet.data import DataError, load_dataset
+    from supernet.training.data import DataError, load_dataset
 
     if spec == "none":
         return None

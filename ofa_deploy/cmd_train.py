@@ -8,8 +8,8 @@ import click
 from supernet import ArchConfig, get_space
 from supernet.bn import evaluate_subnet
 from supernet.checkpoint import load_supernet
-from supernet.data import load_dataset, parse_data_spec
-from supernet.train_config import PHASES, TrainConfig, parse_phases
+from supernet.training.data import load_dataset, parse_data_spec
+from supernet.training.config import PHASES, TrainConfig, parse_phases
 
 from .cli import emit, main, table
 
@@ -62,8 +62,8 @@ def train(space_name, data_spec, out_dir, config_file, resume, phases, device, t
     """
     import torch
 
-    from supernet.train import Trainer
-    from supernet.train_dist import init_distributed
+    from supernet.training.trainer import Trainer
+    from supernet.training.distributed import init_distributed
 
     space = get_space(space_name)
     saved = None
@@ -101,7 +101,7 @@ def train(space_name, data_spec, out_dir, config_file, resume, phases, device, t
 def _saved_run(out_dir: str) -> dict:
     import yaml
 
-    from supernet.train_config import ConfigError
+    from supernet.training.config import ConfigError
 
     path = os.path.join(out_dir, "config.yaml")
     try:

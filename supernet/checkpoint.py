@@ -12,6 +12,7 @@ from .errors import OfaDeployError
 from .fileio import atomic_write_bytes
 from .model import Supernet
 from .space import Space, get_space
+from .training.state import supernet_weights
 
 __all__ = [
     "CheckpointError",
@@ -135,21 +136,18 @@ def resolve_supernet_path(name_or_path: "str | os.PathLike") -> Path:
     return p
 
 
-# the trainer's resumable state (supernet/train.py), which also holds the supernet's weights
-TRAIN_STATE_FORMAT = "ofa-deploy-train-state"
-
-
 def load_supernet(name_or_path: "str | os.PathLike", space: "Space | str | None" = None,
                   ) -> Supernet:
     """Load our checkpoints (space read from them) or reference ones (``space`` required)."""
     path = resolve_supernet_path(name_or_path)
     obj = load_state_dict_file(path)
-    if obj.get("format") == TRAIN_STATE_FORMAT and isinstance(obj.get("model"), Mapping):
+    trained = supernet_weights(obj)
+    if trained is not None:
         # a run's checkpoint.pt: evaluate (or export) a supernet while it is still training
         obj = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
-               "space": obj.get("space"), "space_config": None,
-               "metadata": {"from_training_checkpoint": dict(obj.get("position") or {})},
-               "state_dict": obj["model"]}
+               "space": trained.space, "space_config": None,
+               "metadata": {"from_training_checkpoint": trained.position},
+               "state_dict": trained.state_dict}
     if obj.get("format") == FORMAT_NAME:
         ver = obj.get("format_version")
         if not isinstance(ver, int) or ver > FORMAT_VERSION:

@@ -37,9 +37,10 @@ sys.path.insert(0, str(ROOT))
 
 from supernet import ArchConfig, Supernet, extract_subnet, get_space  # noqa: E402
 from supernet.bn import evaluate_module, evaluate_subnet  # noqa: E402
-from supernet.data import load_dataset  # noqa: E402
-from supernet.train import Trainer, WarmupCosine, init_weights  # noqa: E402
-from supernet.train_config import TrainConfig  # noqa: E402
+from supernet.training.data import load_dataset  # noqa: E402
+from supernet.training.components import WarmupCosine, init_weights  # noqa: E402
+from supernet.training.trainer import Trainer  # noqa: E402
+from supernet.training.config import TrainConfig  # noqa: E402
 
 SPACE = "ofa-mbv3-tiny"
 HERE = Path(__file__).resolve().parent

@@ -5,8 +5,8 @@ import copy
 
 import pytest
 
-from supernet.data import load_dataset
-from supernet.train_config import TrainConfig
+from supernet.training.data import load_dataset
+from supernet.training.config import TrainConfig
 
 SPACE = "ofa-mbv3-tiny"
 PS_PHASES = ("teacher", "kernel", "depth", "expand")

@@ -16,9 +16,10 @@ from supernet.arch import ArchConfig
 from supernet.bn import evaluate_subnet
 from supernet.checkpoint import SUPERNETS, load_state_dict_file, load_supernet
 from supernet.cost import arch_cost, supernet_params
-from supernet.data import FASHION_MNIST_DIR, load_dataset
+from supernet.training.data import FASHION_MNIST_DIR, load_dataset
 from supernet.fileio import sha256_file
-from supernet.train import Trainer, model_digest
+from supernet.training.components import model_digest
+from supernet.training.trainer import Trainer
 
 from .conftest import SPACE, TINY, tiny_config
 

@@ -8,9 +8,9 @@ import torch.nn.functional as F
 
 from supernet import ArchConfig, Supernet, extract_subnet, get_space
 from supernet.bn import calibrate_bn
-from supernet.train import ExplicitDropout, WarmupCosine, kd_loss
-from supernet.train_config import ConfigError, TrainConfig, parse_phases
-from supernet.train_sampler import SubnetSampler, phase_choices
+from supernet.training.components import ExplicitDropout, WarmupCosine, kd_loss
+from supernet.training.config import ConfigError, TrainConfig, parse_phases
+from supernet.training.sampler import SubnetSampler, phase_choices
 
 from .conftest import SPACE, tiny_config
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from supernet.data import (DataError, Dataset, load_dataset, parse_data_spec, read_idx)
+from supernet.training.data import (DataError, Dataset, load_dataset, parse_data_spec, read_idx)
 
 
 def write_idx(path, arr: np.ndarray, gz: bool) -> None:
@@ -107,7 +107,7 @@ def test_image_folder(tmp_path):
 
 
 def test_holdout_must_fit():
-    from supernet.data import ArraySource
+    from supernet.training.data import ArraySource
 
     src = ArraySource(np.zeros((4, 8, 8), np.uint8), np.zeros(4), (0.5,) * 3, (0.5,) * 3)
     with pytest.raises(DataError, match="held-out"):

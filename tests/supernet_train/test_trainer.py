@@ -8,7 +8,7 @@ import torch
 
 from supernet.checkpoint import load_state_dict_file, load_supernet
 from supernet.model import Supernet
-from supernet.train import Trainer, TrainError
+from supernet.training.trainer import Trainer, TrainError
 
 from .conftest import PS_PHASES, SPACE, tiny_config
 

@@ -11,8 +11,8 @@ from typing import List, Sequence, Tuple
 
 import numpy as np
 
-from .arch import ArchConfig
-from .space import Space, get_space
+from ..arch import ArchConfig
+from ..space import Space, get_space
 
 __all__ = ["PhaseChoices", "phase_choices", "SubnetSampler", "arch_digest", "STRATEGIES"]
 
@@ -29,13 +29,16 @@ class PhaseChoices:
 
     @property
     def elastic(self) -> Tuple[str, ...]:
+        """The dimensions with more than one choice in this stage."""
         return tuple(n for n in ("ks", "e", "d") if len(getattr(self, n)) > 1)
 
     def largest(self, space: Space, r: int) -> ArchConfig:
+        """The largest subnet this stage allows, at resolution ``r``."""
         return ArchConfig((self.ks[-1],) * space.num_blocks, (self.e[-1],) * space.num_blocks,
                           (self.d[-1],) * space.num_stages, r).canonical(space)
 
     def smallest(self, space: Space, r: int) -> ArchConfig:
+        """The smallest subnet this stage allows, at resolution ``r``."""
         return ArchConfig((self.ks[0],) * space.num_blocks, (self.e[0],) * space.num_blocks,
                           (self.d[0],) * space.num_stages, r).canonical(space)
 
@@ -99,11 +102,13 @@ class SubnetSampler:
         self.rng = np.random.default_rng([self.seed, 0x5A3])
 
     def sample_resolution(self) -> int:
+        """One training resolution (weighted if the config gives weights)."""
         if self.resolution_probs is None:
             return int(self.resolutions[int(self.rng.integers(len(self.resolutions)))])
         return int(self.rng.choice(self.resolutions, p=self.resolution_probs))
 
     def sample_arch(self, choices: PhaseChoices, r: int) -> ArchConfig:
+        """A subnet drawn uniformly per block/stage within ``choices``, at resolution ``r``."""
         sp, rng = self.space, self.rng
         return ArchConfig(
             ks=tuple(rng.choice(choices.ks, size=sp.num_blocks).tolist()),
@@ -113,6 +118,8 @@ class SubnetSampler:
         ).canonical(sp)
 
     def sample_step(self, choices: PhaseChoices, n: int) -> Tuple[int, List[ArchConfig]]:
+        """The resolution and the ``n`` subnets of one step (just the largest subnet when the
+        stage has nothing elastic)."""
         r = self.sample_resolution()
         if not choices.elastic:
             return r, [choices.largest(self.space, r)]
@@ -124,15 +131,18 @@ class SubnetSampler:
 
     # -- state -------------------------------------------------------------------------
     def get_state(self) -> dict:
+        """Settings and generator state, for a checkpoint."""
         return {"strategy": self.strategy, "seed": self.seed, "resolutions": self.resolutions,
                 "resolution_probs": self.resolution_probs,
                 "rng": self.rng.bit_generator.state}
 
     def set_state(self, state: dict) -> None:
+        """Continue the draws of a :meth:`get_state` (settings come from the constructor)."""
         self.rng.bit_generator.state = state["rng"]
 
     @classmethod
     def from_state(cls, space: "Space | str", state: dict) -> "SubnetSampler":
+        """A sampler with the settings and generator position of a :meth:`get_state`."""
         s = cls(space, state["seed"], strategy=state["strategy"],
                 resolutions=state["resolutions"], resolution_probs=state["resolution_probs"])
         s.set_state(state)

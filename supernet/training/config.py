@@ -13,13 +13,13 @@ from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 import yaml
 
-from .errors import OfaDeployError
-from .space import Space, get_space
+from ..errors import OfaDeployError
+from ..space import Space, get_space
 
 __all__ = ["ConfigError", "TrainConfig", "StageConfig", "PHASES", "DEFAULT_PHASES",
            "default_config_path", "load_config_file", "ASSETS"]
 
-ASSETS = Path(__file__).resolve().parent / "assets"
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
 PHASES = ("teacher", "kernel", "depth", "expand", "full")
 DEFAULT_PHASES = ("teacher", "kernel", "depth", "expand")
 # Phases whose elastic dimension grows one choice per stage, as in the reference.
@@ -167,12 +167,15 @@ def _deep_merge(base: Mapping, over: Mapping) -> dict:
 
 
 def default_config_path(space: "Space | str") -> Path:
+    """The space's own default config file, else the generic ``train-default.yaml``."""
     name = get_space(space).name
     p = ASSETS / f"train-{name}.yaml"
     return p if p.is_file() else ASSETS / "train-default.yaml"
 
 
 def load_config_file(path: "str | Path") -> dict:
+    """A YAML config file's mapping (``{}`` for an empty file); unreadable or malformed files
+    raise :class:`ConfigError`."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -200,6 +203,7 @@ class StageConfig:
         self.subnets_per_step = subnets_per_step
 
     def get_state(self) -> dict:
+        """The stage's fields as a plain dict."""
         return dict(self.__dict__)
 
     def __repr__(self) -> str:
@@ -231,14 +235,13 @@ class TrainConfig:
         return cls(base, space)
 
     def get_state(self) -> dict:
+        """Space name and resolved config: what checkpoints store and compare on resume."""
         return {"space": self.space.name, "config": copy.deepcopy(self.data)}
 
     @classmethod
     def from_state(cls, state: Mapping) -> "TrainConfig":
+        """The config a :meth:`get_state` describes (validated again)."""
         return cls(state["config"], state["space"])
-
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.data, sort_keys=False)
 
     def __getitem__(self, key: str):
         return self.data[key]
@@ -272,11 +275,13 @@ class TrainConfig:
     # -- derived ---------------------------------------------------------------------------
     @property
     def resolutions(self) -> List[int]:
+        """Training resolutions (the space's when the config leaves them unset)."""
         r = self.data["resolutions"]
         return list(self.space.resolutions) if r is None else list(r)
 
     @property
     def resolution_probs(self) -> List[float] | None:
+        """Sampling probability per training resolution; ``None`` for uniform."""
         w = self.data["resolution_weights"]
         if w is None:
             return None
@@ -285,17 +290,20 @@ class TrainConfig:
 
     @property
     def eval_resolutions(self) -> List[int]:
+        """Resolutions of the stage-end accuracy grid (default: the space's min and max)."""
         r = self.data["eval"]["resolutions"]
         if r is None:
             return sorted({min(self.space.resolutions), max(self.space.resolutions)})
         return list(r)
 
     def num_stages(self, phase: str) -> int:
+        """How many stages ``phase`` has: depth/expand open one smaller choice per stage."""
         if phase in STAGED:
             return len(getattr(self.space, STAGED[phase])) - 1 or 1
         return 1
 
     def stages(self, phases: Sequence[str]) -> List[StageConfig]:
+        """The stages of ``phases`` in order, each with its own values of list-valued fields."""
         out = []
         for phase in phases:
             if phase not in PHASES:
@@ -314,6 +322,8 @@ class TrainConfig:
 
 
 def parse_phases(text: "str | Sequence[str] | None") -> Tuple[str, ...]:
+    """Phases from a comma/space separated string or a list (``None``: the default ones);
+    unknown or repeated phases raise :class:`ConfigError`."""
     if text is None:
         return DEFAULT_PHASES
     items = [text] if isinstance(text, str) else list(text)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import OfaDeployError
+from ..errors import OfaDeployError
 
 __all__ = [
     "DataError",
@@ -53,6 +53,8 @@ class DataError(OfaDeployError, ValueError):
 
 @dataclass(frozen=True)
 class DataSpec:
+    """A parsed data spec: the kind of dataset and its location, if any."""
+
     kind: str  # fashion-mnist | imagefolder | synthetic
     path: str | None = None
 
@@ -61,6 +63,7 @@ class DataSpec:
 
 
 def parse_data_spec(text: str) -> DataSpec:
+    """Parse ``fashion-mnist[:DIR]``, ``imagefolder:PATH`` or ``synthetic``."""
     t = (text or "").strip()
     kind, _, path = t.partition(":")
     kind = kind.lower()
@@ -94,6 +97,8 @@ class Source:
     def batch(self, indices: np.ndarray, resolution: int, *, train: bool,
               rng: np.random.Generator | None = None, crop_padding: int = 0,
               flip: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Images ``indices`` as a normalised float ``(N, 3, resolution, resolution)`` batch and
+        their labels; ``train`` augments (crop padding, flips) with draws from ``rng``."""
         raise NotImplementedError
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
@@ -118,6 +123,7 @@ class ArraySource(Source):
         self.mean, self.std = tuple(mean), tuple(std)
 
     def batch(self, indices, resolution, *, train, rng=None, crop_padding=0, flip=False):
+        """See :meth:`Source.batch`; images are resized bilinearly to ``resolution``."""
         idx = np.asarray(indices, dtype=np.int64)
         imgs = self.images[idx]
         if imgs.ndim == 3:
@@ -160,6 +166,8 @@ class FolderSource(Source):
         self.mean, self.std = self.IMAGENET_MEAN, self.IMAGENET_STD
 
     def batch(self, indices, resolution, *, train, rng=None, crop_padding=0, flip=False):
+        """See :meth:`Source.batch`; training crops are random resized crops, so
+        ``crop_padding`` does not apply."""
         Image = _pillow()
         idx = np.asarray(indices, dtype=np.int64)
         out = np.empty((len(idx), resolution, resolution, 3), dtype=np.uint8)
@@ -221,6 +229,7 @@ class Subset(Source):
         self.mean, self.std = source.mean, source.std
 
     def batch(self, indices, resolution, **kw):
+        """See :meth:`Source.batch`; ``indices`` count within this subset."""
         return self.source.batch(self.indices[np.asarray(indices, dtype=np.int64)], resolution,
                                  **kw)
 
@@ -228,6 +237,8 @@ class Subset(Source):
 # ----------------------------------------------------------------------------------- dataset
 @dataclass
 class Dataset:
+    """Training images (minus a fixed held-out part), the held-out part and test images."""
+
     name: str
     num_classes: int
     train_all: Source
@@ -246,6 +257,7 @@ class Dataset:
         self.holdout = Subset(self.train_all, self.holdout_indices)
 
     def split(self, name: str) -> Source:
+        """``test``, ``val`` (the held-out part of the training set) or ``train``."""
         if name == "test":
             return self.test
         if name == "val":
@@ -253,10 +265,6 @@ class Dataset:
         if name == "train":
             return self.train
         raise DataError(f"unknown split {name!r} (test, val or train)")
-
-    def describe(self) -> dict:
-        return {"name": self.name, "num_classes": self.num_classes, "train": len(self.train),
-                "holdout": len(self.holdout), "test": len(self.test)}
 
 
 DEFAULT_HOLDOUT = {"fashion-mnist": 5000, "synthetic": 128}

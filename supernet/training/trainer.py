@@ -8,7 +8,9 @@ middle channels re-sorted by importance at the start of every expand stage). Opt
 Every random choice comes from an explicit generator held by the trainer: the subnet sampler
 (shared seed, identical on every rank), augmentation (per rank) and dropout (per rank); their
 states, with model, optimizer, schedule and position, go into an atomically written
-checkpoint, so ``resume`` continues exactly as an uninterrupted run would.
+checkpoint, so ``resume`` continues exactly as an uninterrupted run would. The checkpoint's
+layout is defined in :mod:`supernet.training.state`; one step's gradient in
+:mod:`supernet.training.step`.
 
 Run directory: ``checkpoint.pt`` (training state), ``supernet.pt`` (weights, updated at every
 stage end), ``teacher.pt``, ``config.yaml`` (resolved config), ``log.jsonl`` (training
@@ -18,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import sys
 import time
@@ -28,130 +29,26 @@ from typing import Dict, List, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from .arch import ArchConfig
-from .bn import autocast_for, evaluate_subnet
-from .checkpoint import (TRAIN_STATE_FORMAT, atomic_torch_save, load_state_dict_file,
-                         load_supernet, save_supernet)
-from .cost import arch_cost
+from ..arch import ArchConfig
+from ..bn import autocast_for, evaluate_subnet
+from ..checkpoint import atomic_torch_save, load_state_dict_file, load_supernet, save_supernet
+from ..cost import arch_cost
+from ..errors import OfaDeployError
+from ..model import Supernet, extract_subnet
+from .components import ExplicitDropout, WarmupCosine, digest_tensors, init_weights, model_digest
+from .config import ConfigError, StageConfig, TrainConfig
 from .data import Dataset
-from .errors import OfaDeployError
-from .model import Supernet, extract_subnet
-from .train_config import ConfigError, StageConfig, TrainConfig
-from .train_dist import DistContext
-from .train_sampler import SubnetSampler, arch_digest, phase_choices
+from .distributed import DistContext, DistError
+from .sampler import SubnetSampler, arch_digest, phase_choices
+from .state import build_train_state, check_resumable
+from .step import LossSettings, backward_subnets
 
-__all__ = ["Trainer", "TrainError", "kd_loss", "ExplicitDropout", "init_weights",
-           "WarmupCosine", "STATE_FORMAT"]
-
-STATE_FORMAT = TRAIN_STATE_FORMAT
-STATE_VERSION = 1
+__all__ = ["Trainer", "TrainError"]
 
 
 class TrainError(OfaDeployError, RuntimeError):
     """A run that cannot start or resume; the message says why."""
-
-
-def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0
-            ) -> torch.Tensor:
-    """Cross-entropy against the teacher's softened distribution (soft targets), scaled by
-    T^2 so the gradient size does not depend on the temperature."""
-    t = float(temperature)
-    target = F.softmax(teacher.detach().float() / t, dim=1)
-    logp = F.log_softmax(student.float() / t, dim=1)
-    return -(target * logp).sum(dim=1).mean() * (t * t)
-
-
-class ExplicitDropout(nn.Module):
-    """Dropout drawing its mask from a given ``torch.Generator`` instead of the global RNG."""
-
-    def __init__(self, p: float, generator: torch.Generator):
-        super().__init__()
-        self.p = float(p)
-        self.generator = generator
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p <= 0:
-            return x
-        keep = 1.0 - self.p
-        mask = torch.empty_like(x).bernoulli_(keep, generator=self.generator)
-        return x * mask / keep
-
-
-@torch.no_grad()
-def init_weights(net: nn.Module, generator: torch.Generator) -> None:
-    """The reference initialisation (He fan-out convs, unit BN, uniform linear) drawn from an
-    explicit generator. Kernel-transformation matrices keep their identity init."""
-    for m in net.modules():
-        if isinstance(m, nn.Conv2d):
-            n = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-            m.weight.normal_(0.0, math.sqrt(2.0 / n), generator=generator)
-            if m.bias is not None:
-                m.bias.zero_()
-        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.weight.fill_(1.0)
-            m.bias.zero_()
-        elif isinstance(m, nn.Linear):
-            bound = 1.0 / math.sqrt(m.weight.size(1))
-            m.weight.uniform_(-bound, bound, generator=generator)
-            if m.bias is not None:
-                m.bias.zero_()
-
-
-class WarmupCosine:
-    """Linear warm-up from ``warmup_lr`` then cosine decay to zero, stepped per batch."""
-
-    def __init__(self, optimizer: torch.optim.Optimizer, lr: float, total_steps: int,
-                 warmup_steps: int = 0, warmup_lr: float = 0.0):
-        self.optimizer = optimizer
-        self.lr, self.total, self.warmup, self.warmup_lr = lr, total_steps, warmup_steps, warmup_lr
-        self.last_step = 0
-        self._apply()
-
-    def lr_at(self, step: int) -> float:
-        if step < self.warmup:
-            return self.warmup_lr + (self.lr - self.warmup_lr) * step / self.warmup
-        t = (step - self.warmup) / max(1, self.total - self.warmup)
-        return 0.5 * self.lr * (1.0 + math.cos(math.pi * min(1.0, t)))
-
-    def _apply(self) -> None:
-        lr = self.lr_at(self.last_step)
-        for g in self.optimizer.param_groups:
-            g["lr"] = lr
-
-    def step(self) -> None:
-        self.last_step += 1
-        self._apply()
-
-    def state_dict(self) -> dict:
-        return {"last_step": self.last_step, "lr": self.lr, "total": self.total,
-                "warmup": self.warmup, "warmup_lr": self.warmup_lr}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.last_step = int(state["last_step"])
-        self._apply()
-
-    get_state = state_dict
-
-    @classmethod
-    def from_state(cls, optimizer: torch.optim.Optimizer, state: dict) -> "WarmupCosine":
-        s = cls(optimizer, state["lr"], state["total"], state["warmup"], state["warmup_lr"])
-        s.load_state_dict(state)
-        return s
-
-
-def _digest_tensors(tensors) -> str:
-    h = hashlib.sha256()
-    for t in tensors:
-        h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-def model_digest(net: nn.Module) -> str:
-    """Hash of every parameter and floating buffer, for cross-run/cross-rank comparisons."""
-    return _digest_tensors([*net.parameters(), *(b for b in net.buffers()
-                                                 if b.is_floating_point())])
 
 
 class Trainer:
@@ -182,7 +79,7 @@ class Trainer:
         self.local_batch = d["batch_size"] // ws
         self.amp = bool(d["amp"]) and self.device.type == "cuda"
         self.autocast = autocast_for(self.device, self.amp)
-        self.cl = bool(d["channels_last"])
+        self.channels_last = bool(d["channels_last"])
         # Training pool: the training split minus the held-out part, optionally a fixed subset
         # (the same one for every seed, so benchmark arms see the same images).
         pool = np.arange(len(dataset.train))
@@ -220,11 +117,13 @@ class Trainer:
         if isinstance(net.classifier.dropout, nn.Dropout):
             net.classifier.dropout = ExplicitDropout(net.classifier.dropout.p, self.dropout_gen)
         net = net.to(self.device)
-        if self.cl:
+        if self.channels_last:
             net = net.to(memory_format=torch.channels_last)
-        self.dist.broadcast_module(net)
         net.train()
         self.net = net
+        # forward/backward of training go through the DDP wrapper; evaluation and checkpoints
+        # use the bare network
+        self.train_model = self.dist.wrap_for_training(net)
         self.sampler = SubnetSampler(self.space, self.seed, strategy=d["sampler"],
                                      resolutions=self.cfg.resolutions,
                                      resolution_probs=self.cfg.resolution_probs)
@@ -237,6 +136,7 @@ class Trainer:
         self._win = {"loss": 0.0, "acc": 0.0, "n": 0, "images": 0, "t": time.time()}
 
     def stage_steps(self, st: StageConfig) -> int:
+        """Number of optimizer steps of stage ``st`` (at least one unless it has no epochs)."""
         if st.epochs <= 0:
             return 0
         return max(1, int(round(st.epochs * self.steps_per_epoch)))
@@ -272,7 +172,7 @@ class Trainer:
     def _load_teacher(self) -> None:
         src = load_supernet(self._teacher_source(), self.space)
         t = extract_subnet(src, ArchConfig.max(self.space)).to(self.device)
-        if self.cl:
+        if self.channels_last:
             t = t.to(memory_format=torch.channels_last)
         t.eval().requires_grad_(False)
         self.teacher = t
@@ -308,48 +208,30 @@ class Trainer:
 
     def _to_device(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True)
-        return x.contiguous(memory_format=torch.channels_last) if self.cl else x
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     # -- one step ----------------------------------------------------------------------------
     def _train_step(self, st: StageConfig, stage_idx: int) -> dict:
         d = self.cfg.data
         choices = phase_choices(self.space, st.phase, st.stage)
         r, archs = self.sampler.sample_step(choices, st.subnets_per_step)
-        dig = arch_digest(archs)
-        self.dist.check_agree(dig, "the sampled subnets")
-        self._arch_chain.update(dig.to_bytes(8, "little"))
+        # Ranks sample from identically seeded samplers; the digest chain is compared at every
+        # checkpoint (get_state) rather than with a collective every step.
+        self._arch_chain.update(arch_digest(archs).to_bytes(8, "little"))
         idx = self._batch_indices(stage_idx, self.pos["step"])
         x, y = self.data.train.batch(idx, r, train=True, rng=self.aug_rng,
                                      crop_padding=d["data"]["crop_padding"], flip=d["data"]["flip"])
         x, y = self._to_device(x), y.to(self.device, non_blocking=True)
-        loss_cfg = d["loss"]
         self.optimizer.zero_grad(set_to_none=True)
         t_logits = None
         if self.teacher is not None:
             with torch.no_grad(), self.autocast():
                 t_logits = self.teacher(x).float()
-        sandwich = d["sampler"] == "sandwich"
-        first_loss = first_acc = 0.0
-        largest = None
-        for j, arch in enumerate(archs):
-            with self.autocast():
-                out = self.net(x, arch)
-            out = out.float()
-            if sandwich and j > 0:
-                # In-place distillation: the largest subnet of this step is the teacher.
-                loss = kd_loss(out, largest, loss_cfg["kd_temperature"])
-            else:
-                loss = F.cross_entropy(out, y, label_smoothing=loss_cfg["label_smoothing"])
-                if t_logits is not None:
-                    loss = loss + loss_cfg["kd_weight"] * kd_loss(out, t_logits,
-                                                                  loss_cfg["kd_temperature"])
-            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
-            if j == 0:
-                largest = out.detach()
-                first_loss = float(loss.detach())
-                first_acc = float((out.detach().argmax(1) == y).float().mean())
-        params = [p for p in self.net.parameters()]
-        self.dist.average_gradients(params)
+        first = backward_subnets(
+            self.train_model, archs, x, y, LossSettings.from_config(d["loss"], d["sampler"]),
+            teacher_logits=t_logits, autocast=self.autocast,
+            scale=self.scaler.scale if self.scaler is not None else (lambda loss: loss))
+        params = list(self.net.parameters())
         clip = d["optimizer"]["grad_clip"]
         if self.scaler is not None:
             if clip:
@@ -362,7 +244,7 @@ class Trainer:
                 torch.nn.utils.clip_grad_norm_(params, clip)
             self.optimizer.step()
         self.scheduler.step()
-        return {"loss": first_loss, "acc": first_acc, "r": r, "images": int(y.numel())}
+        return {"loss": first.loss, "acc": first.acc, "r": r, "images": int(y.numel())}
 
     # -- evaluation ----------------------------------------------------------------------------
     def evaluate_grid(self, st: StageConfig) -> List[dict]:
@@ -376,7 +258,7 @@ class Trainer:
             res = evaluate_subnet(net, arch, source, self.data.holdout,
                                   calib_images=e["calib_images"], images=e["images"],
                                   batch_size=e["batch_size"], device=self.device, amp=self.amp,
-                                  channels_last=self.cl)
+                                  channels_last=self.channels_last)
             out.append({"stage": st.name, "phase": st.phase, "global_step": self.pos["global_step"],
                         "split": e["split"], "arch": arch.to_string(self.space),
                         "ks": max(arch.ks), "e": max(arch.e), "d": max(arch.d),
@@ -413,24 +295,25 @@ class Trainer:
         """The full training state (what a checkpoint holds). Collective under torchrun: every
         rank calls it (BN buffers are averaged, per-rank generator states gathered)."""
         self.dist.average_buffers(self.net)
-        rngs = self.dist.all_gather_object({"aug": self.aug_rng.bit_generator.state,
-                                            "dropout": self.dropout_gen.get_state()})
-        return {
-            "format": STATE_FORMAT, "format_version": STATE_VERSION,
-            "space": self.space.name, "config": self.cfg.get_state(),
-            "phases": list(self.phases), "data": self.data_spec,
-            "world_size": self.dist.world_size,
-            "position": dict(self.pos),
-            "model": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
-            "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
-            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "sampler": self.sampler.get_state(),
-            "rng": {"aug": [r["aug"] for r in rngs], "dropout": [r["dropout"] for r in rngs]},
-            "logs": {"log": self.log_lines, "metrics": self.metrics_lines,
-                     "window": {k: self._win[k] for k in ("loss", "acc", "n")}},
-            "elapsed_s": self.elapsed + (time.time() - self._t0),
-        }
+        ranks = self.dist.all_gather_object({"aug": self.aug_rng.bit_generator.state,
+                                             "dropout": self.dropout_gen.get_state(),
+                                             "arch_chain": self._arch_chain.hexdigest()})
+        # DDP averages whatever each rank computed: ranks that trained different subnets would
+        # corrupt the weights silently, so a run that diverged stops before it is saved.
+        if len({r["arch_chain"] for r in ranks}) > 1:
+            raise DistError(f"rank {self.dist.rank}: ranks disagree on the sampled subnets")
+        return build_train_state(
+            space=self.space.name, config=self.cfg.get_state(), phases=self.phases,
+            data=self.data_spec, world_size=self.dist.world_size, position=self.pos,
+            model={k: v.detach().cpu() for k, v in self.net.state_dict().items()},
+            optimizer=self.optimizer.state_dict() if self.optimizer is not None else None,
+            scheduler=self.scheduler.state_dict() if self.scheduler is not None else None,
+            scaler=self.scaler.state_dict() if self.scaler is not None else None,
+            sampler=self.sampler.get_state(),
+            rng={"aug": [r["aug"] for r in ranks], "dropout": [r["dropout"] for r in ranks]},
+            logs={"log": self.log_lines, "metrics": self.metrics_lines,
+                  "window": {k: self._win[k] for k in ("loss", "acc", "n")}},
+            elapsed_s=self.elapsed + (time.time() - self._t0))
 
     def _save_checkpoint(self) -> None:
         """Collective: every rank calls it; rank 0 writes."""
@@ -451,24 +334,11 @@ class Trainer:
 
     def _resume_state(self) -> dict:
         ck = load_state_dict_file(self.paths["checkpoint"])
-        if ck.get("format") != STATE_FORMAT:
-            raise TrainError(f"{self.paths['checkpoint']} is not a training checkpoint")
-        if ck.get("format_version", 0) > STATE_VERSION:
-            raise TrainError(f"{self.paths['checkpoint']} was written by a newer ofa-deploy")
-        mine = self.cfg.get_state()
-        if ck["config"] != mine:
-            diff = _first_diff(ck["config"], mine)
-            raise TrainError(f"cannot resume {self.out}: the config differs from the run's "
-                             f"saved config ({diff}); resume without --config or use a new --out")
-        if list(ck["phases"]) != list(self.phases):
-            raise TrainError(f"cannot resume {self.out}: it trains phases "
-                             f"{','.join(ck['phases'])}, not {','.join(self.phases)}")
-        if ck["world_size"] != self.dist.world_size:
-            raise TrainError(f"cannot resume {self.out}: it ran on {ck['world_size']} "
-                             f"process(es), not {self.dist.world_size}")
-        if ck.get("data") != self.data_spec:
-            raise TrainError(f"cannot resume {self.out}: it trains on {ck.get('data')}, not "
-                             f"{self.data_spec}")
+        problem = check_resumable(ck, source=str(self.paths["checkpoint"]), run=str(self.out),
+                                  config=self.cfg.get_state(), phases=self.phases,
+                                  world_size=self.dist.world_size, data=self.data_spec)
+        if problem is not None:
+            raise TrainError(problem)
         return ck
 
     def _restore(self, ck: dict) -> dict | None:
@@ -525,16 +395,16 @@ class Trainer:
             self.dist.barrier()
         self._write_config()
         self._t0 = time.time()
-        ce = self.cfg.data["checkpoint_every"]
+        checkpoint_every = self.cfg.data["checkpoint_every"]
         interrupted = False
         while self.pos["stage"] < len(self.stages) and not interrupted:
-            si = self.pos["stage"]
-            st = self.stages[si]
+            stage_idx = self.pos["stage"]
+            st = self.stages[stage_idx]
             steps = self.stage_steps(st)
             if steps > 0:
                 self._enter_stage(st, saved)
                 saved = None
-                interrupted = self._run_stage(st, si, steps, ce, max_steps)
+                interrupted = self._run_stage(st, stage_idx, steps, checkpoint_every, max_steps)
                 if interrupted:
                     break
                 metrics = []
@@ -548,7 +418,7 @@ class Trainer:
                         save_supernet(self.net, self.paths["teacher"])
                     self.dist.barrier()
                     self.teacher = None
-            self.pos.update(stage=si + 1, step=0, setup_done=False)
+            self.pos.update(stage=stage_idx + 1, step=0, setup_done=False)
             self.optimizer = self.scheduler = self.scaler = None
             self._save_checkpoint()
             self._save_supernet(final=self.pos["stage"] >= len(self.stages))
@@ -561,7 +431,7 @@ class Trainer:
         return {"complete": not interrupted, "global_step": self.pos["global_step"],
                 "elapsed_s": round(self.elapsed, 1), "out": str(self.out)}
 
-    def _run_stage(self, st: StageConfig, si: int, steps: int, ce: int,
+    def _run_stage(self, st: StageConfig, stage_idx: int, steps: int, checkpoint_every: int,
                    max_steps: int | None) -> bool:
         log_every = self.cfg.data["log_every"]
         bar = None
@@ -576,7 +446,7 @@ class Trainer:
         win.update(images=0, t=time.time())
         try:
             while self.pos["step"] < steps:
-                m = self._train_step(st, si)
+                m = self._train_step(st, stage_idx)
                 self.pos["step"] += 1
                 self.pos["global_step"] += 1
                 win["loss"] += m["loss"]
@@ -600,7 +470,8 @@ class Trainer:
                         "elapsed_s": round(self.elapsed + time.time() - self._t0, 1)}])
                     win.update(loss=0.0, acc=0.0, n=0, images=0, t=time.time())
                 stop = max_steps is not None and self.pos["global_step"] >= max_steps
-                if self.pos["step"] < steps and (self.pos["global_step"] % ce == 0 or stop):
+                due = self.pos["global_step"] % checkpoint_every == 0
+                if self.pos["step"] < steps and (due or stop):
                     self._save_checkpoint()
                 if stop and self.pos["step"] < steps:
                     return True
@@ -614,17 +485,10 @@ class Trainer:
         d.mkdir(parents=True, exist_ok=True)
         # Parameters are compared before buffers are averaged: ranks see different images, so
         # equal parameters show that gradients were averaged.
-        params = _digest_tensors(self.net.parameters())
+        params = digest_tensors(self.net.parameters())
         self.dist.average_buffers(self.net)
         rep = {"rank": self.dist.rank, "world_size": self.dist.world_size,
                "global_step": self.pos["global_step"], "arch_chain": self._arch_chain.hexdigest(),
                "param_digest": params, "model_digest": model_digest(self.net)}
         (d / f"rank{self.dist.rank}.json").write_text(json.dumps(rep), encoding="utf-8")
 
-
-def _first_diff(a, b, path: str = "") -> str:
-    if isinstance(a, dict) and isinstance(b, dict):
-        for k in sorted(set(a) | set(b), key=str):
-            if a.get(k) != b.get(k):
-                return _first_diff(a.get(k), b.get(k), f"{path}.{k}" if path else str(k))
-    return f"{path}: saved {a!r}, given {b!r}"
