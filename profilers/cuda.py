@@ -7,7 +7,7 @@ deployed network pays. fp32 by default; ``half=True`` times an fp16 copy of the 
 from __future__ import annotations
 
 import copy
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, List, Sequence
 
 import torch
 
@@ -46,6 +46,10 @@ class CudaProfiler(Profiler):
             raise ProfilerError(f"need runs >= 1 and warmup >= 0, got {runs}, {warmup}")
 
     def measure(self, artifact: Any, input_shape: Sequence[int]) -> LatencyStats:
+        return LatencyStats.from_samples(self.measure_samples(artifact, input_shape))
+
+    def measure_samples(self, artifact: Any, input_shape: Sequence[int]) -> List[float]:
+        """Per-run GPU latencies (ms) of one measurement after ``warmup`` untimed runs."""
         if not isinstance(artifact, torch.nn.Module):
             raise ProfilerError(f"the cuda backend times torch modules, got "
                                 f"{type(artifact).__name__}")
@@ -71,7 +75,7 @@ class CudaProfiler(Profiler):
                 end[i].synchronize()
             samples = [s.elapsed_time(e) for s, e in zip(start, end)]
         del model, x
-        return LatencyStats.from_samples(samples)
+        return [float(v) for v in samples]
 
     def describe(self) -> Dict[str, Any]:
         d = super().describe()

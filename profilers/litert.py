@@ -6,12 +6,12 @@ The input tensor is set once before timing and outputs are never read back, so a
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, List, Sequence
 
 import numpy as np
 
 from .base import DeviceSpec, LatencyStats, Profiler, ProfilerError, register_profiler
-from .measure import CacheFlusher, host_info, measure, pinned, usable_cpus
+from .measure import CacheFlusher, host_info, pinned, time_callable, usable_cpus
 
 try:
     from ai_edge_litert import interpreter as _litert
@@ -77,19 +77,25 @@ class LiteRTProfiler(Profiler):
         return it
 
     def measure(self, artifact: Any, input_shape: Sequence[int]) -> LatencyStats:
-        it = self.interpreter(artifact)
-        details = it.get_input_details()
-        if len(details) != 1:
-            raise ProfilerError(f"the TFLite model has {len(details)} inputs; expected one")
-        d = details[0]
-        shape = tuple(int(s) for s in input_shape)
-        if tuple(int(s) for s in d["shape"]) != shape:
-            raise ProfilerError(f"the TFLite model expects input {list(d['shape'])}, "
-                                f"got {list(shape)}")
-        rng = np.random.default_rng(self.seed)
-        it.set_tensor(d["index"], rng.standard_normal(shape).astype(d["dtype"]))
+        return LatencyStats.from_samples(self.measure_samples(artifact, input_shape))
+
+    def measure_samples(self, artifact: Any, input_shape: Sequence[int]) -> List[float]:
+        """Per-run latencies (ms) of one measurement: ``warmup`` untimed runs, ``runs`` timed."""
+        # Created inside the pinned region: XNNPACK's thread pool inherits the affinity.
         with pinned(self.cpus):
-            return measure(it.invoke, runs=self.runs, warmup=self.warmup, before=self._flusher)
+            it = self.interpreter(artifact)
+            details = it.get_input_details()
+            if len(details) != 1:
+                raise ProfilerError(f"the TFLite model has {len(details)} inputs; expected one")
+            d = details[0]
+            shape = tuple(int(s) for s in input_shape)
+            if tuple(int(s) for s in d["shape"]) != shape:
+                raise ProfilerError(f"the TFLite model expects input {list(d['shape'])}, "
+                                    f"got {list(shape)}")
+            rng = np.random.default_rng(self.seed)
+            it.set_tensor(d["index"], rng.standard_normal(shape).astype(d["dtype"]))
+            return time_callable(it.invoke, runs=self.runs, warmup=self.warmup,
+                                 before=self._flusher)
 
     def describe(self) -> Dict[str, Any]:
         d = super().describe()

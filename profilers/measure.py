@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 from .base import LatencyStats, ProfilerError
 
 __all__ = ["time_callable", "measure", "CacheFlusher", "cache_size", "pinned", "parse_cpus",
-           "usable_cpus", "DriftMonitor", "DriftWarning",
+           "usable_cpus", "usable_cpus_count", "DriftMonitor", "DriftWarning",
            "host_info", "cpu_model", "loadavg"]
 
 
@@ -136,8 +136,12 @@ def usable_cpus(cpus: "str | Sequence[int] | None") -> Optional[List[int]]:
 
 @contextlib.contextmanager
 def pinned(cpus: "str | Sequence[int] | None") -> Iterator[Optional[List[int]]]:
-    """Pin this process to ``cpus`` for the duration (no-op when None). Pinning keeps the
-    scheduler from migrating the timed thread between cores mid-run; where the OS has no
+    """Pin the calling thread to ``cpus`` for the duration (no-op when None), restoring its
+    previous affinity afterwards. On Linux affinity is per thread and inherited by threads
+    created later, so a runtime session or interpreter created *inside* this context starts
+    its worker threads pinned too (they keep it for their lifetime, which ends with the
+    session); pinning after the pool exists would pin the caller alone. Pinning keeps the
+    scheduler from migrating timed threads between cores mid-run; where the OS has no
     affinity API (macOS) it is skipped with a warning rather than failing the measurement."""
     cpus = parse_cpus(cpus)
     if cpus is None:
@@ -210,6 +214,13 @@ class DriftMonitor:
         return {"baseline_ms": self.baseline, "max_abs_drift": self.max_drift,
                 "checks": len(self.history) - 1, "tolerance": self.tolerance,
                 "warnings": list(self.warnings)}
+
+
+def usable_cpus_count() -> int:
+    """How many CPUs this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def cpu_model() -> str:

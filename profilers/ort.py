@@ -10,12 +10,12 @@ those copies is what lets per-op times add up to the network's time.
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, List, Sequence
 
 import numpy as np
 
 from .base import DeviceSpec, LatencyStats, Profiler, ProfilerError, register_profiler
-from .measure import CacheFlusher, host_info, measure, pinned, usable_cpus
+from .measure import CacheFlusher, host_info, pinned, time_callable, usable_cpus
 
 try:
     import onnxruntime as ort
@@ -91,27 +91,34 @@ class OrtProfiler(Profiler):
                                 f"{str(exc).splitlines()[0]}") from None
 
     def measure(self, artifact: Any, input_shape: Sequence[int]) -> LatencyStats:
-        sess = self.session(artifact)
-        inputs = sess.get_inputs()
-        if len(inputs) != 1:
-            raise ProfilerError(f"{_name(artifact)} has {len(inputs)} inputs; expected one")
-        rng = np.random.default_rng(self.seed)
-        x = rng.standard_normal(tuple(int(s) for s in input_shape), dtype=np.float32)
-        declared = inputs[0].shape
-        if len(declared) != x.ndim or any(isinstance(d, int) and d != s
-                                          for d, s in zip(declared, x.shape)):
-            raise ProfilerError(f"{_name(artifact)} expects input {declared}, got {list(x.shape)}")
-        binding = sess.io_binding()
-        binding.bind_ortvalue_input(inputs[0].name, ort.OrtValue.ortvalue_from_numpy(x))
-        # Run once unbound-output to learn the output shapes (dynamic axes are allowed).
-        outs = sess.run(None, {inputs[0].name: x})
-        for meta, val in zip(sess.get_outputs(), outs):
-            buf = ort.OrtValue.ortvalue_from_shape_and_type(list(val.shape), val.dtype)
-            binding.bind_ortvalue_output(meta.name, buf)
-        run = sess.run_with_iobinding
+        return LatencyStats.from_samples(self.measure_samples(artifact, input_shape))
+
+    def measure_samples(self, artifact: Any, input_shape: Sequence[int]) -> List[float]:
+        """Per-run latencies (ms) of one measurement: ``warmup`` untimed runs, ``runs`` timed."""
+        # The session is created inside the pinned region: its intra-op worker threads are
+        # created with the session and inherit the creating thread's affinity.
         with pinned(self.cpus):
-            return measure(lambda: run(binding), runs=self.runs, warmup=self.warmup,
-                           before=self._flusher)
+            sess = self.session(artifact)
+            inputs = sess.get_inputs()
+            if len(inputs) != 1:
+                raise ProfilerError(f"{_name(artifact)} has {len(inputs)} inputs; expected one")
+            rng = np.random.default_rng(self.seed)
+            x = rng.standard_normal(tuple(int(s) for s in input_shape), dtype=np.float32)
+            declared = inputs[0].shape
+            if len(declared) != x.ndim or any(isinstance(d, int) and d != s
+                                              for d, s in zip(declared, x.shape)):
+                raise ProfilerError(f"{_name(artifact)} expects input {declared}, got "
+                                    f"{list(x.shape)}")
+            binding = sess.io_binding()
+            binding.bind_ortvalue_input(inputs[0].name, ort.OrtValue.ortvalue_from_numpy(x))
+            # Run once unbound-output to learn the output shapes (dynamic axes are allowed).
+            outs = sess.run(None, {inputs[0].name: x})
+            for meta, val in zip(sess.get_outputs(), outs):
+                buf = ort.OrtValue.ortvalue_from_shape_and_type(list(val.shape), val.dtype)
+                binding.bind_ortvalue_output(meta.name, buf)
+            run = sess.run_with_iobinding
+            return time_callable(lambda: run(binding), runs=self.runs, warmup=self.warmup,
+                                 before=self._flusher)
 
     def describe(self) -> Dict[str, Any]:
         d = super().describe()
