@@ -11,10 +11,15 @@ Method
     table's ``overhead_ms``, which the predictor adds once per network. With ``context=False``
     the op is timed alone and ``overhead_ms`` is subtracted from it instead.
 
-Rounds
-    ``rounds`` passes time every model again; each keeps its best round (lowest median). On a
-    shared machine a neighbour's burst slows whatever is being timed at that moment; best-of
-    rounds keeps those spells out of the table (validation times whole networks the same way).
+Rounds and protocol
+    Models are timed under one :class:`~profilers.protocol.MeasurementProtocol`, the same that
+    ``lut validate``, ``lut calibrate``, ``specialize`` and ``bench`` use: ``rounds`` passes
+    over every model (so a neighbour's burst is spread over many ops rather than landing on
+    one), all runs of a model pooled, its entry the median of the pool. The protocol is stored
+    in the table's meta, with the run-to-run variation (CV) of every entry's op model
+    (``meta["noise"]``) and a few reference ops (``meta["reference_ops"]``) that
+    :mod:`luts.drift` re-times before the table is used, to rescale it to the machine's speed
+    of the day.
 
 Resume
     The table is saved atomically after every op, with a sidecar (``<table>.raw``) holding the
@@ -57,6 +62,7 @@ import numpy as np
 
 from profilers.base import DeviceSpec, LatencyStats, Profiler, get_profiler
 from profilers.measure import DriftMonitor, loadavg
+from profilers.protocol import MeasurementProtocol, noise_warning
 from supernet.errors import OfaDeployError
 from supernet.ops import OpKey, enumerate_ops
 from supernet.space import Space, get_space
@@ -69,7 +75,7 @@ __all__ = ["build_lut", "export_artifact", "require_converter", "raw_path", "bes
 
 # Bump when op models or the subtraction scheme change: tables and caches of another method
 # version are not mixed with new measurements.
-METHOD_VERSION = 2
+METHOD_VERSION = 3
 FORMAT_SUFFIX = {"onnx": ".onnx", "tflite": ".tflite"}
 
 
@@ -364,7 +370,7 @@ def best_of(old: Optional[LatencyStats], new: LatencyStats) -> LatencyStats:
 
 
 _COMPAT_KEYS = ("device", "method", "method_version", "threads", "artifact_format", "seed",
-                "runs", "warmup", "flush_bytes")
+                "runs", "warmup", "flush_bytes", "cache")
 
 # Backends that time on this host's CPU, where cache flushing between runs applies.
 HOST_BACKENDS = ("ort", "tflite")
@@ -418,11 +424,21 @@ def raw_path(out: "str | os.PathLike") -> Path:
     return out.with_name(out.name + ".raw")
 
 
+def sample_once(profiler: Profiler, artifact: Any, shape: Sequence[int]) -> List[float]:
+    """One round of the protocol for one model: every timed run (ms), or the median alone for
+    a backend that reports summary statistics only."""
+    fn = getattr(profiler, "measure_samples", None)
+    if fn is not None:
+        return [float(v) for v in fn(artifact, shape)]
+    return [float(profiler.measure(artifact, shape).median_ms)]
+
+
 class _Raw:
-    """Raw per-model timings (best round so far) and how many rounds each model has had."""
+    """Raw per-model timings (every run of every round, pooled) and rounds done per model."""
 
     def __init__(self, path: Path):
         self.path = path
+        self.samples: Dict[str, List[float]] = {}
         self.stats: Dict[str, LatencyStats] = {}
         self.rounds: Dict[str, int] = {}
         self.meta: dict = {}
@@ -434,7 +450,8 @@ class _Raw:
             state = json.loads(path.read_text(encoding="utf-8"))
             if state.get("schema") != RAW_SCHEMA:
                 raise ValueError("schema")
-            raw.stats = {k: LatencyStats.from_dict(v) for k, v in state["stats"].items()}
+            raw.samples = {k: [float(x) for x in v] for k, v in state["samples"].items()}
+            raw.stats = {k: LatencyStats.from_samples(v) for k, v in raw.samples.items() if v}
             raw.rounds = {k: int(v) for k, v in state["rounds"].items()}
             raw.meta = dict(state.get("meta", {}))
         except FileNotFoundError:
@@ -444,13 +461,22 @@ class _Raw:
                            f"--fresh") from None
         return raw
 
-    def record(self, name: str, stats: LatencyStats, rnd: int) -> LatencyStats:
-        self.stats[name] = best_of(self.stats.get(name), stats)
+    def record(self, name: str, samples: Sequence[float], rnd: int) -> LatencyStats:
+        """Add one round's runs of model ``name`` to its pool; its stats are the pool's."""
+        pool = self.samples.setdefault(name, [])
+        pool.extend(float(v) for v in samples)
+        self.stats[name] = LatencyStats.from_samples(pool)
         self.rounds[name] = max(self.rounds.get(name, 0), rnd)
         return self.stats[name]
 
+    def cv(self, name: str) -> Optional[float]:
+        """Run-to-run variation (std / median) of model ``name``'s pooled runs."""
+        s = self.stats.get(name)
+        return None if s is None or s.median_ms <= 0 else float(s.std_ms / s.median_ms)
+
     def save(self) -> None:
         state = {"schema": RAW_SCHEMA, "meta": self.meta,
+                 "samples": {k: list(v) for k, v in sorted(self.samples.items())},
                  "stats": {k: v.to_dict() for k, v in sorted(self.stats.items())},
                  "rounds": dict(sorted(self.rounds.items()))}
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -461,8 +487,10 @@ class _Raw:
 
 def build_lut(space: "Space | str", device: "str | DeviceSpec", *,
               resolutions: Optional[Sequence[int]] = None,
-              out: "str | os.PathLike | None" = None, runs: int = 15, warmup: int = 5,
-              rounds: int = 10, threads: Optional[int] = None,
+              out: "str | os.PathLike | None" = None, runs: Optional[int] = None,
+              warmup: Optional[int] = None, rounds: Optional[int] = None,
+              threads: Optional[int] = None, cache: Optional[str] = None,
+              protocol: Optional[MeasurementProtocol] = None,
               cache_dir: "str | os.PathLike | None" = None, progress: bool = True,
               context: bool = True, convert_workers: int = 1,
               cpus: "str | Sequence[int] | None" = None, fresh: bool = False, seed: int = 0,
@@ -473,14 +501,15 @@ def build_lut(space: "Space | str", device: "str | DeviceSpec", *,
     """Time every op of ``space`` at ``resolutions`` on ``device`` and write the table to
     ``out`` (default :func:`~luts.table.default_lut_path`), resuming a partial table there.
 
-    ``rounds``: passes over all ops; each model keeps its best round (lowest median), which
-    on a shared machine filters out periods when a neighbour slowed everything down. Rerunning
-    a complete build with more rounds refines it. ``cache_dir``: root of the op-model cache
-    (default ``cache_dir()/ops``). ``profiler``: an already-made profiler (tests); otherwise one
-    is made from ``device``, ``threads``, ``runs``, ``warmup`` (and ``cpus`` for host backends).
-    ``flush_bytes`` (host CPU backends): bytes written to evict caches before each timed run
-    of an op model; ``"auto"`` is :func:`network_bytes`, the weight bytes of a typical subnet,
-    so an op sees the caches as the rest of a network leaves them. ``on_op(op, entry)`` is
+    ``protocol`` (default :class:`~profilers.protocol.MeasurementProtocol` with ``runs``,
+    ``warmup``, ``rounds``, ``threads``, ``cpus`` and ``cache`` where given): how every model
+    is timed; ``rounds`` passes over all ops, every run pooled. Rerunning a complete build
+    with more rounds refines it. ``cache_dir``: root of the op-model cache (default
+    ``cache_dir()/ops``). ``profiler``: an already-made profiler (tests); otherwise one is made
+    from ``device`` and the protocol. ``flush_bytes`` (host CPU backends, ``cache="cold"``
+    only): bytes written to evict caches before each timed run; ``"auto"`` is
+    :func:`network_bytes`, the bytes a typical subnet moves, so a model sees the caches as
+    the rest of a network leaves them. ``on_op(op, entry)`` is
     called after each op is saved; ``on_warn(message)`` receives drift warnings (default: the
     progress bar, else a :class:`~profilers.measure.DriftWarning`). Returns the complete
     table; its ``path`` is ``out``.
@@ -489,20 +518,27 @@ def build_lut(space: "Space | str", device: "str | DeviceSpec", *,
     space = get_space(space)
     res = check_resolutions(space, resolutions)
     spec = DeviceSpec.parse(device)
-    if runs < 1 or warmup < 0 or rounds < 1:
-        raise LUTError(f"need runs >= 1, warmup >= 0 and rounds >= 1 (got runs={runs}, "
-                       f"warmup={warmup}, rounds={rounds})")
+    for name, v, lo in (("runs", runs, 1), ("warmup", warmup, 0), ("rounds", rounds, 1)):
+        if v is not None and v < lo:
+            raise LUTError(f"need runs >= 1, warmup >= 0 and rounds >= 1 (got {name}={v})")
     out = Path(out) if out is not None else default_lut_path(spec, space.name)
     if out.is_dir():
         raise LUTError(f"--out {out} is a directory; give a .json file path")
+    if protocol is None:
+        from profilers.measure import parse_cpus
+
+        protocol = MeasurementProtocol()
+        if profiler is not None:  # an injected profiler decides its own settings
+            threads, runs, warmup = profiler.threads, profiler.runs, profiler.warmup
+        pc = parse_cpus(cpus)
+        protocol = protocol.with_(runs=runs, warmup=warmup, rounds=rounds, threads=threads,
+                                  cache=cache, cpus=tuple(pc) if pc else None)
+        if protocol.cache == "cold" and spec.backend in HOST_BACKENDS:
+            fb = network_bytes(space, res) if flush_bytes in ("auto", None) else int(flush_bytes)
+            protocol = protocol.with_(flush_bytes=fb)
+    rounds = protocol.rounds
     if profiler is None:
-        kw: Dict[str, Any] = dict(threads=threads, runs=runs, warmup=warmup)
-        if cpus is not None:
-            kw["cpus"] = cpus
-        if spec.backend in HOST_BACKENDS:
-            flush_bytes = network_bytes(space, res) if flush_bytes == "auto" else flush_bytes
-            kw["flush_bytes"] = flush_bytes
-        profiler = get_profiler(spec, **kw)
+        profiler = get_profiler(spec, **protocol.profiler_kwargs(spec.backend))
     fmt = profiler.artifact_format
     require_converter(fmt)
     cache = OpModelCache(Path(cache_dir) if cache_dir is not None
@@ -513,13 +549,14 @@ def build_lut(space: "Space | str", device: "str | DeviceSpec", *,
         "method": "context-difference" if context else "isolated-minus-overhead",
         "method_version": METHOD_VERSION, "threads": profiler.threads, "runs": profiler.runs,
         "warmup": profiler.warmup, "seed": seed, "converter": converter_tag(fmt),
-        "flush_bytes": desc.get("flush_cache_bytes"),
+        "flush_bytes": desc.get("flush_cache_bytes"), "cache": protocol.cache,
+        "protocol": protocol.get_state(),
         "profiler": desc, "stats_note": (
-            "median/p10/p90 of the best of `rounds` rounds; entries are the op inside a "
-            "network (context model + op minus context model), so they exclude the "
-            "per-inference overhead, stored once as overhead_ms" if context else
-            "median/p10/p90 of the best of `rounds` rounds; entries are the op timed alone "
-            "minus overhead_ms"),
+            "median/p10/p90 of every run of `rounds` interleaved rounds, pooled; entries are "
+            "the op inside a network (context model + op minus context model), so they exclude "
+            "the per-inference overhead, stored once as overhead_ms" if context else
+            "median/p10/p90 of every run of `rounds` interleaved rounds, pooled; entries are "
+            "the op timed alone minus overhead_ms"),
     }
 
     rawp = raw_path(out)
@@ -625,16 +662,17 @@ def build_lut(space: "Space | str", device: "str | DeviceSpec", *,
             if not todo:
                 continue
             if raw.rounds.get("overhead", 0) < rnd:
-                raw.record("overhead", profiler.measure(conv.get(over_job), over_job.shape), rnd)
-            timed_ctx: set = set()
+                raw.record("overhead", sample_once(profiler, conv.get(over_job), over_job.shape),
+                           rnd)
             for op in todo:
                 j = op_job[op]
-                if context and j.shape not in timed_ctx:
+                if context and raw.rounds.get(ctx_job[j.shape].what, 0) < rnd:
+                    # once per round, before its first op (a resumed round does not pool a
+                    # context model twice)
                     cj = ctx_job[j.shape]
-                    raw.record(cj.what, profiler.measure(conv.get(cj), cj.shape), rnd)
-                    timed_ctx.add(j.shape)
+                    raw.record(cj.what, sample_once(profiler, conv.get(cj), cj.shape), rnd)
                 art = conv.get(j)
-                raw.record(j.what, profiler.measure(art, j.shape), rnd)
+                raw.record(j.what, sample_once(profiler, art, j.shape), rnd)
                 measured += 1
                 if monitor is None and op.macs >= ref_macs:
                     # The drift reference: a costly op (a cheap one is too noisy for a 5%
@@ -660,6 +698,8 @@ def build_lut(space: "Space | str", device: "str | DeviceSpec", *,
             monitor.check(force=True)
             table.meta["drift"] = monitor.summary()
         refresh()
+        table.meta["noise"] = _noise_summary(raw, ops, op_job)
+        table.meta["reference_ops"] = _reference_ops(raw, ops, op_job)
         missing = table.missing_ops()
         if missing:  # cannot happen unless enumerate_ops and the table disagree
             raise LUTError(f"table incomplete after build: {len(missing)} ops missing, e.g. "
@@ -678,6 +718,34 @@ def build_lut(space: "Space | str", device: "str | DeviceSpec", *,
         if bar is not None:
             bar.close()
         conv.close()
+
+
+def _noise_summary(raw: "_Raw", ops: Sequence[OpKey], op_job: Dict[OpKey, _Job]) -> dict:
+    """Run-to-run variation of every entry's op model, and its median / p90 over the table."""
+    per = {op.to_string(): raw.cv(op_job[op].what) for op in ops}
+    vals = [v for v in per.values() if v is not None]
+    return {"per_entry_cv": {k: (None if v is None else round(v, 5)) for k, v in per.items()},
+            "median_cv": float(np.median(vals)) if vals else None,
+            "p90_cv": float(np.percentile(vals, 90)) if vals else None,
+            "warning": noise_warning(vals, what="op timings") if vals else None}
+
+
+def _reference_ops(raw: "_Raw", ops: Sequence[OpKey], op_job: Dict[OpKey, _Job],
+                   n: int = 3) -> List[dict]:
+    """``n`` op models spread over the costly half of the table (a cheap op is too noisy to
+    tell a 5% change), with their pooled medians: re-timed before the table is used
+    (:func:`luts.drift.check_drift`) to measure how fast the machine is today."""
+    cand = sorted((op for op in ops if op_job[op].what in raw.stats),
+                  key=lambda o: (raw.stats[op_job[o].what].median_ms, o.to_string()))
+    if not cand:
+        return []
+    picks = sorted({int(round(q * (len(cand) - 1))) for q in np.linspace(0.5, 0.95, n)})
+    out = []
+    for i in picks:
+        j = op_job[cand[i]]
+        out.append({"what": j.what, "shape": list(j.shape), "space": j.space, "seed": j.seed,
+                    "context": j.context, "median_ms": raw.stats[j.what].median_ms})
+    return out
 
 
 def _now() -> str:

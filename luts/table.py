@@ -19,7 +19,15 @@ File format (JSON, one object)::
      "overhead_ms": 0.0,
      "entries": {"<OpKey string>": {"median_ms", "p10_ms", "p90_ms", "std_ms", "runs"}},
      "resolution_entries": {"<r>": {"<OpKey string>": {...}}},     # optional
-     "interpolated": {"<OpKey string>": {"from", "scale", ...}}}    # optional, a report
+     "interpolated": {"<OpKey string>": {"from", "scale", ...}},    # optional, a report
+     "calibration": {"model", "overhead_ms", "scale": {"<r>": s}, "p90_factor", ...}}
+
+Calibration (:mod:`luts.calibrate`) corrects the op sum with what whole networks measured:
+``calibrated = scale[r] * op_sum + overhead_ms``, and an upper quantile ``p90 = calibrated *
+p90_factor``. The correction is linear, so the calibrated grid stays a per-op grid and the
+search prices populations exactly as fast. :attr:`LatencyTable.speed_scale` (set by
+:func:`luts.drift.check_drift` before a table is used, never saved) rescales everything to
+the machine's speed of the day. :meth:`predict` and :meth:`grid` apply both by default.
 """
 from __future__ import annotations
 
@@ -112,7 +120,11 @@ class LatencyTable:
         self.overhead_ms = float(overhead_ms)
         # op -> {"from", "scale", "median_ms", "resolutions"}: filled by grid(interpolate=True)
         self.interpolated: Dict[OpKey, dict] = {}
-        self._grids: Dict[bool, OpGrid] = {}
+        # whole-network correction fitted by luts.calibrate (None: predictions are op sums)
+        self.calibration: dict | None = None
+        # today's speed relative to the calibration / build (luts.drift); in memory only
+        self.speed_scale: float = 1.0
+        self._grids: Dict[tuple, OpGrid] = {}
         self.path: Path | None = None  # where it was loaded from, if anywhere
 
     def __repr__(self) -> str:
@@ -214,12 +226,52 @@ class LatencyTable:
         return src, measured[src]
 
     # -- prediction --------------------------------------------------------------------
-    def grid(self, *, interpolate: bool = False) -> OpGrid:
-        """Median latency per op laid out for vectorised scoring; ``overhead_ms`` is added to
-        the fixed part, so it counts once per network. Missing ops raise :class:`LUTError`
-        naming the op, unless ``interpolate``: then each is estimated from the nearest measured
-        op of the same kind scaled by MACs, and listed in :attr:`interpolated`."""
-        g = self._grids.get(interpolate)
+    def correction(self, quantile: int = 50, *, calibrated: bool = True
+                   ) -> Tuple[Dict[int, float], float]:
+        """``({resolution: scale}, offset_ms)`` that turn an op sum into the predicted latency
+        at ``quantile`` (50: median, 90: the upper quantile), including :attr:`speed_scale`."""
+        if quantile not in (50, 90):
+            raise LUTError(f"latency quantile must be 50 or 90, got {quantile}")
+        cal = self.calibration if calibrated else None
+        sp = float(self.speed_scale)
+        if cal is None:
+            # without whole-network data the upper quantile is the ops' own p90/median spread
+            q = self._op_p90_ratio() if quantile == 90 else 1.0
+            return {r: sp * q for r in self.resolutions}, 0.0
+        q = float(cal.get("p90_factor", 1.0)) if quantile == 90 else 1.0
+        scale = {int(k): float(v) for k, v in cal.get("scale", {}).items()}
+        s0 = float(cal.get("default_scale", 1.0))
+        off = float(cal.get("overhead_ms", 0.0))
+        return ({r: sp * q * scale.get(r, s0) for r in self.resolutions}, sp * q * off)
+
+    def quantile_factor(self, quantile: int = 50) -> float:
+        """Predicted ``quantile`` latency over the predicted median: the same for every arch
+        (the upper quantile is a fixed multiple of the calibrated median)."""
+        if quantile == 50:
+            return 1.0
+        if quantile != 90:
+            raise LUTError(f"latency quantile must be 50 or 90, got {quantile}")
+        if self.calibration is None:
+            return self._op_p90_ratio()
+        return float(self.calibration.get("p90_factor", 1.0))
+
+    def _op_p90_ratio(self) -> float:
+        meds = np.array([s.median_ms for s in self.entries.values()])
+        p90s = np.array([s.p90_ms for s in self.entries.values()])
+        tot = float(meds.sum())
+        return float(p90s.sum() / tot) if tot > 0 else 1.0
+
+    def grid(self, *, interpolate: bool = False, quantile: int = 50,
+             calibrated: bool = True) -> OpGrid:
+        """Predicted latency per op laid out for vectorised scoring; ``overhead_ms`` is added
+        to the fixed part, so it counts once per network, and the calibration (unless
+        ``calibrated=False``) and :attr:`speed_scale` are applied (both are linear). Missing
+        ops raise :class:`LUTError` naming the op, unless ``interpolate``: then each is
+        estimated from the nearest measured op of the same kind scaled by MACs, and listed in
+        :attr:`interpolated`."""
+        scale, offset = self.correction(quantile, calibrated=calibrated)
+        key = (interpolate, quantile, calibrated, tuple(sorted(scale.items())), offset)
+        g = self._grids.get(key)
         if g is not None:
             return g
         if interpolate:
@@ -242,12 +294,12 @@ class LatencyTable:
                 return s.median_ms * f
 
             sub = OpGrid(self.space, value, [r])
-            full.fixed[ri] = sub.fixed[0] + self.overhead_ms
-            full.blocks[ri] = sub.blocks[0]
+            full.fixed[ri] = scale[r] * (sub.fixed[0] + self.overhead_ms) + offset
+            full.blocks[ri] = scale[r] * sub.blocks[0]
         if interpolate and self.interpolated:
             log.warning("latency table (%s): %d op(s) missing, interpolated from the nearest "
                         "measured op scaled by MACs", self._describe(), len(self.interpolated))
-        self._grids[interpolate] = full
+        self._grids[key] = full
         return full
 
     def _batch(self, archs) -> ArchBatch:
@@ -275,11 +327,14 @@ class LatencyTable:
             batch = batch.canonical()
         return batch
 
-    def predict(self, archs, *, interpolate: bool = False) -> np.ndarray:
+    def predict(self, archs, *, interpolate: bool = False, quantile: int = 50,
+                calibrated: bool = True) -> np.ndarray:
         """Predicted latency (ms) of each arch: an :class:`ArchBatch` or a list of
-        :class:`ArchConfig`. Shape ``(N,)``."""
+        :class:`ArchConfig`. Shape ``(N,)``. Calibrated (when the table has a calibration) and
+        rescaled by :attr:`speed_scale`; ``quantile=90`` gives the upper quantile,
+        ``calibrated=False`` the plain op sum (still rescaled)."""
         batch = self._batch(archs)
-        g = self.grid(interpolate=interpolate)
+        g = self.grid(interpolate=interpolate, quantile=quantile, calibrated=calibrated)
         bad = ~np.isin(batch.r, self.resolutions)
         if bad.any():
             raise LUTError(f"resolution(s) {sorted(set(batch.r[bad].tolist()))} not in the "
@@ -287,12 +342,18 @@ class LatencyTable:
                            f"{list(self.resolutions)})")
         return g.evaluate(batch)
 
-    def predict_one(self, arch: ArchConfig, *, interpolate: bool = False) -> float:
-        return float(self.predict([arch], interpolate=interpolate)[0])
+    def predict_one(self, arch: ArchConfig, *, interpolate: bool = False,
+                    quantile: int = 50) -> float:
+        """:meth:`predict` of one arch, as a float."""
+        return float(self.predict([arch], interpolate=interpolate, quantile=quantile)[0])
 
-    def breakdown(self, arch: ArchConfig) -> List[Tuple[OpKey, float]]:
-        """(op, median ms) of each op of ``arch`` in execution order (overhead not included)."""
-        return [(op, self.get(op, arch.r).median_ms) for op in arch_ops(self.space, arch)]
+    def breakdown(self, arch: ArchConfig, *, calibrated: bool = False
+                  ) -> List[Tuple[OpKey, float]]:
+        """(op, ms) of each op of ``arch`` in execution order (overhead not included): the
+        measured median, or with ``calibrated`` its share of the calibrated prediction (op
+        times the resolution's scale; the calibration's offset is per network, not per op)."""
+        f = self.correction(50, calibrated=calibrated)[0][arch.r] if calibrated else 1.0
+        return [(op, f * self.get(op, arch.r).median_ms) for op in arch_ops(self.space, arch)]
 
     def min_max(self, resolutions: Sequence[int] | None = None, *,
                 interpolate: bool = False) -> Tuple[float, float]:
@@ -324,6 +385,8 @@ class LatencyTable:
         if self.interpolated:
             state["interpolated"] = {op.to_string(): dict(v)
                                      for op, v in sorted(self.interpolated.items())}
+        if self.calibration is not None:
+            state["calibration"] = dict(self.calibration)
         return state
 
     @classmethod
@@ -385,6 +448,18 @@ class LatencyTable:
             raise LUTError(f"{source}: overhead_ms must be a number") from None
         t = cls(space, res, meta=meta, entries=entries, overhead_ms=overhead,
                 resolution_entries=rents)
+        cal = state.get("calibration")
+        if cal is not None:
+            if not isinstance(cal, Mapping) or not isinstance(cal.get("scale", {}), Mapping):
+                raise LUTError(f"{source}: bad 'calibration' object")
+            try:
+                vals = [float(v) for v in cal.get("scale", {}).values()] + [
+                    float(cal.get("overhead_ms", 0.0)), float(cal.get("p90_factor", 1.0))]
+            except (TypeError, ValueError):
+                raise LUTError(f"{source}: calibration values must be numbers") from None
+            if not all(math.isfinite(v) for v in vals):
+                raise LUTError(f"{source}: calibration values must be finite")
+            t.calibration = dict(cal)
         interp = state.get("interpolated", {})
         if isinstance(interp, Mapping):
             for k, v in interp.items():

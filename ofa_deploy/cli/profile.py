@@ -55,15 +55,24 @@ def _human(d: dict) -> str:
               help="Comma-separated input sizes, or 'all' (default: every size of the space).")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Table file (default: the per-device cache path `specialize` looks in).")
-@click.option("--runs", type=click.IntRange(min=1), default=15, show_default=True,
-              help="Timed runs per model per round.")
-@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True,
-              help="Untimed runs before timing.")
-@click.option("--rounds", type=click.IntRange(min=1), default=10, show_default=True,
-              help="Passes over all ops; each op keeps its best pass, which filters out "
-                   "spells when other processes slowed the machine.")
+@click.option("--runs", type=click.IntRange(min=1), default=None,
+              help="Timed runs per model per round (default: the measurement protocol's, 10).")
+@click.option("--warmup", type=click.IntRange(min=0), default=None,
+              help="Untimed runs before timing (default: the protocol's, 5).")
+@click.option("--rounds", type=click.IntRange(min=1), default=None,
+              help="Interleaved passes over all ops, every run pooled into one median "
+                   "(default: the protocol's, 5).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="Runtime threads (default: all usable CPUs). Recorded in the table.")
+              help="Runtime threads (default: the protocol's, 1). Recorded in the table; "
+                   "validate, specialize and bench measure with the same.")
+@click.option("--cache", "cache_policy", type=click.Choice(["warm", "cold"]), default="warm",
+              show_default=True,
+              help="warm: steady state, as an app running the model repeatedly sees it; "
+                   "cold: caches flushed (--flush-mb) before every run.")
+@click.option("--calibrate", "calib_samples", type=click.IntRange(min=0), default=20,
+              show_default=True,
+              help="After the op table, time this many random whole subnets through the "
+                   "export path specialize ships and fit a correction (0: skip).")
 @click.option("--cpus", default=None, metavar="LIST",
               help="Pin timing to these CPUs, e.g. 0 or 0-3 (host backends).")
 @click.option("--convert-workers", type=click.IntRange(min=0), default=1, show_default=True,
@@ -73,15 +82,15 @@ def _human(d: dict) -> str:
 @click.option("--no-context", is_flag=True,
               help="Time ops alone (minus the overhead) instead of behind a producer layer.")
 @click.option("--flush-mb", default="auto", show_default=True, metavar="MB|auto",
-              help="Cache flush before each timed run of an op (CPU backends): 'auto' = the "
-                   "weight bytes of a typical subnet, so ops see caches as inside a network; "
-                   "0 = off.")
+              help="With --cache cold: bytes flushed before each timed run (CPU backends); "
+                   "'auto' = the bytes a typical subnet moves.")
 @click.option("--fresh", is_flag=True, help="Ignore an existing (partial) table at --out.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of op-model weights.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @config_option
-def profile(device, space_name, resolutions, out, runs, warmup, rounds, threads, cpus,
+def profile(device, space_name, resolutions, out, runs, warmup, rounds, threads, cache_policy,
+            calib_samples, cpus,
             convert_workers, cache_dir, no_context, flush_mb, fresh, seed, quiet,
             as_json) -> None:
     """Time every op a space can run on DEVICE and write its latency table.
@@ -109,7 +118,8 @@ def profile(device, space_name, resolutions, out, runs, warmup, rounds, threads,
             raise click.BadParameter(f"{flush_mb!r} is not a size in MB or 'auto'",
                                      param_hint="--flush-mb")
     t = build_lut(space, spec, resolutions=res, out=path, runs=runs, warmup=warmup,
-                  rounds=rounds, threads=threads, cpus=cpus, cache_dir=cache_dir,
+                  rounds=rounds, threads=threads, cache=cache_policy, cpus=cpus,
+                  cache_dir=cache_dir,
                   progress=not quiet and not as_json, context=not no_context,
                   convert_workers=convert_workers, fresh=fresh, seed=seed, flush_bytes=flush,
                   on_warn=(lambda msg: click.echo(f"warning: {msg}", err=True))

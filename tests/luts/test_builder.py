@@ -166,9 +166,10 @@ def test_exception_after_k_ops_loses_at_most_the_op_in_flight(tmp_path, fake_bui
     assert len(LatencyTable.load(out).entries) == k
 
 
-def test_rounds_keep_the_best_and_more_rounds_refine(tmp_path, fake_build):
+def test_rounds_pool_every_run_and_more_rounds_refine(tmp_path, fake_build):
     out = tmp_path / "t.json"
-    # every call in the second pass is twice as slow: round 1 must win everywhere
+    # every call in the second pass is twice as slow: the entry is the median of the pooled
+    # runs (1x and 2x -> 1.5x), not the best round; a third pass at 0.5x brings it back to 1x
     n_first = [None]
 
     def scale(call):
@@ -178,14 +179,23 @@ def test_rounds_keep_the_best_and_more_rounds_refine(tmp_path, fake_build):
     t1 = fake_build(out, prof)
     n_first[0] = prof.calls
     t2 = fake_build(out, prof, rounds=2)
-    assert prof.calls > n_first[0]
-    assert t2.entries == t1.entries and t2.meta["rounds"] == 2
+    assert prof.calls > n_first[0] and t2.meta["rounds"] == 2
+    assert t2.meta["protocol"]["rounds"] == 2 and t2.meta["protocol"]["estimator"] == \
+        "median-pooled"
     raw = json.loads(raw_path(out).read_text())
     assert set(raw["rounds"].values()) == {2}
-    # a faster third round replaces them
-    t3 = fake_build(out, FakeProfiler(scale=lambda c: 0.5), rounds=3)
     op = enumerate_ops(TINY, RES)[0]
-    assert t3.entries[op].median_ms == pytest.approx(0.5 * t1.entries[op].median_ms)
+    assert len(raw["samples"][op.to_string()]) == 2
+    assert t2.entries[op].median_ms == pytest.approx(1.5 * t1.entries[op].median_ms)
+    assert t2.entries[op].runs == 2
+    t3 = fake_build(out, FakeProfiler(scale=lambda c: 0.5), rounds=3)
+    assert t3.entries[op].median_ms == pytest.approx(t1.entries[op].median_ms)
+    # per-entry noise and the reference ops are recorded
+    noise = t3.meta["noise"]
+    assert set(noise["per_entry_cv"]) == {o.to_string() for o in t3.entries}
+    assert noise["per_entry_cv"][op.to_string()] > 0  # 0.5x, 1x, 2x spread
+    refs = t3.meta["reference_ops"]
+    assert 1 <= len(refs) <= 3 and all(r["median_ms"] > 0 for r in refs)
 
 
 def test_isolated_method_subtracts_the_overhead(tmp_path, fake_build):

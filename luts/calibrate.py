@@ -1,0 +1,258 @@
+"""Calibration from whole networks: what the op sum misses, fitted on measured subnets.
+
+An op table predicts a network as the sum of its ops. What that sum misses is systematic:
+per-inference work beyond the ops, fusions across op boundaries, cache behaviour of a whole
+network, and the machine's speed at the time the ops were timed. :func:`calibrate_lut` times
+``samples`` (default 20) random subnets end to end through the export path ``specialize``
+ships (:func:`measure_subnets`: extract, export with the shipping exporter, time under the
+table's measurement protocol) and fits a small correction of the op sum ``x``:
+
+``scale``                        ``s * x``
+``overhead+scale``               ``s * x + a``
+``per-resolution-scale``         ``s_r * x``
+``overhead+per-resolution-scale`` ``s_r * x + a``
+
+each by least squares on the relative error. Every model is scored on held-out subnets
+(leave-one-out), and the one with the lowest held-out mean absolute error is kept, fewer
+parameters winning ties within 0.2 points. The table stores it with every candidate's
+held-out error, an upper quantile factor (``p90_factor``: the 90th percentile, over held-out
+subnets, of measured p90 / calibrated prediction), the archs used (validation avoids them)
+and the reference ops timed right after (:mod:`luts.drift` rescales against those).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from profilers.base import DeviceSpec, LatencyStats, Profiler, get_profiler
+from profilers.protocol import MeasurementProtocol, measure_pooled, noise_warning
+from supernet.arch import ArchConfig
+
+from .table import LatencyTable, LUTError
+
+__all__ = ["calibrate_lut", "fit_calibration", "measure_subnets", "table_protocol",
+           "MODELS", "CALIBRATION_SEED_OFFSET"]
+
+MODELS = ("scale", "overhead+scale", "per-resolution-scale", "overhead+per-resolution-scale")
+# Calibration archs are drawn with seed + this offset: never the archs a validation with the
+# same seed draws.
+CALIBRATION_SEED_OFFSET = 7919
+
+
+def table_protocol(table: LatencyTable) -> MeasurementProtocol:
+    """The protocol ``table`` was measured with (tables written before protocols existed: the
+    default protocol with the table's thread count)."""
+    p = MeasurementProtocol.of(table.meta)
+    if p is not None:
+        return p
+    threads = table.meta.get("threads")
+    return MeasurementProtocol().with_(threads=int(threads) if threads else None)
+
+
+def random_supernet(space, seed: int):
+    """A randomly initialised supernet of ``space`` (weights do not change latency), seeded
+    through a forked RNG so the caller's global torch RNG is left as it was."""
+    import torch
+
+    from supernet.model import Supernet
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = Supernet(space)
+    return net.eval()
+
+
+def measure_subnets(table: LatencyTable, archs: Sequence[ArchConfig], profiler: Profiler,
+                    protocol: MeasurementProtocol, *, seed: int = 0,
+                    work_dir: "str | os.PathLike | None" = None,
+                    on_step: Optional[Callable[[str, int, int], None]] = None
+                    ) -> List[LatencyStats]:
+    """Extract each arch from a random supernet, export it exactly as ``specialize`` ships it
+    (no BN folding by hand: the runtime folds it, as it does for the shipped file) and time
+    all of them under ``protocol``, interleaved."""
+    from supernet.model import extract_subnet
+
+    from .builder import export_artifact
+
+    fmt = profiler.artifact_format
+    net = random_supernet(table.space, seed)
+    tmp = Path(tempfile.mkdtemp(prefix="ofa-lut-subnets-", dir=work_dir))
+    try:
+        items: List[Tuple[Any, Tuple[int, ...]]] = []
+        for i, arch in enumerate(archs):
+            sub = extract_subnet(net, arch).eval()
+            shape = (1, 3, arch.r, arch.r)
+            items.append((sub if fmt == "torch" else
+                          export_artifact(sub, shape, tmp / f"net{i}.{fmt}", fmt), shape))
+            if on_step is not None:
+                on_step("converting", i + 1, len(archs))
+        return measure_pooled(profiler, items, protocol,
+                              on_step=None if on_step is None else
+                              (lambda k, n: on_step("timing", k, n)))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _design(model: str, x: np.ndarray, r: np.ndarray, res: Sequence[int]) -> np.ndarray:
+    cols = []
+    if model in ("scale", "overhead+scale"):
+        cols.append(x)
+    else:
+        cols.extend(np.where(r == rr, x, 0.0) for rr in res)
+    if model.startswith("overhead+"):
+        cols.append(np.ones_like(x))
+    return np.stack(cols, axis=1)
+
+
+def _fit(model: str, x, r, m, res) -> Tuple[Dict[int, float], float]:
+    """Least squares on the relative error: rows divided by the measured latency."""
+    A = _design(model, x, r, res) / m[:, None]
+    coef, *_ = np.linalg.lstsq(A, np.ones_like(m), rcond=None)
+    if model in ("scale", "overhead+scale"):
+        scale = {int(rr): float(coef[0]) for rr in res}
+        k = 1
+    else:
+        scale = {int(rr): float(c) for rr, c in zip(res, coef[:len(res)])}
+        # a resolution without samples keeps the mean scale rather than a zero
+        have = {int(rr) for rr in np.unique(r)}
+        mean = float(np.mean([scale[rr] for rr in have]))
+        scale = {rr: (v if rr in have else mean) for rr, v in scale.items()}
+        k = len(res)
+    off = float(coef[k]) if model.startswith("overhead+") else 0.0
+    return scale, off
+
+
+def _apply(scale: Dict[int, float], off: float, x, r) -> np.ndarray:
+    return np.array([scale[int(rr)] for rr in r]) * x + off
+
+
+def fit_calibration(op_sum: Sequence[float], measured: Sequence[float],
+                    resolutions: Sequence[int], table_resolutions: Sequence[int],
+                    measured_p90: Optional[Sequence[float]] = None) -> Dict[str, Any]:
+    """Fit every model of :data:`MODELS` to ``measured`` = f(``op_sum``), score each by
+    leave-one-out, keep the best. Returns the calibration record a table stores."""
+    x, m = np.asarray(op_sum, float), np.asarray(measured, float)
+    r = np.asarray(resolutions, int)
+    p90 = np.asarray(measured_p90 if measured_p90 is not None else measured, float)
+    n = len(m)
+    if n < 4:
+        raise LUTError(f"calibration needs at least 4 measured subnets, got {n}")
+    if np.any(m <= 0) or np.any(x <= 0):
+        raise LUTError("calibration needs positive predicted and measured latencies")
+    res = sorted({int(v) for v in table_resolutions})
+    cands: Dict[str, Dict[str, Any]] = {}
+    loo_pred: Dict[str, np.ndarray] = {}
+    for model in MODELS:
+        n_params = (1 if model in ("scale", "overhead+scale") else len(set(r.tolist()))) + \
+            (1 if model.startswith("overhead+") else 0)
+        if n_params >= n - 1:
+            continue  # too few subnets to hold any out
+        pred = np.empty(n)
+        for i in range(n):
+            keep = np.arange(n) != i
+            sc, off = _fit(model, x[keep], r[keep], m[keep], res)
+            if model not in ("scale", "overhead+scale") and not np.any(r[keep] == r[i]):
+                sc = {rr: float(np.mean(list(sc.values()))) for rr in sc}
+            pred[i] = _apply(sc, off, x[i:i + 1], r[i:i + 1])[0]
+        rel = pred / m - 1.0
+        cands[model] = {"heldout_mape": float(np.mean(np.abs(rel))),
+                        "heldout_within_10pct": float(np.mean(np.abs(rel) <= 0.10)),
+                        "heldout_max_abs_err": float(np.max(np.abs(rel))),
+                        "params": n_params}
+        loo_pred[model] = pred
+    raw_rel = x / m - 1.0
+    best = min(cands, key=lambda k: (round(cands[k]["heldout_mape"], 3), cands[k]["params"]))
+    scale, off = _fit(best, x, r, m, res)
+    p90_factor = float(max(1.0, np.percentile(p90 / loo_pred[best], 90)))
+    return {"model": best, "scale": {str(k): v for k, v in scale.items()},
+            "default_scale": float(np.mean(list(scale.values()))), "overhead_ms": off,
+            "p90_factor": p90_factor, "samples": n, "candidates": cands,
+            "heldout_mape": cands[best]["heldout_mape"],
+            "heldout_within_10pct": cands[best]["heldout_within_10pct"],
+            "uncalibrated_mape": float(np.mean(np.abs(raw_rel))),
+            "uncalibrated_within_10pct": float(np.mean(np.abs(raw_rel) <= 0.10))}
+
+
+def calibrate_lut(table: "LatencyTable | str | os.PathLike",
+                  device: "str | DeviceSpec | None" = None, *, samples: int = 20,
+                  seed: int = 0, protocol: Optional[MeasurementProtocol] = None,
+                  profiler: Optional[Profiler] = None, save: bool = True,
+                  progress: bool = False, work_dir: "str | os.PathLike | None" = None,
+                  echo: Callable[[str], None] = lambda s: None) -> LatencyTable:
+    """Time ``samples`` random whole subnets on ``device`` (default: the table's) under the
+    table's protocol, fit the correction (:func:`fit_calibration`), store it in the table
+    (and save the table to its file unless ``save`` is false). Returns the table."""
+    from .validate import sample_archs
+
+    if not isinstance(table, LatencyTable):
+        table = LatencyTable.load(table)
+    if table.missing_ops():
+        raise LUTError(f"latency table ({table._describe()}) is incomplete; finish it with "
+                       f"`ofa-deploy profile` before calibrating")
+    spec = DeviceSpec.parse(device or table.meta.get("device") or "cpu")
+    protocol = protocol or table_protocol(table)
+    if profiler is None:
+        profiler = get_profiler(spec, **protocol.profiler_kwargs(spec.backend))
+    t0 = time.monotonic()
+    archs = sample_archs(table, samples, seed + CALIBRATION_SEED_OFFSET)
+    # the plain op sum, with today's speed scale 1: the fit absorbs the speed of now; a
+    # previous calibration is replaced (its reference timings too)
+    table.speed_scale = 1.0
+    table.calibration = None
+    op_sum = table.predict(archs, calibrated=False)
+    bar = None
+    if progress:
+        import sys
+
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(archs) * (protocol.rounds + 1), unit="step",
+                   desc=f"calibrate {spec}", file=sys.stderr, dynamic_ncols=True)
+
+    def step(what, k, n):
+        if bar is not None:
+            bar.set_postfix_str(what, refresh=False)
+            bar.update(1)
+
+    try:
+        stats = measure_subnets(table, archs, profiler, protocol, seed=seed, work_dir=work_dir,
+                                on_step=step)
+        # the reference ops, timed now: later drift checks compare with the speed the
+        # calibration saw
+        from .drift import check_drift
+
+        refs = check_drift(table, profiler, protocol, apply=False)
+    finally:
+        if bar is not None:
+            bar.close()
+    cal = fit_calibration(op_sum, [s.median_ms for s in stats], [a.r for a in archs],
+                          table.resolutions, [s.p90_ms for s in stats])
+    cvs = [s.std_ms / s.median_ms for s in stats]
+    cal.update({
+        "device": str(spec), "protocol": protocol.get_state(), "seed": seed,
+        "archs": [a.to_string(table.space) for a in archs],
+        "rows": [{"arch": a.to_string(table.space), "r": a.r, "op_sum_ms": float(p),
+                  "measured_ms": s.median_ms, "measured_p90_ms": s.p90_ms,
+                  "cv": float(c)} for a, p, s, c in zip(archs, op_sum, stats, cvs)],
+        "median_cv": float(np.median(cvs)), "noise_warning": noise_warning(cvs, what="subnets"),
+        "reference_ops": ([{**r, "median_ms": ref["now_ms"]} for r, ref in
+                           zip(table.meta.get("reference_ops", []), refs["refs"])]
+                          if refs and refs.get("refs") else None),
+        "seconds": round(time.monotonic() - t0, 2),
+        "date": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+    })
+    table.calibration = cal
+    table.speed_scale = 1.0
+    table._grids.clear()
+    if cal["noise_warning"]:
+        echo(f"warning: {cal['noise_warning']}")
+    if save and table.path is not None:
+        table.save(table.path)
+    return table

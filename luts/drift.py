@@ -1,0 +1,95 @@
+"""Today's speed of the machine: re-time a table's reference ops before the table is used.
+
+The device of today is not the device of the build: load, thermal state and the CPU governor
+move a shared machine's speed by tens of percent within an hour. A table records a few costly
+op models with their pooled medians (``meta["reference_ops"]``; a calibration records them
+again as measured at calibration time). :func:`check_drift` times the same files under the
+same protocol, takes the median ratio today / then, and sets the table's
+:attr:`~luts.table.LatencyTable.speed_scale` so predictions follow the machine. The result
+says by how much, and warns in one line when the change is large enough to matter.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from profilers.base import Profiler
+from profilers.protocol import MeasurementProtocol, measure_pooled
+
+from .table import LatencyTable, LUTError, cache_dir as default_cache_dir
+
+__all__ = ["check_drift", "reference_artifacts", "DRIFT_WARN"]
+
+# A speed change larger than this is reported as a warning line (smaller ones are noise).
+DRIFT_WARN = 0.05
+
+
+def reference_artifacts(table: LatencyTable, fmt: str,
+                        cache_dir: "str | os.PathLike | None" = None) -> List[Any]:
+    """The reference op models of ``table`` as ``fmt`` artifacts (from the op-model cache, or
+    converted now if the cache lost them)."""
+    from .builder import OpModelCache, _build_model, _convert, _Job
+
+    refs = _references(table)
+    cache = None if fmt == "torch" else OpModelCache(
+        Path(cache_dir) if cache_dir is not None else default_cache_dir() / "ops", fmt)
+    out = []
+    for r in refs:
+        job = _Job(str(r["what"]), tuple(int(x) for x in r["shape"]), str(r["space"]),
+                   int(r["seed"]), bool(r["context"]))
+        if cache is None:
+            out.append(_build_model(job))
+        else:
+            path = cache.path(job)
+            if not path.is_file():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                _convert(job, fmt, str(path))
+            out.append(path)
+    return out
+
+
+def _references(table: LatencyTable) -> List[dict]:
+    cal = table.calibration or {}
+    refs = cal.get("reference_ops") or table.meta.get("reference_ops") or []
+    return [r for r in refs if isinstance(r, dict) and r.get("median_ms")]
+
+
+def check_drift(table: LatencyTable, profiler: Profiler, protocol: MeasurementProtocol, *,
+                cache_dir: "str | os.PathLike | None" = None, apply: bool = True
+                ) -> Optional[Dict[str, Any]]:
+    """Re-time ``table``'s reference ops with ``profiler`` under ``protocol``; with ``apply``
+    set ``table.speed_scale`` to the median ratio now / then. Returns ``{"scale", "refs",
+    "warning"}`` (None when the table records no reference ops, e.g. imported tables)."""
+    refs = _references(table)
+    if not refs:
+        return None
+    try:
+        arts = reference_artifacts(table, profiler.artifact_format, cache_dir)
+    except Exception as exc:  # conversion trouble must not hide the real work: report it
+        return {"scale": 1.0, "refs": [], "warning": f"drift check skipped: cannot rebuild the "
+                                                     f"reference ops ({exc})"}
+    stats = measure_pooled(profiler, [(a, tuple(r["shape"])) for a, r in zip(arts, refs)],
+                           protocol)
+    ratios = [s.median_ms / float(r["median_ms"]) for s, r in zip(stats, refs)]
+    scale = float(np.median(ratios))
+    if not np.isfinite(scale) or scale <= 0:
+        raise LUTError(f"drift check measured nonsense (ratios {ratios})")
+    when = "calibrated" if (table.calibration or {}).get("reference_ops") else "built"
+    warning = None
+    if abs(scale - 1.0) > DRIFT_WARN:
+        from profilers.measure import loadavg
+
+        load = loadavg()
+        warning = (f"the machine is {abs(scale - 1):.0%} {'slower' if scale > 1 else 'faster'} "
+                   f"than when the table was {when} (reference ops re-timed; load average "
+                   f"{load[0] if load else '?'}; load, thermal state or CPU governor): "
+                   f"predictions rescaled by x{scale:.3f}")
+    if apply:
+        table.speed_scale = scale
+    return {"scale": scale, "against": when, "warning": warning,
+            "refs": [{"what": r["what"], "then_ms": float(r["median_ms"]),
+                      "now_ms": s.median_ms, "cv": s.std_ms / s.median_ms if s.median_ms else None}
+                     for r, s in zip(refs, stats)]}
