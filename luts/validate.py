@@ -1,14 +1,13 @@
 """Check a latency table against whole networks: predicted vs measured latency of random subnets.
 
 Subnets come from a randomly initialised supernet (weights do not change latency), seeded so a
-validation is repeatable. Each is folded, converted and timed exactly as the table's op models
-were (same converter, same profiler settings unless overridden), so any gap is the table's.
+validation is repeatable. Each is exported and timed exactly as ``specialize`` exports and
+measures its winner, under the table's measurement protocol, and compared with the prediction
+the search uses (calibrated, rescaled to today's speed), so any gap is the search's.
 """
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -19,7 +18,7 @@ from profilers.base import DeviceSpec, Profiler, get_profiler
 from profilers.measure import loadavg
 from supernet.arch import ArchConfig
 
-from .builder import best_of, export_artifact, require_converter
+from .builder import require_converter
 from .table import LatencyTable, LUTError
 
 __all__ = ["validate_lut", "kendall_tau", "summarize", "plot_validation", "sample_archs"]
@@ -75,33 +74,32 @@ def sample_archs(table: LatencyTable, samples: int, seed: int,
     return out
 
 
-def _random_supernet(space, seed: int):
-    import torch
-
-    from supernet.model import Supernet
-
-    # Seed a forked RNG: the global torch RNG of the caller is left as it was.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = Supernet(space)
-    return net.eval()
-
-
 def validate_lut(table: "LatencyTable | str | os.PathLike", device: "str | DeviceSpec", *,
                  samples: int = 30, seed: int = 0, runs: Optional[int] = None,
                  warmup: Optional[int] = None, threads: Optional[int] = None,
                  rounds: Optional[int] = None, resolutions: Optional[Sequence[int]] = None,
                  plot: "str | os.PathLike | None" = None,
                  progress: bool = True, profiler: Optional[Profiler] = None,
-                 work_dir: "str | os.PathLike | None" = None) -> Dict[str, Any]:
+                 work_dir: "str | os.PathLike | None" = None, drift: bool = True,
+                 quantile: int = 50) -> Dict[str, Any]:
     """Time ``samples`` random subnets end to end on ``device``, compare with the table.
 
-    ``runs``/``warmup``/``threads`` default to the settings the table was built with;
-    ``rounds`` to the table's but at least 10 (each subnet keeps its best of ``rounds``
-    round-robin timings, as op models keep their best pass). Returns
-    a JSON-able dict: ``samples``, ``mape``, ``within_10pct``, ``kendall_tau`` (and a few more
-    summary numbers), ``rows`` (one per subnet) and ``meta``.
+    The subnets are exported and timed exactly as ``specialize`` exports and measures its
+    winner, under the table's :class:`~profilers.protocol.MeasurementProtocol`; ``runs``,
+    ``warmup`` and ``rounds`` may change its precision, ``threads`` must match the table's
+    (another thread count measures something else: refused). The predictions validated are
+    the ones the search uses: calibrated (if the table is) and, with ``drift``, rescaled to
+    today's speed by re-timing the table's reference ops first (this sets
+    ``table.speed_scale``). Archs the calibration was fitted on are never drawn. Returns a
+    JSON-able dict: ``samples``, ``mape``, ``within_10pct``, ``kendall_tau`` (and a few more
+    summary numbers), ``uncalibrated`` (the same for the plain op sums), ``rows`` (one per
+    subnet), ``warnings`` and ``meta`` (with the protocol).
     """
+    from profilers.protocol import noise_warning, require_comparable
+
+    from .calibrate import measure_subnets, table_protocol
+    from .drift import check_drift
+
     if samples < 2:
         raise LUTError(f"--samples must be at least 2, got {samples}")
     if not isinstance(table, LatencyTable):
@@ -113,78 +111,81 @@ def validate_lut(table: "LatencyTable | str | os.PathLike", device: "str | Devic
                        f"profile` first")
     spec = DeviceSpec.parse(device)
     tm = table.meta
+    base = table_protocol(table)
+    protocol = base.with_(runs=runs, warmup=warmup, rounds=rounds, threads=threads)
+    require_comparable(base, protocol, "the table", "this validation")
     if profiler is None:
-        kw: Dict[str, Any] = {
-            "threads": threads if threads is not None else tm.get("threads"),
-            "runs": runs if runs is not None else int(tm.get("runs", 50)),
-            "warmup": warmup if warmup is not None else int(tm.get("warmup", 10))}
-        profiler = get_profiler(spec, **kw)
+        profiler = get_profiler(spec, **protocol.profiler_kwargs(spec.backend))
     fmt = profiler.artifact_format
     require_converter(fmt)
     if tm.get("artifact_format") not in (None, fmt):
         raise LUTError(f"the table was measured on {tm.get('artifact_format')} models, device "
                        f"{spec} runs {fmt}: validate it on the device it was built for")
-    # Whole networks take longer per run than ops, so a slow spell spoils a larger share of
-    # their runs: they get at least 10 rounds unless told otherwise.
-    rounds = int(rounds if rounds is not None else max(10, int(tm.get("rounds", 1) or 1)))
-    if rounds < 1:
-        raise LUTError(f"rounds must be >= 1, got {rounds}")
-    archs = sample_archs(table, samples, seed, resolutions)
-    predicted = table.predict(archs)
+    used = set((table.calibration or {}).get("archs") or [])
+    pool = sample_archs(table, samples + len(used), seed, resolutions)
+    archs = [a for a in pool if a.to_string(table.space) not in used][:samples]
     space = table.space
     t0 = time.monotonic()
     load0 = loadavg()
-    net = _random_supernet(space, seed)
-    tmp = Path(tempfile.mkdtemp(prefix="ofa-lut-validate-", dir=work_dir))
-    rows: List[Dict[str, Any]] = []
+    warnings_: List[str] = []
+    drift_info = check_drift(table, profiler, protocol) if drift else None
+    if drift_info and drift_info.get("warning"):
+        warnings_.append(drift_info["warning"])
+    predicted = table.predict(archs, quantile=quantile)
+    uncal = table.predict(archs, calibrated=False)
     bar = None
     if progress:
         import sys
 
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(archs) * (rounds + 1), unit="step", desc=f"validate {spec}",
-                   file=sys.stderr,
-                   dynamic_ncols=True)
-    try:
-        from supernet.model import extract_subnet
-        from supernet.op_models import fold_batchnorm
+        bar = tqdm(total=len(archs) * (protocol.rounds + 1), unit="step",
+                   desc=f"validate {spec}", file=sys.stderr, dynamic_ncols=True)
 
-        arts: List[Any] = []
-        for i, arch in enumerate(archs):
-            sub = fold_batchnorm(extract_subnet(net, arch).eval())
-            shape = (1, 3, arch.r, arch.r)
-            arts.append(sub if fmt == "torch" else
-                        export_artifact(sub, shape, tmp / f"net{i}.{fmt}", fmt))
-            if bar is not None:
-                bar.set_postfix_str("converting", refresh=False)
-                bar.update(1)
-        best: List[Any] = [None] * len(archs)
-        for rnd in range(rounds):
-            # Round-robin over the subnets, keeping each one's best round, as the table
-            # builder does for op models: a slow spell hits different subnets each round.
-            for i, arch in enumerate(archs):
-                best[i] = best_of(best[i], profiler.measure(arts[i], (1, 3, arch.r, arch.r)))
-                if bar is not None:
-                    bar.set_postfix_str(f"round {rnd + 1}/{rounds}", refresh=False)
-                    bar.update(1)
-        for i, (arch, pred, s) in enumerate(zip(archs, predicted, best)):
-            rows.append({"index": i, "arch": arch.to_dict(), "arch_string": arch.to_string(space),
-                         "r": arch.r, "predicted_ms": float(pred), "measured_ms": s.median_ms,
-                         "measured_p10_ms": s.p10_ms, "measured_p90_ms": s.p90_ms,
-                         "measured_std_ms": s.std_ms, "runs": s.runs,
-                         "rel_err": float(pred) / s.median_ms - 1.0 if s.median_ms > 0 else None})
+    def step(what, k, n):
+        if bar is not None:
+            bar.set_postfix_str(what, refresh=False)
+            bar.update(1)
+
+    try:
+        stats = measure_subnets(table, archs, profiler, protocol, seed=seed, work_dir=work_dir,
+                                on_step=step)
     finally:
         if bar is not None:
             bar.close()
-        shutil.rmtree(tmp, ignore_errors=True)
+    rows: List[Dict[str, Any]] = []
+    for i, (arch, pred, raw, s) in enumerate(zip(archs, predicted, uncal, stats)):
+        measured = s.p90_ms if quantile == 90 else s.median_ms
+        rows.append({"index": i, "arch": arch.to_dict(), "arch_string": arch.to_string(space),
+                     "r": arch.r, "predicted_ms": float(pred), "uncalibrated_ms": float(raw),
+                     "measured_ms": measured, "measured_median_ms": s.median_ms,
+                     "measured_p10_ms": s.p10_ms, "measured_p90_ms": s.p90_ms,
+                     "measured_std_ms": s.std_ms, "runs": s.runs,
+                     "cv": s.std_ms / s.median_ms if s.median_ms > 0 else None,
+                     "rel_err": float(pred) / measured - 1.0 if measured > 0 else None})
+    cvs = [r["cv"] for r in rows]
+    noisy = noise_warning(cvs, what="subnets")
+    if noisy:
+        warnings_.append(noisy)
     result = summarize([r["predicted_ms"] for r in rows], [r["measured_ms"] for r in rows])
+    result["uncalibrated"] = summarize([r["uncalibrated_ms"] for r in rows],
+                                       [r["measured_ms"] for r in rows])
+    cal = table.calibration
     result.update({
         "rows": rows,
+        "warnings": warnings_,
+        "median_cv": float(np.median(cvs)),
         "meta": {"device": str(spec), "table": str(table.path) if table.path else None,
                  "table_device": tm.get("device"), "space": space.name,
-                 "resolutions": sorted({a.r for a in archs}), "seed": seed, "rounds": rounds,
-                 "overhead_ms": table.overhead_ms, "profiler": profiler.describe(),
+                 "resolutions": sorted({a.r for a in archs}), "seed": seed,
+                 "rounds": protocol.rounds, "protocol": protocol.get_state(),
+                 "quantile": quantile, "overhead_ms": table.overhead_ms,
+                 "calibrated": cal is not None,
+                 "calibration": None if cal is None else {
+                     k: cal.get(k) for k in ("model", "heldout_mape", "heldout_within_10pct",
+                                             "samples", "date", "p90_factor")},
+                 "drift": drift_info, "speed_scale": table.speed_scale,
+                 "profiler": profiler.describe(),
                  "seconds": round(time.monotonic() - t0, 2), "loadavg_start": load0,
                  "loadavg_end": loadavg()},
     })

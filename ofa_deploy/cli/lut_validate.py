@@ -9,6 +9,12 @@ from ._common import atomic_write_text, emit, table
 from .profile import parse_resolutions
 
 
+def _protocol_line(state: dict) -> str:
+    from profilers.protocol import MeasurementProtocol
+
+    return MeasurementProtocol.from_state(state).describe()
+
+
 def _human(d: dict) -> str:
     m = d["meta"]
     head = table([
@@ -17,6 +23,12 @@ def _human(d: dict) -> str:
         ("within ±10%", f"{d['within_10pct']:.0%}"), ("within ±5%", f"{d['within_5pct']:.0%}"),
         ("Kendall tau", f"{d['kendall_tau']:.3f}"), ("mean error", f"{d['mean_rel_err']:+.1%}"),
         ("worst error", f"{d['max_abs_rel_err']:.1%}"), ("overhead", f"{m['overhead_ms']:.4f} ms"),
+        ("uncalibrated", f"within ±10% {d['uncalibrated']['within_10pct']:.0%}, MAPE "
+                         f"{d['uncalibrated']['mape']:.1%}"),
+        ("calibration", m["calibration"]["model"] if m.get("calibration") else "none"),
+        ("speed scale", f"x{m['speed_scale']:.3f} (reference ops re-timed)"),
+        ("noise (median CV)", f"{d['median_cv']:.1%}"),
+        ("protocol", _protocol_line(m["protocol"])),
         ("time", f"{m['seconds']:.1f} s"),
     ] + ([("plot", m["plot"])] if m.get("plot") else []), ("field", "value"))
     rows = table([(r["index"], r["arch_string"], f"{r['predicted_ms']:.3f}",
@@ -42,10 +54,10 @@ def _human(d: dict) -> str:
 @click.option("--warmup", type=click.IntRange(min=0), default=None,
               help="Untimed runs (default: the table's).")
 @click.option("--rounds", type=click.IntRange(min=1), default=None,
-              help="Round-robin passes; each subnet keeps its best (default: the table's, "
-                   "at least 10).")
+              help="Round-robin passes, every run pooled (default: the table's protocol).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="Runtime threads (default: the table's).")
+              help="Runtime threads (must be the table's: another count measures something "
+                   "else and is refused).")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, metavar="FILE.png",
               help="Write a predicted-vs-measured scatter plot.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, metavar="FILE.json",
@@ -72,6 +84,8 @@ def validate(lut_path, device, space_name, samples, seed, resolutions, runs, war
     result = validate_lut(t, device, samples=samples, seed=seed, runs=runs, warmup=warmup,
                           rounds=rounds, threads=threads, resolutions=res, plot=plot,
                           progress=not quiet and not as_json)
+    for w in result["warnings"]:
+        click.echo(f"warning: {w}", err=True)
     if out is not None:
         atomic_write_text(out, json.dumps(result, indent=2) + "\n")
     emit(result, as_json, _human)

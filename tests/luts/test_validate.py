@@ -10,6 +10,7 @@ import pytest
 from luts.builder import build_lut
 from luts.table import LatencyTable, LUTError
 from luts.validate import kendall_tau, sample_archs, summarize, validate_lut
+from supernet.arch import ArchConfig
 from supernet.ops import arch_ops, enumerate_ops
 
 TINY = "ofa-mbv3-tiny"
@@ -85,9 +86,12 @@ def test_validate_measures_subnets_and_reports(table_path, tmp_path):
     archs = sample_archs(t, 4, seed=1)
     for row, arch in zip(r["rows"], archs):
         assert row["arch"] == arch.to_dict()
-        # the prediction is exactly the table's: the ops' entries plus the overhead once
+        # the prediction is exactly the table's: the ops' entries plus the overhead once,
+        # rescaled by the speed the drift check measured (the table is uncalibrated)
         want = sum(t.entries[o].median_ms for o in arch_ops(TINY, arch)) + t.overhead_ms
-        assert row["predicted_ms"] == pytest.approx(want, rel=1e-12)
+        assert row["uncalibrated_ms"] == pytest.approx(want * r["meta"]["speed_scale"],
+                                                       rel=1e-12)
+        assert row["predicted_ms"] == row["uncalibrated_ms"]
         assert row["measured_ms"] > 0 and row["measured_p10_ms"] <= row["measured_ms"]
         assert row["rel_err"] == pytest.approx(row["predicted_ms"] / row["measured_ms"] - 1)
         # loose sanity band, not a timing claim: the same order of magnitude
@@ -98,6 +102,12 @@ def test_validate_measures_subnets_and_reports(table_path, tmp_path):
     m = r["meta"]
     assert m["device"] == "ort:cpu" and m["space"] == TINY and m["profiler"]["threads"] == 1
     assert m["rounds"] == 2 and m["resolutions"] == RES
+    # measured under the table's protocol, with the requested precision
+    assert m["protocol"] == {**t.meta["protocol"], "runs": 5, "warmup": 1, "rounds": 2}
+    d = m["drift"]
+    assert d["scale"] == m["speed_scale"] > 0 and len(d["refs"]) == len(t.meta["reference_ops"])
+    assert d["scale"] == pytest.approx(np.median([x["now_ms"] / x["then_ms"]
+                                                  for x in d["refs"]]))
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     json.dumps(r)  # JSON-able
 
@@ -114,9 +124,17 @@ def test_validate_defaults_come_from_the_table(table_path, monkeypatch):
 
     monkeypatch.setattr(v, "get_profiler", spy)
     r = validate_lut(table_path, "cpu", samples=2, progress=False)
-    # runs/warmup/threads as the table was built; rounds at least 10 (the table has 1)
-    assert seen == {"threads": 1, "runs": 5, "warmup": 1}
-    assert r["meta"]["rounds"] == 10
+    # runs/warmup/threads/rounds/cache exactly as the table was built
+    assert seen == {"threads": 1, "runs": 5, "warmup": 1, "flush_bytes": 0}
+    assert r["meta"]["rounds"] == 1
+    assert r["meta"]["protocol"] == LatencyTable.load(table_path).meta["protocol"]
+
+
+def test_validate_refuses_another_protocol(table_path):
+    from profilers.protocol import ProtocolMismatch
+
+    with pytest.raises(ProtocolMismatch, match=r"different protocols \(threads 1 vs 2\)"):
+        validate_lut(table_path, "cpu", samples=2, threads=2, progress=False)
 
 
 def test_validate_refuses_incomplete_tables(table_path, tmp_path):
@@ -135,7 +153,19 @@ def test_lut_validate_cli(run_cli, table_path, tmp_path):
                 "--warmup", "0", "--rounds", "1", "--plot", plot, "--out", out, "--json")
     assert r.exit_code == 0, r.output
     d = json.loads(r.stdout)
-    assert d["samples"] == 3 and 0 <= d["within_10pct"] <= 1 and -1 <= d["kendall_tau"] <= 1
+    assert d["samples"] == 3 and len(d["rows"]) == 3
+    # the summary is computed from the rows, and the rows from the table: recompute both
+    t = LatencyTable.load(table_path)
+    t.speed_scale = d["meta"]["speed_scale"]
+    archs = [ArchConfig.from_dict(row["arch"]) for row in d["rows"]]
+    assert [row["predicted_ms"] for row in d["rows"]] == pytest.approx(list(t.predict(archs)),
+                                                                       rel=1e-12)
+    pred = np.array([row["predicted_ms"] for row in d["rows"]])
+    meas = np.array([row["measured_ms"] for row in d["rows"]])
+    assert d["mape"] == pytest.approx(np.mean(np.abs(pred / meas - 1)))
+    assert d["within_10pct"] == pytest.approx(np.mean(np.abs(pred / meas - 1) <= 0.1))
+    assert d["kendall_tau"] == pytest.approx(_brute_tau_b(pred, meas))
+    assert d["meta"]["protocol"] == {**t.meta["protocol"], "runs": 3, "warmup": 0, "rounds": 1}
     assert json.loads(out.read_text())["rows"] == d["rows"]
     assert plot.is_file() and d["meta"]["device"] == "ort:cpu"
     r = run_cli("lut", "validate", "--lut", table_path, "--samples", "2", "--runs", "2",
@@ -149,6 +179,7 @@ def test_lut_validate_cli(run_cli, table_path, tmp_path):
     (["--device", "bogus:x"], "unknown backend"),
     (["--resolutions", "33"], "not in space"),
     (["--plot", "x.txt"], ".png"),
+    (["--threads", "2", "--samples", "2"], "different protocols (threads 1 vs 2)"),
 ])
 def test_lut_validate_cli_errors_are_one_line(run_cli, table_path, args, msg, tmp_path):
     base = ["--lut", str(table_path)] if "--lut" not in args else []
