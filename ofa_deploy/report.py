@@ -47,6 +47,28 @@ def render_markdown(rep: Mapping[str, Any]) -> str:
                   f"{_fmt(m.get('median', 0) - rep['budget_ms'], 2)} ms: the LUT predicted "
                   f"{_fmt(rep['predicted_latency_ms'])} ms. Re-profile the target or lower the "
                   f"budget.", ""]
+    rounds = rep.get("rounds") or []
+    if rounds:
+        q = rep.get("latency_quantile", 50)
+        lines += ["## Rounds (closed loop)", "",
+                  f"The exported winner of each round is measured (p{q} must fit the budget); "
+                  "over budget, the effective budget is tightened by the observed ratio, far "
+                  "under it, loosened.", "",
+                  f"| round | effective budget ms | predicted ms | measured p{q} ms | within "
+                  "budget | chosen | arch |", "|---|---|---|---|---|---|---|"]
+        for h in rounds:
+            lines.append(f"| {h['round']} | {_fmt(h['effective_budget_ms'])} | "
+                         f"{_fmt(h['predicted_latency_ms'])} | {_fmt(h['measured_ms'])} | "
+                         f"{h['within_budget']} | {'yes' if h.get('chosen') else ''} | "
+                         f"`{h['arch_string']}` |")
+        lines.append("")
+    if rep.get("protocol"):
+        from profilers.protocol import MeasurementProtocol
+
+        lines += [f"Measured with: {MeasurementProtocol.from_state(rep['protocol']).describe()}"
+                  f"; table rescaled x{_fmt(rep.get('speed_scale'))} to today's speed.", ""]
+    for w in rep.get("warnings") or []:
+        lines += [f"**Warning:** {w}", ""]
     arts = rep.get("artifacts", {})
     if arts:
         lines += ["## Artifacts", "", "| file | check vs torch (max abs diff) |", "|---|---|"]

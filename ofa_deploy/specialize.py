@@ -1,5 +1,15 @@
 """``specialize``: search -> extract -> BN-calibrate -> export -> measure -> report, for one or
-several (target, budget) scenarios sharing one supernet and one accuracy predictor."""
+several (target, budget) scenarios sharing one supernet and one accuracy predictor.
+
+The budget is a promise about the *measured* latency of the shipped file, so the loop is
+closed: the exported winner is timed on the target under the table's measurement protocol
+(:mod:`profilers.protocol`, the same as the table, ``lut validate`` and ``bench``); if the
+measured figure (median, or p90 with ``latency_quantile=90``) is over budget, the effective
+budget the search uses is tightened by the observed ratio and the search runs again; if it is
+under 0.9 x budget while slower (more accurate) subnets exist, the effective budget is loosened
+the same way. At most ``max_rounds`` rounds; the report lists each, and the winner is the
+round with the best predicted accuracy among those measured within budget (else the fastest).
+"""
 from __future__ import annotations
 
 import hashlib
@@ -15,6 +25,8 @@ import torch
 
 from luts.table import LatencyTable, LUTError, load_table
 from profilers.base import DeviceSpec, get_profiler
+from profilers.protocol import MeasurementProtocol, measure_pooled, noise_warning, \
+    require_comparable
 from supernet import ArchConfig, Supernet, arch_cost, extract_subnet
 from supernet.errors import OfaDeployError
 from supernet.fileio import atomic_write_text, sha256_file
@@ -192,9 +204,12 @@ def _finetune(sub: torch.nn.Module, ds, r: int, epochs: int, *, seed: int, batch
 
 
 def measure_artifact(target: str, artifacts: Dict[str, dict], subnet: torch.nn.Module,
-                     input_shape: Sequence[int], *, threads: Optional[int], runs: int,
-                     warmup: int) -> Dict[str, Any]:
-    prof = get_profiler(target, threads=threads, runs=runs, warmup=warmup)
+                     input_shape: Sequence[int], *, protocol: MeasurementProtocol
+                     ) -> Dict[str, Any]:
+    """Time the exported ``artifacts`` (the torch ``subnet`` for a torch-format target) on
+    ``target`` under ``protocol``; median/p10/p90/std/cv of the pooled runs."""
+    spec = DeviceSpec.parse(target)
+    prof = get_profiler(spec, **protocol.profiler_kwargs(spec.backend))
     try:
         fmt = prof.artifact_format
         if fmt == "torch":
@@ -203,18 +218,48 @@ def measure_artifact(target: str, artifacts: Dict[str, dict], subnet: torch.nn.M
             artifact = artifacts[fmt]["path"]
         else:
             raise OfaDeployError(f"target {target} runs {fmt} models: include {fmt} in --formats")
-        stats = prof.measure(artifact, tuple(input_shape))
+        stats = measure_pooled(prof, [(artifact, tuple(input_shape))], protocol)[0]
         return {"median": stats.median_ms, "p10": stats.p10_ms, "p90": stats.p90_ms,
-                "std": stats.std_ms, "runs": stats.runs, "artifact": fmt,
-                "profiler": prof.describe()}
+                "std": stats.std_ms, "runs": stats.runs,
+                "cv": stats.std_ms / stats.median_ms if stats.median_ms > 0 else None,
+                "artifact": fmt, "protocol": protocol.get_state(), "profiler": prof.describe()}
     finally:
         prof.close()
 
 
+# Aim this far inside the budget when re-targeting after a measurement: the next round's
+# measurement has its own noise of a percent or two.
+RETARGET_MARGIN = 0.98
+# A winner measured below this share of the budget leaves speed unused: loosen and retry.
+UNDERUSE = 0.9
+
+
+def _retarget(eff: float, budget: float, figure: float) -> float:
+    """The next effective budget: scaled by the observed budget / measured ratio."""
+    return eff * RETARGET_MARGIN * budget / figure
+
+
+def target_protocol(table: LatencyTable, threads: Optional[int] = None,
+                    runs: Optional[int] = None, warmup: Optional[int] = None,
+                    rounds: Optional[int] = None) -> MeasurementProtocol:
+    """The protocol ``specialize`` measures with: the table's, with the precision settings
+    given; a thread count other than the table's is refused (it measures something else)."""
+    from luts.calibrate import table_protocol
+
+    base = table_protocol(table)
+    p = base.with_(threads=threads, runs=runs, warmup=warmup, rounds=rounds)
+    require_comparable(base, p, "the latency table", "this measurement")
+    return p
+
+
 def _search(space, predictor, table: LatencyTable, scenarios: List[Scenario],
-            config: EvolutionConfig) -> List[SearchResult]:
-    cons = [Constraints(max_latency_ms=s.budget_ms,
-                        max_macs=None if s.mflops is None else s.mflops * 1e6) for s in scenarios]
+            config: EvolutionConfig, budgets: Optional[Sequence[float]] = None
+            ) -> List[SearchResult]:
+    """Search each scenario at its effective (predicted-median) budget (default: its own)."""
+    budgets = [s.budget_ms for s in scenarios] if budgets is None else list(budgets)
+    cons = [Constraints(max_latency_ms=b,
+                        max_macs=None if s.mflops is None else s.mflops * 1e6)
+            for s, b in zip(scenarios, budgets)]
     if len(cons) == 1:
         return [evolution_search(space, predictor, cons[0], config, latency_table=table)]
     res = pareto_search(space, predictor, cons, config, latency_table=table)
@@ -225,13 +270,24 @@ def _search(space, predictor, table: LatencyTable, scenarios: List[Scenario],
 
 def specialize(net: Supernet, predictor, scenarios: List[Scenario], *, out_dir: "str | Path",
                search_config: EvolutionConfig, data: DataContext, formats: Sequence[str],
-               lut_path: Optional[str] = None, threads: Optional[int] = None, runs: int = 50,
-               warmup: int = 10, finetune_epochs: int = 0, supernet_name: str = "",
-               command: str = "", echo: Callable[[str], None] = print,
-               progress: bool = True) -> List[Dict[str, Any]]:
+               lut_path: Optional[str] = None, threads: Optional[int] = None,
+               runs: Optional[int] = None, warmup: Optional[int] = None,
+               rounds: Optional[int] = None, finetune_epochs: int = 0,
+               supernet_name: str = "", command: str = "", echo: Callable[[str], None] = print,
+               progress: bool = True, latency_quantile: int = 50, max_rounds: int = 3,
+               drift: bool = True) -> List[Dict[str, Any]]:
+    """Search, export and measure the best subnet of every scenario (see the module
+    docstring for the closed loop). ``runs``/``warmup``/``rounds`` change the precision of
+    the measurement protocol (default: the table's); ``latency_quantile`` (50 or 90) says
+    which measured figure must fit the budget; ``drift`` re-times the table's reference ops
+    first and rescales it to today's speed. Returns one report dict per scenario."""
     from .export import export_artifacts
     from .report import plot_pred_vs_measured, plot_search, write_report, write_summary
 
+    if latency_quantile not in (50, 90):
+        raise OfaDeployError(f"--latency-quantile must be 50 or 90, got {latency_quantile}")
+    if max_rounds < 1:
+        raise OfaDeployError(f"max_rounds must be >= 1, got {max_rounds}")
     space = net.space
     out = Path(out_dir)
     targets = list(dict.fromkeys(s.target for s in scenarios))
@@ -240,37 +296,116 @@ def specialize(net: Supernet, predictor, scenarios: List[Scenario], *, out_dir: 
     # every table is resolved (and every budget checked) before any slow work starts
     tables = {t: resolve_lut(t, space, lut_path=lut_path, threads=threads, progress=progress,
                              echo=echo) for t in targets}
+    protocols: Dict[str, Optional[MeasurementProtocol]] = {}
+    drifts: Dict[str, Any] = {}
+    for t in targets:
+        local = DeviceSpec.parse(t).backend in LOCAL_BACKENDS
+        protocols[t] = target_protocol(tables[t], threads, runs, warmup, rounds)
+        if local and drift:
+            from luts.drift import check_drift
+
+            spec = DeviceSpec.parse(t)
+            prof = get_profiler(spec, **protocols[t].profiler_kwargs(spec.backend))
+            try:
+                drifts[t] = check_drift(tables[t], prof, protocols[t])
+            finally:
+                prof.close()
+            d = drifts[t]
+            if d is not None:
+                echo(f"{t}: reference ops re-timed, the table is rescaled by x{d['scale']:.3f} "
+                     f"to today's speed")
+                if d.get("warning"):
+                    echo(f"warning: {d['warning']}")
+    qf = {t: tables[t].quantile_factor(latency_quantile) for t in targets}
     for s in scenarios:
         lo, hi = tables[s.target].min_max()
-        if s.budget_ms < lo:
+        if s.budget_ms < lo * qf[s.target]:
             raise OfaDeployError(f"budget {s.budget_ms:g} ms is infeasible on {s.target}: the "
-                                 f"fastest subnet of {space.name} takes {lo:.3f} ms by its LUT "
-                                 f"(range {lo:.3f} .. {hi:.3f} ms)")
+                                 f"fastest subnet of {space.name} takes {lo * qf[s.target]:.3f} "
+                                 f"ms (p{latency_quantile}) by its LUT (range {lo:.3f} .. "
+                                 f"{hi:.3f} ms)")
     results: Dict[Scenario, SearchResult] = {}
     for t in targets:
         group = [s for s in scenarios if s.target == t]
         echo(f"searching {t}: budgets {', '.join(f'{s.budget_ms:g} ms' for s in group)}")
-        for s, r in zip(group, _search(space, predictor, tables[t], group, search_config)):
+        # the search prices predicted medians: a p90 budget becomes the median that keeps
+        # the predicted p90 within it
+        for s, r in zip(group, _search(space, predictor, tables[t], group, search_config,
+                                       [s.budget_ms / qf[t] for s in group])):
             results[s] = r
     reports = []
     single = len(scenarios) == 1
     versions = runtime_versions()
     for s in scenarios:
         res, table = results[s], tables[s.target]
+        protocol = protocols[s.target]
         sdir = out if single else out / s.name
         sdir.mkdir(parents=True, exist_ok=True)
-        arch = res.arch
-        echo(f"[{s.name}] winner {arch.to_string(space)}: predicted "
-             f"{res.predicted_accuracy:.4f} acc, {res.latency_ms:.3f} ms")
-        sub, acc, n_eval = prepare_subnet(net, arch, data, finetune_epochs=finetune_epochs,
-                                          seed=search_config.seed, echo=echo)
-        shape = (1, 3, arch.r, arch.r)
-        artifacts = export_artifacts(sub, shape, sdir, formats, seed=search_config.seed)
-        lut_threads = table.meta.get("threads") if threads is None else threads
-        measured = measure_artifact(s.target, artifacts, sub, shape, threads=lut_threads,
-                                    runs=runs, warmup=warmup)
+        eff = s.budget_ms / qf[s.target]
         lo, hi = table.min_max()
+        history: List[Dict[str, Any]] = []
+        done: Dict[str, tuple] = {}  # arch string -> (result, sub, acc, n_eval, artifacts, m)
+        for k in range(1, max_rounds + 1):
+            if k > 1:
+                cons = Constraints(max_latency_ms=eff, max_macs=None if s.mflops is None
+                                   else s.mflops * 1e6)
+                res = evolution_search(space, predictor, cons, search_config,
+                                       latency_table=table)
+            arch = res.arch
+            key = arch.to_string(space)
+            echo(f"[{s.name}] round {k}: winner {key}: predicted {res.predicted_accuracy:.4f} "
+                 f"acc, {res.latency_ms:.3f} ms (effective budget {eff:.3f} ms)")
+            if key in done:
+                sub, acc, n_eval, artifacts, measured = done[key][1:]
+            else:
+                sub, acc, n_eval = prepare_subnet(net, arch, data,
+                                                  finetune_epochs=finetune_epochs,
+                                                  seed=search_config.seed, echo=echo)
+                shape = (1, 3, arch.r, arch.r)
+                artifacts = export_artifacts(sub, shape, sdir, formats, seed=search_config.seed)
+                measured = (measure_artifact(s.target, artifacts, sub, shape,
+                                             protocol=protocol)
+                            if protocol is not None else None)
+            done[key] = (res, sub, acc, n_eval, artifacts, measured)
+            fig = None if measured is None else (
+                measured["p90"] if latency_quantile == 90 else measured["median"])
+            history.append({
+                "round": k, "effective_budget_ms": eff, "arch_string": key,
+                "predicted_latency_ms": res.latency_ms,
+                "predicted_accuracy": res.predicted_accuracy,
+                "measured_ms": fig,
+                "measured_latency_ms": None if measured is None else {
+                    q: measured[q] for q in ("median", "p10", "p90", "std", "cv", "runs")},
+                "within_budget": None if fig is None else bool(fig <= s.budget_ms)})
+            if fig is None:
+                break  # nothing to close the loop with (a phone table without the phone)
+            if fig > s.budget_ms:
+                eff = _retarget(eff, s.budget_ms, fig)
+            elif fig < UNDERUSE * s.budget_ms and eff < hi:
+                eff = min(hi, _retarget(eff, s.budget_ms, fig))
+            else:
+                break
+            if eff < lo:
+                history[-1]["note"] = "no faster subnet exists"
+                break
+        # the winner: best predicted accuracy among rounds measured within budget
+        ok = [h for h in history if h["within_budget"]]
+        pick = (max(ok, key=lambda h: (h["predicted_accuracy"], -h["round"])) if ok else
+                min(history, key=lambda h: (h["measured_ms"] if h["measured_ms"] is not None
+                                            else h["predicted_latency_ms"])))
+        res, sub, acc, n_eval, artifacts, measured = done[pick["arch_string"]]
+        arch = res.arch
+        shape = (1, 3, arch.r, arch.r)
+        if pick is not history[-1] and history[-1]["arch_string"] != pick["arch_string"]:
+            # a later round overwrote the files: write the winner's again (same subnet, same
+            # exporter, so the measured numbers are of these files)
+            artifacts = export_artifacts(sub, shape, sdir, formats, seed=search_config.seed)
+        for h in history:
+            h["chosen"] = h is pick
         tid = lut_id(table)
+        m = measured or {k: None for k in ("median", "p10", "p90", "std", "runs", "cv")}
+        fig = pick["measured_ms"]
+        noise = noise_warning([m.get("cv")], what="winner's runs") if measured else None
         rep: Dict[str, Any] = {
             "scenario": s.name,
             "target": s.target,
@@ -278,12 +413,26 @@ def specialize(net: Supernet, predictor, scenarios: List[Scenario], *, out_dir: 
             "supernet": supernet_name,
             "budget_ms": s.budget_ms,
             "budget_mmacs": s.mflops,
+            "latency_quantile": latency_quantile,
             "arch": arch.to_dict(),
             "arch_string": arch.to_string(space),
             "predicted_latency_ms": res.latency_ms,
-            "measured_latency_ms": {k: measured[k] for k in ("median", "p10", "p90", "std", "runs")},
-            "within_budget": bool(measured["median"] <= s.budget_ms),
-            "latency_error_pct": 100.0 * (measured["median"] - res.latency_ms) / res.latency_ms,
+            "predicted_latency_p90_ms": res.latency_ms * table.quantile_factor(90),
+            "measured_latency_ms": {k: m.get(k) for k in ("median", "p10", "p90", "std",
+                                                          "runs", "cv")},
+            "within_budget": None if fig is None else bool(fig <= s.budget_ms),
+            "within_budget_refers_to": (f"measured p{latency_quantile}" if fig is not None
+                                        else "nothing measured"),
+            "latency_error_pct": (None if m.get("median") is None else
+                                  100.0 * (m["median"] - res.latency_ms) / res.latency_ms),
+            "rounds": history,
+            "protocol": None if protocol is None else protocol.get_state(),
+            "drift": drifts.get(s.target),
+            "speed_scale": table.speed_scale,
+            "calibration": None if table.calibration is None else {
+                k: table.calibration.get(k) for k in ("model", "heldout_mape", "samples",
+                                                      "p90_factor")},
+            "warnings": [w for w in (noise, (drifts.get(s.target) or {}).get("warning")) if w],
             "predicted_accuracy": res.predicted_accuracy,
             "measured_accuracy": acc,
             "measured_accuracy_samples": n_eval,
@@ -296,7 +445,7 @@ def specialize(net: Supernet, predictor, scenarios: List[Scenario], *, out_dir: 
             "lut_meta": {k: table.meta.get(k) for k in ("device", "backend", "threads", "host",
                                                         "date") if k in table.meta},
             "artifacts": artifacts,
-            "measured_on": measured["profiler"],
+            "measured_on": None if measured is None else measured["profiler"],
             "search": {"seconds": res.wall_seconds, "evaluations": res.evaluations,
                        "config": search_config.get_state(),
                        "resolutions": list(res.resolutions)},
@@ -318,22 +467,30 @@ def specialize(net: Supernet, predictor, scenarios: List[Scenario], *, out_dir: 
                                   pareto=[(results[o].latency_ms, results[o].predicted_accuracy)
                                           for o in scenarios if o.target == s.target],
                                   title=f"{s.target} @ {s.budget_ms:g} ms"),
-            "latency": plot_pred_vs_measured(sdir / "latency.png", [{
+        }
+        if measured is not None:
+            plots["latency"] = plot_pred_vs_measured(sdir / "latency.png", [{
                 "label": s.name, "predicted_ms": res.latency_ms,
                 "measured_ms": measured["median"], "p10_ms": measured["p10"],
-                "p90_ms": measured["p90"]}]),
-        }
+                "p90_ms": measured["p90"]}])
         rep["plots"] = plots
         rep["report_files"] = write_report(rep, sdir)
-        if not rep["within_budget"]:
-            echo(f"[{s.name}] WARNING: measured {measured['median']:.3f} ms exceeds the "
-                 f"{s.budget_ms:g} ms budget (predicted {res.latency_ms:.3f} ms)")
+        for w in rep["warnings"]:
+            echo(f"[{s.name}] warning: {w}")
+        if rep["within_budget"] is False:
+            echo(f"[{s.name}] WARNING: measured p{latency_quantile} {fig:.3f} ms exceeds the "
+                 f"{s.budget_ms:g} ms budget after {len(history)} round(s) (predicted "
+                 f"{res.latency_ms:.3f} ms)")
         reports.append(rep)
     if not single:
         write_summary(reports, out)
-        plot_pred_vs_measured(out / "latency.png", [
-            {"label": r["scenario"], "predicted_ms": r["predicted_latency_ms"],
-             "measured_ms": r["measured_latency_ms"]["median"],
-             "p10_ms": r["measured_latency_ms"]["p10"], "p90_ms": r["measured_latency_ms"]["p90"]}
-            for r in reports])
+        measured_reps = [r for r in reports if r["measured_latency_ms"]["median"] is not None]
+        if measured_reps:
+            plot_pred_vs_measured(out / "latency.png", [
+                {"label": r["scenario"], "predicted_ms": r["predicted_latency_ms"],
+                 "measured_ms": r["measured_latency_ms"]["median"],
+                 "p10_ms": r["measured_latency_ms"]["p10"],
+                 "p90_ms": r["measured_latency_ms"]["p90"]}
+                for r in measured_reps])
     return reports
+

@@ -42,9 +42,17 @@ from ._common import (config_option, emit, load_data, load_predictor_for, save_r
 @click.option("--generations", default=500, show_default=True, type=click.IntRange(0))
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0))
 @click.option("--threads", default=None, type=click.IntRange(1),
-              help="CPU threads for profiling/measuring (default: the LUT's).")
-@click.option("--runs", default=50, show_default=True, type=click.IntRange(1))
-@click.option("--warmup", default=10, show_default=True, type=click.IntRange(0))
+              help="CPU threads for profiling/measuring (default: the LUT's; another count "
+                   "than the LUT's is refused).")
+@click.option("--runs", default=None, type=click.IntRange(1),
+              help="Timed runs per round (default: the LUT's measurement protocol).")
+@click.option("--warmup", default=None, type=click.IntRange(0),
+              help="Untimed runs per round (default: the LUT's measurement protocol).")
+@click.option("--latency-quantile", type=click.Choice(["50", "90"]), default="50",
+              show_default=True,
+              help="Which measured figure must fit the budget: the median (50) or p90 (90).")
+@click.option("--max-rounds", type=click.IntRange(1), default=3, show_default=True,
+              help="Search -> export -> measure rounds of the closed loop.")
 @click.option("--out", "out_dir", default="runs/specialize", show_default=True,
               type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the report(s) as JSON.")
@@ -52,7 +60,7 @@ from ._common import (config_option, emit, load_data, load_predictor_for, save_r
 def specialize(ctx, targets, budgets, mflops, supernet_name, space_name, lut_path,
                predictor_path, predictor_format, data_spec, calib_images, eval_images,
                finetune_epochs, formats, population, generations, seed, threads, runs, warmup,
-               out_dir, as_json) -> None:
+               latency_quantile, max_rounds, out_dir, as_json) -> None:
     """Search the best subnet for each (target, budget), then export and measure it.
 
     \b
@@ -86,20 +94,23 @@ def specialize(ctx, targets, budgets, mflops, supernet_name, space_name, lut_pat
                   data=DataContext(ds, calib_images, eval_images), formats=fmts,
                   lut_path=lut_path, threads=threads, runs=runs, warmup=warmup,
                   finetune_epochs=finetune_epochs, supernet_name=str(supernet_name),
-                  command=command, echo=echo, progress=not as_json)
+                  command=command, echo=echo, progress=not as_json,
+                  latency_quantile=int(latency_quantile), max_rounds=max_rounds)
 
     def human(reps):
         rows = []
         for r in reps:
             m = r["measured_latency_ms"]
             acc = r["measured_accuracy"]
+            meas = ("n/a" if m["median"] is None else
+                    f"{m['median']:.3f} [{m['p10']:.3f}, {m['p90']:.3f}]")
             rows.append((r["scenario"], f"{r['budget_ms']:g}", f"{r['predicted_latency_ms']:.3f}",
-                         f"{m['median']:.3f} [{m['p10']:.3f}, {m['p90']:.3f}]",
-                         "yes" if r["within_budget"] else "NO",
+                         meas, {True: "yes", False: "NO", None: "n/a"}[r["within_budget"]],
+                         len(r["rounds"]),
                          f"{r['predicted_accuracy']:.4f}", "n/a" if acc is None else f"{acc:.4f}",
                          f"{r['macs'] / 1e6:.1f}M", r["arch_string"]))
         return table(rows, ("scenario", "budget ms", "pred ms", "measured ms [p10, p90]",
-                            "in budget", "pred acc", "test acc", "MACs", "arch")) + \
+                            "in budget", "rounds", "pred acc", "test acc", "MACs", "arch")) + \
             f"\n\nreports in {out_dir}"
 
     emit(reports if len(reports) > 1 else reports[0], as_json,
