@@ -43,6 +43,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 
 from profilers.base import (DeviceSpec, LatencyStats, Profiler, ProfilerError,
                             get_profiler)
+from profilers.protocol import MeasurementProtocol, measure_pooled, require_comparable
 from supernet.errors import OfaDeployError
 from supernet.fileio import atomic_write_text, sha256_file
 
@@ -458,6 +459,18 @@ def load_baseline(path: "str | os.PathLike") -> List[Dict[str, Any]]:
     return out
 
 
+def _check_baseline_protocol(path: "str | os.PathLike", protocol: MeasurementProtocol) -> None:
+    """Refuse a baseline measured under another protocol (files without one predate
+    protocols and are compared as before)."""
+    try:
+        meta = json.loads(Path(path).read_text(encoding="utf-8")).get("meta") or {}
+    except (OSError, ValueError, AttributeError):
+        return
+    old = MeasurementProtocol.of(meta) if isinstance(meta, Mapping) else None
+    if old is not None:
+        require_comparable(old, protocol, f"baseline {path}", "this run")
+
+
 def match_baseline(artifacts: Sequence[Artifact], devices: Sequence[DeviceSpec],
                    baseline: Sequence[Mapping[str, Any]]
                    ) -> Tuple[Dict[Tuple[str, str, str], Tuple[Mapping[str, Any], str]],
@@ -585,7 +598,8 @@ def markdown_summary(report: BenchReport) -> str:
     verdict = "FAILED" if report.failed else "passed"
     lines = [f"## ofa-deploy bench: {verdict}", "",
              f"{c['ok']} ok, {c['regressed']} regressed, {c['error']} errors, "
-             f"{c['skipped']} skipped; {m.get('runs')} runs per measurement"
+             f"{c['skipped']} skipped; {m.get('protocol_text') or str(m.get('runs')) + ' runs'}"
+             f" per measurement"
              + (f"; baseline `{m['baseline']}`, tolerance {tol:g}%" if m.get("baseline") else ""),
              ""]
 
@@ -671,11 +685,13 @@ def _resumable(path: Optional[Path], settings: Mapping[str, Any]
 class _Run:
     """State of one ``bench`` run shared by the per-lane worker threads."""
 
-    def __init__(self, artifacts, devices, *, runs, warmup, threads, baseline_path, baseline,
+    def __init__(self, artifacts, devices, *, protocol, baseline_path, baseline,
                  tolerance_pct, min_delta_ms, json_path, resume, on_result, profiler_factory,
                  roots):
         self.artifacts = list(artifacts)
         self.devices = list(devices)
+        self.protocol = protocol
+        runs, warmup, threads = protocol.runs, protocol.warmup, protocol.threads
         self.runs, self.warmup, self.threads = runs, warmup, threads
         self.tolerance_pct, self.min_delta_ms = float(tolerance_pct), float(min_delta_ms)
         self.json_path = Path(json_path) if json_path else None
@@ -687,13 +703,15 @@ class _Run:
                       enumerate((a, d) for a in self.artifacts for d in self.devices)}
         self.results: Dict[Tuple[str, str, str], BenchResult] = {}
         self.matches, self.unmatched = match_baseline(self.artifacts, self.devices, baseline or [])
-        settings = {"runs": runs, "warmup": warmup, "threads": threads}
+        settings = {"runs": runs, "warmup": warmup, "threads": threads,
+                    "protocol": protocol.get_state()}
         self.resume = _resumable(self.json_path, settings) if resume else {}
         self.meta: Dict[str, Any] = {
             "format": FORMAT_NAME, "format_version": FORMAT_VERSION,
             "tool": "ofa-deploy", "version": _version(),
             "started_at": _now(), "finished_at": None, "complete": False,
             "runs": runs, "warmup": warmup, "threads": threads,
+            "protocol": protocol.get_state(), "protocol_text": protocol.describe(),
             "tolerance_pct": self.tolerance_pct, "min_delta_ms": self.min_delta_ms,
             "baseline": str(baseline_path) if baseline_path else None,
             "devices": [{"device": str(d), "lane": lane_of(d)} for d in self.devices],
@@ -741,13 +759,16 @@ class _Run:
                 t0 = time.perf_counter()
                 try:
                     if dev not in profs:
-                        kw: Dict[str, Any] = {"runs": self.runs, "warmup": self.warmup}
+                        kw: Dict[str, Any] = self.protocol.profiler_kwargs(spec.backend)
                         # phones take their thread count from the device registry
-                        if self.threads is not None and lane_of(spec) == "host-cpu":
-                            kw["threads"] = self.threads
+                        if lane_of(spec) != "host-cpu":
+                            kw.pop("threads", None)
                         profs[dev] = self.factory(spec, **kw)
                     prof = profs[dev]
-                    stats = prof.measure(art.path, art.input_shape)
+                    # the shared protocol: the same estimator as tables, validation and
+                    # specialize (median of pooled runs over interleaved-in-time rounds)
+                    stats = measure_pooled(prof, [(art.path, art.input_shape)],
+                                           self.protocol)[0]
                     if not isinstance(stats, LatencyStats):
                         raise ProfilerError(f"profiler for {dev} returned {type(stats).__name__}")
                     desc = _safe_describe(prof)
@@ -833,8 +854,10 @@ def _version() -> str:
     return __version__
 
 
-def run_bench(artifacts: Sequence[Artifact], devices: Sequence[DeviceSpec], *, runs: int = 50,
-              warmup: int = 10, threads: Optional[int] = None,
+def run_bench(artifacts: Sequence[Artifact], devices: Sequence[DeviceSpec], *,
+              runs: Optional[int] = None, warmup: Optional[int] = None,
+              threads: Optional[int] = None, rounds: Optional[int] = None,
+              cache: Optional[str] = None, protocol: Optional[MeasurementProtocol] = None,
               baseline: "str | os.PathLike | None" = None, tolerance_pct: float = 10.0,
               min_delta_ms: float = 0.0, json_path: "str | os.PathLike | None" = None,
               resume: bool = False,
@@ -842,19 +865,29 @@ def run_bench(artifacts: Sequence[Artifact], devices: Sequence[DeviceSpec], *, r
               profiler_factory: Callable[..., Profiler] = get_profiler) -> BenchReport:
     """Measure every artifact on every device; compare with ``baseline`` if given.
 
-    ``json_path`` is rewritten atomically after each result. ``resume`` reuses measured results
-    already in ``json_path`` for the same (artifact name, sha256, device) and run count.
+    Every measurement follows ``protocol`` (default: the shared
+    :class:`~profilers.protocol.MeasurementProtocol` with ``runs``, ``warmup``, ``threads``,
+    ``rounds`` and ``cache`` where given), so bench numbers compare with a table's,
+    ``lut validate``'s and ``specialize``'s; a baseline measured under another protocol is
+    refused. ``json_path`` is rewritten atomically after each result. ``resume`` reuses
+    measured results already in ``json_path`` for the same (artifact name, sha256, device)
+    and protocol.
     """
-    if runs < 1:
+    if runs is not None and runs < 1:
         raise BenchError(f"runs must be at least 1, got {runs}")
-    if warmup < 0:
+    if warmup is not None and warmup < 0:
         raise BenchError(f"warmup must be >= 0, got {warmup}")
+    protocol = (protocol or MeasurementProtocol()).with_(runs=runs, warmup=warmup,
+                                                         threads=threads, rounds=rounds,
+                                                         cache=cache)
     if tolerance_pct < 0:
         raise BenchError(f"tolerance must be >= 0 percent, got {tolerance_pct}")
     base = load_baseline(baseline) if baseline is not None else None
+    if baseline is not None:
+        _check_baseline_protocol(baseline, protocol)
     formats = {str(d): getattr(_profiler_class(d), "artifact_format", "onnx") for d in devices}
     roots = sorted({str(a.root) for a in artifacts})
-    run = _Run(artifacts, devices, runs=runs, warmup=warmup, threads=threads,
+    run = _Run(artifacts, devices, protocol=protocol,
                baseline_path=baseline, baseline=base, tolerance_pct=tolerance_pct,
                min_delta_ms=min_delta_ms, json_path=json_path, resume=resume,
                on_result=on_result, profiler_factory=profiler_factory, roots=roots)

@@ -14,13 +14,13 @@ from ._common import config_option, table
 @click.option("--devices", "-d", "device_specs", multiple=True, metavar="SPEC[,SPEC...]",
               help="Devices to measure on: cpu, ort:cpu, tflite:cpu, cuda:0, adb:NAME, or 'all' "
                    "(every online device of `ofa-deploy devices`). Repeatable.")
-@click.option("--runs", type=click.IntRange(min=1), default=50, show_default=True,
-              help="Timed runs per measurement.")
-@click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True,
-              help="Untimed warm-up runs before timing.")
+@click.option("--runs", type=click.IntRange(min=1), default=None,
+              help="Timed runs per round (default: the shared measurement protocol's, 10).")
+@click.option("--warmup", type=click.IntRange(min=0), default=None,
+              help="Untimed warm-up runs per round (default: the protocol's, 5).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="Threads for the host CPU backends (cpu, tflite:cpu; default: every usable "
-                   "core). Phones use the registry's threads.")
+              help="Threads for the host CPU backends (cpu, tflite:cpu; default: the "
+                   "protocol's, 1, as tables and specialize use). Phones use the registry's.")
 @click.option("--baseline", type=click.Path(dir_okay=False), default=None,
               help="An earlier --json file; results slower than it by more than --tolerance fail.")
 @click.option("--tolerance", type=click.FloatRange(min=0), default=10.0, show_default=True,
@@ -84,6 +84,7 @@ def bench(ctx, paths, artifacts, device_specs, runs, warmup, threads, baseline, 
         B.write_markdown(markdown_path, rep)
 
     click.echo(table(B.result_rows(rep), B.RESULT_HEADERS))
+    click.echo(f"measured with: {rep.meta['protocol_text']}")
     reg, err = rep.by_status("regressed"), rep.by_status("error")
     if reg:
         click.echo(f"\nRegressions (slower than baseline by more than {tolerance:g}%):")

@@ -23,6 +23,7 @@ from ofa_deploy.cli import main
 from tests.adbd_loader import adbd_module
 from profilers import base
 from profilers.base import LatencyStats, Profiler, ProfilerError
+from profilers.protocol import MeasurementProtocol
 from supernet.export import export_onnx as project_export_onnx
 
 
@@ -108,6 +109,10 @@ def junit_counts(path) -> dict:
             "skipped": len(root.findall(".//testcase/skipped"))}
 
 
+# calls a bench measurement makes: one per round of the default measurement protocol
+ROUNDS = MeasurementProtocol().rounds
+
+
 # -- an in-test backend ------------------------------------------------------------------------
 class FakeLab:
     """Behaviour of the ``fake:TARGET`` devices: latency per artifact file name, devices that die
@@ -115,7 +120,9 @@ class FakeLab:
 
     def __init__(self):
         self.latency = {}          # file name -> ms
-        self.die_after = {}        # target -> measurements that succeed before it dies
+        # target -> profiler calls that succeed before it dies (a bench measurement makes one
+        # call per round of the shared protocol: see ROUNDS)
+        self.die_after = {}
         self.barrier = None
         self.calls = []            # (target, artifact name)
         self.active = {}
@@ -172,7 +179,9 @@ def test_cpu_bench_own_baseline_passes_and_twice_as_fast_baseline_fails(arts, tm
     res = {x["artifact"]: x for x in data["results"]}
     assert set(res) == {"a.onnx", "spec/model.onnx"}
     for name, x in res.items():
-        assert x["device"] == "ort:cpu" and x["status"] == "ok" and x["runs"] == 15
+        # every run of every round of the shared protocol, pooled
+        assert x["device"] == "ort:cpu" and x["status"] == "ok"
+        assert x["runs"] == 15 * data["meta"]["protocol"]["rounds"]
         assert 0 < x["p10_ms"] <= x["median_ms"] <= x["p90_ms"]
         assert x["sha256"] == hashlib.sha256((arts / name).read_bytes()).hexdigest()
     # input shapes come from the model files
@@ -273,7 +282,7 @@ def test_missing_devices_and_bad_baseline(model_dir, tmp_path):
 # -- the in-test backend: failures, scheduling, identity ---------------------------------------
 def test_device_dying_mid_run_is_an_error_case_and_keeps_other_results(arts, lab, tmp_path):
     export_onnx(arts / "c.onnx", channels=4, size=32)
-    lab.die_after["flaky"] = 1
+    lab.die_after["flaky"] = ROUNDS
     out = tmp_path / "r.json"
     r = invoke("bench", "-a", arts, "-d", "fake:good,fake:flaky", "--json", out,
                "--junit", tmp_path / "r.xml", "-q")
@@ -416,14 +425,14 @@ def test_compare_latency_threshold_and_min_delta():
 
 def test_resume_keeps_measured_results(arts, lab, tmp_path):
     out = tmp_path / "r.json"
-    lab.die_after["x"] = 1
+    lab.die_after["x"] = ROUNDS
     assert invoke("bench", "-a", arts, "-d", "fake:x", "--json", out, "-q").exit_code == 1
     assert [x["status"] for x in load(out)["results"]] == ["ok", "error"]
     lab.die_after.clear()
     lab.calls.clear()
     r = invoke("bench", "-a", arts, "-d", "fake:x", "--json", out, "--resume", "-q")
     assert r.exit_code == 0, r.output
-    assert lab.calls == [("x", "model.onnx")]  # only the failed one is measured again
+    assert lab.calls == [("x", "model.onnx")] * ROUNDS  # only the failed one, measured again
     res = load(out)["results"]
     assert [x["status"] for x in res] == ["ok", "ok"] and res[0]["resumed"] is True
     r = invoke("bench", "-a", arts, "-d", "fake:x", "--resume")
