@@ -1,0 +1,226 @@
+"""The latency contract end to end, on a fake machine with injected bias and noise:
+calibration recovers the bias, validation sees it, specialize's closed loop meets the budget
+when measured, and every stage (table, validate, specialize, bench) measures with identical
+settings."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from luts.calibrate import calibrate_lut, fit_calibration
+from luts.table import LatencyTable
+from luts.validate import validate_lut
+from ofa_deploy.search import EvolutionConfig
+from ofa_deploy.specialize import DataContext, Scenario, specialize
+from profilers.base import DeviceSpec, LatencyStats, Profiler
+from profilers.protocol import MeasurementProtocol
+from supernet import Supernet, enumerate_ops, get_space
+
+TINY = "ofa-mbv3-tiny"
+RES = (32, 40)
+
+
+def synthetic_table(seed: int = 0) -> LatencyTable:
+    """Op latencies roughly proportional to MACs plus a random per-op part."""
+    rng = np.random.default_rng(seed)
+    t = LatencyTable(TINY, RES, meta={"device": "ort:cpu", "threads": 1})
+    for op in enumerate_ops(TINY, RES):
+        v = op.macs * 1e-6 + 0.01 + float(rng.random()) * 0.03
+        t.add(op, LatencyStats(v, 0.9 * v, 1.1 * v, 0.01 * v, 10))
+    return t
+
+
+class BiasedMachine(Profiler):
+    """A fake device whose whole networks take ``scale`` x their op sum (by ``truth``) plus
+    ``offset`` ms, every run multiplied by log-normal noise of spread ``sigma``. Takes torch
+    subnets (it reads their arch), so no export is needed; records its constructor kwargs."""
+
+    artifact_format = "torch"
+    made: list = []
+
+    def __init__(self, spec=None, *, truth, scale=1.0, offset=0.0, sigma=0.02, seed=0,
+                 runs=10, warmup=0, threads=1, **kw):
+        super().__init__(spec or DeviceSpec("ort", "cpu"), threads=threads, runs=runs,
+                         warmup=warmup)
+        self.truth, self.scale, self.offset, self.sigma = truth, scale, offset, sigma
+        self.rng = np.random.default_rng(seed)
+        BiasedMachine.made.append({"runs": runs, "warmup": warmup, "threads": threads, **kw})
+
+    def true_ms(self, arch) -> float:
+        return self.scale * self.truth.predict_one(arch) + self.offset
+
+    def measure_samples(self, artifact, input_shape):
+        v = self.true_ms(artifact.arch)
+        return list(v * self.rng.lognormal(0.0, self.sigma, self.runs))
+
+    def measure(self, artifact, input_shape):
+        return LatencyStats.from_samples(self.measure_samples(artifact, input_shape))
+
+
+PROTO = MeasurementProtocol(runs=8, warmup=0, rounds=2)
+
+
+def test_fit_prefers_the_model_that_generalises():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0.5, 3.0, 24)
+    r = np.where(np.arange(24) % 2 == 0, 32, 40)
+    m = 1.25 * x + 0.3  # a per-network overhead plus a scale: exactly overhead+scale
+    cal = fit_calibration(x, m, r, RES)
+    assert cal["model"] == "overhead+scale"
+    assert cal["scale"]["32"] == pytest.approx(1.25) and cal["overhead_ms"] == pytest.approx(0.3)
+    assert cal["candidates"]["scale"]["heldout_mape"] > 10 * cal["heldout_mape"]
+    # a different scale per resolution and no overhead: the per-resolution model wins
+    m2 = np.where(r == 32, 1.1, 1.5) * x
+    cal2 = fit_calibration(x, m2, r, RES)
+    assert cal2["model"] == "per-resolution-scale"
+    assert cal2["scale"] == {"32": pytest.approx(1.1), "40": pytest.approx(1.5)}
+
+
+def test_calibration_recovers_injected_bias_and_validate_sees_it():
+    t = synthetic_table()
+    machine = BiasedMachine(truth=synthetic_table(), scale=1.3, offset=0.25, sigma=0.03)
+    calibrate_lut(t, samples=20, profiler=machine, protocol=PROTO, save=False)
+    cal = t.calibration
+    assert cal["model"].startswith("overhead+")
+    assert cal["default_scale"] == pytest.approx(1.3, rel=0.05)
+    assert cal["overhead_ms"] == pytest.approx(0.25, abs=0.08)
+    assert cal["uncalibrated_mape"] > 0.2 and cal["heldout_mape"] < 0.03
+    assert cal["p90_factor"] > 1.0 and len(cal["archs"]) == 20
+    # the table survives a save/load with its calibration, and predicts calibrated
+    back = LatencyTable.from_state(t.get_state())
+    assert back.calibration == cal
+    # held-out subnets (never the calibration's): the calibrated prediction is within 10%
+    r = validate_lut(t, "cpu", samples=15, seed=3, profiler=machine, drift=False,
+                     progress=False)
+    assert not set(row["arch_string"] for row in r["rows"]) & set(cal["archs"])
+    assert r["within_10pct"] == 1.0 and r["kendall_tau"] > 0.9
+    assert r["uncalibrated"]["within_10pct"] == 0.0  # every op sum is >20% low
+    assert r["warnings"] == []
+    # the upper quantile covers most measured p90s
+    p90 = validate_lut(t, "cpu", samples=15, seed=3, profiler=machine, drift=False,
+                       progress=False, quantile=90)
+    covered = np.mean([row["predicted_ms"] >= row["measured_p90_ms"] for row in p90["rows"]])
+    assert covered >= 0.8
+
+
+def test_noise_is_reported_not_hidden():
+    t = synthetic_table()
+    loud = BiasedMachine(truth=synthetic_table(), scale=1.0, sigma=0.3)
+    r = validate_lut(t, "cpu", samples=6, profiler=loud, drift=False, progress=False)
+    assert r["median_cv"] > 0.2
+    assert any("noisy machine" in w and "run to run" in w for w in r["warnings"])
+
+
+class SizePredictor:
+    """Accuracy that grows with the op sum, so the search spends the budget it is given."""
+
+    def __init__(self, truth):
+        self.truth = truth
+
+    def predict(self, batch):
+        return self.truth.predict(batch) / 100.0
+
+
+@pytest.fixture(scope="module")
+def net():
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return Supernet(get_space(TINY)).eval()
+
+
+@pytest.mark.parametrize("bias", [1.3, 0.75])
+def test_closed_loop_meets_the_budget_when_measured(net, tmp_path, monkeypatch, bias):
+    import ofa_deploy.specialize as S
+
+    truth = synthetic_table()
+    table = synthetic_table()
+    table.meta["protocol"] = PROTO.get_state()
+    table.save(tmp_path / "lut.json")
+    lo, hi = table.min_max()
+    # a budget the biased machine can meet, with faster and slower subnets around it
+    budget = lo * bias + 0.5 * (hi - lo) * min(bias, 1.0)
+    monkeypatch.setattr(S, "get_profiler", lambda spec, **kw: BiasedMachine(
+        truth=truth, scale=bias, sigma=0.01, **kw))
+    reps = specialize(net, SizePredictor(truth), [Scenario("cpu", budget)],
+                      out_dir=tmp_path / "out", search_config=EvolutionConfig(
+                          population=48, generations=40, seed=0),
+                      data=DataContext(None), formats=["onnx"],
+                      lut_path=str(tmp_path / "lut.json"), echo=lambda s: None,
+                      progress=False)
+    rep = reps[0]
+    rounds = rep["rounds"]
+    first = rounds[0]["measured_ms"]
+    if bias > 1:
+        assert first > budget and rounds[0]["within_budget"] is False  # the table lies
+    else:
+        assert first < 0.9 * budget  # the table is pessimistic: speed left on the table
+    assert 2 <= len(rounds) <= 3
+    assert rounds[1]["effective_budget_ms"] == pytest.approx(
+        rounds[0]["effective_budget_ms"] * 0.98 * budget / first)
+    med = rep["measured_latency_ms"]["median"]
+    assert rep["within_budget"] is True and med <= budget
+    assert med >= 0.9 * budget
+    assert sum(h["chosen"] for h in rounds) == 1
+    assert rep["protocol"] == PROTO.get_state()
+
+
+class Recorder(Profiler):
+    """Records how every profiler is made; latency from the model's size (torch modules or
+    files), so any artifact can be 'timed'."""
+
+    artifact_format = "torch"
+    made: list = []
+
+    def __init__(self, spec, *, runs=10, warmup=0, threads=None, **kw):
+        super().__init__(DeviceSpec.parse(spec), threads=threads, runs=runs, warmup=warmup)
+        Recorder.made.append({"runs": runs, "warmup": warmup, "threads": threads, **kw})
+
+    def measure_samples(self, artifact, input_shape):
+        import os
+
+        size = (os.path.getsize(artifact) if isinstance(artifact, (str, os.PathLike))
+                else sum(p.numel() for p in artifact.parameters()))
+        return [1e-6 * size + 0.01] * self.runs
+
+    def measure(self, artifact, input_shape):
+        return LatencyStats.from_samples(self.measure_samples(artifact, input_shape))
+
+
+def test_table_validate_specialize_and_bench_measure_with_identical_settings(
+        net, tmp_path, monkeypatch):
+    import luts.builder as LB
+    import luts.validate as LV
+    import ofa_deploy.specialize as S
+    from luts.builder import build_lut
+    from ofa_deploy import bench as B
+    from supernet.export import export_onnx
+
+    Recorder.made = []
+    spy = (lambda spec, **kw: Recorder(spec, **kw))
+    for mod in (LB, LV, S):
+        monkeypatch.setattr(mod, "get_profiler", spy)
+    proto = MeasurementProtocol(runs=4, warmup=1, rounds=2, threads=1)
+    t = build_lut(TINY, "cpu", resolutions=[32], out=tmp_path / "t.json", runs=4, warmup=1,
+                  rounds=2, threads=1, progress=False, cache_dir=tmp_path / "ops")
+    v = validate_lut(t, "cpu", samples=3, progress=False)
+    lo, hi = t.min_max()
+    rep = specialize(net, SizePredictor(t), [Scenario("cpu", (lo + hi) / 2)],
+                     out_dir=tmp_path / "spec", search_config=EvolutionConfig(
+                         population=16, generations=3, seed=0),
+                     data=DataContext(None), formats=["onnx"],
+                     lut_path=str(tmp_path / "t.json"), echo=lambda s: None,
+                     progress=False, max_rounds=1)[0]
+    export_onnx(torch.nn.Conv2d(3, 4, 3).eval(), (1, 3, 16, 16), tmp_path / "b" / "m.onnx")
+    b = B.run_bench(B.collect_artifacts([tmp_path / "b"]), [DeviceSpec.parse("cpu")],
+                    profiler_factory=spy, protocol=proto)
+    assert b.counts["ok"] == 1
+    # the same recorded protocol everywhere ...
+    state = proto.get_state()
+    assert t.meta["protocol"] == v["meta"]["protocol"] == rep["protocol"] == \
+        b.meta["protocol"] == state
+    # ... and every profiler made with exactly the same settings
+    want = proto.profiler_kwargs("ort")
+    assert len(Recorder.made) >= 4
+    assert all(k == want for k in Recorder.made), Recorder.made
+    assert want == {"runs": 4, "warmup": 1, "threads": 1, "flush_bytes": 0}
