@@ -355,6 +355,35 @@ class LatencyTable:
         f = self.correction(50, calibrated=calibrated)[0][arch.r] if calibrated else 1.0
         return [(op, f * self.get(op, arch.r).median_ms) for op in arch_ops(self.space, arch)]
 
+    def explain(self, arch: ArchConfig, *, top: int = 10) -> dict:
+        """Where ``arch``'s predicted time goes: the calibrated prediction and its p90, the op
+        sum, the per-network parts (runtime overhead, calibration offset) and the ``top``
+        costliest ops with their share of the calibrated prediction (JSON-able)."""
+        arch = arch.validate(self.space)
+        if arch.r not in self.resolutions:
+            raise LUTError(f"resolution {arch.r} not in the latency table (resolutions "
+                           f"{list(self.resolutions)})")
+        scale, offset = self.correction(50)
+        f = scale[arch.r]
+        ops = self.breakdown(arch)
+        pred = self.predict_one(arch)
+        rows = [{"index": i, "op": op.to_string(), "kind": op.kind, "measured_ms": ms,
+                 "predicted_ms": f * ms, "share": f * ms / pred if pred > 0 else None,
+                 "cv": (self.meta.get("noise") or {}).get("per_entry_cv", {}).get(
+                     op.to_string())}
+                for i, (op, ms) in enumerate(ops)]
+        by_kind: Dict[str, float] = {}
+        for r in rows:
+            by_kind[r["kind"]] = by_kind.get(r["kind"], 0.0) + r["predicted_ms"]
+        return {"arch_string": arch.to_string(self.space), "r": arch.r,
+                "predicted_ms": pred, "predicted_p90_ms": self.predict_one(arch, quantile=90),
+                "op_sum_ms": sum(ms for _, ms in ops), "ops": len(ops),
+                "runtime_overhead_ms": f * self.overhead_ms, "calibration_offset_ms": offset,
+                "scale": f, "calibration": None if self.calibration is None else
+                self.calibration.get("model"), "speed_scale": self.speed_scale,
+                "by_kind_ms": dict(sorted(by_kind.items(), key=lambda kv: -kv[1])),
+                "top_ops": sorted(rows, key=lambda r: -r["predicted_ms"])[:top]}
+
     def min_max(self, resolutions: Sequence[int] | None = None, *,
                 interpolate: bool = False) -> Tuple[float, float]:
         """Exact smallest and largest predicted latency over every subnet at ``resolutions``

@@ -105,7 +105,11 @@ def resolve_lut(target: str, space, *, lut_path: Optional[str] = None, build: bo
     threads = 1 if threads is None else threads
     echo(f"no latency table for {spec} / {space.name} yet: profiling it now with {threads} "
          f"thread(s) (cached for next time; --threads to change)")
-    return build_lut(space, spec, threads=threads, progress=progress)
+    table = build_lut(space, spec, threads=threads, progress=progress)
+    from luts.calibrate import calibrate_lut
+
+    echo("calibrating the new table on 20 whole subnets (the export path specialize ships)")
+    return calibrate_lut(table, spec, samples=20, progress=progress, echo=echo)
 
 
 def lut_id(table: LatencyTable) -> str:

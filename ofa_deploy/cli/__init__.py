@@ -20,6 +20,7 @@ from .eval import eval_cmd
 from .export import export_cmd
 from .inspect import inspect
 from .lut import lut
+from .lut_calibrate import calibrate, predict as lut_predict
 from .lut_validate import validate
 from .predictor import predictor
 from .profile import profile
@@ -62,6 +63,8 @@ def main() -> None:
 
 
 lut.add_command(validate)
+lut.add_command(calibrate)
+lut.add_command(lut_predict)
 for _command in (specialize, predictor, spaces, inspect, lut, bench, devices, train, eval_cmd,
                  search, profile, export_cmd):
     main.add_command(_command)

@@ -19,12 +19,18 @@ def _fmt_m(v: int) -> str:
               help="Override the arch's input resolution.")
 @click.option("--supernet", default=None, metavar="CKPT|NAME",
               help="A checkpoint path or registered name; its parameters are counted too.")
+@click.option("--target", default=None, metavar="FILE|SPEC",
+              help="Also predict --arch's latency with this latency table (a file, a built-in "
+                   "table or a device spec whose table is cached), with a per-op breakdown.")
+@click.option("--top", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Costliest ops to list with --target.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def inspect(space_name, arch, resolution, supernet, as_json) -> None:
+def inspect(space_name, arch, resolution, supernet, target, top, as_json) -> None:
     """Size of a space and cost (params, MACs) of one of its subnets.
 
     MACs are multiply-accumulates counted the reference OFA way (convolutions, linears and SE;
-    not BN, activations or pooling), computed analytically without building the subnet.
+    not BN, activations or pooling), computed analytically without building the subnet. With
+    --target, the arch's predicted latency (calibrated, p90) and where it goes, op by op.
     """
     from supernet import ArchConfig, arch_cost, get_space, space_stats
     from supernet.checkpoint import load_supernet
@@ -50,6 +56,12 @@ def inspect(space_name, arch, resolution, supernet, as_json) -> None:
                      **arch_cost(space, a)})
     elif resolution is not None:
         raise click.UsageError("--resolution needs --arch")
+    if target is not None:
+        if arch is None:
+            raise click.UsageError("--target needs --arch")
+        from luts.table import load_table
+
+        data["latency"] = load_table(target, space=space.name).explain(a, top=top)
 
     def human(d: dict) -> str:
         n = d["num_subnets"]
@@ -68,6 +80,11 @@ def inspect(space_name, arch, resolution, supernet, as_json) -> None:
         if "arch" in d:
             rows += [("arch", d["arch_string"]), ("params", f"{d['params']:,}"),
                      ("MACs", f"{d['macs']:,} ({_fmt_m(d['macs'])})")]
-        return table(rows, ("field", "value"))
+        out = table(rows, ("field", "value"))
+        if "latency" in d:
+            from .lut_calibrate import explain_human
+
+            out += "\n\nlatency:\n" + explain_human(d["latency"])
+        return out
 
     emit(data, as_json, human)

@@ -39,7 +39,14 @@ def _human(d: dict) -> str:
             ("threads", d["threads"]), ("runs x rounds", f"{d['runs']} x {d['rounds']}"),
             ("overhead", f"{d['overhead_ms']:.4f} ms"),
             ("build time", f"{d['build_seconds']:.1f} s"),
-            ("max drift", f"{d['max_drift']:.1%}" if d["max_drift"] is not None else "-")]
+            ("max drift", f"{d['max_drift']:.1%}" if d["max_drift"] is not None else "-"),
+            ("noise (median CV)", f"{d['median_cv']:.1%}" if d["median_cv"] is not None
+             else "-")]
+    c = d.get("calibration")
+    if c:
+        rows.append(("calibration", f"{c['model']} on {c['samples']} subnets: held-out MAPE "
+                                    f"{c['heldout_mape']:.1%} (uncalibrated "
+                                    f"{c['uncalibrated_mape']:.1%}), p90 x{c['p90_factor']:.3f}"))
     parts = [table(rows, ("field", "value"))]
     parts.append(table([(x["resolution"], f"{x['min_ms']:.3f}", f"{x['max_ms']:.3f}")
                         for x in d["latency_range"]], ("resolution", "min ms", "max ms")))
@@ -124,7 +131,17 @@ def profile(device, space_name, resolutions, out, runs, warmup, rounds, threads,
                   convert_workers=convert_workers, fresh=fresh, seed=seed, flush_bytes=flush,
                   on_warn=(lambda msg: click.echo(f"warning: {msg}", err=True))
                   if quiet or as_json else None)
+    if calib_samples > 0:
+        from luts.calibrate import calibrate_lut
+
+        calibrate_lut(t, spec, samples=calib_samples, seed=seed,
+                      progress=not quiet and not as_json,
+                      echo=lambda msg: click.echo(msg, err=True))
     m = t.meta
+    noise = m.get("noise") or {}
+    if noise.get("warning"):
+        click.echo(f"warning: {noise['warning']}", err=True)
+    cal = t.calibration
     ranges = []
     for r in t.resolutions:
         lo, hi = t.min_max([r])
@@ -142,5 +159,12 @@ def profile(device, space_name, resolutions, out, runs, warmup, rounds, threads,
         "max_drift": (m.get("drift") or {}).get("max_abs_drift"),
         "loadavg": [m.get("loadavg_start"), m.get("loadavg_end")],
         "latency_range": ranges,
+        "protocol": m.get("protocol"),
+        "median_cv": noise.get("median_cv"),
+        "calibration": None if cal is None else {
+            k: cal.get(k) for k in ("model", "scale", "overhead_ms", "p90_factor", "samples",
+                                    "heldout_mape", "heldout_within_10pct",
+                                    "uncalibrated_mape", "uncalibrated_within_10pct",
+                                    "candidates")},
     }
     emit(data, as_json, _human)

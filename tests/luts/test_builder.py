@@ -250,10 +250,17 @@ def test_profile_cli(run_cli, tmp_path, op_cache, ort_table, monkeypatch):
     monkeypatch.setenv("OFA_DEPLOY_HOME", str(tmp_path / "home"))
     r = run_cli("profile", "--device", "cpu", "--space", TINY, "--resolutions", "32",
                 "--runs", "2", "--warmup", "0", "--rounds", "1", "--threads", "1",
-                "--cache-dir", op_cache, "--json")
+                "--cache-dir", op_cache, "--calibrate", "4", "--json")
     assert r.exit_code == 0, r.output
     d = json.loads(r.stdout)
     from luts.table import default_lut_path
+
+    # calibrated on 4 whole subnets, the fit and its held-out error stored in the table
+    c = d["calibration"]
+    assert c["samples"] == 4 and c["model"] in c["candidates"]
+    saved = LatencyTable.load(d["path"])
+    assert saved.calibration["model"] == c["model"] and len(saved.calibration["archs"]) == 4
+    assert d["protocol"] == saved.meta["protocol"] and d["protocol"]["threads"] == 1
 
     assert d["path"] == str(default_lut_path(DeviceSpec.parse("cpu"), TINY))
     assert d["ops"] == len(enumerate_ops(TINY, RES)) and d["models_converted"] == 0
@@ -262,8 +269,26 @@ def test_profile_cli(run_cli, tmp_path, op_cache, ort_table, monkeypatch):
     # the human form prints a table
     r = run_cli("profile", "--device", "cpu", "--space", TINY, "--resolutions", "32",
                 "--runs", "2", "--warmup", "0", "--rounds", "1", "--threads", "1",
-                "--cache-dir", op_cache, "-q")
+                "--cache-dir", op_cache, "--calibrate", "0", "-q")
     assert r.exit_code == 0 and "overhead" in r.output
+    # where an arch's time goes: the calibrated prediction and its costliest ops
+    t = LatencyTable.load(d["path"])
+    r = run_cli("lut", "predict", "--lut", d["path"], "--arch", "max", "--resolution", "32",
+                "--top", "3", "--json")
+    assert r.exit_code == 0, r.output
+    p = json.loads(r.stdout)
+    amax = ArchConfig.parse("max", TINY).with_resolution(32)
+    assert p["predicted_ms"] == pytest.approx(t.predict_one(amax), rel=1e-12)
+    ms = sorted((t.get(o, amax.r).median_ms for o in arch_ops(TINY, amax)), reverse=True)[:3]
+    assert [x["measured_ms"] for x in p["top_ops"]] == pytest.approx(ms)
+    assert p["op_sum_ms"] == pytest.approx(sum(t.get(o, amax.r).median_ms
+                                               for o in arch_ops(TINY, amax)))
+    r = run_cli("inspect", "--space", TINY, "--arch", "max", "--resolution", "32", "--target",
+                d["path"])
+    assert r.exit_code == 0, r.output
+    assert "top ops" in r.output and f"{p['predicted_ms']:.3f} ms" in r.output
+    r = run_cli("inspect", "--space", TINY, "--target", d["path"])
+    assert r.exit_code != 0 and "--target needs --arch" in r.output
 
 
 @pytest.mark.parametrize("args,msg", [

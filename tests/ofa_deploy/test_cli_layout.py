@@ -12,7 +12,8 @@ COMMANDS = {"bench", "devices", "eval", "export", "inspect", "lut", "predictor",
 
 def test_every_command_is_registered():
     assert set(main.commands) == COMMANDS
-    assert {"show", "import-reference", "export-reference", "validate"} == set(
+    assert {"show", "import-reference", "export-reference", "validate", "calibrate",
+            "predict"} == set(
         main.commands["lut"].commands)
     assert {"collect", "train"} == set(main.commands["predictor"].commands)
 
