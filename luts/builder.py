@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import dataclasses
 import datetime as _dt
 import json
 import os
@@ -62,7 +63,7 @@ import numpy as np
 
 from profilers.base import DeviceSpec, LatencyStats, Profiler, get_profiler
 from profilers.measure import DriftMonitor, loadavg
-from profilers.protocol import MeasurementProtocol, noise_warning
+from profilers.protocol import MeasurementProtocol, cv_of, noise_warning
 from supernet.errors import OfaDeployError
 from supernet.ops import OpKey, enumerate_ops
 from supernet.space import Space, get_space
@@ -470,9 +471,10 @@ class _Raw:
         return self.stats[name]
 
     def cv(self, name: str) -> Optional[float]:
-        """Run-to-run variation (std / median) of model ``name``'s pooled runs."""
+        """Run-to-run variation (robust CV, :func:`~profilers.protocol.cv_of`) of model
+        ``name``'s pooled runs."""
         s = self.stats.get(name)
-        return None if s is None or s.median_ms <= 0 else float(s.std_ms / s.median_ms)
+        return None if s is None or s.median_ms <= 0 else cv_of(s)
 
     def save(self) -> None:
         state = {"schema": RAW_SCHEMA, "meta": self.meta,
@@ -533,6 +535,9 @@ def build_lut(space: "Space | str", device: "str | DeviceSpec", *,
         pc = parse_cpus(cpus)
         protocol = protocol.with_(runs=runs, warmup=warmup, rounds=rounds, threads=threads,
                                   cache=cache, cpus=tuple(pc) if pc else None)
+        if threads is None and spec.backend not in HOST_BACKENDS:
+            # phones and GPUs: the device's own thread setting (the registry's), not 1
+            protocol = dataclasses.replace(protocol, threads=None)
         if protocol.cache == "cold" and spec.backend in HOST_BACKENDS:
             fb = network_bytes(space, res) if flush_bytes in ("auto", None) else int(flush_bytes)
             protocol = protocol.with_(flush_bytes=fb)
@@ -550,6 +555,9 @@ def build_lut(space: "Space | str", device: "str | DeviceSpec", *,
         "method_version": METHOD_VERSION, "threads": profiler.threads, "runs": profiler.runs,
         "warmup": profiler.warmup, "seed": seed, "converter": converter_tag(fmt),
         "flush_bytes": desc.get("flush_cache_bytes"), "cache": protocol.cache,
+        # where the op models live: the drift check re-times the reference ops from there
+        "op_cache_root": str(Path(cache_dir) if cache_dir is not None
+                             else default_cache_dir() / "ops"),
         "protocol": protocol.get_state(),
         "profiler": desc, "stats_note": (
             "median/p10/p90 of every run of `rounds` interleaved rounds, pooled; entries are "

@@ -32,7 +32,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from profilers.base import DeviceSpec, LatencyStats, Profiler, get_profiler
-from profilers.protocol import MeasurementProtocol, measure_pooled, noise_warning
+from profilers.protocol import MeasurementProtocol, cv_of, measure_pooled, noise_warning
 from supernet.arch import ArchConfig
 
 from .table import LatencyTable, LUTError
@@ -234,7 +234,7 @@ def calibrate_lut(table: "LatencyTable | str | os.PathLike",
             bar.close()
     cal = fit_calibration(op_sum, [s.median_ms for s in stats], [a.r for a in archs],
                           table.resolutions, [s.p90_ms for s in stats])
-    cvs = [s.std_ms / s.median_ms for s in stats]
+    cvs = [cv_of(s) for s in stats]
     cal.update({
         "device": str(spec), "protocol": protocol.get_state(), "seed": seed,
         "archs": [a.to_string(table.space) for a in archs],

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from profilers.base import Profiler
-from profilers.protocol import MeasurementProtocol, measure_pooled
+from profilers.protocol import MeasurementProtocol, cv_of, measure_pooled
 
 from .table import LatencyTable, LUTError, cache_dir as default_cache_dir
 
@@ -29,13 +29,15 @@ DRIFT_WARN = 0.05
 
 def reference_artifacts(table: LatencyTable, fmt: str,
                         cache_dir: "str | os.PathLike | None" = None) -> List[Any]:
-    """The reference op models of ``table`` as ``fmt`` artifacts (from the op-model cache, or
-    converted now if the cache lost them)."""
+    """The reference op models of ``table`` as ``fmt`` artifacts (from the op-model cache the
+    table was built with, else the default one; converted now if the cache lost them)."""
     from .builder import OpModelCache, _build_model, _convert, _Job
 
     refs = _references(table)
-    cache = None if fmt == "torch" else OpModelCache(
-        Path(cache_dir) if cache_dir is not None else default_cache_dir() / "ops", fmt)
+    if cache_dir is None:
+        root = table.meta.get("op_cache_root")
+        cache_dir = root if root and Path(root).is_dir() else default_cache_dir() / "ops"
+    cache = None if fmt == "torch" else OpModelCache(Path(cache_dir), fmt)
     out = []
     for r in refs:
         job = _Job(str(r["what"]), tuple(int(x) for x in r["shape"]), str(r["space"]),
@@ -91,5 +93,5 @@ def check_drift(table: LatencyTable, profiler: Profiler, protocol: MeasurementPr
         table.speed_scale = scale
     return {"scale": scale, "against": when, "warning": warning,
             "refs": [{"what": r["what"], "then_ms": float(r["median_ms"]),
-                      "now_ms": s.median_ms, "cv": s.std_ms / s.median_ms if s.median_ms else None}
+                      "now_ms": s.median_ms, "cv": cv_of(s) if s.median_ms else None}
                      for r, s in zip(refs, stats)]}

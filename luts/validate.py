@@ -95,7 +95,7 @@ def validate_lut(table: "LatencyTable | str | os.PathLike", device: "str | Devic
     summary numbers), ``uncalibrated`` (the same for the plain op sums), ``rows`` (one per
     subnet), ``warnings`` and ``meta`` (with the protocol).
     """
-    from profilers.protocol import noise_warning, require_comparable
+    from profilers.protocol import cv_of, noise_warning, require_comparable
 
     from .calibrate import measure_subnets, table_protocol
     from .drift import check_drift
@@ -161,7 +161,7 @@ def validate_lut(table: "LatencyTable | str | os.PathLike", device: "str | Devic
                      "measured_ms": measured, "measured_median_ms": s.median_ms,
                      "measured_p10_ms": s.p10_ms, "measured_p90_ms": s.p90_ms,
                      "measured_std_ms": s.std_ms, "runs": s.runs,
-                     "cv": s.std_ms / s.median_ms if s.median_ms > 0 else None,
+                     "cv": cv_of(s) if s.median_ms > 0 else None,
                      "rel_err": float(pred) / measured - 1.0 if measured > 0 else None})
     cvs = [r["cv"] for r in rows]
     noisy = noise_warning(cvs, what="subnets")

@@ -25,7 +25,7 @@ import torch
 
 from luts.table import LatencyTable, LUTError, load_table
 from profilers.base import DeviceSpec, get_profiler
-from profilers.protocol import MeasurementProtocol, measure_pooled, noise_warning, \
+from profilers.protocol import MeasurementProtocol, cv_of, measure_pooled, noise_warning, \
     require_comparable
 from supernet import ArchConfig, Supernet, arch_cost, extract_subnet
 from supernet.errors import OfaDeployError
@@ -225,7 +225,7 @@ def measure_artifact(target: str, artifacts: Dict[str, dict], subnet: torch.nn.M
         stats = measure_pooled(prof, [(artifact, tuple(input_shape))], protocol)[0]
         return {"median": stats.median_ms, "p10": stats.p10_ms, "p90": stats.p90_ms,
                 "std": stats.std_ms, "runs": stats.runs,
-                "cv": stats.std_ms / stats.median_ms if stats.median_ms > 0 else None,
+                "cv": cv_of(stats) if stats.median_ms > 0 else None,
                 "artifact": fmt, "protocol": protocol.get_state(), "profiler": prof.describe()}
     finally:
         prof.close()

@@ -33,7 +33,7 @@ import numpy as np
 from .base import LatencyStats, ProfilerError
 
 __all__ = ["MeasurementProtocol", "ProtocolMismatch", "require_comparable", "measure_pooled",
-           "noise_warning", "ESTIMATORS", "CACHE_POLICIES", "DEFAULT_MAX_CV"]
+           "noise_warning", "cv_of", "ESTIMATORS", "CACHE_POLICIES", "DEFAULT_MAX_CV"]
 
 ESTIMATORS = ("median-pooled",)
 CACHE_POLICIES = ("warm", "cold")
@@ -183,8 +183,13 @@ def measure_pooled(profiler, items: Sequence[Tuple[Any, Sequence[int]]],
 
 
 def cv_of(stats: LatencyStats) -> float:
-    """Coefficient of variation (std / median) of one measurement."""
-    return float(stats.std_ms / stats.median_ms) if stats.median_ms > 0 else float("nan")
+    """Run-to-run variation of one measurement: a robust coefficient of variation,
+    (p90 - p10) / (2.563 x median), which equals std / mean for normally distributed runs.
+    Why not std / median: one preempted run of 10x the median (common on a shared machine)
+    inflates the std several-fold while the pooled median, the estimator, barely moves."""
+    if stats.median_ms <= 0:
+        return float("nan")
+    return float((stats.p90_ms - stats.p10_ms) / (2.563 * stats.median_ms))
 
 
 def noise_warning(cvs: Sequence[float], *, max_cv: float = DEFAULT_MAX_CV,

@@ -1,0 +1,213 @@
+"""Latency contract benchmark: do fresh tables validate, and does `specialize` meet its budget
+when measured? Runs the real command line, stage by stage, recording the load with every
+number, and writes results/results.json and the README's table (see README.md).
+
+    python benchmarks/latency_contract/run.py --quick        # smoke test, about 2 minutes
+    python benchmarks/latency_contract/run.py --time-budget 780
+
+Stages, interleaved so a slow spell of the shared machine does not land on one kind of number
+only: build #1 (profile + calibration) -> validate #1 -> specialize at 25/50/75% of #1's range
+-> build #2 -> validate #2 -> build #3 -> validate #3 -> validate #1 again (later) -> validate
+#1 next to a CPU burner (the noise warning) -> optional ofa-mbv3-w1.0 build + validate. A stage
+that would not fit in the remaining --time-budget is skipped and recorded as skipped.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+TINY = "ofa-mbv3-tiny"
+W10 = "ofa-mbv3-w1.0"
+
+
+def load() -> List[float]:
+    """1/5/15-minute load averages (what `uptime` prints)."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def cli(*args: str, timeout: float = 900) -> Dict[str, Any]:
+    """Run ``ofa-deploy ARGS --json``-style commands; returns parsed stdout, stderr lines,
+    seconds and the load before/after."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    t0, l0 = time.monotonic(), load()
+    p = subprocess.run([sys.executable, "-m", "ofa_deploy", *args], capture_output=True,
+                       text=True, env=env, timeout=timeout, cwd=ROOT)
+    out: Dict[str, Any] = {"cmd": "ofa-deploy " + " ".join(args), "rc": p.returncode,
+                           "seconds": round(time.monotonic() - t0, 1), "load_before": l0,
+                           "load_after": load(),
+                           "stderr": [ln for ln in p.stderr.splitlines()
+                                      if ln.startswith(("warning", "Error", "["))][-12:]}
+    if p.returncode == 0:
+        try:
+            out["data"] = json.loads(p.stdout)
+        except json.JSONDecodeError:
+            out["stdout_tail"] = p.stdout[-2000:]
+    else:
+        out["error"] = (p.stderr or p.stdout).strip().splitlines()[-1:]
+    return out
+
+
+class Bench:
+    """Runs stages within a time budget and keeps every result."""
+
+    def __init__(self, args):
+        self.a = args
+        self.t0 = time.monotonic()
+        self.res: Dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                             time.gmtime()),
+                                    "quick": args.quick, "stages": [], "skipped": []}
+        self.out = Path(args.out)
+        (self.out / "tables").mkdir(parents=True, exist_ok=True)
+
+    def left(self) -> float:
+        return self.a.time_budget - (time.monotonic() - self.t0)
+
+    def stage(self, name: str, est_s: float, fn) -> Optional[Dict[str, Any]]:
+        if self.left() < est_s:
+            self.res["skipped"].append({"stage": name, "estimate_s": est_s,
+                                        "left_s": round(self.left())})
+            print(f"skip {name}: needs ~{est_s:.0f} s, {self.left():.0f} s left", flush=True)
+            return None
+        print(f"{name} (load {load()}) ...", flush=True)
+        r = fn()
+        r["stage"] = name
+        self.res["stages"].append(r)
+        self.save()
+        print(f"  {name}: rc {r.get('rc')} in {r.get('seconds')} s", flush=True)
+        return r
+
+    def save(self) -> None:
+        self.res["seconds"] = round(time.monotonic() - self.t0, 1)
+        (self.out / "results.json").write_text(json.dumps(self.res, indent=1) + "\n")
+
+    # -- stages --------------------------------------------------------------------------
+    def build(self, k: int, space: str = TINY, res: Optional[str] = None):
+        table = self.out / "tables" / f"{space}-build{k}.json"
+        args = ["profile", "--device", "cpu", "--space", space, "--out", str(table), "--fresh",
+                "--calibrate", str(self.a.calibrate), "--json", "-q"]
+        if res:
+            args += ["--resolutions", res]
+        r = cli(*args)
+        r["table"] = str(table.relative_to(ROOT)) if table.is_absolute() else str(table)
+        return r
+
+    def validate(self, k: int, space: str = TINY, samples: Optional[int] = None):
+        table = self.out / "tables" / f"{space}-build{k}.json"
+        return cli("lut", "validate", "--lut", str(table), "--samples",
+                   str(samples or self.a.samples), "--seed", "1", "--json", "-q")
+
+    def specialize(self, frac: float):
+        from luts.table import LatencyTable
+
+        table = self.out / "tables" / f"{TINY}-build1.json"
+        lo, hi = LatencyTable.load(table).min_max()
+        ms = round(lo + frac * (hi - lo), 3)
+        r = cli("specialize", "--supernet", "default", "--lut", str(table), "--target", "cpu",
+                "--ms", str(ms), "--data", "none", "--formats", "onnx", "--generations",
+                str(self.a.generations), "--out", str(self.out / "specialize" / f"{frac:g}"),
+                "--json")
+        r.update({"fraction": frac, "budget_ms": ms, "range": [lo, hi]})
+        return r
+
+    def noisy_validate(self, k: int):
+        # a CPU burner on one core while validating: the tool must warn, not be confident
+        burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        try:
+            r = self.validate(k, samples=max(6, self.a.samples // 3))
+        finally:
+            burner.terminate()
+            burner.wait()
+        return r
+
+
+def summarize(res: Dict[str, Any]) -> List[str]:
+    """README table rows from the results."""
+    lines = ["| stage | what | result | load before → after | seconds |", "|---|---|---|---|---|"]
+    for s in res["stages"]:
+        d, name = s.get("data") or {}, s["stage"]
+        ld = f"{'/'.join(map(str, s['load_before']))} → {'/'.join(map(str, s['load_after']))}"
+        if s.get("rc") != 0:
+            what = f"failed: {s.get('error')}"
+        elif name.startswith("build"):
+            c = d.get("calibration") or {}
+            what = (f"{d.get('ops')} ops, noise CV {d.get('median_cv') or 0:.1%}; calibration "
+                    f"{c.get('model')}: held-out MAPE {c.get('heldout_mape', 0):.1%} (uncal. "
+                    f"{c.get('uncalibrated_mape', 0):.1%})")
+        elif name.startswith("validate") or name.startswith("noisy"):
+            u = d.get("uncalibrated", {})
+            what = (f"n={d.get('samples')}: within ±10% **{d.get('within_10pct', 0):.0%}**, τ "
+                    f"**{d.get('kendall_tau', 0):.3f}**, MAPE {d.get('mape', 0):.1%} "
+                    f"(uncalibrated {u.get('within_10pct', 0):.0%} / τ "
+                    f"{u.get('kendall_tau', 0):.3f}); speed scale "
+                    f"x{d.get('meta', {}).get('speed_scale', 1):.3f}; CV "
+                    f"{d.get('median_cv', 0):.1%}"
+                    + (f"; warnings: {'; '.join(d.get('warnings'))}" if d.get("warnings")
+                       else ""))
+        elif name.startswith("specialize"):
+            m = d.get("measured_latency_ms", {})
+            what = (f"budget {s['budget_ms']} ms ({s['fraction']:.0%} of range): predicted "
+                    f"{d.get('predicted_latency_ms', 0):.3f}, measured median "
+                    f"**{m.get('median') or 0:.3f}** ms, within budget "
+                    f"**{d.get('within_budget')}**, >= 0.9 x budget "
+                    f"{(m.get('median') or 0) >= 0.9 * s['budget_ms']}, rounds "
+                    f"{len(d.get('rounds', []))}")
+        else:
+            what = "-"
+        lines.append(f"| {name} | {s['cmd'].split(' --json')[0][:60]}… | {what} | {ld} | "
+                     f"{s['seconds']} |")
+    for sk in res["skipped"]:
+        lines.append(f"| {sk['stage']} | skipped: ~{sk['estimate_s']:.0f} s needed, "
+                     f"{sk['left_s']} s left | - | - | - |")
+    return lines
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="32 px only, few samples: a smoke test")
+    ap.add_argument("--time-budget", type=float, default=780, help="seconds for all stages")
+    ap.add_argument("--builds", type=int, default=3)
+    ap.add_argument("--samples", type=int, default=40)
+    ap.add_argument("--calibrate", type=int, default=20)
+    ap.add_argument("--generations", type=int, default=200)
+    ap.add_argument("--w10", action="store_true", help="also build and validate w1.0 if time")
+    ap.add_argument("--out", default=str(HERE / "results"))
+    a = ap.parse_args()
+    sys.path.insert(0, str(ROOT))
+    res = "32" if a.quick else None
+    if a.quick:
+        a.builds, a.samples, a.calibrate, a.generations = 1, 6, 5, 20
+        a.out = str(HERE / "results-quick")
+    b = Bench(a)
+    b.res["host_load_start"] = load()
+    est_build = 60 if a.quick else 200
+    est_val = 30 if a.quick else 60
+    b.stage("build #1", est_build, lambda: b.build(1, res=res))
+    b.stage("validate #1", est_val, lambda: b.validate(1))
+    for f in ((0.5,) if a.quick else (0.25, 0.5, 0.75)):
+        b.stage(f"specialize {f:.0%}", 40, lambda f=f: b.specialize(f))
+    for k in range(2, a.builds + 1):
+        if b.stage(f"build #{k}", est_build, lambda k=k: b.build(k, res=res)):
+            b.stage(f"validate #{k}", est_val, lambda k=k: b.validate(k))
+    b.stage("validate #1 again (later)", est_val, lambda: b.validate(1))
+    b.stage("noisy validate #1 (CPU burner)", est_val, lambda: b.noisy_validate(1))
+    if a.w10 and not a.quick:
+        if b.stage("build w1.0", 300, lambda: b.build(1, W10, "160,192,224")):
+            b.stage("validate w1.0", 120, lambda: b.validate(1, W10))
+    b.res["host_load_end"] = load()
+    b.save()
+    table = "\n".join(summarize(b.res))
+    (Path(a.out) / "table.md").write_text(table + "\n")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
