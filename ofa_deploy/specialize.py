@@ -31,7 +31,8 @@ from supernet import ArchConfig, Supernet, arch_cost, extract_subnet
 from supernet.errors import OfaDeployError
 from supernet.fileio import atomic_write_text, sha256_file
 
-from .search import Constraints, EvolutionConfig, SearchResult, evolution_search, pareto_search
+from .search import (Constraints, EvolutionConfig, SearchError, SearchResult, evolution_search,
+                     pareto_search)
 
 log = logging.getLogger(__name__)
 
@@ -353,8 +354,12 @@ def specialize(net: Supernet, predictor, scenarios: List[Scenario], *, out_dir: 
             if k > 1:
                 cons = Constraints(max_latency_ms=eff, max_macs=None if s.mflops is None
                                    else s.mflops * 1e6)
-                res = evolution_search(space, predictor, cons, search_config,
-                                       latency_table=table)
+                try:
+                    res = evolution_search(space, predictor, cons, search_config,
+                                           latency_table=table)
+                except SearchError as exc:  # nothing fits the tightened budget
+                    history[-1]["note"] = f"round {k} not run: {exc}"
+                    break
             arch = res.arch
             key = arch.to_string(space)
             echo(f"[{s.name}] round {k}: winner {key}: predicted {res.predicted_accuracy:.4f} "

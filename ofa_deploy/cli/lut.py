@@ -52,6 +52,8 @@ def describe_table(t: LatencyTable, *, interpolate: bool = False, top: int = 10)
                          if interpolate else {}),
         "latency_range": ranges,
         "top_ops": _top_ops(t, top),
+        "calibration": None if t.calibration is None else {
+            k: v for k, v in t.calibration.items() if k not in ("rows", "archs")},
     }
 
 
@@ -59,7 +61,20 @@ def _human(d: dict) -> str:
     skip = {"space", "resolutions", "stats_note"}
     rows = [("table", d["path"] or "-"), ("space", d["space"]),
             ("resolutions", ", ".join(map(str, d["resolutions"])))]
+    # the bulky records get one-line summaries (the JSON form has them whole)
+    skip |= {"noise", "reference_ops", "protocol", "calibration"}
     rows += [(k, v) for k, v in sorted(d["meta"].items()) if k not in skip and v is not None]
+    m = d["meta"]
+    if m.get("protocol"):
+        from profilers.protocol import MeasurementProtocol
+
+        rows.append(("protocol", MeasurementProtocol.from_state(m["protocol"]).describe()))
+    if (m.get("noise") or {}).get("median_cv") is not None:
+        rows.append(("noise (median CV)", f"{m['noise']['median_cv']:.1%}"))
+    c = d.get("calibration")
+    rows.append(("calibration", "none" if not c else
+                 f"{c['model']} on {c['samples']} subnets, held-out MAPE "
+                 f"{c['heldout_mape']:.1%} (uncalibrated {c['uncalibrated_mape']:.1%})"))
     ent = f"{d['entries']}"
     if d["resolution_entries"]:
         ent += f" (+{d['resolution_entries']} resolution-specific)"
