@@ -43,7 +43,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 
 from profilers.base import (DeviceSpec, LatencyStats, Profiler, ProfilerError,
                             get_profiler)
-from profilers.protocol import MeasurementProtocol, measure_pooled, require_comparable
+from profilers.protocol import MeasurementProtocol, cv_of, measure_pooled, require_comparable
 from supernet.errors import OfaDeployError
 from supernet.fileio import atomic_write_text, sha256_file
 
@@ -377,6 +377,8 @@ class BenchResult:
             "p90_ms": s.p90_ms if s else None,
             "std_ms": s.std_ms if s else None,
             "runs": s.runs if s else None,
+            # run-to-run variation of this measurement (robust CV, profilers.protocol.cv_of)
+            "cv": cv_of(s) if s and s.median_ms > 0 else None,
             "format": a.format,
             "input_shape": list(a.input_shape),
             "path": str(a.path),

@@ -183,6 +183,7 @@ def test_cpu_bench_own_baseline_passes_and_twice_as_fast_baseline_fails(arts, tm
         assert x["device"] == "ort:cpu" and x["status"] == "ok"
         assert x["runs"] == 15 * data["meta"]["protocol"]["rounds"]
         assert 0 < x["p10_ms"] <= x["median_ms"] <= x["p90_ms"]
+        assert x["cv"] == pytest.approx((x["p90_ms"] - x["p10_ms"]) / (2.563 * x["median_ms"]))
         assert x["sha256"] == hashlib.sha256((arts / name).read_bytes()).hexdigest()
     # input shapes come from the model files
     assert res["a.onnx"]["input_shape"] == [1, 3, 48, 48]
