@@ -17,7 +17,8 @@ each by least squares on the relative error. Every model is scored on held-out s
 parameters winning ties within 0.2 points. The table stores it with every candidate's
 held-out error, an upper quantile factor (``p90_factor``: the 90th percentile, over held-out
 subnets, of measured p90 / calibrated prediction), the archs used (validation avoids them)
-and the reference ops timed right after (:mod:`luts.drift` rescales against those).
+and three of the subnets as reference networks with their medians (:mod:`luts.drift`
+re-times them before the table is used and rescales it to the machine's speed of the day).
 """
 from __future__ import annotations
 
@@ -180,6 +181,14 @@ def fit_calibration(op_sum: Sequence[float], measured: Sequence[float],
             "uncalibrated_within_10pct": float(np.mean(np.abs(raw_rel) <= 0.10))}
 
 
+def _reference_networks(archs: Sequence[ArchConfig], stats: Sequence[LatencyStats],
+                        space) -> List[dict]:
+    order = np.argsort([s.median_ms for s in stats], kind="stable")
+    picks = sorted({int(order[int(round(q * (len(order) - 1)))]) for q in (0.25, 0.5, 0.75)})
+    return [{"arch": archs[i].to_string(space), "median_ms": stats[i].median_ms}
+            for i in picks]
+
+
 def calibrate_lut(table: "LatencyTable | str | os.PathLike",
                   device: "str | DeviceSpec | None" = None, *, samples: int = 20,
                   seed: int = 0, protocol: Optional[MeasurementProtocol] = None,
@@ -228,7 +237,7 @@ def calibrate_lut(table: "LatencyTable | str | os.PathLike",
         # calibration saw
         from .drift import check_drift
 
-        refs = check_drift(table, profiler, protocol, apply=False)
+        refs = check_drift(table, profiler, protocol, apply=False, networks=False)
     finally:
         if bar is not None:
             bar.close()
@@ -242,6 +251,9 @@ def calibrate_lut(table: "LatencyTable | str | os.PathLike",
                   "measured_ms": s.median_ms, "measured_p90_ms": s.p90_ms,
                   "cv": float(c)} for a, p, s, c in zip(archs, op_sum, stats, cvs)],
         "median_cv": float(np.median(cvs)), "noise_warning": noise_warning(cvs, what="subnets"),
+        # three of the calibration subnets (25th/50th/75th percentile of latency) with the
+        # medians measured now: luts.drift re-times them before the table is used
+        "reference_networks": _reference_networks(archs, stats, table.space),
         "reference_ops": ([{**r, "median_ms": ref["now_ms"]} for r, ref in
                            zip(table.meta.get("reference_ops", []), refs["refs"])]
                           if refs and refs.get("refs") else None),

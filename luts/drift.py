@@ -1,12 +1,15 @@
-"""Today's speed of the machine: re-time a table's reference ops before the table is used.
+"""Today's speed of the machine: re-time a table's references before the table is used.
 
 The device of today is not the device of the build: load, thermal state and the CPU governor
-move a shared machine's speed by tens of percent within an hour. A table records a few costly
-op models with their pooled medians (``meta["reference_ops"]``; a calibration records them
-again as measured at calibration time). :func:`check_drift` times the same files under the
-same protocol, takes the median ratio today / then, and sets the table's
-:attr:`~luts.table.LatencyTable.speed_scale` so predictions follow the machine. The result
-says by how much, and warns in one line when the change is large enough to matter.
+move a shared machine's speed by tens of percent within an hour. A calibrated table records
+three of its calibration subnets with their pooled medians (``calibration["reference_networks"]``),
+an uncalibrated one a few costly op models (``meta["reference_ops"]``). :func:`check_drift`
+times the same networks (exported as ``specialize`` ships them) or op models under the same
+protocol, takes the median ratio today / then, and sets the table's
+:attr:`~luts.table.LatencyTable.speed_scale` so predictions follow the machine. Whole networks
+are preferred: load slows a 10 ms network (preempted mid-run) far more than a 0.1 ms op, so
+only networks measure the slowdown the predictions feel. The result says by how much, and
+warns in one line when the change is large enough to matter.
 """
 from __future__ import annotations
 
@@ -59,15 +62,37 @@ def _references(table: LatencyTable) -> List[dict]:
     return [r for r in refs if isinstance(r, dict) and r.get("median_ms")]
 
 
+def _check_networks(table: LatencyTable, profiler: Profiler, protocol: MeasurementProtocol,
+                    nets: List[dict]) -> Dict[str, Any]:
+    from supernet.arch import ArchConfig
+
+    from .calibrate import measure_subnets
+
+    archs = [ArchConfig.parse(n["arch"], table.space) for n in nets]
+    stats = measure_subnets(table, archs, profiler, protocol,
+                            seed=int((table.calibration or {}).get("seed", 0)))
+    return {"kind": "reference networks", "against": "calibrated",
+            "refs": [{"what": n["arch"], "then_ms": float(n["median_ms"]),
+                      "now_ms": s.median_ms, "cv": cv_of(s) if s.median_ms else None}
+                     for n, s in zip(nets, stats)]}
+
+
 def check_drift(table: LatencyTable, profiler: Profiler, protocol: MeasurementProtocol, *,
-                cache_dir: "str | os.PathLike | None" = None, apply: bool = True
-                ) -> Optional[Dict[str, Any]]:
-    """Re-time ``table``'s reference ops with ``profiler`` under ``protocol``; with ``apply``
-    set ``table.speed_scale`` to the median ratio now / then. Returns ``{"scale", "refs",
-    "warning"}`` (None when the table records no reference ops, e.g. imported tables)."""
+                cache_dir: "str | os.PathLike | None" = None, apply: bool = True,
+                networks: bool = True) -> Optional[Dict[str, Any]]:
+    """Re-time ``table``'s references with ``profiler`` under ``protocol``; with ``apply``
+    set ``table.speed_scale`` to the median ratio now / then. The references are the
+    calibration's reference networks when the table has them (whole networks feel load the
+    way the predicted networks do: a 10 ms run is preempted far more often than a 0.1 ms op),
+    else the build's reference ops. Returns ``{"scale", "kind", "refs", "warning"}`` (None
+    when the table records no references, e.g. imported tables)."""
+    nets = (table.calibration or {}).get("reference_networks") if networks else None
     refs = _references(table)
-    if not refs:
+    if not nets and not refs:
         return None
+    if nets:
+        out = _check_networks(table, profiler, protocol, nets)
+        return _finish(table, out, apply)
     try:
         arts = reference_artifacts(table, profiler.artifact_format, cache_dir)
     except Exception as exc:  # conversion trouble must not hide the real work: report it
@@ -75,23 +100,29 @@ def check_drift(table: LatencyTable, profiler: Profiler, protocol: MeasurementPr
                                                      f"reference ops ({exc})"}
     stats = measure_pooled(profiler, [(a, tuple(r["shape"])) for a, r in zip(arts, refs)],
                            protocol)
-    ratios = [s.median_ms / float(r["median_ms"]) for s, r in zip(stats, refs)]
+    when = "calibrated" if (table.calibration or {}).get("reference_ops") else "built"
+    out = {"kind": "reference ops", "against": when,
+           "refs": [{"what": r["what"], "then_ms": float(r["median_ms"]),
+                     "now_ms": s.median_ms, "cv": cv_of(s) if s.median_ms else None}
+                    for r, s in zip(refs, stats)]}
+    return _finish(table, out, apply)
+
+
+def _finish(table: LatencyTable, out: Dict[str, Any], apply: bool) -> Dict[str, Any]:
+    ratios = [r["now_ms"] / r["then_ms"] for r in out["refs"]]
     scale = float(np.median(ratios))
     if not np.isfinite(scale) or scale <= 0:
         raise LUTError(f"drift check measured nonsense (ratios {ratios})")
-    when = "calibrated" if (table.calibration or {}).get("reference_ops") else "built"
+    when = out["against"]
     warning = None
     if abs(scale - 1.0) > DRIFT_WARN:
         from profilers.measure import loadavg
 
         load = loadavg()
         warning = (f"the machine is {abs(scale - 1):.0%} {'slower' if scale > 1 else 'faster'} "
-                   f"than when the table was {when} (reference ops re-timed; load average "
+                   f"than when the table was {when} ({out['kind']} re-timed; load average "
                    f"{load[0] if load else '?'}; load, thermal state or CPU governor): "
                    f"predictions rescaled by x{scale:.3f}")
     if apply:
         table.speed_scale = scale
-    return {"scale": scale, "against": when, "warning": warning,
-            "refs": [{"what": r["what"], "then_ms": float(r["median_ms"]),
-                      "now_ms": s.median_ms, "cv": cv_of(s) if s.median_ms else None}
-                     for r, s in zip(refs, stats)]}
+    return {"scale": scale, "warning": warning, **out}

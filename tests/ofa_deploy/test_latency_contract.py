@@ -224,3 +224,25 @@ def test_table_validate_specialize_and_bench_measure_with_identical_settings(
     assert len(Recorder.made) >= 4
     assert all(k == want for k in Recorder.made), Recorder.made
     assert want == {"runs": 4, "warmup": 1, "threads": 1, "flush_bytes": 0}
+
+
+def test_drift_check_rescales_to_todays_speed_with_reference_networks():
+    t = synthetic_table()
+    machine = BiasedMachine(truth=synthetic_table(), scale=1.3, offset=0.25, sigma=0.02)
+    calibrate_lut(t, samples=20, profiler=machine, protocol=PROTO, save=False)
+    nets = t.calibration["reference_networks"]
+    assert len(nets) == 3 and all(n["arch"] in t.calibration["archs"] for n in nets)
+    # an hour later the machine is 25% slower (load, thermal state): the references see it
+    machine.scale, machine.offset = 1.3 * 1.25, 0.25 * 1.25
+    r = validate_lut(t, "cpu", samples=12, seed=5, profiler=machine, progress=False)
+    d = r["meta"]["drift"]
+    assert d["kind"] == "reference networks" and d["scale"] == pytest.approx(1.25, rel=0.03)
+    assert r["meta"]["speed_scale"] == d["scale"]
+    assert any("25% slower" in w or "24% slower" in w or "26% slower" in w
+               for w in r["warnings"])
+    assert r["within_10pct"] == 1.0  # rescaled: still within the bar
+    # without the drift check the same table misses by the slowdown
+    t.speed_scale = 1.0
+    r0 = validate_lut(t, "cpu", samples=12, seed=5, profiler=machine, drift=False,
+                      progress=False)
+    assert r0["mean_rel_err"] < -0.15
