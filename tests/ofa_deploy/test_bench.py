@@ -569,3 +569,19 @@ def test_example_ci_workflow_uses_real_bench_options():
     assert used and used <= known, used - known
     assert {"--baseline", "--junit", "--json", "--markdown", "--devices"} <= used
     assert "self-hosted" in wf["jobs"]["bench"]["runs-on"]
+
+
+def test_baseline_from_another_protocol_is_refused(arts, lab, tmp_path):
+    out = tmp_path / "r.json"
+    assert invoke("bench", "-a", arts, "-d", "fake:x", "--json", out, "-q").exit_code == 0
+    data = load(out)
+    assert data["meta"]["protocol"] == MeasurementProtocol().get_state()
+    # the same protocol compares; one measured with 2 threads does not
+    assert invoke("bench", "-a", arts, "-d", "fake:x", "--baseline", out, "-q").exit_code == 0
+    data["meta"]["protocol"]["threads"] = 2
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(data))
+    r = invoke("bench", "-a", arts, "-d", "fake:x", "--baseline", other, "-q")
+    assert r.exit_code != 0
+    err = [ln for ln in r.output.splitlines() if ln.startswith("Error")]
+    assert len(err) == 1 and "different protocols (threads 2 vs 1)" in err[0], r.output
