@@ -121,12 +121,19 @@ def runtime_versions() -> Dict[str, str]:
     return vers
 
 
+_INT8_KEYS = ("quantization", "calibrated_on", "top1_agreement", "op_types", "float_islands")
+
+
 def subnet_metadata(space, arch: ArchConfig, artifacts: Dict[str, dict], **extra) -> dict:
     """Metadata that travels with an exported subnet (a test recomputes every number)."""
     cost = arch_cost(space, arch)
-    files = {fmt: {"path": Path(a["path"]).name, "bytes": Path(a["path"]).stat().st_size,
-                   "sha256": sha256_file(Path(a["path"])), "max_abs_diff": a.get("max_abs_diff")}
-             for fmt, a in artifacts.items()}
+    files = {}
+    for fmt, a in artifacts.items():
+        files[fmt] = {"path": Path(a["path"]).name, "bytes": Path(a["path"]).stat().st_size,
+                      "sha256": sha256_file(Path(a["path"])), "max_abs_diff": a.get("max_abs_diff"),
+                      "precision": a.get("precision", "fp32")}
+        # int8 files say how they were made and what runs in float
+        files[fmt].update({k: a[k] for k in _INT8_KEYS if k in a})
     return {"space": space.name, "arch": arch.to_dict(), "arch_string": arch.to_string(space),
             "input_shape": [1, 3, arch.r, arch.r], "params": cost["params"],
             "macs": cost["macs"], "files": files, **extra}
