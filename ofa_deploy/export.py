@@ -90,6 +90,36 @@ def check_int8_onnx(model: torch.nn.Module, path: "str | Path", images: np.ndarr
             "max_abs_diff": float(np.max(np.abs(got.astype(np.float64) - want)))}
 
 
+def check_int8_tflite(model: torch.nn.Module, path: "str | Path", images: np.ndarray) -> dict:
+    """The int8 .tflite (LiteRT, one thread; int8 input and output, quantized and dequantized
+    here with the file's own scale and zero point) against ``model`` in float on real
+    ``images``: top-1 agreement and the largest absolute logit difference."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(path), num_threads=1)
+    interp.allocate_tensors()
+    inp, outp = interp.get_input_details()[0], interp.get_output_details()[0]
+    in_scale, in_zero = inp["quantization"]
+    out_scale, out_zero = outp["quantization"]
+    info = np.iinfo(inp["dtype"])
+    got = []
+    for x in images:
+        q = np.clip(np.round(x[None] / in_scale) + in_zero, info.min, info.max)
+        interp.set_tensor(inp["index"], q.astype(inp["dtype"]))
+        interp.invoke()
+        y = interp.get_tensor(outp["index"]).astype(np.float64)
+        got.append((y - out_zero) * out_scale if out_scale else y)
+    got = np.concatenate(got)
+    model.eval()
+    with torch.no_grad():
+        want = model(torch.from_numpy(images)).numpy()
+    agreement = float(np.mean(got.argmax(1) == want.argmax(1)))
+    if agreement < MIN_INT8_AGREEMENT:
+        raise ExportError(f"{path}: the int8 model picks the float model's class on only "
+                          f"{agreement:.0%} of {len(images)} calibration images")
+    return {"top1_agreement": round(agreement, 4), "max_abs_diff": float(np.max(np.abs(got - want)))}
+
+
 def _check_images(calibration: Callable[[], Iterable[np.ndarray]], limit: int = 64) -> np.ndarray:
     out, seen = [], 0
     for batch in calibration():
@@ -120,9 +150,6 @@ def export_artifacts(model: torch.nn.Module, input_shape: Sequence[int], out_dir
         if calibration is None:
             raise QuantizeError("int8 export needs calibration images of the task's training "
                                 "data (give --data)")
-        if "tflite" in fmts:
-            raise QuantizeError("int8 TFLite export is not supported yet (LiteRT's quantizers "
-                                "leave float islands in these nets); use --format onnx")
         quant = quant or QuantSettings()
     out = Path(out_dir)
     model = model.cpu().eval()
@@ -147,6 +174,17 @@ def export_artifacts(model: torch.nn.Module, input_shape: Sequence[int], out_dir
             secs = time.perf_counter() - t0
             diff = check_onnx(model, path, input_shape, atol=1e-4, seed=seed)
             extra = {"op_types": onnx_op_types(path)}
+        elif precision == "int8":
+            from supernet.export_tflite import export_tflite_int8
+
+            info = export_tflite_int8(model, input_shape, path, calibration(),
+                                      calib_images=quant.calib_images,
+                                      per_channel=quant.per_channel)
+            secs = time.perf_counter() - t0
+            check = check_int8_tflite(model, path, _check_images(calibration))
+            diff = check.pop("max_abs_diff")
+            extra = {**check, **info, "quantization": {
+                **quant.get_state(), "format": "pt2e-full-integer", "activations": "int8"}}
         else:
             from supernet.export_tflite import export_tflite
 

@@ -121,7 +121,8 @@ def runtime_versions() -> Dict[str, str]:
     return vers
 
 
-_INT8_KEYS = ("quantization", "calibrated_on", "top1_agreement", "op_types", "float_islands")
+_INT8_KEYS = ("quantization", "calibrated_on", "top1_agreement", "op_types", "float_islands",
+              "input", "output")
 
 
 def subnet_metadata(space, arch: ArchConfig, artifacts: Dict[str, dict], **extra) -> dict:

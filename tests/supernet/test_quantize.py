@@ -103,15 +103,12 @@ def test_export_int8_refusals(run_cli, tmp_path):
                   "--data", "none", "--out", tmp_path / "a")
     assert res.exit_code != 0 and "needs calibration images" in res.output
     assert res.output.count("\n") == 1
-    res = run_cli("export", "--arch", "min", "--precision", "int8", "--data", "synthetic",
-                  "--out", tmp_path / "b")
-    assert res.exit_code != 0 and "int8 TFLite" in res.output
 
 
 @pytest.mark.skipif(not os.path.isdir(FASHION_MNIST_DIR), reason="dataset-fashion-mnist absent")
 def test_export_int8_of_the_bundled_default(run_cli, tmp_path):
     out = tmp_path / "e"
-    res = run_cli("export", "--arch", "min", "--precision", "int8", "--format", "onnx",
+    res = run_cli("export", "--arch", "min", "--precision", "int8", "--format", "onnx,tflite",
                   "--calib-images", "64", "--out", out, "--json")
     assert res.exit_code == 0, res.output
     meta = json.loads((out / "model.json").read_text())
@@ -119,4 +116,36 @@ def test_export_int8_of_the_bundled_default(run_cli, tmp_path):
     assert f["precision"] == "int8" and f["quantization"]["calib_images"] == 64
     assert f["calibrated_on"] == 64 and f["top1_agreement"] >= 0.9
     assert f["float_islands"] == {"HardSigmoid": f["op_types"]["HardSigmoid"]}
+    t = meta["files"]["tflite"]
+    assert t["precision"] == "int8" and t["float_islands"] == {} and t["top1_agreement"] >= 0.9
+    assert t["input"]["dtype"] == "int8" and t["input"]["scale"] > 0
     assert not any(p.name.startswith(".") for p in out.iterdir())  # no temp file left
+
+
+def test_integer_friendly_copy_is_numerically_identical(float_model, rng):
+    import torch
+
+    from supernet.export_tflite import integer_friendly
+
+    sub, _, r = float_model
+    friendly = integer_friendly(sub)
+    assert not any(isinstance(m, torch.nn.Hardsigmoid) for m in friendly.modules())
+    assert any(isinstance(m, torch.nn.Hardsigmoid) for m in sub.modules())  # original untouched
+    x = torch.from_numpy(rng.standard_normal((2, 3, r, r)).astype(np.float32))
+    with torch.no_grad():
+        torch.testing.assert_close(friendly(x), sub(x), rtol=1e-6, atol=1e-6)
+
+
+def test_int8_tflite_graph_is_fully_integer(float_model, tmp_path, rng):
+    pytest.importorskip("litert_torch")
+    from supernet.export_tflite import export_tflite_int8
+
+    sub, _, r = float_model
+    images = rng.standard_normal((8, 3, r, r)).astype(np.float32)
+    info = export_tflite_int8(sub, (1, 3, r, r), tmp_path / "m.tflite", [images], calib_images=8)
+    assert info["calibrated_on"] == 8
+    assert info["float_islands"] == {}
+    assert "QUANTIZE" not in info["op_types"] and "DEQUANTIZE" not in info["op_types"]
+    assert info["input"]["dtype"] == "int8" and info["output"]["dtype"] == "int8"
+    assert info["op_types"].get("HARD_SWISH", 0) > 0  # the integer kernel, not a decomposition
+    assert not list(tmp_path.glob(".*tmp"))
