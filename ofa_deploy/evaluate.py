@@ -13,7 +13,7 @@ from supernet import ArchConfig, extract_subnet
 from supernet.bn import calibrate_bn, calibration_batches, eval_batches
 from supernet.export import export_onnx
 
-__all__ = ["accuracy_onnx", "accuracy_onnx_file", "evaluate_arch"]
+__all__ = ["accuracy_onnx", "accuracy_onnx_file", "accuracy_tflite_file", "evaluate_arch"]
 
 
 def accuracy_onnx(model: torch.nn.Module, source, resolution: int, *, images: Optional[int] = None,
@@ -54,6 +54,41 @@ def accuracy_onnx_file(path: "str | os.PathLike", source, resolution: int, *,
         else:
             logits = sess.run(None, {inp.name: arr})[0]
         out = torch.from_numpy(logits).float()
+        correct += int((out.argmax(1) == y).sum())
+        loss_sum += float(torch.nn.functional.cross_entropy(out, y, reduction="sum"))
+        total += int(y.numel())
+    if total == 0:
+        raise ValueError("evaluation set is empty")
+    return {"accuracy": correct / total, "samples": total, "loss": loss_sum / total}
+
+
+def accuracy_tflite_file(path: "str | os.PathLike", source, resolution: int, *,
+                         images: Optional[int] = None, batch_size: int = 250) -> dict:
+    """Top-1 accuracy and mean cross-entropy of a .tflite as shipped, run by LiteRT on one
+    thread image by image; an int8 model gets its input quantized and its output dequantized
+    with the file's own scale and zero point."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(path), num_threads=1)
+    interp.allocate_tensors()
+    inp, outp = interp.get_input_details()[0], interp.get_output_details()[0]
+    in_scale, in_zero = inp["quantization"]
+    out_scale, out_zero = outp["quantization"]
+    integer_in = np.issubdtype(inp["dtype"], np.integer)
+    correct = total = 0
+    loss_sum = 0.0
+    for x, y in eval_batches(source, resolution, batch_size, limit=images, channels_last=False):
+        logits = []
+        for img in x.numpy():
+            a = img[None]
+            if integer_in:
+                lim = np.iinfo(inp["dtype"])
+                a = np.clip(np.round(a / in_scale) + in_zero, lim.min, lim.max)
+            interp.set_tensor(inp["index"], a.astype(inp["dtype"]))
+            interp.invoke()
+            out = interp.get_tensor(outp["index"]).astype(np.float32)
+            logits.append((out - out_zero) * out_scale if out_scale else out)
+        out = torch.from_numpy(np.concatenate(logits))
         correct += int((out.argmax(1) == y).sum())
         loss_sum += float(torch.nn.functional.cross_entropy(out, y, reduction="sum"))
         total += int(y.numel())

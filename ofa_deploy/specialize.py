@@ -122,7 +122,7 @@ def runtime_versions() -> Dict[str, str]:
 
 
 _INT8_KEYS = ("quantization", "calibrated_on", "top1_agreement", "op_types", "float_islands",
-              "input", "output")
+              "input", "output", "delegate_partitions")
 
 
 def subnet_metadata(space, arch: ArchConfig, artifacts: Dict[str, dict], **extra) -> dict:
