@@ -285,3 +285,71 @@ def test_bundled_predictor_lookup(tmp_path, monkeypatch):
     (tmp_path / "assets").mkdir()
     (tmp_path / "assets" / "x.pth").write_bytes(b"")
     assert bundled_predictor_path("ofa-mbv3-tiny") == tmp_path / "assets" / "x.pth"
+
+
+# -- numpy inference and the .npz format -------------------------------------------------------
+def test_numpy_forward_equals_torch_forward(ref_file):
+    """predict_features runs in numpy; the torch module (sharing its weights) agrees."""
+    path, sd = ref_file
+    pred = load_predictor(path, W12)
+    x = (np.random.default_rng(3).random((257, 128)) < 0.3).astype(np.float32)
+    with torch.no_grad():
+        want = pred.model(torch.from_numpy(x)).reshape(-1).numpy().astype(np.float64)
+    np.testing.assert_allclose(pred.predict_features(x), want, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(pred.predict_features(x), direct_mlp(sd, torch.from_numpy(x)),
+                               rtol=0, atol=1e-5)
+    # the module shares memory with the numpy weights: an in-place change is seen by both
+    with torch.no_grad():
+        pred.model[-1].bias += 1.0
+    np.testing.assert_allclose(pred.predict_features(x), want + 1.0, rtol=0, atol=1e-5)
+
+
+def test_npz_round_trip_without_torch_load(tmp_path, monkeypatch):
+    space = "ofa-mbv3-tiny"
+    pred = AccuracyPredictor(ArchEncoder.for_space(space), hidden=(16, 8), space=space, seed=2,
+                             target_mean=0.7, target_std=0.05, metadata={"note": "x"})
+    path = pred.save(tmp_path / "pred.npz")
+    import ofa_deploy.accuracy as acc
+
+    def no_torch():
+        raise AssertionError("torch used to read a .npz predictor")
+
+    monkeypatch.setattr(acc, "_torch", no_torch)
+    back = load_predictor(path, space)
+    test = ArchBatch.sample(space, 64, np.random.default_rng(1))
+    np.testing.assert_array_equal(back.predict(test), pred.predict(test))
+    assert back.encoder == pred.encoder and back.hidden == (16, 8)
+    assert (back.target_mean, back.target_std) == (0.7, 0.05)
+    assert back.metadata["note"] == "x" and back.metadata["path"] == str(path)
+    with pytest.raises(PredictorError, match="trained for space ofa-mbv3-tiny"):
+        load_predictor(path, W12)
+    with pytest.raises(PredictorError, match="it is an ofa-deploy .npz"):
+        load_predictor(path, space, format="ofa-reference")
+    # a damaged archive: wrong layer shape, missing header
+    np.savez(tmp_path / "bad.npz", header=np.array(open(path, "rb") and "{}"))
+    with pytest.raises(PredictorError, match="not an ofa-deploy predictor"):
+        load_predictor(tmp_path / "bad.npz", space)
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["w1"] = arrays["w1"][:, :3]
+    np.savez(tmp_path / "shape.npz", **arrays)
+    with pytest.raises(PredictorError, match="weights do not fit: layer 1"):
+        load_predictor(tmp_path / "shape.npz", space)
+
+
+@pytest.mark.parametrize("space", ["ofa-mbv3-w1.2", "ofa-mbv3-tiny"])
+def test_bundled_npz_twin_equals_its_torch_file(space):
+    """The shipped .npz is the twin of the shipped torch file (rebuild it with
+    ``write_npz_twin`` if this fails) and is what bundled_predictor_path picks."""
+    import ofa_deploy.accuracy as acc
+
+    twin = bundled_predictor_path(space)
+    src = Path(acc.__file__).resolve().parent / "assets" / acc.BUNDLED_PREDICTORS[space]
+    assert twin.suffix == ".npz" and twin.with_suffix(src.suffix) == src and src.is_file()
+    a, b = load_predictor(src, space), load_predictor(twin, space)
+    assert a.source_format == b.source_format and a.encoder == b.encoder
+    for (wa, ba), (wb, bb) in zip(a.weights(), b.weights()):
+        np.testing.assert_array_equal(wa, wb)
+        np.testing.assert_array_equal(ba, bb)
+    test = ArchBatch.sample(space, 300, np.random.default_rng(0))
+    np.testing.assert_array_equal(a.predict(test), b.predict(test))
