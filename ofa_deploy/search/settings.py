@@ -50,6 +50,9 @@ class EvolutionConfig:
     retry_rounds: int = 10
     # end with a steepest-ascent local search (single-gene, then gene-pair moves) from the best
     local_search: bool = True
+    # independent populations (restarts) of ``population`` archs each, evolved in lock-step
+    # (one predictor pass for all of them) on the same budget; the best over them wins
+    islands: int = 1
 
     def __post_init__(self) -> None:
         _check_int("population", self.population, 2)
@@ -61,6 +64,7 @@ class EvolutionConfig:
         _check_int("generations", self.generations, 0)
         _check_int("seed", self.seed, 0)
         _check_int("retry_rounds", self.retry_rounds, 1)
+        _check_int("islands", self.islands, 1)
         if not isinstance(self.local_search, bool):
             raise SearchError(f"local_search must be true or false, got {self.local_search!r}")
         if self.num_parents < 1:
