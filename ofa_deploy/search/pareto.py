@@ -96,6 +96,7 @@ def _evolve_lockstep(problem: _Problem, cons: List[Constraints], config: Evoluti
     best = np.full(G, -np.inf)
     np.maximum.at(best, gid, scores)
     history = [best.copy()]
+    elapsed = [time.perf_counter() - t0]
     # migration goes from a budget to the next looser one of the same island only
     migrates = (np.arange(G - 1) + 1) % B != 0
 
@@ -149,6 +150,7 @@ def _evolve_lockstep(problem: _Problem, cons: List[Constraints], config: Evoluti
         else:
             pool, gid, scores = parents, pg, ps
         history.append(best.copy())
+        elapsed.append(time.perf_counter() - t0)
 
     bud = budget_of[gid]
     results: List[SearchResult] = []
@@ -169,6 +171,7 @@ def _evolve_lockstep(problem: _Problem, cons: List[Constraints], config: Evoluti
         res = _result(problem, pool_g, scores_g, hist, t0,
                       int(evaluations[g::B].sum()) + n, "evolution", config)
         res.history[-1] = max(res.history[-1], res.predicted_accuracy)
+        res.history_seconds = list(elapsed)
         res.extra.update(report)
         res.extra.update(_island_report(islands))
         results.append(res)
