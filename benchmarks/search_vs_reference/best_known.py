@@ -5,8 +5,10 @@ table, the bundled OFA ImageNet accuracy predictor):
 
 * ``long``: a long run of the best method known here (islands of a large population, many
   generations), several seeds; the best over them is the "best known" subnet per budget;
-* ``default``: ``evolution_search`` with the default ``EvolutionConfig`` (seeds 0-4), and the
-  previous default (population 100 x 500 generations, one island) on the same seeds.
+* ``default``: ``evolution_search`` with the default ``EvolutionConfig`` (seeds 0-4), the
+  previous default (population 100 x 500 generations, one island) on the same seeds, and
+  ``pareto_search`` over all budgets in one call with the default config (same seeds), to
+  check that a front gives every budget the quality of its own search.
 
 Records are appended to ``best_known.json`` after every run (atomically), so an interrupted
 benchmark resumes; ``best_known.md`` is rebuilt from it, with the previous default's and the
@@ -114,6 +116,21 @@ def markdown(doc: dict, ref: dict | None) -> str:
             f"{100 * spread['mean']:.2f}" if spread else "-",
             acc("old_default", "mean"), acc("old_default", "min"), secs("old_default"),
             refacc]) + " |")
+    fronts = [r for r in doc["records"] if r["kind"] == "front"]
+    if fronts:
+        bs = fronts[0]["budgets"]
+        parts = []
+        for i, b in enumerate(bs):
+            accs = [100 * r["accuracies"][i] for r in fronts]
+            bk = doc["summary"].get(str(b), {}).get("best_known")
+            parts.append(f"{b:g} ms {statistics.fmean(accs):.2f} / {min(accs):.2f}"
+                         + (f" ({statistics.fmean(accs) - 100 * bk:+.2f} / "
+                            f"{min(accs) - 100 * bk:+.2f})" if bk is not None else ""))
+        lines += ["", f"Whole front: `pareto_search` over all {len(bs)} budgets in one call "
+                      f"with the default config, seeds {sorted(r['seed'] for r in fronts)}: "
+                      f"median {statistics.median(r['search_seconds'] for r in fronts):.1f} s "
+                      f"wall ({statistics.median(r['cpu_seconds'] for r in fronts):.1f} s CPU); "
+                      "mean / worst per budget (Δ to best known): " + "; ".join(parts) + "."]
     longs = [r for r in doc["records"] if r["kind"] == "long"]
     if longs:
         lines += ["", f"Long runs: median {statistics.median(r['search_seconds'] for r in longs):.1f} s "
@@ -139,7 +156,7 @@ def main() -> None:
 
     from luts.table import load_table
     from ofa_deploy.accuracy import bundled_predictor_path, load_predictor
-    from ofa_deploy.search import Constraints, EvolutionConfig, evolution_search
+    from ofa_deploy.search import Constraints, EvolutionConfig, evolution_search, pareto_search
     from supernet.fileio import atomic_write_text
 
     out_dir = Path(args.out_dir)
@@ -176,7 +193,8 @@ def main() -> None:
                                                            ("old_default", OLD_DEFAULT)]
 
     def save():
-        doc["summary"] = summarize(doc["records"], sorted({r["budget"] for r in doc["records"]}))
+        doc["summary"] = summarize(doc["records"], sorted({r["budget"] for r in doc["records"]
+                                                           if r["kind"] != "front"}))
         atomic_write_text(path, json.dumps(doc, indent=1) + "\n")
         atomic_write_text(out_dir / "best_known.md", markdown(doc, ref))
 
@@ -204,6 +222,22 @@ def main() -> None:
                 print(f"{kind:11s} {b:5.1f} ms seed {seed}: {100 * r.predicted_accuracy:.2f}% "
                       f"{r.latency_ms:.2f} ms {r.wall_seconds:.2f} s (cpu {cpu:.2f} s, load "
                       f"{load:.1f})", flush=True)
+        if args.kind == "default" and ("front", -1.0, seed) not in done:
+            load = os.getloadavg()[0]
+            c0 = time.process_time()
+            rs = pareto_search(SPACE, pred, budgets, EvolutionConfig(seed=seed),
+                               latency_table=table)
+            cpu = time.process_time() - c0
+            doc["records"].append({
+                "kind": "front", "budget": -1.0, "seed": seed, "budgets": budgets,
+                "accuracies": [r.predicted_accuracy for r in rs],
+                "latencies_ms": [r.latency_ms for r in rs],
+                "search_seconds": rs[0].extra.get("front_seconds"), "cpu_seconds": cpu,
+                "load_before": load})
+            save()
+            print(f"front seed {seed}: " + " ".join(f"{100 * r.predicted_accuracy:.2f}"
+                                                   for r in rs) + f" (cpu {cpu:.1f} s)",
+                  flush=True)
     save()
     print((out_dir / "best_known.md").read_text())
 
