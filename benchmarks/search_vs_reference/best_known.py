@@ -71,6 +71,18 @@ def summarize(records, budgets) -> dict:
     return out
 
 
+def _long_settings(records) -> dict:
+    """{(population, generations, islands): [seeds]} of the long runs."""
+    out: dict = {}
+    for r in records:
+        if r["kind"] == "long":
+            c = r["config"]
+            seeds = out.setdefault((c["population"], c["generations"], c["islands"]), [])
+            if r["seed"] not in seeds:
+                seeds.append(r["seed"])
+    return out
+
+
 def markdown(doc: dict, ref: dict | None) -> str:
     m = doc["meta"]
     loads = [r["load_before"] for r in doc["records"] if r["kind"] == "default"]
@@ -82,9 +94,10 @@ def markdown(doc: dict, ref: dict | None) -> str:
         + (f"{min(loads):.1f}..{max(loads):.1f}" if loads else "?") + " (2 cores), so wall "
         "seconds are inflated by other jobs; CPU seconds are the search process's own.",
         "Commands: " + "; ".join(f"`{c}`" for c in m.get("commands", [])) + ".",
-        f"Best known: the best subnet any run here found (long runs, "
-        f"{doc['meta']['long_config']}, seeds {doc['meta'].get('long_seeds')}, and every "
-        "run below; the column says which kind of run found it). New default: `EvolutionConfig()` = "
+        "Best known: the best subnet any run here found (long runs: "
+        + "; ".join(f"population {p} x {g} generations x {i} islands, seeds {s}"
+                    for (p, g, i), s in _long_settings(doc["records"]).items())
+        + "; and every run below; the column says which kind of run found it). New default: `EvolutionConfig()` = "
         f"{doc['meta']['default_config']}. Old default: population 100 x 500 generations, "
         "one island (the same code otherwise).",
         "",
@@ -139,9 +152,12 @@ def markdown(doc: dict, ref: dict | None) -> str:
                       f"median {statistics.median(r['search_seconds'] for r in fronts):.1f} s "
                       f"wall ({statistics.median(r['cpu_seconds'] for r in fronts):.1f} s CPU); "
                       "mean / worst per budget (Δ to best known): " + "; ".join(parts) + "."]
-    longs = [r for r in doc["records"] if r["kind"] == "long"]
+    longs = [r for r in doc["records"] if r["kind"] == "long"
+             and (r["config"]["population"], r["config"]["generations"],
+                  r["config"]["islands"]) == (LONG["population"], LONG["generations"],
+                                              LONG["islands"])]
     if longs:
-        lines += ["", f"Long runs: median {statistics.median(r['search_seconds'] for r in longs):.1f} s "
+        lines += ["", f"Long runs of the default long setting ({LONG}): median {statistics.median(r['search_seconds'] for r in longs):.1f} s "
                       f"wall, {statistics.median(r['evaluations'] for r in longs):,.0f} "
                       "evaluations each; per budget the seeds' results: " + "; ".join(
                           f"{float(b):g} ms " + "/".join(
@@ -156,6 +172,9 @@ def main() -> None:
     ap.add_argument("--budgets", type=float, nargs="+", default=list(BUDGETS))
     ap.add_argument("--seeds", type=int, nargs="+", default=None,
                     help="default: 0 1 2 for long runs, 0-4 for the defaults")
+    ap.add_argument("--long-config", default=None,
+                    help="long runs' settings as POPULATION,GENERATIONS,ISLANDS (default "
+                         f"{LONG['population']},{LONG['generations']},{LONG['islands']})")
     ap.add_argument("--out-dir", default=str(HERE))
     ap.add_argument("--fresh", action="store_true", help="ignore earlier best_known.json")
     args = ap.parse_args()
@@ -179,7 +198,7 @@ def main() -> None:
         "machine": f"{os.cpu_count()}-core VM ({platform.processor() or platform.machine()}), "
                    f"{platform.system()}",
         "python": platform.python_version(), "numpy": np.__version__,
-        "long_config": LONG, "default_config": {
+        "default_config": {
             k: v for k, v in dataclasses.asdict(EvolutionConfig()).items()
             if k in ("population", "generations", "islands", "local_search")},
         "date": time.strftime("%Y-%m-%d"),
@@ -187,17 +206,25 @@ def main() -> None:
     meta["commands"] = list(dict.fromkeys(meta.get("commands", []) + [cmd]))
     seeds = args.seeds if args.seeds is not None else ([0, 1, 2] if args.kind == "long"
                                                         else [0, 1, 2, 3, 4])
-    if args.kind == "long":
-        meta["long_seeds"] = sorted(set(meta.get("long_seeds", [])) | set(seeds))
     ref = None
     if (out_dir / "results.json").exists():
         ref = json.loads((out_dir / "results.json").read_text()).get("summary")
 
     table = load_table("note10", space=SPACE)
     pred = load_predictor(bundled_predictor_path(SPACE), SPACE)
-    done = {(r["kind"], r["budget"], r["seed"]) for r in doc["records"]}
+    def key(kind, budget, seed, cfg=None):
+        """A run's identity; long runs of different settings are different runs."""
+        return (kind, budget, seed) + ((tuple(sorted(cfg.items())),) if kind == "long" else ())
+
+    done = {key(r["kind"], r["budget"], r["seed"],
+                {k: r["config"][k] for k in ("population", "generations", "islands")}
+                if r["kind"] == "long" else None) for r in doc["records"]}
     budgets = [float(b) for b in args.budgets]
-    kinds = [("long", LONG)] if args.kind == "long" else [("default", None),
+    long_cfg = dict(LONG)
+    if args.long_config:
+        long_cfg = dict(zip(("population", "generations", "islands"),
+                            (int(v) for v in args.long_config.split(","))))
+    kinds = [("long", long_cfg)] if args.kind == "long" else [("default", None),
                                                            ("old_default", OLD_DEFAULT)]
 
     def save():
@@ -209,7 +236,7 @@ def main() -> None:
     for seed in seeds:
         for b in budgets:
             for kind, over in kinds:
-                if (kind, b, seed) in done:
+                if key(kind, b, seed, over) in done:
                     continue
                 cfg = EvolutionConfig(seed=seed, **(over or {}))
                 load = os.getloadavg()[0]

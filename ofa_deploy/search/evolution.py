@@ -150,7 +150,9 @@ def evolution_search(space: "Space | str", predictor, constraints: Constraints,
     ``predictor`` is anything with ``predict(ArchBatch) -> array`` (e.g.
     :class:`~ofa_deploy.accuracy.AccuracyPredictor`); ``latency_table`` a
     :class:`luts.table.LatencyTable` (needed for a latency budget). ``resolutions`` default to
-    the table's (else the space's) that the predictor can score. Raises
+    the table's (else the space's) that the predictor can score. With ``config.islands`` > 1
+    (the default) that many independent populations evolve in lock-step and the best over
+    them wins (``extra["island_best"]``, ``extra["island_spread"]`` report each). Raises
     :class:`InfeasibleBudgetError` before searching if a budget is below its exact minimum.
     """
     config = EvolutionConfig() if config is None else config

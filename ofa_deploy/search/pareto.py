@@ -31,12 +31,13 @@ def pareto_search(space: "Space | str", predictor, budgets: Sequence["Constraint
     """The best arch for each budget (a Pareto front), tightest first; a number is a latency
     budget (ms) combined with ``constraints``. Every budget is checked before any search runs.
 
-    All budgets evolve in lock-step: one population per budget, but every step (variation,
-    budget checks, de-duplication, scoring) is one array operation over all of them, so a front
-    of B budgets costs far less than B searches. After every generation the best arch of each
-    budget also joins the population of the next looser budget when it fits there and is
-    better, so a looser budget never ends worse than a tighter one. One budget is exactly
-    :func:`evolution_search`. ``wall_seconds`` of each result is its share of the total, which
+    All budgets evolve in lock-step: ``config.islands`` populations per budget, as in
+    :func:`evolution_search`, but every step (variation, budget checks, de-duplication,
+    scoring) is one array operation over all of them, so a front of B budgets costs far less
+    than B searches. After every generation the best arch of each budget also joins the first
+    island of the next looser budget when it fits there and is better (the other islands stay
+    independent restarts), and a last pass does the same for the winners, so a looser budget
+    never ends worse than a tighter one. One budget is exactly :func:`evolution_search`. ``wall_seconds`` of each result is its share of the total, which
     ``extra["front_seconds"]`` holds."""
     config = EvolutionConfig() if config is None else config
     if not isinstance(config, EvolutionConfig):
@@ -64,7 +65,7 @@ def _evolve_lockstep(problem: _Problem, cons: List[Constraints], config: Evoluti
     (``config.population`` archs) of one budget, and ``config.islands`` groups per budget start
     from their own random samples and never exchange archs, so each is an independent restart
     (seeds converge to different basins; the best of several restarts is far more reliable than
-    one longer run). Migration runs only along the budgets of one island. Per budget the result
+    one longer run). Migration runs only along the budgets of the first island. Per budget the result
     is the best over its islands; ``extra["island_best"]`` lists each island's own best (before
     the final local search) and ``extra["island_spread"]`` their range."""
     t0 = time.perf_counter()
@@ -97,8 +98,10 @@ def _evolve_lockstep(problem: _Problem, cons: List[Constraints], config: Evoluti
     np.maximum.at(best, gid, scores)
     history = [best.copy()]
     elapsed = [time.perf_counter() - t0]
-    # migration goes from a budget to the next looser one of the same island only
-    migrates = (np.arange(G - 1) + 1) % B != 0
+    # migration goes from a budget to the next looser one, in the first island only: the
+    # other islands stay independent restarts (a migrant that takes over a looser budget's
+    # population would pull every island into one basin)
+    migrates = np.arange(G - 1) < B - 1
 
     slot_gid = np.repeat(np.arange(G), N)
     is_mut = np.tile(np.arange(N) < config.num_mutations, G)
