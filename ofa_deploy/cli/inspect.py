@@ -1,38 +1,18 @@
-"""``spaces`` and ``inspect``: what the spaces and their subnets are and cost."""
+"""``inspect``: the size of a space and the cost (params, MACs) of one of its subnets."""
 from __future__ import annotations
 
 import click
 
-from supernet import ArchConfig, arch_cost, get_space, list_spaces, space_stats
-from supernet.checkpoint import load_supernet
-
-from .cli import emit, main, table
-
-
-def _space_choice_help() -> str:
-    return "Search space name (see `ofa-deploy spaces`)."
-
-
-@main.command()
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def spaces(as_json: bool) -> None:
-    """List the registered search spaces with a one-line summary each."""
-    data = []
-    for name in list_spaces():
-        sp = get_space(name)
-        data.append({"name": name, "summary": sp.summary(),
-                     "num_subnets": sp.num_subnets(per_resolution=False),
-                     "resolutions": list(sp.resolutions), "num_classes": sp.num_classes})
-    emit(data, as_json, lambda d: "\n".join(f"{x['name']:<16} {x['summary']}" for x in d))
+from ._common import emit, table
 
 
 def _fmt_m(v: int) -> str:
     return f"{v / 1e6:.1f}M"
 
 
-@main.command()
-@click.option("--space", "space_name", default=None, help=_space_choice_help()
-              + " Optional with --supernet (read from the checkpoint).")
+@click.command()
+@click.option("--space", "space_name", default=None, help="Search space name (see `ofa-deploy spaces`)."
+              " Optional with --supernet (read from the checkpoint).")
 @click.option("--arch", default=None, metavar="FILE|min|max|STRING",
               help="An arch: JSON file, inline JSON, compact string, or min/max.")
 @click.option("--resolution", type=int, default=None,
@@ -46,6 +26,9 @@ def inspect(space_name, arch, resolution, supernet, as_json) -> None:
     MACs are multiply-accumulates counted the reference OFA way (convolutions, linears and SE;
     not BN, activations or pooling), computed analytically without building the subnet.
     """
+    from supernet import ArchConfig, arch_cost, get_space, space_stats
+    from supernet.checkpoint import load_supernet
+
     if space_name is None and supernet is None:
         raise click.UsageError("give --space NAME (or --supernet CKPT)")
     net = None
