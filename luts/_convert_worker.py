@@ -35,7 +35,7 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    from luts.builder import _Job, _convert
+    from luts.convert import _Job, _convert
 
     for line in sys.stdin:
         if not line.strip():

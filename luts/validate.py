@@ -19,7 +19,8 @@ from profilers.base import DeviceSpec, Profiler, get_profiler
 from profilers.measure import loadavg
 from supernet.arch import ArchConfig
 
-from .builder import best_of, export_artifact, require_converter
+from .builder import best_of
+from .convert import export_artifact, require_converter
 from .table import LatencyTable, LUTError
 
 __all__ = ["validate_lut", "kendall_tau", "summarize", "plot_validation", "sample_archs"]

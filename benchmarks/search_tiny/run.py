@@ -41,7 +41,7 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from luts.table import load_table  # noqa: E402
+from luts.store import load_table  # noqa: E402
 from ofa_deploy.accuracy import (AccuracyPredictor, ArchEncoder, kendall_tau,  # noqa: E402
                                  load_predictor)
 from ofa_deploy.collect import read_records  # noqa: E402
