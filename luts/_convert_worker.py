@@ -36,6 +36,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(1)
     from luts.convert import _Job, _convert
+    from supernet.errors import first_line
 
     for line in sys.stdin:
         if not line.strip():
@@ -47,8 +48,7 @@ def main(argv=None) -> int:
             path = _convert(job, req["fmt"], req["path"])
             reply = {"ok": True, "path": path}
         except Exception as exc:  # reported to the parent, which raises it with context
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            reply = {"ok": False, "error": first[:500]}
+            reply = {"ok": False, "error": first_line(exc, 500)}
         proto.write(json.dumps(reply) + "\n")
         proto.flush()
     return 0

@@ -34,6 +34,7 @@ from typing import Dict, List, Mapping, Tuple
 import yaml
 
 from profilers.base import LatencyStats
+from supernet.errors import first_line
 from supernet.fileio import atomic_write_text
 from supernet.ops import OpKey, conv_out, enumerate_ops
 from supernet.space import Space, get_space
@@ -180,7 +181,7 @@ def read_reference_yaml(path: "str | os.PathLike") -> Dict[str, Tuple[int, float
         raise LUTError(f"cannot read reference table {p}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
         raise LUTError(f"reference table {p} is not valid YAML: "
-                       f"{str(exc).splitlines()[0]}") from None
+                       f"{first_line(exc)}") from None
     if not isinstance(data, Mapping) or not data:
         raise LUTError(f"reference table {p} must be a non-empty mapping of op keys")
     out = {}

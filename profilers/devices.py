@@ -28,7 +28,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import yaml
 
-from supernet.errors import OfaDeployError
+from supernet.errors import OfaDeployError, first_line
 
 __all__ = ["DeviceEntry", "DeviceRegistryError", "TRANSPORTS", "registry_path", "load_registry",
            "get_device", "default_key_path"]
@@ -244,7 +244,7 @@ def load_registry(path: "str | os.PathLike | None" = None) -> Dict[str, DeviceEn
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise DeviceRegistryError(f"{p} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise DeviceRegistryError(f"{p} is not valid YAML: {first_line(exc)}") from None
     if data is None:
         data = {}
     if not isinstance(data, Mapping):

@@ -10,6 +10,8 @@ from typing import Any, Dict, Sequence
 
 import numpy as np
 
+from supernet.errors import first_line
+
 from .base import DeviceSpec, LatencyStats, Profiler, ProfilerError, register_profiler
 from .measure import CacheFlusher, host_info, measure, pinned, usable_cpus
 
@@ -73,7 +75,7 @@ class LiteRTProfiler(Profiler):
             it.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             name = "the TFLite model" if isinstance(artifact, bytes) else str(artifact)
-            raise ProfilerError(f"LiteRT cannot load {name}: {str(exc).splitlines()[0]}") from None
+            raise ProfilerError(f"LiteRT cannot load {name}: {first_line(exc)}") from None
         return it
 
     def measure(self, artifact: Any, input_shape: Sequence[int]) -> LatencyStats:

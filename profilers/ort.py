@@ -14,6 +14,8 @@ from typing import Any, Dict, Sequence
 
 import numpy as np
 
+from supernet.errors import first_line
+
 from .base import DeviceSpec, LatencyStats, Profiler, ProfilerError, register_profiler
 from .measure import CacheFlusher, host_info, measure, pinned, usable_cpus
 
@@ -88,7 +90,7 @@ class OrtProfiler(Profiler):
                                         providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ProfilerError(f"onnxruntime cannot load {_name(artifact)}: "
-                                f"{str(exc).splitlines()[0]}") from None
+                                f"{first_line(exc)}") from None
 
     def measure(self, artifact: Any, input_shape: Sequence[int]) -> LatencyStats:
         sess = self.session(artifact)

@@ -8,7 +8,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import click
 
-from supernet.errors import OfaDeployError
+from supernet.errors import OfaDeployError, first_line
 from supernet.fileio import atomic_write_text  # noqa: F401  (re-exported for commands)
 
 # -- shared helpers for commands -------------------------------------------------------------
@@ -24,7 +24,7 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
     except OSError as exc:
         raise click.BadParameter(f"cannot read {value}: {exc.strerror}", param_hint="--config")
     except yaml.YAMLError as exc:
-        raise click.BadParameter(f"{value} is not valid YAML: {str(exc).splitlines()[0]}",
+        raise click.BadParameter(f"{value} is not valid YAML: {first_line(exc)}",
                                  param_hint="--config")
     if not isinstance(data, Mapping):
         raise click.BadParameter(f"{value} must hold a mapping of option names to values",

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 import yaml
 
-from ..errors import OfaDeployError
+from ..errors import OfaDeployError, first_line
 from ..space import Space, get_space
 
 __all__ = ["ConfigError", "TrainConfig", "StageConfig", "PHASES", "DEFAULT_PHASES",
@@ -184,7 +184,7 @@ def load_config_file(path: "str | Path") -> dict:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config {p} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(f"config {p} is not valid YAML: {first_line(exc)}") from None
     if data is None:
         return {}
     if not isinstance(data, Mapping):
