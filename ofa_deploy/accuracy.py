@@ -32,6 +32,7 @@ from supernet.arch import ArchConfig
 from supernet.batch import ArchBatch
 from supernet.errors import OfaDeployError
 from supernet.space import Space, get_space
+from supernet.stats import kendall_tau
 
 __all__ = [
     "PredictorError",
@@ -254,28 +255,6 @@ class ArchEncoder:
 
 
 # -- metrics ---------------------------------------------------------------------------------
-def kendall_tau(a, b) -> float:
-    """Kendall's tau-b between two score vectors (ties handled); NaN if either is constant."""
-    a = np.asarray(a, dtype=np.float64).ravel()
-    b = np.asarray(b, dtype=np.float64).ravel()
-    if a.shape != b.shape:
-        raise ValueError("kendall_tau needs two vectors of the same length")
-    n = a.size
-    conc = ties_a = ties_b = 0.0
-    chunk = max(1, 2_000_000 // max(n, 1))  # bound the pairwise block to ~2M entries
-    for s in range(0, n, chunk):
-        sa = np.sign(a[s:s + chunk, None] - a[None, :])
-        sb = np.sign(b[s:s + chunk, None] - b[None, :])
-        conc += float((sa * sb).sum())
-        ties_a += float((sa == 0).sum())
-        ties_b += float((sb == 0).sum())
-    pairs = n * (n - 1)  # ordered pairs; the diagonal counted n ties in each
-    na, nb = pairs - (ties_a - n), pairs - (ties_b - n)
-    if na <= 0 or nb <= 0:
-        return float("nan")
-    return conc / math.sqrt(na * nb)
-
-
 @dataclass
 class FitReport:
     """What :meth:`AccuracyPredictor.fit` achieved (RMSE in accuracy units, i.e. fractions)."""
