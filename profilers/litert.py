@@ -13,7 +13,7 @@ import numpy as np
 from supernet.errors import first_line
 
 from .base import DeviceSpec, LatencyStats, Profiler, ProfilerError, register_profiler
-from .measure import CacheFlusher, host_info, measure, pinned, usable_cpus
+from .measure import CacheFlusher, available_cpus, host_info, measure, pinned, usable_cpus
 
 try:
     from ai_edge_litert import interpreter as _litert
@@ -50,8 +50,7 @@ class LiteRTProfiler(Profiler):
             raise ProfilerError(f"tflite supports target 'cpu' only, got {spec}")
         threads = spec.options.get("threads", threads)
         if threads is None:
-            threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
-                else (os.cpu_count() or 1)
+            threads = available_cpus()
         if int(threads) < 1:
             raise ProfilerError(f"threads must be >= 1, got {threads}")
         super().__init__(spec, threads=int(threads), runs=runs, warmup=warmup)

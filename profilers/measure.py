@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 from .base import LatencyStats, ProfilerError
 
 __all__ = ["time_callable", "measure", "CacheFlusher", "cache_size", "pinned", "parse_cpus",
-           "usable_cpus", "DriftMonitor", "DriftWarning",
+           "usable_cpus", "available_cpus", "DriftMonitor", "DriftWarning",
            "host_info", "cpu_model", "loadavg"]
 
 
@@ -120,6 +120,15 @@ def parse_cpus(cpus: "str | Sequence[int] | None") -> Optional[List[int]]:
     if not cpus or any(c < 0 for c in cpus):
         raise ProfilerError(f"bad CPU list {cpus!r}")
     return cpus
+
+
+def available_cpus() -> int:
+    """How many CPUs this process may run on: its affinity mask, which taskset, cgroups or a
+    container narrow below ``os.cpu_count()`` (where the OS has no affinity API, macOS and
+    Windows, the CPU count); at least 1. The default thread count of host backends."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
 
 
 def usable_cpus(cpus: "str | Sequence[int] | None") -> Optional[List[int]]:
@@ -231,8 +240,7 @@ def loadavg() -> Optional[List[float]]:
 
 
 def host_info() -> Dict[str, Any]:
-    aff = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     return {"host": socket.gethostname(), "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
-            "usable_cpus": len(aff) if aff is not None else os.cpu_count(),
+            "usable_cpus": available_cpus(),
             "platform": platform.platform(), "python": platform.python_version(),
             "loadavg": loadavg()}

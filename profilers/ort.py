@@ -17,7 +17,7 @@ import numpy as np
 from supernet.errors import first_line
 
 from .base import DeviceSpec, LatencyStats, Profiler, ProfilerError, register_profiler
-from .measure import CacheFlusher, host_info, measure, pinned, usable_cpus
+from .measure import CacheFlusher, available_cpus, host_info, measure, pinned, usable_cpus
 
 try:
     import onnxruntime as ort
@@ -32,12 +32,6 @@ _OPT_LEVELS = {
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
     "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
 }
-
-
-def default_threads() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
 
 
 @register_profiler("ort")
@@ -60,7 +54,7 @@ class OrtProfiler(Profiler):
             raise ProfilerError(f"ort supports target 'cpu' only, got {spec}")
         threads = spec.options.get("threads", threads)
         if threads is None:
-            threads = default_threads()
+            threads = available_cpus()
         if int(threads) < 1:
             raise ProfilerError(f"threads must be >= 1, got {threads}")
         super().__init__(spec, threads=int(threads), runs=runs, warmup=warmup)
