@@ -16,6 +16,9 @@ import sys
 
 
 def main(argv=None) -> int:
+    """Serve conversion requests, one JSON line each on stdin, answering one JSON line each (``ok``
+    and ``path``, or ``error``); stdout/stderr are silenced so converter logging cannot corrupt
+    the replies. Returns the exit status."""
     args = json.loads((argv or sys.argv[1:] or ["{}"])[0])
     proto = os.fdopen(os.dup(1), "w", buffering=1)
     devnull = os.open(os.devnull, os.O_WRONLY)

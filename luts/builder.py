@@ -55,6 +55,8 @@ __all__ = ["build_lut", "export_artifact", "require_converter", "raw_path", "bes
 
 
 def check_resolutions(space: Space, resolutions: Optional[Sequence[int]]) -> List[int]:
+    """The resolutions to build, sorted and deduplicated (the space's own when None); any not in the
+    space is a LUTError listing the valid ones."""
     if resolutions is None:
         return list(space.resolutions)
     res = sorted({int(r) for r in resolutions})

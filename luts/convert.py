@@ -132,11 +132,13 @@ class OpModelCache:
         self.dir = Path(root) / fmt / converter_tag(fmt)
 
     def path(self, job: _Job) -> Path:
+        """Where the converted model of ``job`` is (or will be) cached."""
         name = job.what if job.what.startswith(("ctx-", "overhead")) else (
             job.what + ("-ctx" if job.context else ""))
         return self.dir / f"{name}-seed{job.seed}{FORMAT_SUFFIX[self.fmt]}"
 
     def has(self, job: _Job) -> bool:
+        """Whether ``job`` has already been converted."""
         return self.path(job).is_file()
 
 

@@ -51,6 +51,8 @@ def default_lut_path(device: "DeviceSpec | str", space_name: "str | Space") -> P
 
 
 def builtin_table_path(name: str) -> Path:
+    """The file of the built-in table ``name`` (e.g. ``note10``); an unknown name is a LUTError
+    listing the built-ins."""
     try:
         rel = BUILTIN_TABLES[name]
     except KeyError:

@@ -140,6 +140,8 @@ class LatencyTable:
         return s
 
     def has(self, op: OpKey, resolution: int | None = None) -> bool:
+        """Whether ``op`` has a measured entry (for every resolution, or for networks at
+        ``resolution``)."""
         return op in self.entries or (
             resolution is not None and op in self.resolution_entries.get(int(resolution), {}))
 
@@ -281,6 +283,7 @@ class LatencyTable:
         return g.evaluate(batch)
 
     def predict_one(self, arch: ArchConfig, *, interpolate: bool = False) -> float:
+        """Predicted latency (ms) of one arch; see :meth:`predict`."""
         return float(self.predict([arch], interpolate=interpolate)[0])
 
     def min_max(self, resolutions: Sequence[int] | None = None, *,
@@ -296,6 +299,7 @@ class LatencyTable:
 
     # -- (de)serialisation ---------------------------------------------------------------
     def get_state(self) -> dict:
+        """The table as the JSON object of the file format (see the module docstring)."""
         meta = dict(self.meta)
         meta["space"] = self.space.name
         meta["resolutions"] = list(self.resolutions)
@@ -317,6 +321,8 @@ class LatencyTable:
 
     @classmethod
     def from_state(cls, state: Mapping, *, source: str = "latency table") -> "LatencyTable":
+        """Read and validate the file format's JSON object; anything malformed or inconsistent with
+        its space is a LUTError naming ``source`` and the field."""
         if not isinstance(state, Mapping):
             raise LUTError(f"{source}: expected a JSON object, got {type(state).__name__}")
         if state.get("schema") != SCHEMA:
@@ -386,6 +392,8 @@ class LatencyTable:
 
     @classmethod
     def load(cls, path: "str | os.PathLike") -> "LatencyTable":
+        """Read and validate a table file; a missing, unreadable or corrupt file is a one-line
+        LUTError. Sets ``path``."""
         p = Path(path)
         try:
             text = p.read_text(encoding="utf-8")
@@ -404,6 +412,7 @@ class LatencyTable:
         return t
 
     def to_json(self) -> str:
+        """The file's text: sorted keys, so saving an unchanged table rewrites the same bytes."""
         return json.dumps(self.get_state(), indent=1, sort_keys=True, allow_nan=False) + "\n"
 
     def save(self, path: "str | os.PathLike") -> Path:

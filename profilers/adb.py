@@ -181,6 +181,10 @@ class AdbProfiler(Profiler):
 
     # -- measuring -------------------------------------------------------------------------
     def measure(self, artifact: Any, input_shape: Sequence[int]) -> LatencyStats:
+        """Time a .tflite file with benchmark_model on the phone: pushed into this session's
+        directory, run in ``batches`` invocations, retried on a dropped connection; warns
+        (DriftWarning) when later batches drift from earlier ones. Per-measurement facts land in
+        ``last_meta``."""
         path = Path(artifact)
         if not path.is_file():
             raise ProfilerError(f"no such .tflite file: {path}")
@@ -232,6 +236,8 @@ class AdbProfiler(Profiler):
         return stats, meta
 
     def describe(self) -> Dict[str, Any]:
+        """The base metadata plus the phone's model, ABI and Android version, the transport, the
+        benchmark_model binary (name and sha256) and how the statistics are formed."""
         props = self._with_retries("reading device properties", self._probe)
         return {**super().describe(),
                 "device_name": self.entry.name,
@@ -250,6 +256,8 @@ class AdbProfiler(Profiler):
                 "drift_tolerance": self.entry.drift_tolerance}
 
     def close(self) -> None:
+        """Remove this session's directory on the phone (best effort: an unreachable phone is
+        logged, not raised) and forget the connection."""
         try:
             if self._session_ready:
                 self._transport.shell(f"rm -rf {shlex.quote(self._session)}",

@@ -78,10 +78,13 @@ class DeviceEntry:
 
     @property
     def server_host_port(self) -> Tuple[str, int]:
+        """Host and port of the adb server this entry uses (``[::1]:5037`` style addresses
+        unbracketed)."""
         host, port = self.server.rsplit(":", 1)
         return host.strip("[]"), int(port)
 
     def to_dict(self) -> Dict[str, Any]:
+        """The entry's settings as JSON-able values, as ``ofa-deploy devices --json`` shows them."""
         return {"name": self.name, "transport": self.transport, "address": self.address,
                 "threads": self.threads, "affinity": self.affinity, "work_dir": self.work_dir,
                 "benchmark_model": str(self.benchmark_model),

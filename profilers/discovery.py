@@ -48,6 +48,8 @@ def _physical_cores() -> Optional[int]:
 
 
 def cpu_info() -> Dict[str, Any]:
+    """This host's CPU: model name, logical and usable (affinity) CPU counts, physical cores,
+    architecture."""
     return {"model": cpu_model(), "cores": os.cpu_count(), "usable_cores": available_cpus(),
             "physical_cores": _physical_cores(), "arch": platform.machine()}
 

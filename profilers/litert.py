@@ -60,6 +60,8 @@ class LiteRTProfiler(Profiler):
         self._flusher = CacheFlusher(flush_bytes) if flush_bytes != 0 else None
 
     def interpreter(self, artifact: Any) -> "_litert.Interpreter":
+        """A LiteRT interpreter with tensors allocated for a .tflite path or bytes, with XNNPACK
+        unless disabled; an unloadable model is a one-line ProfilerError."""
         resolver = (_litert.OpResolverType.AUTO if self.xnnpack
                     else _litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
         kw: Dict[str, Any] = dict(num_threads=self.threads, experimental_op_resolver_type=resolver)
@@ -78,6 +80,8 @@ class LiteRTProfiler(Profiler):
         return it
 
     def measure(self, artifact: Any, input_shape: Sequence[int]) -> LatencyStats:
+        """Time ``invoke`` on a seeded random input of ``input_shape`` (which must be the model's),
+        pinned to ``cpus`` and with the cache flushed before each run when asked."""
         it = self.interpreter(artifact)
         details = it.get_input_details()
         if len(details) != 1:
@@ -93,6 +97,8 @@ class LiteRTProfiler(Profiler):
             return measure(it.invoke, runs=self.runs, warmup=self.warmup, before=self._flusher)
 
     def describe(self) -> Dict[str, Any]:
+        """The base metadata plus the LiteRT version, delegate, threads, pinning, cache flushing and
+        the host."""
         d = super().describe()
         d.update({"runtime": "ai-edge-litert", "runtime_version": _version(),
                   "delegate": "xnnpack" if self.xnnpack else "none", "num_threads": self.threads,

@@ -47,6 +47,8 @@ def time_callable(fn: Callable[[], Any], *, runs: int, warmup: int,
 
 def measure(fn: Callable[[], Any], *, runs: int, warmup: int,
             before: Optional[Callable[[], Any]] = None) -> LatencyStats:
+    """LatencyStats of ``runs`` timed calls of ``fn`` after ``warmup`` untimed ones (``before`` runs
+    untimed ahead of each)."""
     return LatencyStats.from_samples(time_callable(fn, runs=runs, warmup=warmup, before=before))
 
 
@@ -194,6 +196,8 @@ class DriftMonitor:
         self._on_warn = on_warn
 
     def check(self, force: bool = False) -> Optional[float]:
+        """Re-measure the reference if ``every_s`` has passed (or ``force``) and warn on drift
+        beyond ``tolerance``; the relative drift, or None when no re-measure was due."""
         now = self._clock()
         if not force and now - self._last < self.every_s:
             return None
@@ -213,15 +217,19 @@ class DriftMonitor:
 
     @property
     def max_drift(self) -> float:
+        """The largest absolute relative drift seen so far (0 before any re-measure)."""
         return max((abs(d) for _, _, d in self.history), default=0.0)
 
     def summary(self) -> Dict[str, Any]:
+        """Baseline, largest drift, number of checks, tolerance and warnings: what a table's
+        ``drift`` metadata records."""
         return {"baseline_ms": self.baseline, "max_abs_drift": self.max_drift,
                 "checks": len(self.history) - 1, "tolerance": self.tolerance,
                 "warnings": list(self.warnings)}
 
 
 def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo, else what the platform module says)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
             for line in fh:
@@ -233,6 +241,8 @@ def cpu_model() -> str:
 
 
 def loadavg() -> Optional[List[float]]:
+    """The 1/5/15-minute load averages rounded to 2 places, or None where the OS has none; recorded
+    so a noisy measurement can be explained later."""
     try:
         return [round(x, 2) for x in os.getloadavg()]
     except (OSError, AttributeError):
@@ -240,6 +250,8 @@ def loadavg() -> Optional[List[float]]:
 
 
 def host_info() -> Dict[str, Any]:
+    """Host name, CPU model, CPU counts, platform, Python and load: recorded with every host-CPU
+    measurement."""
     return {"host": socket.gethostname(), "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
             "usable_cpus": available_cpus(),
             "platform": platform.platform(), "python": platform.python_version(),

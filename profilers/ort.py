@@ -67,6 +67,8 @@ class OrtProfiler(Profiler):
         self._flusher = CacheFlusher(flush_bytes) if flush_bytes != 0 else None
 
     def session_options(self) -> "ort.SessionOptions":
+        """Session options for timing: ``threads`` intra-op threads, one inter-op thread, sequential
+        execution, the chosen graph optimisation, warnings silenced."""
         so = ort.SessionOptions()
         so.intra_op_num_threads = self.threads
         so.inter_op_num_threads = 1
@@ -76,6 +78,8 @@ class OrtProfiler(Profiler):
         return so
 
     def session(self, artifact: Any) -> "ort.InferenceSession":
+        """A CPU InferenceSession for an ONNX path or bytes; a missing or unloadable model is a
+        one-line ProfilerError."""
         if isinstance(artifact, (str, os.PathLike)) and not os.path.exists(artifact):
             raise ProfilerError(f"ONNX file not found: {artifact}")
         try:
@@ -87,6 +91,8 @@ class OrtProfiler(Profiler):
                                 f"{first_line(exc)}") from None
 
     def measure(self, artifact: Any, input_shape: Sequence[int]) -> LatencyStats:
+        """Time ``run_with_iobinding`` on a seeded random input of ``input_shape`` with pre-bound
+        outputs, so allocation is not timed; pinned and cache-flushed as configured."""
         sess = self.session(artifact)
         inputs = sess.get_inputs()
         if len(inputs) != 1:
@@ -110,6 +116,8 @@ class OrtProfiler(Profiler):
                            before=self._flusher)
 
     def describe(self) -> Dict[str, Any]:
+        """The base metadata plus the onnxruntime version and every session setting that changes
+        timings, and the host."""
         d = super().describe()
         d.update({"runtime": "onnxruntime", "runtime_version": ort.__version__,
                   "provider": "CPUExecutionProvider", "intra_op_threads": self.threads,

@@ -34,6 +34,7 @@ class Artifact:
 
     @property
     def identity(self) -> Tuple[str, str]:
+        """``(name, sha256)``: what matches this artifact to its results across runs."""
         return (self.name, self.sha256)
 
 

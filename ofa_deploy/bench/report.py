@@ -17,18 +17,23 @@ __all__ = ["write_json", "write_junit", "write_markdown", "markdown_summary", "r
 
 
 def write_json(path: "str | os.PathLike", report: BenchReport) -> None:
+    """Write the report in the ``--json`` format, atomically (a run in progress rewrites it after
+    every result)."""
     atomic_write_text(Path(path), json.dumps(report.to_dict(), indent=2) + "\n")
 
 
 def fmt_ms(v: Optional[float]) -> str:
+    """A latency for tables: about four significant digits, ``-`` when missing."""
     return "-" if v is None else (f"{v:.3f}" if v < 10 else f"{v:.2f}" if v < 100 else f"{v:.1f}")
 
 
 def fmt_pct(v: Optional[float]) -> str:
+    """A signed percentage change (``+3.1%``), ``-`` when missing."""
     return "-" if v is None else f"{v:+.1f}%"
 
 
 def regression_message(r: BenchResult, tolerance_pct: float) -> str:
+    """One line: how much slower a regressed result is than its baseline, and the tolerance."""
     b = r.baseline or {}
     return (f"median {fmt_ms(r.stats.median_ms if r.stats else None)} ms is "
             f"{fmt_pct(b.get('delta_pct'))} vs baseline {fmt_ms(b.get('median_ms'))} ms "
@@ -89,6 +94,8 @@ def _md_escape(s: str) -> str:
 
 
 def markdown_summary(report: BenchReport) -> str:
+    """A Markdown summary for CI: verdict and counts, then regressions, errors, all results and
+    unmatched baseline entries."""
     m, c = report.meta, report.counts
     tol = float(m.get("tolerance_pct", 0.0))
     verdict = "FAILED" if report.failed else "passed"
@@ -136,6 +143,7 @@ def _row(r: BenchResult) -> List[str]:
 
 
 def result_rows(report: BenchReport) -> List[List[str]]:
+    """One row of :data:`RESULT_HEADERS` cells per result, for the terminal table."""
     return [_row(r) for r in report.results]
 
 
@@ -144,4 +152,5 @@ RESULT_HEADERS = ("artifact", "device", "median ms", "p10–p90 ms", "baseline m
 
 
 def write_markdown(path: "str | os.PathLike", report: BenchReport) -> None:
+    """Write :func:`markdown_summary` to ``path`` atomically."""
     atomic_write_text(Path(path), markdown_summary(report) + "\n")

@@ -22,6 +22,9 @@ IDENTITY_DOC = ("artifact = path relative to the given root + sha256; baseline m
 
 @dataclass
 class BenchResult:
+    """The outcome of one (artifact, device) pair: ``ok``, ``regressed``, ``error`` or ``skipped``,
+    with its stats, the baseline it was compared with, and why when not measured."""
+
     artifact: Artifact
     device: str
     status: str
@@ -35,9 +38,12 @@ class BenchResult:
 
     @property
     def key(self) -> Tuple[str, str, str]:
+        """``(artifact name, sha256, device)``: identifies the result within a run and across
+        resumed runs."""
         return (self.artifact.name, self.artifact.sha256, self.device)
 
     def to_dict(self) -> Dict[str, Any]:
+        """The result's record in the ``--json`` file; optional keys appear only when set."""
         a, s = self.artifact, self.stats
         d: Dict[str, Any] = {
             "artifact": a.name,
@@ -73,22 +79,30 @@ class BenchResult:
 
 @dataclass
 class BenchReport:
+    """Every result of a run in artifact x device order, the run's metadata, and the baseline
+    entries no result matched."""
+
     results: List[BenchResult]
     meta: Dict[str, Any]
     unmatched_baseline: List[Dict[str, Any]] = field(default_factory=list)
 
     def by_status(self, status: str) -> List[BenchResult]:
+        """The results with ``status``, in report order."""
         return [r for r in self.results if r.status == status]
 
     @property
     def counts(self) -> Dict[str, int]:
+        """How many results have each status (every status present, zero or not)."""
         return {s: len(self.by_status(s)) for s in STATUSES}
 
     @property
     def failed(self) -> bool:
+        """Whether CI should fail: any regression or error (skipped pairs do not fail a run)."""
         return bool(self.by_status("regressed") or self.by_status("error"))
 
     def to_dict(self) -> Dict[str, Any]:
+        """The ``--json`` file's object: ``results`` and ``meta`` (with counts and unmatched
+        baseline entries)."""
         meta = dict(self.meta)
         meta["counts"] = self.counts
         if self.unmatched_baseline:
