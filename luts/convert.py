@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from supernet.errors import OfaDeployError
+from supernet.errors import OfaDeployError, first_line
 from supernet.ops import OpKey
 
 from .table import LUTError
@@ -199,7 +199,7 @@ class _Workers:
                     log.seek(0)
                     tail = [ln for ln in log.read().splitlines() if ln.strip()]
                     if tail:
-                        why = tail[-1][:300]
+                        why = first_line(tail[-1])  # the last thing it said
                 fut.set_exception(LUTError(
                     f"the converter process died while converting {payload['what']} "
                     f"(exit status {p.poll()}: {why})"))

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
+from supernet.errors import first_line
+
 from .base import ProfilerError
 from .devices import DeviceEntry, default_key_path
 
@@ -267,7 +269,7 @@ class AdbShellTransport(AdbTransport):
                 ex.UsbWriteFailedError) as exc:
             self.close()
             raise TransientAdbError(f"device {self.name}: connection lost during {what} "
-                                    f"({type(exc).__name__}: {exc})") from None
+                                    f"({first_line(exc, with_type=True)})") from None
 
     def shell(self, command: str, timeout_s: Optional[float] = None) -> Tuple[int, str]:
         """Run ``command`` on the phone; exit status and combined output (the status is echoed after
