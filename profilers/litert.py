@@ -13,7 +13,8 @@ import numpy as np
 from supernet.errors import first_line
 
 from .base import DeviceSpec, LatencyStats, Profiler, ProfilerError, register_profiler
-from .measure import CacheFlusher, available_cpus, host_info, measure, pinned, usable_cpus
+from .measure import (CacheFlusher, host_cpu_threads, host_info, measure, pinned,
+                      usable_cpus)
 
 try:
     from ai_edge_litert import interpreter as _litert
@@ -46,14 +47,7 @@ class LiteRTProfiler(Profiler):
     def __init__(self, spec: DeviceSpec, *, threads: int | None = None, runs: int = 50,
                  warmup: int = 10, cpus: "str | Sequence[int] | None" = None,
                  xnnpack: bool = True, seed: int = 0, flush_bytes: int | None = None):
-        if spec.target != "cpu":
-            raise ProfilerError(f"tflite supports target 'cpu' only, got {spec}")
-        threads = spec.options.get("threads", threads)
-        if threads is None:
-            threads = available_cpus()
-        if int(threads) < 1:
-            raise ProfilerError(f"threads must be >= 1, got {threads}")
-        super().__init__(spec, threads=int(threads), runs=runs, warmup=warmup)
+        super().__init__(spec, threads=host_cpu_threads(spec, threads), runs=runs, warmup=warmup)
         self.xnnpack = bool(xnnpack)
         self.cpus = usable_cpus(cpus)
         self.seed = seed

@@ -17,10 +17,10 @@ import time
 import warnings
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
-from .base import LatencyStats, ProfilerError
+from .base import DeviceSpec, LatencyStats, ProfilerError
 
 __all__ = ["time_callable", "measure", "CacheFlusher", "cache_size", "pinned", "parse_cpus",
-           "usable_cpus", "available_cpus", "DriftMonitor", "DriftWarning",
+           "usable_cpus", "available_cpus", "host_cpu_threads", "DriftMonitor", "DriftWarning",
            "host_info", "cpu_model", "loadavg"]
 
 
@@ -131,6 +131,20 @@ def available_cpus() -> int:
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))
     return max(1, os.cpu_count() or 1)
+
+
+def host_cpu_threads(spec: DeviceSpec, threads: Optional[int]) -> int:
+    """Thread count of a backend that runs on this host's CPU (``ort``, ``tflite``): the spec's
+    ``threads`` option, else ``threads``, else :func:`available_cpus`. A target other than
+    ``cpu`` or a count below 1 is a :class:`ProfilerError`."""
+    if spec.target != "cpu":
+        raise ProfilerError(f"{spec.backend} supports target 'cpu' only, got {spec}")
+    n = spec.options.get("threads", threads)
+    if n is None:
+        n = available_cpus()
+    if int(n) < 1:
+        raise ProfilerError(f"threads must be >= 1, got {n}")
+    return int(n)
 
 
 def usable_cpus(cpus: "str | Sequence[int] | None") -> Optional[List[int]]:

@@ -17,7 +17,8 @@ import numpy as np
 from supernet.errors import first_line
 
 from .base import DeviceSpec, LatencyStats, Profiler, ProfilerError, register_profiler
-from .measure import CacheFlusher, available_cpus, host_info, measure, pinned, usable_cpus
+from .measure import (CacheFlusher, host_cpu_threads, host_info, measure, pinned,
+                      usable_cpus)
 
 try:
     import onnxruntime as ort
@@ -50,14 +51,7 @@ class OrtProfiler(Profiler):
     def __init__(self, spec: DeviceSpec, *, threads: int | None = None, runs: int = 50,
                  warmup: int = 10, cpus: "str | Sequence[int] | None" = None,
                  optimization: str = "all", seed: int = 0, flush_bytes: int | None = None):
-        if spec.target != "cpu":
-            raise ProfilerError(f"ort supports target 'cpu' only, got {spec}")
-        threads = spec.options.get("threads", threads)
-        if threads is None:
-            threads = available_cpus()
-        if int(threads) < 1:
-            raise ProfilerError(f"threads must be >= 1, got {threads}")
-        super().__init__(spec, threads=int(threads), runs=runs, warmup=warmup)
+        super().__init__(spec, threads=host_cpu_threads(spec, threads), runs=runs, warmup=warmup)
         if optimization not in _OPT_LEVELS:
             raise ProfilerError(f"unknown optimization level {optimization!r}; "
                                 f"choose from {', '.join(_OPT_LEVELS)}")
