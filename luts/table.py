@@ -425,6 +425,3 @@ class LatencyTable:
         return self.get_state() == other.get_state()
 
     __hash__ = None  # mutable
-
-
-# -- where tables live -------------------------------------------------------------------------

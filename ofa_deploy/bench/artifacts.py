@@ -60,7 +60,8 @@ def _onnx_input_shape(path: Path) -> Tuple[int, ...]:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises its own DecodeError; any failure means unreadable
-        raise BenchError(f"{path}: not a readable ONNX model ({first_line(exc, 400, with_type=True)})") from None
+        raise BenchError(f"{path}: not a readable ONNX model "
+                         f"({first_line(exc, 400, with_type=True)})") from None
     graph = model.graph
     inits = {i.name for i in graph.initializer}
     inputs = [i for i in graph.input if i.name not in inits]
@@ -93,7 +94,8 @@ def _tflite_input_shape(path: Path) -> Tuple[int, ...]:
     try:
         details = Interpreter(model_path=str(path)).get_input_details()
     except Exception as exc:
-        raise BenchError(f"{path}: not a readable TFLite model ({first_line(exc, 400, with_type=True)})") from None
+        raise BenchError(f"{path}: not a readable TFLite model "
+                         f"({first_line(exc, 400, with_type=True)})") from None
     if len(details) != 1:
         raise BenchError(f"{path}: expected one model input, found {len(details)}")
     d = details[0]

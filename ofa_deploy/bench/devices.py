@@ -9,10 +9,10 @@ from supernet.errors import OfaDeployError, first_line
 
 from .errors import BenchError
 
-__all__ = ["resolve_devices", "lane_of"]
+__all__ = ["resolve_devices", "lane_of", "profiler_class_of", "device_gone"]
 
 
-def _profiler_class(spec: DeviceSpec) -> type:
+def profiler_class_of(spec: DeviceSpec) -> type:
     """The registered profiler class for ``spec`` (importing its backend module)."""
     from profilers.base import ProfilerError, profiler_class
 
@@ -77,7 +77,7 @@ def resolve_devices(specs: Iterable[str]) -> List[DeviceSpec]:
             if spec in out:
                 continue
             _check_device_exists(spec)
-            _profiler_class(spec)
+            profiler_class_of(spec)
             _check_constructible(spec)
             out.append(spec)
     if not out:
@@ -93,7 +93,7 @@ def lane_of(spec: DeviceSpec) -> str:
     return str(spec)
 
 
-def _device_gone(spec: DeviceSpec) -> Optional[str]:
+def device_gone(spec: DeviceSpec) -> Optional[str]:
     """After a failure: why the device is no longer usable, or None if it still looks fine."""
     if spec.backend != "adb":
         return None

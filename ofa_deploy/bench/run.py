@@ -18,7 +18,7 @@ from supernet.fileio import utc_now
 
 from .artifacts import ARTIFACT_SUFFIXES, Artifact
 from .compare import compare_latency, load_baseline, match_baseline
-from .devices import _device_gone, _profiler_class, lane_of
+from .devices import device_gone, lane_of, profiler_class_of
 from .errors import BenchError
 from .report import write_json
 from .results import FORMAT_NAME, FORMAT_VERSION, IDENTITY_DOC, BenchReport, BenchResult
@@ -149,7 +149,7 @@ class _Run:
                     self.record(BenchResult(art, dev, "error", reason=msg,
                                             elapsed_s=time.perf_counter() - t0,
                                             measured_at=utc_now()))
-                    why = _device_gone(spec) if dev in profs else "profiler could not start"
+                    why = device_gone(spec) if dev in profs else "profiler could not start"
                     if why is not None:
                         gone[dev] = f"{why}: {msg}" if dev not in profs else why
         finally:
@@ -239,7 +239,7 @@ def run_bench(artifacts: Sequence[Artifact], devices: Sequence[DeviceSpec], *, r
     if tolerance_pct < 0:
         raise BenchError(f"tolerance must be >= 0 percent, got {tolerance_pct}")
     base = load_baseline(baseline) if baseline is not None else None
-    formats = {str(d): getattr(_profiler_class(d), "artifact_format", "onnx") for d in devices}
+    formats = {str(d): getattr(profiler_class_of(d), "artifact_format", "onnx") for d in devices}
     roots = sorted({str(a.root) for a in artifacts})
     run = _Run(artifacts, devices, runs=runs, warmup=warmup, threads=threads,
                baseline_path=baseline, baseline=base, tolerance_pct=tolerance_pct,
