@@ -5,7 +5,11 @@ from .cost import arch_cost, arch_macs, arch_params, space_stats, supernet_param
 from .model import Subnet, Supernet, build_supernet, extract_subnet
 from .ops import OpKey, arch_ops, enumerate_ops
 from .errors import OfaDeployError
-from .space import SpaceError, SPACES, Space, get_space, list_spaces, make_divisible, register_space
+from .space import (
+    FAMILIES, Family, SpaceError, SPACES, Space, get_family, get_space, list_spaces, make_divisible,
+    register_family, register_space,
+)
+from . import proxyless  # noqa: F401  (registers the ProxylessNAS family and its spaces)
 
 __all__ = [
     "OfaDeployError", "SpaceError",
@@ -14,4 +18,5 @@ __all__ = [
     "Subnet", "Supernet", "build_supernet", "extract_subnet",
     "OpKey", "arch_ops", "enumerate_ops",
     "SPACES", "Space", "get_space", "list_spaces", "make_divisible", "register_space",
+    "FAMILIES", "Family", "get_family", "register_family",
 ]
