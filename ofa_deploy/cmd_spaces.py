@@ -5,6 +5,7 @@ import click
 
 from supernet import ArchConfig, arch_cost, get_space, list_spaces, space_stats
 from supernet.checkpoint import load_supernet
+from supernet.net_config import net_config_space
 
 from .cli import emit, main, table
 
@@ -20,10 +21,11 @@ def spaces(as_json: bool) -> None:
     data = []
     for name in list_spaces():
         sp = get_space(name)
-        data.append({"name": name, "summary": sp.summary(),
+        data.append({"name": name, "family": sp.family, "summary": sp.summary(),
                      "num_subnets": sp.num_subnets(per_resolution=False),
                      "resolutions": list(sp.resolutions), "num_classes": sp.num_classes})
-    emit(data, as_json, lambda d: "\n".join(f"{x['name']:<16} {x['summary']}" for x in d))
+    width = max([len(x["name"]) for x in data] + [16])
+    emit(data, as_json, lambda d: "\n".join(f"{x['name']:<{width}}  {x['summary']}" for x in d))
 
 
 def _fmt_m(v: int) -> str:
@@ -34,7 +36,8 @@ def _fmt_m(v: int) -> str:
 @click.option("--space", "space_name", default=None, help=_space_choice_help()
               + " Optional with --supernet (read from the checkpoint).")
 @click.option("--arch", default=None, metavar="FILE|min|max|STRING",
-              help="An arch: JSON file, inline JSON, compact string, or min/max.")
+              help="An arch: JSON file, inline JSON, compact string, min/max, or a reference "
+                   "net.config (file or directory; its space is recognised).")
 @click.option("--resolution", type=int, default=None,
               help="Override the arch's input resolution.")
 @click.option("--supernet", default=None, metavar="CKPT|NAME",
@@ -46,8 +49,10 @@ def inspect(space_name, arch, resolution, supernet, as_json) -> None:
     MACs are multiply-accumulates counted the reference OFA way (convolutions, linears and SE;
     not BN, activations or pooling), computed analytically without building the subnet.
     """
+    if space_name is None and supernet is None and arch is not None:
+        space_name = net_config_space(arch)
     if space_name is None and supernet is None:
-        raise click.UsageError("give --space NAME (or --supernet CKPT)")
+        raise click.UsageError("give --space NAME (or --supernet CKPT, or --arch net.config)")
     net = None
     if supernet is not None:
         net = load_supernet(supernet, space_name)

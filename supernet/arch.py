@@ -54,7 +54,10 @@ class ArchConfig:
         object.__setattr__(self, "r", int(self.r))
 
     # -- validation --------------------------------------------------------------------
-    def validate(self, space: "Space | str") -> "ArchConfig":
+    def validate(self, space: "Space | str", *, any_resolution: bool = False) -> "ArchConfig":
+        """Raise :class:`ArchError` unless the arch fits ``space``; ``any_resolution`` accepts
+        input sizes outside the space's search range (extraction, export and analytic costs
+        work at any size; LUTs and predictors check resolutions themselves)."""
         space = get_space(space)
         nb, ns = space.num_blocks, space.num_stages
         if len(self.d) != ns:
@@ -75,7 +78,10 @@ class ArchConfig:
                 raise ArchError(f"ks[{i}]={k} not in kernel choices {list(space.kernel_choices)}")
             if e not in space.expand_choices:
                 raise ArchError(f"e[{i}]={e} not in expand choices {list(space.expand_choices)}")
-        if self.r not in space.resolutions:
+        if any_resolution:
+            if self.r < 1:
+                raise ArchError(f"resolution must be positive, got {self.r}")
+        elif self.r not in space.resolutions:
             lo, hi = space.resolutions[0], space.resolutions[-1]
             raise ArchError(
                 f"resolution {self.r} not in space {space.name} resolutions ({lo}..{hi}, "
@@ -243,7 +249,9 @@ class ArchConfig:
 
     @classmethod
     def parse(cls, text: str, space: "Space | str") -> "ArchConfig":
-        """``min``, ``max``, a compact string, inline JSON, or a path to a JSON file."""
+        """``min``, ``max``, a compact string, inline JSON, or a path to a JSON file; a
+        reference ``net.config`` (file, its directory, or inline) must describe a subnet of
+        ``space`` and may have any resolution (see :mod:`supernet.net_config`)."""
         import os
 
         space = get_space(space)
@@ -252,15 +260,31 @@ class ArchConfig:
             return cls.min(space)
         if t == "max":
             return cls.max(space)
+        from .net_config import arch_from_net_config, is_net_config, read_net_config
+
         if t.startswith("{"):
+            try:
+                data = json.loads(t)
+            except json.JSONDecodeError:
+                data = None
+            if is_net_config(data):
+                return arch_from_net_config(data, space, source="inline net.config")[1]
             return cls.from_json(t, space)
         if cls._STR_RE.match(t):
             return cls.from_string(t, space)
+        if os.path.isdir(t):
+            return read_net_config(t, space)[1]
         if os.path.exists(t):
             try:
                 with open(t, encoding="utf-8") as fh:
                     content = fh.read()
             except OSError as exc:
                 raise ArchError(f"cannot read arch file {t}: {exc.strerror}") from None
+            try:
+                data = json.loads(content)
+            except json.JSONDecodeError:
+                data = None
+            if is_net_config(data):
+                return read_net_config(t, space)[1]
             return cls.from_json(content, space)
         raise ArchError(f"arch {text!r} is not min, max, an arch string, JSON, or an existing file")

@@ -240,7 +240,7 @@ def build_supernet(space: "Space | str") -> Supernet:
 def extract_subnet(supernet: Supernet, arch: ArchConfig) -> Subnet:
     """A plain ``nn.Module`` computing exactly what ``supernet(x, arch)`` computes."""
     space = supernet.space
-    arch = arch.validate(space)
+    arch = arch.validate(space, any_resolution=True)  # a conv net runs at any size
     sub = Subnet(space, arch)
     # Fixed parts: copy by name (shapes match one-to-one).
     own = dict(sub.named_modules())

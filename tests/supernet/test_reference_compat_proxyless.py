@@ -174,3 +174,17 @@ def test_reference_check_is_sensitive(ref_net):
     y, _, _ = _trace(net2, _input(128), arch)
     with pytest.raises(AssertionError):
         _close(y[:50], a["resolutions"]["128"]["logits_head"], "corrupted head")
+
+
+def test_inspect_cli_reports_reference_counts(run_cli):
+    """``inspect --arch`` with the reference's own dict form gives the reference's numbers."""
+    for a in REF_SP["archs"]:
+        r = int(sorted(a["resolutions"])[-1])
+        arch = json.dumps({"ks": a["ks"], "e": a["e"], "d": a["d"], "image_size": r})
+        res = run_cli("inspect", "--space", SPACE, "--arch", arch, "--json")
+        assert res.exit_code == 0, res.output
+        data = json.loads(res.stdout)
+        assert data["supernet_params"] == REF_SP["supernet_params"]
+        assert data["params"] == a["params"]
+        assert data["macs"] == pytest.approx(a["resolutions"][str(r)]["reference_flops_counter"],
+                                             rel=1e-3)
