@@ -18,9 +18,11 @@ def _space_choice_help() -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def spaces(as_json: bool) -> None:
     """List the registered search spaces with a one-line summary each."""
+    from supernet.resnet import RESNET_SPACES
+
     data = []
-    for name in list_spaces():
-        sp = get_space(name)
+    for name in (*list_spaces(), *RESNET_SPACES):
+        sp = RESNET_SPACES[name] if name in RESNET_SPACES else get_space(name)
         data.append({"name": name, "family": sp.family, "summary": sp.summary(),
                      "num_subnets": sp.num_subnets(per_resolution=False),
                      "resolutions": list(sp.resolutions), "num_classes": sp.num_classes})
@@ -53,13 +55,19 @@ def inspect(space_name, arch, resolution, supernet, as_json) -> None:
         space_name = net_config_space(arch)
     if space_name is None and supernet is None:
         raise click.UsageError("give --space NAME (or --supernet CKPT, or --arch net.config)")
+    from supernet.resnet import RESNET_SPACES, inspect_resnet
+
     net = None
-    if supernet is not None:
+    if space_name in RESNET_SPACES and supernet is None:  # the bottleneck family
+        data = inspect_resnet(space_name, arch, resolution)
+        arch = resolution = None  # done
+    elif supernet is not None:
         net = load_supernet(supernet, space_name)
         space = net.space
+        data = space_stats(space)
     else:
         space = get_space(space_name)
-    data = space_stats(space)
+        data = space_stats(space)
     if net is not None:
         data["checkpoint"] = {"path": str(supernet),
                               "params": sum(p.numel() for p in net.parameters()),

@@ -21,8 +21,10 @@ spaces holds MobileNet-style spaces only; see :data:`RESNET_SPACES`.
 """
 from __future__ import annotations
 
+import json
 import re
 from collections import OrderedDict
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Sequence, Tuple
 
@@ -37,7 +39,7 @@ from .space import make_divisible
 
 __all__ = ["ResNetSpace", "ResNetArch", "ResNetSupernet", "ResNetSubnet", "RESNET_SPACES",
            "get_resnet_space", "resnet_arch_cost", "resnet_supernet_params",
-           "extract_resnet_subnet"]
+           "extract_resnet_subnet", "resnet_space_stats", "inspect_resnet"]
 
 
 @dataclass(frozen=True)
@@ -234,17 +236,21 @@ class ResNetArch:
         return cls(d, e, w, r).canonical(sp)
 
     def to_dict(self) -> dict:
-        return {"d": list(self.d), "e": list(self.e), "w": list(self.w), "image_size": self.r}
+        return {"d": list(self.d), "e": list(self.e), "w": list(self.w), "r": self.r}
 
     @classmethod
     def from_dict(cls, data: Mapping, space: "ResNetSpace | str") -> "ResNetArch":
         """The reference's ``{"d", "e", "w"}`` dict with ``image_size`` (or ``r``)."""
         if not isinstance(data, Mapping):
             raise ArchError(f"an arch must be a JSON object, got {type(data).__name__}")
+        if "arch" in data and isinstance(data["arch"], Mapping):
+            data = data["arch"]
         missing = [k for k in ("d", "e", "w") if k not in data]
         if missing:
             raise ArchError(f"ResNet arch is missing field(s): {', '.join(missing)}")
         sp = get_resnet_space(space)
+        if "arch" in data and isinstance(data["arch"], Mapping):  # e.g. a report.json
+            data = data["arch"]
         r = data.get("image_size", data.get("r", max(sp.resolutions)))
         if isinstance(r, (list, tuple)):
             r = r[0] if len(r) == 1 else r
@@ -287,6 +293,30 @@ class ResNetArch:
                     raise ArchError(f"arch string {text!r}: expand index {c} out of range")
                 e[sp.stage_offsets[s] + p] = sp.expand_choices[int(c)]
         return cls(d, e, w, int(m.group(1))).validate(sp)
+
+    @classmethod
+    def parse(cls, text: str, space: "ResNetSpace | str") -> "ResNetArch":
+        """``min``, ``max``, a compact string, inline JSON, or a path to a JSON file."""
+        sp = get_resnet_space(space)
+        t = text.strip()
+        if t in ("min", "max"):
+            return getattr(cls, t)(sp).validate(sp)
+        if cls._STR_RE.match(t):
+            return cls.from_string(t, sp)
+        if not t.startswith("{"):
+            p = Path(t)
+            if not p.is_file():
+                raise ArchError(f"arch {text!r} is not min, max, an arch string, JSON, or an "
+                                f"existing file")
+            try:
+                t = p.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ArchError(f"cannot read arch file {p}: {exc.strerror}") from None
+        try:
+            data = json.loads(t)
+        except json.JSONDecodeError as exc:
+            raise ArchError(f"arch is not valid JSON: {exc}") from None
+        return cls.from_dict(data, sp)
 
 
 def _index(choices: Sequence[float], v: float) -> int:
@@ -578,3 +608,37 @@ def resnet_arch_cost(space: "ResNetSpace | str", arch: ResNetArch) -> Dict[str, 
 def resnet_supernet_params(space: "ResNetSpace | str") -> int:
     """Every parameter of the supernet is in its largest subnet (no kernel transforms)."""
     return resnet_arch_cost(space, ResNetArch.max(space))["params"]
+
+
+def resnet_space_stats(space: "ResNetSpace | str") -> dict:
+    """What ``inspect`` reports for a space (same keys as :func:`supernet.cost.space_stats`)."""
+    sp = get_resnet_space(space)
+    lo, hi = ResNetArch.min(sp), ResNetArch.max(sp)
+    per_res = sp.num_subnets(per_resolution=True)
+    return {
+        "space": sp.name,
+        "family": sp.family,
+        "supernet_params": resnet_supernet_params(sp),
+        "num_subnets": {"per_resolution": per_res, "resolutions": len(sp.resolutions),
+                        "total": per_res * len(sp.resolutions)},
+        "min": {"arch": lo.to_dict(), **resnet_arch_cost(sp, lo)},
+        "max": {"arch": hi.to_dict(), **resnet_arch_cost(sp, hi)},
+        "macs_by_resolution": {
+            str(r): {"min": resnet_arch_cost(sp, ResNetArch.min(sp, r))["macs"],
+                     "max": resnet_arch_cost(sp, ResNetArch.max(sp, r))["macs"]}
+            for r in sp.resolutions},
+    }
+
+
+def inspect_resnet(space: "ResNetSpace | str", arch: "str | None" = None,
+                   resolution: "int | None" = None) -> dict:
+    """``inspect``'s document for a ResNet space and optionally one arch (CLI form)."""
+    sp = get_resnet_space(space)
+    data = resnet_space_stats(sp)
+    if arch is not None:
+        a = ResNetArch.parse(arch, sp)
+        if resolution is not None:
+            a = ResNetArch(a.d, a.e, a.w, resolution).validate(sp)
+        data.update({"arch": a.to_dict(), "arch_string": a.to_string(sp),
+                     **resnet_arch_cost(sp, a)})
+    return data

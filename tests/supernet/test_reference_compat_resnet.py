@@ -176,3 +176,30 @@ def test_predictor_matches_the_reference_mlp():
     with pytest.raises(PredictorError, match="not the OFA ResNet50 reference predictor"):
         from ofa_deploy.accuracy_resnet import ResNetReferencePredictor
         ResNetReferencePredictor({"0.weight": torch.zeros(1)})
+
+
+def test_inspect_cli_reports_reference_counts(run_cli):
+    for a in REF["archs"]:
+        r = 176
+        arch = json.dumps({"d": a["d"], "e": a["e"], "w": a["w"], "image_size": r})
+        res = run_cli("inspect", "--space", SPACE, "--arch", arch, "--json")
+        assert res.exit_code == 0, res.output
+        data = json.loads(res.stdout)
+        assert data["supernet_params"] == REF["supernet_params"]
+        assert data["params"] == a["params"]
+        assert data["macs"] == pytest.approx(a["resolutions"][str(r)]["reference_flops_counter"],
+                                             rel=1e-3)
+        again = run_cli("inspect", "--space", SPACE, "--arch", data["arch_string"], "--json")
+        assert json.loads(again.stdout)["macs"] == data["macs"]
+
+
+def test_extracted_subnet_exports_to_onnx(ref_net, tmp_path):
+    from supernet.export import check_onnx, export_onnx, onnx_op_types
+
+    arch = _arch(_ref_arch("random2"), 144)  # odd sizes down the stages: ceil-mode pooling
+    sub = extract_resnet_subnet(ref_net, arch).eval()
+    path = export_onnx(sub, (1, 3, 144, 144), tmp_path / "r50.onnx")
+    check_onnx(sub, path, (1, 3, 144, 144), atol=1e-3)
+    ops = onnx_op_types(path)
+    assert ops["Conv"] == sum(isinstance(m, torch.nn.Conv2d) for m in sub.modules())
+    assert ops.get("MaxPool") == 1
