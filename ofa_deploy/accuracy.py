@@ -624,6 +624,15 @@ def load_predictor(path: "str | os.PathLike", space: "Space | str | None" = None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PredictorError(f"cannot read predictor {p}: not a loadable torch file "
                              f"({first[:200]})") from None
+    from .accuracy_resnet import ResNetReferencePredictor, is_resnet_reference_state_dict
+
+    if format != "ofa-deploy" and is_resnet_reference_state_dict(obj):
+        # the OFA ResNet50 predictor: its own encoding and arch record
+        name = getattr(space, "name", space)
+        if name is not None and name != "ofa-resnet50":
+            raise PredictorError(f"{p} is the OFA ResNet50 reference predictor; it predicts "
+                                 f"ofa-resnet50 subnets, not {name}")
+        return ResNetReferencePredictor(obj, "ofa-resnet50", source=str(p))
     is_ours = isinstance(obj, Mapping) and obj.get("format") == PREDICTOR_FORMAT
     is_ref = not is_ours and _reference_layer_indices(obj) is not None
     if format == "auto":

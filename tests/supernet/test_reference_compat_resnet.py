@@ -203,3 +203,18 @@ def test_extracted_subnet_exports_to_onnx(ref_net, tmp_path):
     ops = onnx_op_types(path)
     assert ops["Conv"] == sum(isinstance(m, torch.nn.Conv2d) for m in sub.modules())
     assert ops.get("MaxPool") == 1
+
+
+def test_load_predictor_detects_the_resnet_file():
+    from ofa_deploy.accuracy import load_predictor
+    from ofa_deploy.accuracy_resnet import ResNetReferencePredictor, bundled_resnet_predictor_path
+
+    path = bundled_resnet_predictor_path()
+    pred = load_predictor(path)
+    assert isinstance(pred, ResNetReferencePredictor)
+    assert isinstance(load_predictor(path, "ofa-resnet50", format="ofa-reference"),
+                      ResNetReferencePredictor)
+    with pytest.raises(PredictorError, match="predicts ofa-resnet50 subnets, not ofa-mbv3-w1.2"):
+        load_predictor(path, "ofa-mbv3-w1.2")
+    a = ResNetArch.from_dict(REF["predictor"]["archs"][0], SPACE)
+    assert pred.predict_one(a) == pytest.approx(REF["predictor"]["archs"][0]["acc"], rel=1e-6)
