@@ -12,8 +12,7 @@ from .layers import (
     ConvBNAct, ElasticBN, ElasticConv2d, ElasticDWConv, ElasticSE, ResidualBlock,
     StaticMBConv, build_act,
 )
-from .ops import mbv3_head_ops
-from .space import Family, Space, get_family, get_space, register_family
+from .space import Space, get_family, get_space
 
 __all__ = ["Supernet", "Subnet", "ElasticMBConv", "extract_subnet", "build_supernet"]
 
@@ -138,7 +137,8 @@ class _Classifier(nn.Module):
         return self.linear(self.dropout(x))
 
 
-def _mbv3_head(net: nn.Module, space: Space) -> None:
+def mbv3_head(net: nn.Module, space: Space) -> None:
+    """MobileNetV3 head modules (the mbv3 family's ``build_head``)."""
     bn = dict(bn_momentum=space.bn_momentum, bn_eps=space.bn_eps)
     net.final_expand_layer = ConvBNAct(space.stage_widths[-1], space.final_expand_width, 1,
                                        act=space.head_act, **bn)
@@ -147,21 +147,12 @@ def _mbv3_head(net: nn.Module, space: Space) -> None:
     net.classifier = _Classifier(space.feature_mix_width, space.num_classes, space.dropout)
 
 
-def _mbv3_head_forward(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def mbv3_head_forward(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """final expand -> pool -> feature mix -> classifier (the mbv3 family's ``head_forward``)."""
     x = net.final_expand_layer(x)
     x = x.mean((2, 3), keepdim=True)
     x = net.feature_mix_layer(x)
     return net.classifier(torch.flatten(x, 1))
-
-
-MBV3 = register_family(Family(
-    name="mbv3",
-    description="OFA MobileNetV3: final expand -> pool -> feature mix (no BN) -> classifier",
-    head_ops=mbv3_head_ops,
-    build_head=_mbv3_head,
-    head_forward=_mbv3_head_forward,
-    head_modules=("final_expand_layer", "feature_mix_layer", "classifier"),
-))
 
 
 def _build_fixed_parts(net: nn.Module, space: Space) -> None:

@@ -7,17 +7,13 @@ not elastic (21 elastic blocks in all), then the head: a 1x1 conv *with* BN and 
 (``feature_mix_layer``), global pooling and the classifier. BN eps is 1e-3.
 
 The blocks, stem, first block and their state_dict names are shared with MobileNetV3
-(:mod:`supernet.model`); this module only adds the head and the space.
+(:mod:`supernet.model`); this module only adds the head and the space. It is imported by
+:func:`supernet.space.get_space` on first need, so it imports torch only when a network is built.
 """
 from __future__ import annotations
 
 from typing import List
 
-import torch
-import torch.nn as nn
-
-from .layers import ConvBNAct
-from .model import _Classifier
 from .ops import OpKey
 from .space import Family, Space, make_divisible, register_family, register_space
 
@@ -40,14 +36,17 @@ def proxyless_head_ops(space: Space, h: int) -> List[OpKey]:
     ]
 
 
-def _build_head(net: nn.Module, space: Space) -> None:
+def _build_head(net, space: Space) -> None:
+    from .layers import ConvBNAct
+    from .model import _Classifier
+
     net.feature_mix_layer = ConvBNAct(space.stage_widths[-1], space.final_expand_width, 1,
                                       act=space.head_act, bn_momentum=space.bn_momentum,
                                       bn_eps=space.bn_eps)
     net.classifier = _Classifier(space.final_expand_width, space.num_classes, space.dropout)
 
 
-def _head_forward(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _head_forward(net, x):
     x = net.feature_mix_layer(x)
     return net.classifier(x.mean((2, 3)))
 

@@ -91,6 +91,25 @@ class Family:
 
 FAMILIES: Dict[str, Family] = {}
 
+# The module of each family, imported on first need (it registers its Family and its spaces),
+# so that importing this module stays light. Adding a family: one module, one line here.
+FAMILY_MODULES: Dict[str, str] = {
+    "mbv3": "supernet.mbv3",
+    "proxyless": "supernet.proxyless",
+}
+_families_loaded = False
+
+
+def _load_families() -> None:
+    global _families_loaded
+    if _families_loaded:
+        return
+    _families_loaded = True  # set first: the modules call back into this one
+    import importlib
+
+    for module in FAMILY_MODULES.values():
+        importlib.import_module(module)
+
 
 def register_family(family: Family) -> Family:
     """Register a :class:`Family` under its name (once)."""
@@ -103,6 +122,7 @@ def register_family(family: Family) -> Family:
 def get_family(space_or_name: "Space | str") -> Family:
     """The :class:`Family` of a space (or a family name)."""
     name = space_or_name.family if isinstance(space_or_name, Space) else space_or_name
+    _load_families()
     try:
         return FAMILIES[name]
     except KeyError:
@@ -306,12 +326,16 @@ def register_space(fn: Callable[[], Space]) -> Callable[[], Space]:
 
 
 def list_spaces() -> Tuple[str, ...]:
+    """Names of every registered space (those of every family in :data:`FAMILY_MODULES`)."""
+    _load_families()
     return tuple(SPACES)
 
 
 def get_space(name: "str | Space") -> Space:
     if isinstance(name, Space):
         return name
+    if name not in SPACES:
+        _load_families()
     try:
         return SPACES[name]()
     except KeyError:

@@ -209,7 +209,7 @@ def test_import_errors(tmp_path):
 
 # -- CLI --------------------------------------------------------------------------------------
 def test_lut_group_is_importable_for_other_commands():
-    from ofa_deploy.cmd_lut import lut
+    from ofa_deploy.cli.lut import lut
 
     assert isinstance(lut, click.Group)
     assert {"show", "import-reference", "export-reference"} <= set(lut.commands)

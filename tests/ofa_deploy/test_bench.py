@@ -548,7 +548,7 @@ def test_unknown_phone_is_a_one_line_error(phone, model_dir):
 
 
 def test_example_ci_workflow_uses_real_bench_options():
-    from ofa_deploy.cmd_bench import bench as bench_cmd
+    from ofa_deploy.cli.bench import bench as bench_cmd
 
     wf = yaml.safe_load((Path(__file__).resolve().parents[2] / "examples" / "ci" /
                          "ofa-bench.yml").read_text())

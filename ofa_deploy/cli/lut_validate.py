@@ -5,12 +5,8 @@ import json
 
 import click
 
-from luts.table import LUTError, load_table
-from luts.validate import validate_lut
-
-from .cli import atomic_write_text, emit, table
-from .cmd_lut import lut
-from .cmd_profile import parse_resolutions
+from ._common import atomic_write_text, emit, table
+from .profile import parse_resolutions
 
 
 def _human(d: dict) -> str:
@@ -29,7 +25,7 @@ def _human(d: dict) -> str:
     return head + "\n\n" + rows
 
 
-@lut.command("validate")
+@click.command("validate")
 @click.option("--lut", "lut_path", required=True, metavar="FILE|SPEC",
               help="Table file (or a device spec whose profiled table is cached).")
 @click.option("--device", default=None, metavar="SPEC",
@@ -62,6 +58,9 @@ def validate(lut_path, device, space_name, samples, seed, resolutions, runs, war
 
     Reports MAPE, the fraction within ±10%, Kendall's tau, and one row per subnet.
     """
+    from luts.table import LUTError, load_table
+    from luts.validate import validate_lut
+
     t = load_table(lut_path, space=space_name)
     if device is None:
         device = t.meta.get("device")

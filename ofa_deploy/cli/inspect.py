@@ -1,42 +1,18 @@
-"""``spaces`` and ``inspect``: what the spaces and their subnets are and cost."""
+"""``inspect``: the size of a space and the cost (params, MACs) of one of its subnets."""
 from __future__ import annotations
 
 import click
 
-from supernet import ArchConfig, arch_cost, get_space, list_spaces, space_stats
-from supernet.checkpoint import load_supernet
-from supernet.net_config import net_config_space
-
-from .cli import emit, main, table
-
-
-def _space_choice_help() -> str:
-    return "Search space name (see `ofa-deploy spaces`)."
-
-
-@main.command()
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def spaces(as_json: bool) -> None:
-    """List the registered search spaces with a one-line summary each."""
-    from supernet.resnet import RESNET_SPACES
-
-    data = []
-    for name in (*list_spaces(), *RESNET_SPACES):
-        sp = RESNET_SPACES[name] if name in RESNET_SPACES else get_space(name)
-        data.append({"name": name, "family": sp.family, "summary": sp.summary(),
-                     "num_subnets": sp.num_subnets(per_resolution=False),
-                     "resolutions": list(sp.resolutions), "num_classes": sp.num_classes})
-    width = max([len(x["name"]) for x in data] + [16])
-    emit(data, as_json, lambda d: "\n".join(f"{x['name']:<{width}}  {x['summary']}" for x in d))
+from ._common import emit, table
 
 
 def _fmt_m(v: int) -> str:
     return f"{v / 1e6:.1f}M"
 
 
-@main.command()
-@click.option("--space", "space_name", default=None, help=_space_choice_help()
-              + " Optional with --supernet (read from the checkpoint).")
+@click.command()
+@click.option("--space", "space_name", default=None, help="Search space name (see `ofa-deploy spaces`)."
+              " Optional with --supernet (read from the checkpoint).")
 @click.option("--arch", default=None, metavar="FILE|min|max|STRING",
               help="An arch: JSON file, inline JSON, compact string, min/max, or a reference "
                    "net.config (file or directory; its space is recognised).")
@@ -51,12 +27,15 @@ def inspect(space_name, arch, resolution, supernet, as_json) -> None:
     MACs are multiply-accumulates counted the reference OFA way (convolutions, linears and SE;
     not BN, activations or pooling), computed analytically without building the subnet.
     """
+    from supernet import ArchConfig, arch_cost, get_space, space_stats
+    from supernet.checkpoint import load_supernet
+    from supernet.net_config import net_config_space
+    from supernet.resnet import RESNET_SPACES, inspect_resnet
+
     if space_name is None and supernet is None and arch is not None:
         space_name = net_config_space(arch)
     if space_name is None and supernet is None:
         raise click.UsageError("give --space NAME (or --supernet CKPT, or --arch net.config)")
-    from supernet.resnet import RESNET_SPACES, inspect_resnet
-
     net = None
     if space_name in RESNET_SPACES and supernet is None:  # the bottleneck family
         data = inspect_resnet(space_name, arch, resolution)

@@ -1,72 +1,23 @@
-"""The ``ofa-deploy`` command line: one click group; each command lives in its own module."""
+"""Helpers every command shares: ``--config`` defaults, resolved-config files, tables and ``--json``."""
 from __future__ import annotations
 
-import importlib
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 import click
-import yaml
 
 from supernet.errors import OfaDeployError
 from supernet.fileio import atomic_write_text  # noqa: F401  (re-exported for commands)
-
-from . import __version__
-
-# Modules that add commands to ``main`` (each imports ``main`` from here and decorates).
-COMMAND_MODULES = [
-    "ofa_deploy.cmd_specialize",
-    "ofa_deploy.cmd_predictor",
-    "ofa_deploy.cmd_spaces",
-    "ofa_deploy.cmd_lut",
-    "ofa_deploy.cmd_bench",
-    "ofa_deploy.cmd_train",
-    "ofa_deploy.cmd_search",
-    "ofa_deploy.cmd_profile",
-    "ofa_deploy.cmd_lut_validate",
-]
-
-
-class OfaGroup(click.Group):
-    """Turns every user-caused error into one line and a non-zero exit, never a traceback."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except OfaDeployError as exc:
-            raise click.ClickException(str(exc)) from None
-        except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
-            raise click.ClickException(f"{exc.strerror}: {exc.filename}") from None
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            sys.exit(130)
-
-
-@click.group(cls=OfaGroup, context_settings={"help_option_names": ["-h", "--help"],
-                                             "max_content_width": 100})
-@click.version_option(__version__, prog_name="ofa-deploy")
-def main() -> None:
-    """Once-for-All deployment: one elastic supernet, a subnet per device, no retraining.
-
-    \b
-    Typical flow:
-      ofa-deploy spaces                                # what can be searched
-      ofa-deploy inspect --space ofa-mbv3-w1.0 --arch max --json
-      ofa-deploy profile --device cpu --space ofa-mbv3-tiny     # latency table
-      ofa-deploy specialize --target cpu --ms 15       # search + export + report
-
-    Every command takes --help. Errors are reported in one line with a non-zero exit.
-    """
-
 
 # -- shared helpers for commands -------------------------------------------------------------
 def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None):
     """``--config FILE.yaml``: its keys become the command's defaults (defaults < file < flags)."""
     if not value:
         return value
+    import yaml
+
     path = Path(value)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -102,6 +53,8 @@ def resolved_config(ctx: click.Context) -> dict:
 
 def save_resolved_config(ctx: click.Context, out_dir: "str | os.PathLike") -> Path:
     """Write the options this run used to ``OUT/config.yaml`` (atomically)."""
+    import yaml
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "config.yaml"
@@ -126,6 +79,48 @@ def table(rows: Iterable[Iterable[Any]], headers: Iterable[str]) -> str:
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
     return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows)])
 
+DATA_HELP = ("fashion-mnist[:DIR] (Debian package dataset-fashion-mnist), imagefolder:PATH "
+             "(train/ and val/ class folders) or synthetic.")
 
-for _mod in COMMAND_MODULES:
-    importlib.import_module(_mod)
+
+def torch_device(name: str) -> str:
+    """``--device auto|cpu|cuda|cuda:N`` checked against what this machine has."""
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise click.BadParameter("CUDA is not available on this machine", param_hint="--device")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise click.BadParameter(f"{name!r}: use auto, cpu, cuda or cuda:N", param_hint="--device")
+    return name
+
+
+def load_data(spec: str | None, supernet_name: str, echo):
+    """The dataset of ``--data`` if given; for the bundled default, Fashion-MNIST when it is installed."""
+    from supernet.training.data import DataError, load_dataset
+
+    if spec == "none":
+        return None
+    if spec is None:
+        if supernet_name != "default":
+            return None
+        try:
+            return load_dataset("fashion-mnist")
+        except DataError as exc:
+            echo(f"warning: {exc} -- continuing without data (no BN calibration, no accuracy)")
+            return None
+    return load_dataset(spec)
+
+
+def load_predictor_for(path, fmt, space):
+    """``--predictor`` if given, else the predictor bundled for the space (clear error if none)."""
+    from ..accuracy import bundled_predictor_path, load_predictor
+
+    if path is None:
+        path = bundled_predictor_path(space)
+        if path is None:
+            raise OfaDeployError(f"no accuracy predictor is bundled for space {space.name}: pass "
+                                 f"--predictor FILE (train one with `ofa-deploy predictor "
+                                 f"collect` then `ofa-deploy predictor train`)")
+    return load_predictor(path, space, format=fmt)

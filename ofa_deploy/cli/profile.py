@@ -5,12 +5,7 @@ from typing import List, Optional
 
 import click
 
-from luts.builder import build_lut, raw_path
-from luts.table import default_lut_path
-from profilers.base import DeviceSpec
-from supernet.space import get_space
-
-from .cli import config_option, emit, main, table
+from ._common import config_option, emit, table
 
 
 def parse_resolutions(value: "str | None", space) -> Optional[List[int]]:
@@ -51,7 +46,7 @@ def _human(d: dict) -> str:
     return "\n\n".join(parts)
 
 
-@main.command()
+@click.command()
 @click.option("--device", "device", required=True, metavar="SPEC",
               help="cpu (= ort:cpu), tflite:cpu, cuda[:N], adb:NAME.")
 @click.option("--space", "space_name", required=True,
@@ -95,6 +90,11 @@ def profile(device, space_name, resolutions, out, runs, warmup, rounds, threads,
     Converted op models are cached (shared across devices of one format), so a second device
     or a rebuild skips conversion.
     """
+    from luts.builder import build_lut, raw_path
+    from luts.table import default_lut_path
+    from profilers.base import DeviceSpec
+    from supernet.space import get_space
+
     spec = DeviceSpec.parse(device)
     space = get_space(space_name)
     res = parse_resolutions(resolutions, space)

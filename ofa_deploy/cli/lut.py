@@ -1,18 +1,25 @@
-"""``lut``: inspect latency tables and convert the reference OFA YAML tables."""
+"""``lut``: inspect latency tables and convert the reference OFA YAML tables (``lut validate``
+lives in lut_validate.py)."""
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import click
 
-from luts.reference import export_reference_tables, import_reference_tables
-from luts.table import BUILTIN_TABLES, LatencyTable, load_table
+from ._common import emit, table
 
-from .cli import emit, main, table
+if TYPE_CHECKING:
+    from luts.table import LatencyTable
 
-_TARGET_HELP = ("FILE|NAME: a table file, a built-in table (" + ", ".join(BUILTIN_TABLES)
+# Kept in step with luts.table.BUILTIN_TABLES by a test; spelled out so --help needs no import.
+BUILTIN_TARGETS = ("note10",)
+
+
+_TARGET_HELP = ("FILE|NAME: a table file, a built-in table (" + ", ".join(BUILTIN_TARGETS)
                 + ") or a device spec whose profiled table is cached (cpu, adb:NAME...)")
 
 
-@main.group()
+@click.group()
 def lut() -> None:
     """Latency lookup tables: show, import/export the reference YAML format."""
 
@@ -92,6 +99,8 @@ def show(target, space_name, interpolate, top, as_json) -> None:
 
     TARGET is a table file, a built-in table name, or a device spec with a cached table.
     """
+    from luts.table import load_table
+
     t = load_table(target, space=space_name)
     emit(describe_table(t, interpolate=interpolate, top=top), as_json, _human)
 
@@ -120,6 +129,8 @@ def import_reference(directory, space_name, out, device, meta, as_json) -> None:
 
     The reference mean becomes median_ms; p10/p90 are estimated as mean -/+ 1.2816 std.
     """
+    from luts.reference import import_reference_tables
+
     if device is not None:
         meta = {**meta, "device": device}
     t = import_reference_tables(directory, space_name, meta)
@@ -135,6 +146,9 @@ def import_reference(directory, space_name, out, device, meta, as_json) -> None:
 @click.option("--space", "space_name", default=None, help="Space of the table.")
 def export_reference(target, out, space_name) -> None:
     """Write a table in the reference OFA format, one YAML file per resolution."""
+    from luts.reference import export_reference_tables
+    from luts.table import load_table
+
     t = load_table(target, space=space_name)
     for p in export_reference_tables(t, out):
         click.echo(str(p))

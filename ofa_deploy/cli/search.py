@@ -10,9 +10,8 @@ from pathlib import Path
 import click
 
 from supernet.errors import OfaDeployError
-from supernet.space import get_space
 
-from .cli import atomic_write_text, config_option, emit, main, table
+from ._common import atomic_write_text, config_option, emit, table
 
 
 def _pct(v: float) -> str:
@@ -63,7 +62,7 @@ def _human(data: dict) -> str:
     return f"{head}\n{table(rows, ('field', 'value'))}"
 
 
-@main.command()
+@click.command()
 @click.option("--space", required=True,
               help="Search space name (see `ofa-deploy spaces`).")
 @click.option("--target", default=None, metavar="NAME|DEVICE",
@@ -102,8 +101,10 @@ def search(space, target, lut, ms, mflops, params_m, predictor, predictor_format
 
     Several --ms give a Pareto front. --mflops/--params-m apply to every search.
     """
-    from .accuracy import bundled_predictor_path, load_predictor
-    from .search import Constraints, EvolutionConfig, pareto_search
+    from supernet.space import get_space
+
+    from ..accuracy import bundled_predictor_path, load_predictor
+    from ..search import Constraints, EvolutionConfig, pareto_search
 
     # parameter names equal the option names, so --config files use the flags' spelling
     space = get_space(space)

@@ -5,16 +5,13 @@ import subprocess
 import sys
 
 import click
-import numpy as np
 
-from supernet import ArchConfig, get_space
-from supernet.checkpoint import load_supernet
 from supernet.errors import OfaDeployError
 
-from .cli import emit, main, table
+from ._common import emit, table
 
 
-@main.group()
+@click.group()
 def predictor() -> None:
     """Collect (arch, accuracy) data from a supernet and train the accuracy predictor."""
 
@@ -54,11 +51,14 @@ def _parse_res(text, space):
 def collect(supernet_name, space_name, data_spec, samples, out, seed, resolutions, calib_images,
             eval_images, shard, workers, threads, as_json) -> None:
     """Evaluate random subnets (BN re-calibrated) on the held-out split; resumable."""
+    import numpy as np
     import torch
+
+    from supernet.checkpoint import load_supernet
     from supernet.training.data import load_dataset
 
-    from .collect import collect as run
-    from .collect import parse_shard, read_records
+    from ..collect import collect as run
+    from ..collect import parse_shard, read_records
 
     k, n = parse_shard(shard)
     if workers > 1:
@@ -117,8 +117,10 @@ def collect(supernet_name, space_name, data_spec, samples, out, seed, resolution
 @click.option("--json", "as_json", is_flag=True)
 def train(data_file, out, space_name, hidden, epochs, lr, val_fraction, seed, as_json) -> None:
     """Fit the MLP accuracy predictor (Adam); report held-out RMSE and Kendall tau."""
-    from .accuracy import AccuracyPredictor, ArchEncoder
-    from .collect import read_records
+    from supernet import ArchConfig, get_space
+
+    from ..accuracy import AccuracyPredictor, ArchEncoder
+    from ..collect import read_records
 
     recs = read_records(data_file)
     if len(recs) < 10:
