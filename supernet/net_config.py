@@ -64,7 +64,7 @@ def _field(layer: Mapping, key: str, where: str):
     return layer[key]
 
 
-def _blocks_by_stage(space: Space, blocks: List[Mapping]) -> List[List[Mapping]]:
+def _blocks_by_stage(blocks: List[Mapping]) -> List[List[Mapping]]:
     """Group the elastic blocks into stages by their output width (stage widths differ)."""
     stages: List[List[Mapping]] = []
     for b in blocks:
@@ -142,7 +142,7 @@ def arch_from_net_config(cfg: Mapping, space: "Space | str | None" = None, *,
     fc = cfg["first_conv"]
     _expect("first_conv stride", fc.get("stride"), sp.stem_stride, source)
     _expect("first_conv activation", fc.get("act_func"), sp.stem_act, source)
-    stages = _blocks_by_stage(sp, cfg["blocks"][1:])
+    stages = _blocks_by_stage(cfg["blocks"][1:])
     if len(stages) != sp.num_stages:
         raise ArchError(f"{source}: {len(stages)} stages, space {sp.name} has {sp.num_stages}")
     ks = [sp.kernel_choices[0]] * sp.num_blocks
