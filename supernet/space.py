@@ -7,6 +7,7 @@ the supernet, the cost model and the op enumeration read the same numbers.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Callable, Dict, Tuple
 
@@ -23,6 +24,7 @@ __all__ = [
     "SpaceError",
     "Family",
     "FAMILIES",
+    "FAMILY_MODULES",
     "register_family",
     "get_family",
 ]
@@ -73,8 +75,8 @@ class Family:
 
     The space dataclass describes stem, first block and elastic blocks for every family; a
     family supplies the rest: the fixed layers after the last block (modules, their forward
-    and their op keys). Adding a family is one module that builds a ``Family`` and calls
-    :func:`register_family`, plus its space factories.
+    and their op keys). Adding a family is one module that builds a ``Family``, calls
+    :func:`register_family` and registers its spaces, plus its line in :data:`FAMILY_MODULES`.
     """
 
     name: str
@@ -200,18 +202,18 @@ class Space:
         fixed = self.fixed_stage_depths[stage] if self.fixed_stage_depths else 0
         return (fixed,) if fixed else self.depth_choices
 
-    @property
+    @functools.cached_property  # the space is frozen: derived once
     def elastic_depth_stages(self) -> Tuple[bool, ...]:
         """Per stage, whether its depth is elastic."""
         return tuple(not (self.fixed_stage_depths and self.fixed_stage_depths[s])
                      for s in range(self.num_stages))
 
-    @property
+    @functools.cached_property  # the space is frozen: derived once
     def stage_block_counts(self) -> Tuple[int, ...]:
         """Blocks the supernet holds per stage (the largest depth of each stage)."""
         return tuple(max(self.stage_depth_choices(s)) for s in range(self.num_stages))
 
-    @property
+    @functools.cached_property  # the space is frozen: derived once
     def stage_offsets(self) -> Tuple[int, ...]:
         """Index of each stage's first block among the elastic blocks."""
         out, acc = [], 0
@@ -220,12 +222,12 @@ class Space:
             acc += n
         return tuple(out)
 
-    @property
+    @functools.cached_property  # the space is frozen: derived once
     def block_stages(self) -> Tuple[int, ...]:
         """Stage of each elastic block."""
         return tuple(s for s, n in enumerate(self.stage_block_counts) for _ in range(n))
 
-    @property
+    @functools.cached_property  # the space is frozen: derived once
     def block_positions(self) -> Tuple[int, ...]:
         """Position of each elastic block inside its stage (a block runs iff position < d)."""
         return tuple(p for n in self.stage_block_counts for p in range(n))
