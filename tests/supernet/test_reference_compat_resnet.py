@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from ofa_deploy.accuracy import PredictorError
-from ofa_deploy.accuracy_resnet import ResNetArchEncoder, load_resnet_predictor
+from ofa_deploy.accuracy_resnet import load_resnet_predictor
 from supernet import ArchError
 from supernet.resnet import (ResNetArch, ResNetSupernet, extract_resnet_subnet, get_resnet_space,
                              resnet_arch_cost, resnet_supernet_params)
