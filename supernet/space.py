@@ -333,7 +333,17 @@ def list_spaces() -> Tuple[str, ...]:
     return tuple(SPACES)
 
 
+# Spaces of families whose arch record is not ArchConfig (their own module serves them), so
+# that commands built on ArchConfig can say so instead of "unknown space".
+OTHER_SPACES: Dict[str, str] = {
+    "ofa-resnet50": "of the ResNet50 family, served so far by `spaces`, `inspect` and the "
+                    "Python API (supernet.resnet, ofa_deploy.accuracy_resnet); no latency "
+                    "tables, search or export command yet",
+}
+
+
 def get_space(name: "str | Space") -> Space:
+    """The registered :class:`Space` called ``name`` (a Space is returned as is)."""
     if isinstance(name, Space):
         return name
     if name not in SPACES:
@@ -341,6 +351,8 @@ def get_space(name: "str | Space") -> Space:
     try:
         return SPACES[name]()
     except KeyError:
+        if name in OTHER_SPACES:
+            raise SpaceError(f"space {name!r} is {OTHER_SPACES[name]}") from None
         raise SpaceError(
             f"unknown space {name!r}; known spaces: {', '.join(SPACES)}"
         ) from None

@@ -218,3 +218,10 @@ def test_load_predictor_detects_the_resnet_file():
         load_predictor(path, "ofa-mbv3-w1.2")
     a = ResNetArch.from_dict(REF["predictor"]["archs"][0], SPACE)
     assert pred.predict_one(a) == pytest.approx(REF["predictor"]["archs"][0]["acc"], rel=1e-6)
+
+
+def test_commands_without_resnet_support_say_so(run_cli):
+    res = run_cli("search", "--space", SPACE, "--mflops", "2000", "--predictor",
+                  "ofa_deploy/assets/ofa-resnet50-imagenet-acc-predictor.pth")
+    assert res.exit_code != 0 and len(res.output.strip().splitlines()) == 1
+    assert "of the ResNet50 family" in res.output and "no latency tables, search" in res.output
