@@ -39,7 +39,8 @@ from .space import make_divisible
 
 __all__ = ["ResNetSpace", "ResNetArch", "ResNetSupernet", "ResNetSubnet", "RESNET_SPACES",
            "get_resnet_space", "resnet_arch_cost", "resnet_supernet_params",
-           "extract_resnet_subnet", "resnet_space_stats", "inspect_resnet"]
+           "extract_resnet_subnet", "resnet_space_stats", "inspect_resnet",
+           "remap_resnet_reference_keys", "load_resnet_supernet"]
 
 
 @dataclass(frozen=True)
@@ -642,3 +643,44 @@ def inspect_resnet(space: "ResNetSpace | str", arch: "str | None" = None,
         data.update({"arch": a.to_dict(), "arch_string": a.to_string(sp),
                      **resnet_arch_cost(sp, a)})
     return data
+
+
+# ---------------------------------------------------------------------------- checkpoints
+def remap_resnet_reference_keys(state: Mapping[str, torch.Tensor], own: Mapping) -> Dict[str, torch.Tensor]:
+    """Reference ResNet checkpoint keys -> ours, by the rule of the reference's own
+    ``OFAResNets.load_state_dict``: a key not found as is gets ``.linear.`` -> ``.linear.linear.``,
+    else ``bn.`` -> ``bn.bn.``, else ``conv.weight`` -> ``conv.conv.weight`` (checkpoints saved
+    from static layers); a ``module.`` (DataParallel) prefix is dropped."""
+    out = {}
+    for k, v in state.items():
+        nk = k[len("module."):] if k.startswith("module.") else k
+        if nk not in own:
+            if ".linear." in nk:
+                nk = nk.replace(".linear.", ".linear.linear.")
+            elif "bn." in nk:
+                nk = nk.replace("bn.", "bn.bn.")
+            elif "conv.weight" in nk:
+                nk = nk.replace("conv.weight", "conv.conv.weight")
+        out[nk] = v
+    return out
+
+
+def load_resnet_supernet(path, space: "ResNetSpace | str" = "ofa-resnet50") -> ResNetSupernet:
+    """A :class:`ResNetSupernet` with the weights of a reference checkpoint file (a state_dict,
+    or a dict holding one under ``state_dict``); mismatches are reported by key."""
+    from .checkpoint import CheckpointError, load_state_dict_file
+
+    obj = load_state_dict_file(path)
+    state = obj.get("state_dict", obj) if isinstance(obj.get("state_dict"), Mapping) else obj
+    net = ResNetSupernet(space)
+    own = net.state_dict()
+    state = remap_resnet_reference_keys(state, own)
+    missing = sorted(set(own) - set(state))
+    extra = sorted(set(state) - set(own))
+    bad = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    if missing or extra or bad:
+        parts = [f"{n} {', '.join(v[:3])}{' ...' if len(v) > 3 else ''}"
+                 for n, v in (("missing", missing), ("unexpected", extra), ("wrong shape", bad)) if v]
+        raise CheckpointError(f"{path} does not fit space {net.space.name}: " + "; ".join(parts))
+    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    return net

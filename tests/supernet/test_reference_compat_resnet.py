@@ -225,3 +225,27 @@ def test_commands_without_resnet_support_say_so(run_cli):
                   "ofa_deploy/assets/ofa-resnet50-imagenet-acc-predictor.pth")
     assert res.exit_code != 0 and len(res.output.strip().splitlines()) == 1
     assert "of the ResNet50 family" in res.output and "no latency tables, search" in res.output
+
+
+def test_reference_checkpoint_naming_loads(ref_net, tmp_path):
+    """Checkpoints saved from the reference's static layers name ``X.bn.Y``, ``X.conv.weight``
+    and ``classifier.linear.weight``; they load (by the reference's own remapping rule) into
+    the same network, and a wrong shape is reported by key."""
+    from supernet.checkpoint import CheckpointError
+    from supernet.resnet import load_resnet_supernet
+
+    static = {}
+    for k, v in ref_net.state_dict().items():
+        k = k.replace(".linear.linear.", ".linear.").replace("bn.bn.", "bn.").replace(
+            "conv.conv.weight", "conv.weight")
+        static["module." + k] = v
+    assert sum("bn.bn." in k for k in static) == 0
+    torch.save({"state_dict": static}, tmp_path / "r50.pth")
+    net = load_resnet_supernet(tmp_path / "r50.pth").eval()
+    arch = _arch(_ref_arch("random1"), 128)
+    with torch.no_grad():
+        assert torch.equal(net(_input(128), arch), ref_net(_input(128), arch))
+    static["module.classifier.linear.weight"] = torch.zeros(10, 10)
+    torch.save(static, tmp_path / "bad.pth")
+    with pytest.raises(CheckpointError, match="wrong shape classifier.linear.linear.weight"):
+        load_resnet_supernet(tmp_path / "bad.pth")
