@@ -150,8 +150,7 @@ class ArchConfig:
         arch = cls(
             ks=tuple(rng.choice(space.kernel_choices, size=space.num_blocks).tolist()),
             e=tuple(rng.choice(space.expand_choices, size=space.num_blocks).tolist()),
-            d=tuple(v if el else space.stage_depth_choices(s)[0]
-                    for s, (v, el) in enumerate(zip(d, space.elastic_depth_stages))),
+            d=space.fit_depths(d),
             r=int(res[int(rng.integers(len(res)))]),
         )
         return arch.canonical(space)

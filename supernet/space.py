@@ -202,6 +202,12 @@ class Space:
         fixed = self.fixed_stage_depths[stage] if self.fixed_stage_depths else 0
         return (fixed,) if fixed else self.depth_choices
 
+    def fit_depths(self, d) -> Tuple[int, ...]:
+        """``d`` (one depth per stage) with every fixed-depth stage set to its one depth, so
+        that a depth drawn or written for all stages alike fits the space."""
+        return tuple(int(v) if el else self.stage_depth_choices(s)[0]
+                     for s, (v, el) in enumerate(zip(d, self.elastic_depth_stages)))
+
     @functools.cached_property  # the space is frozen: derived once
     def elastic_depth_stages(self) -> Tuple[bool, ...]:
         """Per stage, whether its depth is elastic."""

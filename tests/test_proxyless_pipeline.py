@@ -145,3 +145,15 @@ def test_search_with_a_cpu_table(run_cli, predictor_file, lut):
     assert data["resolutions"] == RES
     assert data["predicted_latency_ms"] == pytest.approx(table.predict_one(arch))
     assert data["predicted_latency_ms"] <= budget
+
+
+def test_training_sampler_fits_the_fixed_last_stage():
+    from supernet.training.sampler import SubnetSampler, phase_choices
+
+    sampler = SubnetSampler(SPACE, seed=0, strategy="sandwich")
+    for phase in ("teacher", "kernel", "depth", "expand", "full"):
+        ch = phase_choices(SPACE, phase)
+        archs = [ch.largest(sampler.space, 128), ch.smallest(sampler.space, 128),
+                 *ch.corners(sampler.space, [128]), *sampler.sample_step(ch, 4)[1]]
+        for a in archs:
+            assert a.validate(SPACE, any_resolution=True).d[-1] == 1, phase
