@@ -261,7 +261,9 @@ class LatencyTable:
                            f"({sp.num_blocks} blocks, {sp.num_stages} stages)")
         act = batch.active
         k_ok, e_ok = np.isin(batch.ks, sp.kernel_choices), np.isin(batch.e, sp.expand_choices)
-        ok = ((k_ok & e_ok) | ~act).all(axis=1) & np.isin(batch.d, sp.depth_choices).all(axis=1)
+        d_ok = np.stack([np.isin(batch.d[:, s], sp.stage_depth_choices(s))
+                         for s in range(sp.num_stages)], axis=1)
+        ok = ((k_ok & e_ok) | ~act).all(axis=1) & d_ok.all(axis=1)
         if not ok.all():
             i = int(np.argmin(ok))
             raise LUTError(f"arch #{i} has kernel/expand/depth values outside space {sp.name}")
