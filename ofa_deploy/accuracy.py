@@ -35,6 +35,7 @@ from supernet.arch import ArchConfig
 from supernet.batch import ArchBatch
 from supernet.errors import OfaDeployError
 from supernet.space import Space, get_space
+from supernet.stats import kendall_tau
 
 __all__ = [
     "PredictorError",
@@ -96,8 +97,18 @@ class ArchEncoder:
     expand_choices: Tuple[int, ...]
     resolutions: Tuple[int, ...] = ()
     resolution_bins: Tuple[int, int, int] | None = None
+    # blocks per stage when not every stage holds max_depth (ProxylessNAS: 4,4,4,4,4,1);
+    # empty means max_depth each, and a uniform tuple is stored as empty
+    stage_blocks: Tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        sb = tuple(int(v) for v in self.stage_blocks)
+        if sb and len(sb) != self.num_stages:
+            raise ValueError(f"ArchEncoder stage_blocks needs {self.num_stages} entries")
+        if sb and (min(sb) < 1 or max(sb) > self.max_depth):
+            raise ValueError(f"ArchEncoder stage_blocks must be in 1..{self.max_depth}")
+        object.__setattr__(self, "stage_blocks",
+                           () if sb == (self.max_depth,) * self.num_stages else sb)
         for name in ("kernel_choices", "expand_choices", "resolutions"):
             object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
         if self.resolution_bins is not None:
@@ -128,7 +139,7 @@ class ArchEncoder:
         space = get_space(space)
         res = tuple(sorted(set(space.resolutions if resolutions is None else resolutions)))
         return cls(space.num_stages, space.max_depth, space.kernel_choices,
-                   space.expand_choices, resolutions=res)
+                   space.expand_choices, resolutions=res, stage_blocks=space.stage_block_counts)
 
     @classmethod
     def reference(cls) -> "ArchEncoder":
@@ -137,8 +148,13 @@ class ArchEncoder:
 
     # -- facts -------------------------------------------------------------------------
     @property
+    def block_counts(self) -> Tuple[int, ...]:
+        """Blocks per stage."""
+        return self.stage_blocks or (self.max_depth,) * self.num_stages
+
+    @property
     def num_blocks(self) -> int:
-        return self.num_stages * self.max_depth
+        return sum(self.block_counts)
 
     @property
     def num_resolution_slots(self) -> int:
@@ -173,14 +189,15 @@ class ArchEncoder:
     def check_space(self, space: "Space | str") -> None:
         """Raise :class:`PredictorError` unless ``space``'s archs have this encoding's shape."""
         space = get_space(space)
-        want = (self.num_stages, self.max_depth, self.kernel_choices, self.expand_choices)
-        have = (space.num_stages, space.max_depth, tuple(space.kernel_choices),
+        want = (self.block_counts, self.kernel_choices, self.expand_choices)
+        have = (tuple(space.stage_block_counts), tuple(space.kernel_choices),
                 tuple(space.expand_choices))
         if want != have:
             raise PredictorError(
-                f"predictor encodes {self.num_stages} stages x {self.max_depth} blocks, kernels "
-                f"{list(self.kernel_choices)}, expands {list(self.expand_choices)}; space "
-                f"{space.name} has {have[0]} x {have[1]}, {list(have[2])}, {list(have[3])}")
+                f"predictor encodes {len(want[0])} stages of {'/'.join(map(str, want[0]))} "
+                f"blocks, kernels {list(self.kernel_choices)}, expands "
+                f"{list(self.expand_choices)}; space {space.name} has {len(have[0])} stages of "
+                f"{'/'.join(map(str, have[0]))}, {list(have[1])}, {list(have[2])}")
 
     # -- encoding ----------------------------------------------------------------------
     def encode(self, batch: ArchBatch) -> np.ndarray:
@@ -191,8 +208,9 @@ class ArchEncoder:
             raise PredictorError(f"archs have {nb} blocks and {d.shape[1]} stages; the "
                                  f"predictor encodes {self.num_blocks} blocks and "
                                  f"{self.num_stages} stages")
-        pos = np.tile(np.arange(self.max_depth), self.num_stages)
-        active = pos[None, :] < np.repeat(d, self.max_depth, axis=1)
+        counts = self.block_counts
+        pos = np.concatenate([np.arange(n) for n in counts])
+        active = pos[None, :] < np.repeat(d, counts, axis=1)
         ki, ei = _lookup(self._k_lut, ks), _lookup(self._e_lut, e)
         bad = active & ((ki < 0) | (ei < 0))
         if bad.any():
@@ -238,12 +256,13 @@ class ArchEncoder:
             "resolutions": list(self.resolutions),
             "resolution_bins": None if self.resolution_bins is None else
             list(self.resolution_bins),
+            **({"stage_blocks": list(self.stage_blocks)} if self.stage_blocks else {}),
         }
 
     @classmethod
     def from_state(cls, state: Mapping) -> "ArchEncoder":
         known = {"num_stages", "max_depth", "kernel_choices", "expand_choices", "resolutions",
-                 "resolution_bins"}
+                 "resolution_bins", "stage_blocks"}
         unknown = sorted(set(state) - known)
         if unknown:
             raise PredictorError(f"unknown encoder fields: {', '.join(unknown)}")
@@ -252,34 +271,13 @@ class ArchEncoder:
             return cls(int(state["num_stages"]), int(state["max_depth"]),
                        tuple(state["kernel_choices"]), tuple(state["expand_choices"]),
                        resolutions=tuple(state.get("resolutions") or ()),
-                       resolution_bins=None if bins is None else tuple(bins))
+                       resolution_bins=None if bins is None else tuple(bins),
+                       stage_blocks=tuple(state.get("stage_blocks") or ()))
         except (KeyError, TypeError, ValueError) as exc:
             raise PredictorError(f"bad encoder state: {exc}") from None
 
 
 # -- metrics ---------------------------------------------------------------------------------
-def kendall_tau(a, b) -> float:
-    """Kendall's tau-b between two score vectors (ties handled); NaN if either is constant."""
-    a = np.asarray(a, dtype=np.float64).ravel()
-    b = np.asarray(b, dtype=np.float64).ravel()
-    if a.shape != b.shape:
-        raise ValueError("kendall_tau needs two vectors of the same length")
-    n = a.size
-    conc = ties_a = ties_b = 0.0
-    chunk = max(1, 2_000_000 // max(n, 1))  # bound the pairwise block to ~2M entries
-    for s in range(0, n, chunk):
-        sa = np.sign(a[s:s + chunk, None] - a[None, :])
-        sb = np.sign(b[s:s + chunk, None] - b[None, :])
-        conc += float((sa * sb).sum())
-        ties_a += float((sa == 0).sum())
-        ties_b += float((sb == 0).sum())
-    pairs = n * (n - 1)  # ordered pairs; the diagonal counted n ties in each
-    na, nb = pairs - (ties_a - n), pairs - (ties_b - n)
-    if na <= 0 or nb <= 0:
-        return float("nan")
-    return conc / math.sqrt(na * nb)
-
-
 @dataclass
 class FitReport:
     """What :meth:`AccuracyPredictor.fit` achieved (RMSE in accuracy units, i.e. fractions)."""
@@ -783,6 +781,15 @@ def load_predictor(path: "str | os.PathLike", space: "Space | str | None" = None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PredictorError(f"cannot read predictor {p}: not a loadable torch file "
                              f"({first[:200]})") from None
+    from .accuracy_resnet import ResNetReferencePredictor, is_resnet_reference_state_dict
+
+    if format != "ofa-deploy" and is_resnet_reference_state_dict(obj):
+        # the OFA ResNet50 predictor: its own encoding and arch record
+        name = getattr(space, "name", space)
+        if name is not None and name != "ofa-resnet50":
+            raise PredictorError(f"{p} is the OFA ResNet50 reference predictor; it predicts "
+                                 f"ofa-resnet50 subnets, not {name}")
+        return ResNetReferencePredictor(obj, "ofa-resnet50", source=str(p))
     is_ours = isinstance(obj, Mapping) and obj.get("format") == PREDICTOR_FORMAT
     is_ref = not is_ours and _reference_layer_indices(obj) is not None
     if format == "auto":

@@ -127,7 +127,7 @@ def search(space, target, lut, ms, mflops, params_m, predictor, predictor_format
 
     table_obj, target_label = None, target
     if lut is not None or target is not None:
-        from luts.table import load_table
+        from luts.store import load_table
 
         table_obj = load_table(lut if lut is not None else target, space=space)
         if target_label is None:

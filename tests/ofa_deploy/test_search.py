@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from luts.table import load_table
+from luts.store import load_table
 from ofa_deploy.accuracy import AccuracyPredictor, ArchEncoder
 from ofa_deploy.search import (Constraints, EvolutionConfig, InfeasibleBudgetError,
                                SearchError, evolution_search, pareto_search, random_search)
