@@ -13,7 +13,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from luts.table import LatencyTable, LUTError, load_table
+from luts.store import load_table
+from luts.table import LatencyTable, LUTError
 from profilers.base import DeviceSpec, get_profiler
 from supernet import ArchConfig, Supernet, arch_cost, extract_subnet
 from supernet.errors import OfaDeployError

@@ -13,10 +13,11 @@ from typing import Iterator, Sequence
 
 import torch
 
-from .errors import OfaDeployError
+from .errors import OfaDeployError, first_line
 
 __all__ = ["TFLiteExportError", "export_tflite", "export_tflite_int8", "integer_friendly",
-           "litert_torch_version", "require_litert_torch", "tflite_graph_summary"]
+           "litert_torch_version", "quiet_native_output", "require_litert_torch",
+           "tflite_graph_summary"]
 
 
 class TFLiteExportError(OfaDeployError):
@@ -53,11 +54,15 @@ def _flush() -> None:
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[Path]:
+def quiet_native_output() -> Iterator[Path]:
     """Silence litert-torch's progress console and the converter's C++ logging (written to
     the process's stdout/stderr file descriptors, so Python redirection cannot catch them);
-    yields the file that collects them, for error messages."""
-    old_env = os.environ.get("LITERT_TORCH_SHOW_PROGRESS")
+    yields the file that collects them, for error messages.
+
+    Process-wide state is put back on exit, also when the body raises: file descriptors 1 and 2
+    point where they pointed before, and ``os.environ`` holds what it held (this sets
+    ``LITERT_TORCH_SHOW_PROGRESS``, and importing the converter may set variables of its own)."""
+    env_before = dict(os.environ)
     os.environ["LITERT_TORCH_SHOW_PROGRESS"] = "n"
     log = tempfile.NamedTemporaryFile(prefix="ofa-litert-", suffix=".log", delete=False)
     saved = []
@@ -65,10 +70,11 @@ def _quiet() -> Iterator[Path]:
     try:
         for fd in (1, 2):
             try:
-                saved.append((fd, os.dup(fd)))
-                os.dup2(log.fileno(), fd)
+                dup = os.dup(fd)
             except OSError:  # no such descriptor (embedded interpreters): leave it
-                pass
+                continue
+            saved.append((fd, dup))
+            os.dup2(log.fileno(), fd)
         yield Path(log.name)
     finally:
         _flush()
@@ -76,14 +82,18 @@ def _quiet() -> Iterator[Path]:
             os.dup2(dup, fd)
             os.close(dup)
         log.close()
-        if old_env is None:
-            os.environ.pop("LITERT_TORCH_SHOW_PROGRESS", None)
-        else:
-            os.environ["LITERT_TORCH_SHOW_PROGRESS"] = old_env
-        try:
+        _restore_environ(env_before)
+        with contextlib.suppress(OSError):
             os.unlink(log.name)
-        except OSError:
-            pass
+
+
+def _restore_environ(before: dict) -> None:
+    """Make ``os.environ`` equal ``before`` again (only the keys that differ are touched)."""
+    for key in [k for k in os.environ if k not in before]:
+        del os.environ[key]
+    for key, value in before.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
 
 
 def export_tflite(model: torch.nn.Module, input_shape: Sequence[int], path: "str | os.PathLike",
@@ -96,7 +106,7 @@ def export_tflite(model: torch.nn.Module, input_shape: Sequence[int], path: "str
     model = model.eval()
     sample = (torch.zeros(tuple(int(s) for s in input_shape)),)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    ctx = _quiet() if quiet else contextlib.nullcontext(None)
+    ctx = quiet_native_output() if quiet else contextlib.nullcontext(None)
     try:
         with ctx as log, torch.no_grad():
             lt = require_litert_torch()  # importing it logs too: inside the quiet block
@@ -108,10 +118,9 @@ def export_tflite(model: torch.nn.Module, input_shape: Sequence[int], path: "str
                 if log is not None:
                     tail = [ln for ln in Path(log).read_text(errors="replace").splitlines()
                             if ln.strip()][-1:]
-                    detail = f" ({tail[0][:200]})" if tail else ""
-                first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                raise TFLiteExportError(f"litert-torch could not convert the model: {first}"
-                                        f"{detail}") from None
+                    detail = f" ({first_line(tail[0], 200)})" if tail else ""
+                raise TFLiteExportError(f"litert-torch could not convert the model: "
+                                        f"{first_line(exc)}{detail}") from None
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -201,7 +210,7 @@ def export_tflite_int8(model: torch.nn.Module, input_shape: Sequence[int],
     shape = tuple(int(s) for s in input_shape)
     friendly = integer_friendly(model)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    ctx = _quiet() if quiet else contextlib.nullcontext(None)
+    ctx = quiet_native_output() if quiet else contextlib.nullcontext(None)
     seen = 0
     try:
         with ctx, torch.no_grad():
@@ -232,9 +241,8 @@ def export_tflite_int8(model: torch.nn.Module, input_shape: Sequence[int],
             except OfaDeployError:
                 raise
             except Exception as exc:
-                first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 raise TFLiteExportError(f"litert-torch could not make an int8 model: "
-                                        f"{first[:300]}") from None
+                                        f"{first_line(exc)}") from None
         os.replace(tmp, path)
     finally:
         if tmp.exists():

@@ -21,7 +21,7 @@ from typing import Dict, Iterable, Iterator, List, Mapping
 
 import numpy as np
 
-from .errors import OfaDeployError
+from .errors import OfaDeployError, first_line
 
 __all__ = ["PRECISIONS", "QuantizeError", "QuantSettings", "quantize_onnx", "float_islands",
            "parse_precision"]
@@ -167,9 +167,8 @@ def quantize_onnx(float_path: "str | os.PathLike", out_path: "str | os.PathLike"
         except OfaDeployError:
             raise
         except Exception as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise QuantizeError(f"int8 quantization of {float_path.name} failed: "
-                                f"{first[:300]}") from exc
+                                f"{first_line(exc)}") from exc
         os.replace(staged, out_path)
     return {"quantization": settings.get_state(), "calibrated_on": len(samples),
             "op_types": _op_types(out_path), "float_islands": float_islands(out_path)}

@@ -15,7 +15,8 @@ from ._common import atomic_write_text, emit, load_data, table
 @click.option("--space", "space_name", default=None,
               help="Space of a reference-layout checkpoint (ours record it).")
 @click.option("--arch", required=True, metavar="FILE|min|max|STRING",
-              help="The subnet: JSON file (e.g. a report.json), compact string, min or max.")
+              help="The subnet: JSON file (e.g. a report.json), compact string, min, max, or "
+                   "a reference net.config (file or directory; its space is recognised).")
 @click.option("--format", "formats", default="onnx,tflite", show_default=True,
               help="Comma list of onnx, tflite.")
 @click.option("--data", "data_spec", default=None,
@@ -37,12 +38,16 @@ def export_cmd(supernet_name, space_name, arch, formats, data_spec, calib_images
     from supernet import ArchConfig, extract_subnet
     from supernet.bn import calibrate_bn, calibration_batches
     from supernet.checkpoint import load_supernet
+    from supernet.net_config import net_config_space
     from supernet.quantize import QuantizeError, QuantSettings
 
     from ..export import export_artifacts, parse_formats
     from ..specialize import subnet_metadata
 
     fmts = parse_formats(formats)
+    if space_name is None:  # a net.config names its space: a reference checkpoint needs it
+        sp = net_config_space(arch)
+        space_name = None if sp is None else sp.name
     net = load_supernet(supernet_name, space_name).eval()
     a = ArchConfig.parse(arch, net.space)
     sub = extract_subnet(net, a).eval()
