@@ -80,7 +80,7 @@ def measure_subnets(table: LatencyTable, archs: Sequence[ArchConfig], profiler: 
     all of them under ``protocol``, interleaved."""
     from supernet.model import extract_subnet
 
-    from .builder import export_artifact
+    from .convert import export_artifact
 
     fmt = profiler.artifact_format
     net = random_supernet(table.space, seed)

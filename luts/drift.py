@@ -22,7 +22,8 @@ import numpy as np
 from profilers.base import Profiler
 from profilers.protocol import MeasurementProtocol, cv_of, measure_pooled
 
-from .table import LatencyTable, LUTError, cache_dir as default_cache_dir
+from .store import cache_dir as default_cache_dir
+from .table import LatencyTable, LUTError
 
 __all__ = ["check_drift", "reference_artifacts", "DRIFT_WARN"]
 
@@ -34,7 +35,7 @@ def reference_artifacts(table: LatencyTable, fmt: str,
                         cache_dir: "str | os.PathLike | None" = None) -> List[Any]:
     """The reference op models of ``table`` as ``fmt`` artifacts (from the op-model cache the
     table was built with, else the default one; converted now if the cache lost them)."""
-    from .builder import OpModelCache, _build_model, _convert, _Job
+    from .convert import OpModelCache, _build_model, _convert, _Job
 
     refs = _references(table)
     if cache_dir is None:

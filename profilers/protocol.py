@@ -202,10 +202,10 @@ def noise_warning(cvs: Sequence[float], *, max_cv: float = DEFAULT_MAX_CV,
     med = float(np.median(vals))
     if med <= max_cv:
         return None
-    from .measure import loadavg, usable_cpus_count
+    from .measure import available_cpus, loadavg
 
     load = loadavg()
-    cause = (f"load average {load[0]:.2f} on {usable_cpus_count()} CPU(s): other work shares "
+    cause = (f"load average {load[0]:.2f} on {available_cpus()} CPU(s): other work shares "
              f"the CPU" if load else "other work or frequency scaling")
     return (f"noisy machine: the {what} vary {med:.0%} run to run (over {max_cv:.0%}), "
             f"{cause}; these numbers are uncertain, measure again on a quiet machine")

@@ -8,7 +8,7 @@ from typing import Dict, Mapping
 
 import torch
 
-from .errors import OfaDeployError
+from .errors import OfaDeployError, first_line
 from .fileio import atomic_write_bytes
 from .model import Supernet
 from .space import Space, get_space
@@ -62,8 +62,7 @@ def load_state_dict_file(path: "str | os.PathLike") -> dict:
             data = fh.read()
         obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"cannot read checkpoint {p}: {first[:200]}") from None
+        raise CheckpointError(f"cannot read checkpoint {p}: {first_line(exc, 200)}") from None
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"checkpoint {p} holds a {type(obj).__name__}, not a dict")
     return dict(obj)

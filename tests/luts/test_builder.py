@@ -253,7 +253,7 @@ def test_profile_cli(run_cli, tmp_path, op_cache, ort_table, monkeypatch):
                 "--cache-dir", op_cache, "--calibrate", "4", "--json")
     assert r.exit_code == 0, r.output
     d = json.loads(r.stdout)
-    from luts.table import default_lut_path
+    from luts.store import default_lut_path
 
     # calibrated on 4 whole subnets, the fit and its held-out error stored in the table
     c = d["calibration"]
