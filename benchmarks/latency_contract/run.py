@@ -111,10 +111,10 @@ class Bench:
         table = self.out / "tables" / f"{TINY}-build1.json"
         lo, hi = LatencyTable.load(table).min_max()
         ms = round(lo + frac * (hi - lo), 3)
+        search = ["--generations", str(self.a.generations)] if self.a.generations else []
         r = cli("specialize", "--supernet", "default", "--lut", str(table), "--target", "cpu",
-                "--ms", str(ms), "--data", "none", "--formats", "onnx", "--generations",
-                str(self.a.generations), "--out", str(self.out / "specialize" / f"{frac:g}"),
-                "--json")
+                "--ms", str(ms), "--data", "none", "--formats", "onnx", *search,
+                "--out", str(self.out / "specialize" / f"{frac:g}"), "--json")
         r.update({"fraction": frac, "budget_ms": ms, "range": [lo, hi]})
         return r
 
@@ -177,7 +177,8 @@ def main() -> int:
     ap.add_argument("--builds", type=int, default=3)
     ap.add_argument("--samples", type=int, default=40)
     ap.add_argument("--calibrate", type=int, default=20)
-    ap.add_argument("--generations", type=int, default=200)
+    ap.add_argument("--generations", type=int, default=0,
+                    help="search generations (0: specialize's default)")
     ap.add_argument("--w10", action="store_true", help="also build and validate w1.0 if time")
     ap.add_argument("--out", default=str(HERE / "results"))
     a = ap.parse_args()

@@ -79,12 +79,14 @@ def test_fit_prefers_the_model_that_generalises():
 
 def test_calibration_recovers_injected_bias_and_validate_sees_it():
     t = synthetic_table()
-    machine = BiasedMachine(truth=synthetic_table(), scale=1.3, offset=0.25, sigma=0.03)
+    # the op sums of these subnets span 6..41 ms: a 3 ms per-network overhead matters
+    machine = BiasedMachine(truth=synthetic_table(), scale=1.3, offset=3.0, sigma=0.03)
     calibrate_lut(t, samples=20, profiler=machine, protocol=PROTO, save=False)
     cal = t.calibration
     assert cal["model"].startswith("overhead+")
+    assert cal["candidates"]["scale"]["heldout_mape"] > 1.5 * cal["heldout_mape"]
     assert cal["default_scale"] == pytest.approx(1.3, rel=0.05)
-    assert cal["overhead_ms"] == pytest.approx(0.25, abs=0.08)
+    assert cal["overhead_ms"] == pytest.approx(3.0, abs=0.6)
     assert cal["uncalibrated_mape"] > 0.2 and cal["heldout_mape"] < 0.03
     assert cal["p90_factor"] > 1.0 and len(cal["archs"]) == 20
     # the table survives a save/load with its calibration, and predicts calibrated
