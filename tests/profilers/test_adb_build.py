@@ -15,6 +15,7 @@ from luts.builder import METHOD_VERSION, build_lut  # noqa: E402
 from luts.table import LatencyTable  # noqa: E402
 from profilers.adb_transport import DeviceOffline  # noqa: E402
 from profilers.base import LatencyStats  # noqa: E402
+from profilers.protocol import MeasurementProtocol  # noqa: E402
 from supernet.ops import enumerate_ops  # noqa: E402
 
 SPACE, RES, KEEP = "ofa-mbv3-tiny", [32], 3
@@ -32,7 +33,7 @@ def interrupted_table(path, runs, warmup):
     todo = sorted(ops, key=lambda o: (o.macs, o.to_string()))[:KEEP]
     meta = {"device": "adb:pixel", "method": "context-difference",
             "method_version": METHOD_VERSION, "threads": 1, "artifact_format": "tflite",
-            "seed": 0, "runs": runs, "warmup": warmup}
+            "seed": 0, "runs": runs, "warmup": warmup, "cache": "warm"}
     t = LatencyTable(SPACE, RES, meta=meta)
     for op in ops:
         if op not in todo:
@@ -51,7 +52,7 @@ def test_build_dropped_mid_way_resumes(tmp_path, monkeypatch, ofa_home, phone, r
     # The build times the overhead model (2 batches), then the first op's context model: the
     # link dies during that benchmark and the phone leaves (Wi-Fi out of range).
     phone.add_fault("vanish", r"--graph=", skip=2)
-    # One round: every extra round re-times each missing op once more (best of rounds).
+    # One round: every extra round re-times each missing op once more (runs pooled).
     kw = dict(resolutions=RES, out=out, runs=2, warmup=1, rounds=1, threads=1, progress=False,
               convert_workers=0, drift_every_s=1e9)
     timed = []
@@ -83,9 +84,13 @@ def test_cli_profile_on_adb_pixel(tmp_path, monkeypatch, ofa_home, phone, regist
     registry(phone.address)
     out = tmp_path / "luts" / "pixel.json"
     defaults = {p.name: p.default for p in main.commands["profile"].params}
-    todo = interrupted_table(out, runs=defaults.get("runs", 50), warmup=defaults.get("warmup", 10))
+    # the CLI's defaults are the shared measurement protocol's
+    proto = MeasurementProtocol()
+    todo = interrupted_table(out, runs=defaults.get("runs") or proto.runs,
+                             warmup=defaults.get("warmup") or proto.warmup)
     res = CliRunner().invoke(main, ["profile", "--device", "adb:pixel", "--space", SPACE,
-                                    "--resolutions", "32", "--out", str(out), "-q"])
+                                    "--resolutions", "32", "--out", str(out),
+                                    "--calibrate", "0", "-q"])
     assert res.exit_code == 0, res.output
     table = LatencyTable.load(out)
     assert table.missing_ops() == [] and table.meta["complete"]
