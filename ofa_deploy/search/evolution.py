@@ -9,7 +9,6 @@ import numpy as np
 
 from supernet.space import Space
 
-from .ils import iterated_local_search
 from .local import polish
 from .problem import _Problem, _single_thread_torch
 from .results import SearchResult, _island_report, _result
@@ -132,11 +131,6 @@ def _evolve(problem: _Problem, config: EvolutionConfig, rng: np.random.Generator
         history.append(max(history[-1], float(scores.max())))
         elapsed.append(clock() - t0)
     island = history[-1]
-    if config.ils_walkers and config.ils_rounds:
-        pool, scores, n = iterated_local_search(problem, pool, scores, rng,
-                                                walkers=config.ils_walkers,
-                                                rounds=config.ils_rounds)
-        evaluations += n
     pool, scores, n, report = polish(problem, pool, scores, config.local_search)
     evaluations += n
     history[-1] = max(history[-1], float(scores.max()))

@@ -10,7 +10,6 @@ import numpy as np
 from supernet.space import Space
 
 from .evolution import _evolve, _fill_slots
-from .ils import iterated_local_search
 from .local import polish
 from .problem import _Problem, _single_thread_torch
 from .results import SearchResult, _genes_of, _island_report, _result
@@ -109,14 +108,16 @@ def _evolve_lockstep(problem: _Problem, cons: List[Constraints], config: Evoluti
     p = config.mutate_prob
     pr = p if config.resolution_mutate_prob is None else config.resolution_mutate_prob
     tried = passed = 1.0
+    live, n_live = np.ones(G, dtype=bool), K
     for _gen in range(config.generations):
-        if config.prune_at and _gen == config.prune_at and config.keep_islands < K:
-            # successive halving: per budget only the islands with the best archs so far go
-            # on, the others' share of the remaining generations is saved (stable ranking
-            # keeps it deterministic on ties)
-            rank = np.argsort(-best.reshape(K, B), axis=0, kind="stable")
+        if config.prune_at and _gen and _gen % config.prune_at == 0 and n_live > config.keep_islands:
+            # successive halving: per budget only the better half of the live islands (by
+            # their best arch so far) go on; stable ranking keeps ties deterministic
+            n_live = max(config.keep_islands, (n_live + 1) // 2)
+            rank = np.argsort(-np.where(live.reshape(K, B), best.reshape(K, B), -np.inf),
+                              axis=0, kind="stable")
             live = np.zeros((K, B), dtype=bool)
-            np.put_along_axis(live, rank[:config.keep_islands], True, axis=0)
+            np.put_along_axis(live, rank[:n_live], True, axis=0)
             live = live.reshape(G)
             keep_rows = live[gid]
             pool, gid, scores = pool[keep_rows], gid[keep_rows], scores[keep_rows]
@@ -175,7 +176,7 @@ def _evolve_lockstep(problem: _Problem, cons: List[Constraints], config: Evoluti
     for g, c in enumerate(cons):
         problem.set_constraints(c)
         sel = bud == g
-        pool_g, scores_g, island_g = pool[sel], scores[sel], gid[sel] // B
+        pool_g, scores_g = pool[sel], scores[sel]
         islands = [float(best[i * B + g]) for i in range(K)]
         # a last pass of migration so the front is monotone even where it was one step behind
         for prev in results[-1:]:
@@ -183,17 +184,11 @@ def _evolve_lockstep(problem: _Problem, cons: List[Constraints], config: Evoluti
             if prev.predicted_accuracy > scores_g.max() and problem.feasible(row)[0]:
                 pool_g = np.concatenate([pool_g, row])
                 scores_g = np.append(scores_g, prev.predicted_accuracy)
-                island_g = np.append(island_g, 0)
-        n_ils = 0
-        if config.ils_walkers and config.ils_rounds:
-            pool_g, scores_g, n_ils = iterated_local_search(
-                problem, pool_g, scores_g, rng, walkers=config.ils_walkers,
-                rounds=config.ils_rounds, group=island_g)
         # the same final local search as a single budget's, so every budget gets its quality
         pool_g, scores_g, n, report = polish(problem, pool_g, scores_g, config.local_search)
         hist = [float(max(h[i * B + g] for i in range(K))) for h in history]
         res = _result(problem, pool_g, scores_g, hist, t0,
-                      int(evaluations[g::B].sum()) + n + n_ils, "evolution", config)
+                      int(evaluations[g::B].sum()) + n, "evolution", config)
         res.history[-1] = max(res.history[-1], res.predicted_accuracy)
         res.history_seconds = list(elapsed)
         res.extra.update(report)
