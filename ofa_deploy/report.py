@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Sequence
 
-from .cli import atomic_write_text
+from supernet.fileio import atomic_write_text
 
 __all__ = ["write_report", "render_markdown", "plot_search", "plot_pred_vs_measured",
            "write_summary"]

@@ -12,6 +12,36 @@ from supernet.errors import OfaDeployError
 from supernet.fileio import atomic_write_text  # noqa: F401  (re-exported for commands)
 
 # -- shared helpers for commands -------------------------------------------------------------
+def flag_name(param: click.Parameter) -> str:
+    """The name a user types for ``param``: its first long flag without dashes (``--ms`` ->
+    ``ms``, ``--calib-images`` -> ``calib-images``), else its parameter name."""
+    for opt in getattr(param, "opts", []):
+        if opt.startswith("--"):
+            return opt[2:]
+    return param.name
+
+
+def _config_keys(command: click.Command) -> dict:
+    """Every key a ``--config`` file may use -> its parameter: the flags' names (what users
+    type, and what ``config.yaml`` files are written with) and, for files written before the
+    flags' names were used, the internal parameter names. ``-`` and ``_`` are the same."""
+    keys = {}
+    for p in command.params:
+        if not isinstance(p, click.Option):
+            continue
+        keys.setdefault(p.name, p)
+        for opt in p.opts + p.secondary_opts:
+            if opt.startswith("--"):
+                keys[opt[2:].replace("-", "_")] = p
+    return keys
+
+
+def _example_key(command: click.Command) -> str:
+    names = [flag_name(p) for p in command.params
+             if isinstance(p, click.Option) and p.name not in ("config", "help")]
+    return names[0] if names else "option"
+
+
 def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None):
     """``--config FILE.yaml``: its keys become the command's defaults (defaults < file < flags)."""
     if not value:
@@ -29,26 +59,32 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
     if not isinstance(data, Mapping):
         raise click.BadParameter(f"{value} must hold a mapping of option names to values",
                                  param_hint="--config")
-    names = {p.name for p in ctx.command.params}
+    params = _config_keys(ctx.command)
     cfg = {}
     for key, val in data.items():
-        k = str(key).replace("-", "_")
-        if k not in names or k == "config":
+        param = params.get(str(key).replace("-", "_"))
+        if param is None or param.name == "config":
             raise click.BadParameter(f"{value}: unknown option {key!r} for "
-                                     f"'{ctx.command.name}'", param_hint="--config")
-        cfg[k] = val
+                                     f"'{ctx.command.name}' (use the flags' names, e.g. "
+                                     f"{_example_key(ctx.command)!r})", param_hint="--config")
+        if getattr(param, "multiple", False) and not isinstance(val, (list, tuple)):
+            val = [val]  # `ms: 30` for a repeatable flag means one value
+        cfg[param.name] = val
     ctx.default_map = {**(ctx.default_map or {}), **cfg}
     return value
 
 
 def config_option(fn: Callable) -> Callable:
+    """Add ``--config FILE.yaml`` (keys: the flags' names, e.g. ``ms: 30``, ``target: cpu``)."""
     return click.option("--config", type=click.Path(dir_okay=False), callback=_load_config,
                         is_eager=True, expose_value=False,
                         help="YAML file of option values (flags given on the line win).")(fn)
 
 
 def resolved_config(ctx: click.Context) -> dict:
-    return {k: v for k, v in ctx.params.items()}
+    """The options this run used, keyed by the flags' names (so the file feeds ``--config``)."""
+    by_name = {p.name: p for p in ctx.command.params}
+    return {flag_name(by_name[k]) if k in by_name else k: v for k, v in ctx.params.items()}
 
 
 def save_resolved_config(ctx: click.Context, out_dir: "str | os.PathLike") -> Path:

@@ -1,0 +1,109 @@
+"""The first hour of a new user (issue 12): config files in the flags' names, output paths
+checked before any work, one exit code per kind of error, readable logs and outputs."""
+from __future__ import annotations
+
+import json
+
+import click
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+from luts.table import LatencyTable
+from ofa_deploy.accuracy import AccuracyPredictor, ArchEncoder
+from ofa_deploy.cli._common import config_option, save_resolved_config
+from profilers.base import LatencyStats
+from supernet import Supernet, enumerate_ops, get_space
+from supernet.checkpoint import save_supernet
+
+SPACE = "ofa-mbv3-tiny"
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    """A random tiny supernet, a MACs-proportional LUT and a random predictor on disk."""
+    d = tmp_path_factory.mktemp("first-hour")
+    sp = get_space(SPACE)
+    torch.manual_seed(0)  # test-local weights only
+    save_supernet(Supernet(sp), d / "net.pt")
+    res = (32, 40)
+    t = LatencyTable(sp, res, meta={"device": "ort:cpu", "threads": 1})
+    for op in enumerate_ops(sp, res):
+        v = op.macs / 2e7 + 0.01
+        t.add(op, LatencyStats(v, v * 0.9, v * 1.1, 0.0, 5))
+    t.save(d / "lut.json")
+    AccuracyPredictor(ArchEncoder.for_space(sp), (16,), space=sp, seed=1).save(d / "pred.pt")
+    return d
+
+
+def _spec(assets, out, *extra):
+    return ["specialize", "--supernet", assets / "net.pt", "--lut", assets / "lut.json",
+            "--predictor", assets / "pred.pt", "--data", "synthetic", "--generations", "3",
+            "--population", "8", "--runs", "3", "--warmup", "1", "--threads", "1",
+            "--calib-images", "8", "--formats", "onnx", "--out", out, *extra]
+
+
+def _one_line(res, code, *needles):
+    assert res.exit_code == code, (res.exit_code, res.output, repr(res.exception))
+    text = res.output.strip()
+    assert "Traceback" not in text, text
+    errors = [ln for ln in text.splitlines() if ln.startswith("Error:")]
+    assert len(errors) == 1, (text, repr(res.exception))  # one complete line (usage errors add click's usage hint)
+    text = errors[0]
+    for n in needles:
+        assert n in text, text
+
+
+# -- item 3: --config takes the flags' names ----------------------------------------------------
+@click.command()
+@config_option
+@click.option("--ms", "budgets", multiple=True, type=float)
+@click.option("--target", "targets", multiple=True, default=("cpu",))
+@click.option("--calib-images", default=5, type=int)
+@click.option("--out", "out_dir", default=None)
+@click.pass_context
+def _toy(ctx, budgets, targets, calib_images, out_dir):
+    if out_dir:
+        save_resolved_config(ctx, out_dir)
+    click.echo(json.dumps({"budgets": budgets, "targets": targets, "calib": calib_images}))
+
+
+def _toy_run(*args):
+    return CliRunner().invoke(_toy, [str(a) for a in args])
+
+
+def test_config_accepts_flag_names_and_old_internal_names(tmp_path):
+    new = tmp_path / "new.yaml"
+    new.write_text("ms: 30\ntarget: tflite:cpu\ncalib-images: 7\n")
+    r = _toy_run("--config", new)
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output) == {"budgets": [30.0], "targets": ["tflite:cpu"], "calib": 7}
+    old = tmp_path / "old.yaml"
+    old.write_text("budgets: [5, 10]\ntargets: [cpu]\ncalib_images: 3\n")
+    r = _toy_run("--config", old)
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output) == {"budgets": [5.0, 10.0], "targets": ["cpu"], "calib": 3}
+    r = _toy_run("--config", old, "--ms", "2")  # flags on the line win
+    assert json.loads(r.output)["budgets"] == [2.0]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("msec: 3\n")
+    _one_line(_toy_run("--config", bad), 2, "unknown option 'msec'", "'ms'")
+
+
+def test_saved_config_uses_flag_names_and_reads_back(tmp_path):
+    r = _toy_run("--ms", "4", "--ms", "8", "--target", "cpu", "--out", tmp_path / "o")
+    assert r.exit_code == 0, r.output
+    saved = yaml.safe_load((tmp_path / "o" / "config.yaml").read_text())
+    assert saved == {"ms": [4.0, 8.0], "target": ["cpu"], "calib-images": 5,
+                     "out": str(tmp_path / "o")}
+    again = _toy_run("--config", tmp_path / "o" / "config.yaml")
+    assert again.exit_code == 0 and json.loads(again.output) == json.loads(r.output)
+
+
+def test_specialize_config_with_flag_names(assets, tmp_path, run_cli):
+    """`ms`/`target` in a specialize config reach the run (an infeasible budget proves it)."""
+    cfg = tmp_path / "spec.yaml"
+    cfg.write_text(f"ms: 0.00001\ntarget: cpu\nlut: {assets / 'lut.json'}\n")
+    r = run_cli(*_spec(assets, tmp_path / "o"), "--config", cfg)
+    _one_line(r, 1, "budget 1e-05 ms is infeasible")
