@@ -63,7 +63,12 @@ def load_state_dict_file(path: "str | os.PathLike") -> dict:
         obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt files
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"cannot read checkpoint {p}: {first[:200]}") from None
+        # torch's first sentence names the problem; what follows is advice for its developers
+        first = first.split(". ")[0].rstrip(".")
+        if len(first) > 200:
+            first = first[:200].rsplit(" ", 1)[0] + " ..."
+        raise CheckpointError(f"cannot read checkpoint {p}: {first} (is the file complete? "
+                              f"a truncated or partly copied file reads like this)") from None
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"checkpoint {p} holds a {type(obj).__name__}, not a dict")
     return dict(obj)

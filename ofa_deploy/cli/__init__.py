@@ -37,8 +37,9 @@ class OfaGroup(click.Group):
             return super().invoke(ctx)
         except OfaDeployError as exc:
             raise click.ClickException(str(exc)) from None
-        except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
-            raise click.ClickException(f"{exc.strerror}: {exc.filename}") from None
+        except OSError as exc:  # every OS error: one line, never a traceback
+            where = f": {exc.filename}" if exc.filename else ""
+            raise click.ClickException(f"{exc.strerror or exc}{where}") from None
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)

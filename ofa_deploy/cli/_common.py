@@ -1,8 +1,12 @@
 """Helpers every command shares: ``--config`` defaults, resolved-config files, tables and ``--json``."""
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -97,6 +101,83 @@ def save_resolved_config(ctx: click.Context, out_dir: "str | os.PathLike") -> Pa
     data = {k: (list(v) if isinstance(v, tuple) else v) for k, v in resolved_config(ctx).items()}
     atomic_write_text(path, yaml.safe_dump(data, sort_keys=True))
     return path
+
+
+def output_path_problem(path: "str | os.PathLike", kind: str = "file") -> "str | None":
+    """Why ``path`` cannot be written as a ``kind`` ("file" or "dir") output, or None.
+
+    Checked before any work starts, so a bad ``--out`` costs a second, not a run: an existing
+    path of the other kind, a path under a file, a folder this user cannot create files in
+    (found by creating and removing a probe file, which also catches read-only and virtual
+    file systems such as /proc, where permission bits say nothing).
+    """
+    p = Path(path)
+    if p.exists():
+        if kind == "file" and p.is_dir():
+            return f"{path} is a directory (give a file name)"
+        if kind == "dir" and not p.is_dir():
+            return f"{path} exists and is not a directory"
+        if kind == "file" and not os.access(p, os.W_OK):
+            return f"{path} is not writable"
+    anc = p if (kind == "dir" and p.is_dir()) else p.parent
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir():
+        return f"{path} is under {anc}, which is a file"
+    try:
+        fd, probe = tempfile.mkstemp(dir=anc, prefix=".ofa-deploy-write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        return f"cannot create files in {anc}: {exc.strerror or exc}"
+    return None
+
+
+class OutputPath(click.ParamType):
+    """A ``click`` type for output files/folders: :func:`output_path_problem` at parse time."""
+
+    name = "path"
+
+    def __init__(self, kind: str = "file"):
+        self.kind = kind
+
+    def convert(self, value, param, ctx):
+        problem = output_path_problem(value, self.kind)
+        if problem:
+            self.fail(problem, param, ctx)
+        return os.fspath(value)
+
+
+def check_positive(value: "float | None", flag: str) -> None:
+    """Budgets are positive, finite numbers; anything else is a usage error naming the flag."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise click.BadParameter(f"must be positive and finite, got {value:g}",
+                                 param_hint=flag)
+
+
+INCOMPLETE = "INCOMPLETE.txt"
+
+
+@contextlib.contextmanager
+def output_dir_guard(out_dir: "str | os.PathLike"):
+    """Leave no half-made output folder behind: if the body fails (or is interrupted), a
+    folder this run created is removed; a folder that already existed gets ``INCOMPLETE.txt``
+    saying that this run failed and why (its other files may be from the failed run)."""
+    out = Path(out_dir)
+    existed = out.exists()
+    with contextlib.suppress(OSError):
+        (out / INCOMPLETE).unlink()
+    try:
+        yield out
+    except BaseException as exc:
+        if not existed:
+            shutil.rmtree(out, ignore_errors=True)
+        elif out.is_dir():
+            with contextlib.suppress(OSError):
+                (out / INCOMPLETE).write_text(
+                    f"This run failed; files here may be from it and incomplete.\n"
+                    f"{type(exc).__name__}: {exc}\n", encoding="utf-8")
+        raise
 
 
 def emit(data: Any, as_json: bool, human: Callable[[Any], str]) -> None:

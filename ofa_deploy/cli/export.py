@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ._common import atomic_write_text, emit, load_data, table
+from ._common import OutputPath, atomic_write_text, emit, load_data, output_dir_guard, table
 
 
 @click.command("export")
@@ -23,7 +23,7 @@ from ._common import atomic_write_text, emit, load_data, table
                    "'none' to skip).")
 @click.option("--calib-images", default=2000, show_default=True, type=click.IntRange(1))
 @click.option("--out", "out_dir", default="runs/export", show_default=True,
-              type=click.Path(file_okay=False))
+              type=OutputPath("dir"))
 @click.option("--json", "as_json", is_flag=True)
 def export_cmd(supernet_name, space_name, arch, formats, data_spec, calib_images, out_dir,
                as_json) -> None:
@@ -46,10 +46,11 @@ def export_cmd(supernet_name, space_name, arch, formats, data_spec, calib_images
     if ds is not None:
         calibrate_bn(sub, calibration_batches(ds.holdout, a.r, calib_images, 200,
                                               channels_last=False))
-    arts = export_artifacts(sub, (1, 3, a.r, a.r), out_dir, fmts)
-    meta = subnet_metadata(net.space, a, arts, supernet=str(supernet_name),
-                           bn_calibrated=ds is not None)
-    atomic_write_text(Path(out_dir) / "model.json", json.dumps(meta, indent=2))
+    with output_dir_guard(out_dir):
+        arts = export_artifacts(sub, (1, 3, a.r, a.r), out_dir, fmts)
+        meta = subnet_metadata(net.space, a, arts, supernet=str(supernet_name),
+                               bn_calibrated=ds is not None)
+        atomic_write_text(Path(out_dir) / "model.json", json.dumps(meta, indent=2))
     emit(meta, as_json, lambda m: table(
         [(f, v["path"], f"{v['bytes']:,}", f"{v['max_abs_diff']:.2e}") for f, v in m["files"].items()],
         ("format", "file", "bytes", "max |diff| vs torch")) +

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ._common import emit, table
+from ._common import OutputPath, emit, table
 
 if TYPE_CHECKING:
     from luts.table import LatencyTable
@@ -118,7 +118,7 @@ def _parse_meta(_ctx, _param, values):
 @lut.command("import-reference")
 @click.argument("directory", type=click.Path(exists=True, file_okay=False))
 @click.option("--space", "space_name", required=True, help="Space the tables were measured for.")
-@click.option("--out", "out", required=True, type=click.Path(dir_okay=False),
+@click.option("--out", "out", required=True, type=OutputPath("file"),
               help="Where to write the table (JSON).")
 @click.option("--device", default=None, help="Device name recorded in the metadata.")
 @click.option("--meta", "meta", multiple=True, callback=_parse_meta, metavar="KEY=VALUE",
@@ -141,7 +141,7 @@ def import_reference(directory, space_name, out, device, meta, as_json) -> None:
 
 @lut.command("export-reference")
 @click.argument("target", metavar="FILE|NAME")
-@click.option("--out", "out", required=True, type=click.Path(file_okay=False),
+@click.option("--out", "out", required=True, type=OutputPath("dir"),
               help="Directory for the {r}_lookup_table.yaml files.")
 @click.option("--space", "space_name", default=None, help="Space of the table.")
 def export_reference(target, out, space_name) -> None:

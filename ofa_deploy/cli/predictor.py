@@ -8,7 +8,7 @@ import click
 
 from supernet.errors import OfaDeployError
 
-from ._common import emit, table
+from ._common import OutputPath, emit, table
 
 
 @click.group()
@@ -36,7 +36,7 @@ def _parse_res(text, space):
 @click.option("--space", "space_name", default=None, help="For reference-layout checkpoints.")
 @click.option("--data", "data_spec", required=True, help="fashion-mnist[:DIR], imagefolder:PATH, synthetic")
 @click.option("--samples", required=True, type=click.IntRange(1), help="Archs to evaluate in all.")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="JSON-lines file (appended).")
+@click.option("--out", required=True, type=OutputPath("file"), help="JSON-lines file (appended).")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0))
 @click.option("--resolutions", default=None, help="Comma list (default: all of the space).")
 @click.option("--calib-images", default=1000, show_default=True, type=click.IntRange(1))
@@ -106,7 +106,7 @@ def collect(supernet_name, space_name, data_spec, samples, out, seed, resolution
 @predictor.command()
 @click.option("--data", "data_file", required=True, type=click.Path(dir_okay=False, exists=True),
               help="JSON-lines file from `predictor collect`.")
-@click.option("--out", required=True, type=click.Path(dir_okay=False))
+@click.option("--out", required=True, type=OutputPath("file"))
 @click.option("--space", "space_name", default=None, help="Default: from the records.")
 @click.option("--hidden", default="400,400,400", show_default=True)
 @click.option("--epochs", default=300, show_default=True, type=click.IntRange(1))

@@ -5,7 +5,7 @@ from typing import List, Optional
 
 import click
 
-from ._common import config_option, emit, table
+from ._common import OutputPath, config_option, emit, table
 
 
 def parse_resolutions(value: "str | None", space) -> Optional[List[int]]:
@@ -53,7 +53,7 @@ def _human(d: dict) -> str:
               help="Search space (see `ofa-deploy spaces`).")
 @click.option("--resolutions", default=None, metavar="LIST",
               help="Comma-separated input sizes, or 'all' (default: every size of the space).")
-@click.option("--out", type=click.Path(dir_okay=False), default=None,
+@click.option("--out", type=OutputPath("file"), default=None,
               help="Table file (default: the per-device cache path `specialize` looks in).")
 @click.option("--runs", type=click.IntRange(min=1), default=15, show_default=True,
               help="Timed runs per model per round.")

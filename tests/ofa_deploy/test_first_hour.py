@@ -107,3 +107,90 @@ def test_specialize_config_with_flag_names(assets, tmp_path, run_cli):
     cfg.write_text(f"ms: 0.00001\ntarget: cpu\nlut: {assets / 'lut.json'}\n")
     r = run_cli(*_spec(assets, tmp_path / "o"), "--config", cfg)
     _one_line(r, 1, "budget 1e-05 ms is infeasible")
+
+
+# -- item 4: output paths checked first, one exit code per kind, no half-made folders ----------
+def test_bad_output_paths_fail_before_any_work(assets, tmp_path, run_cli):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for cmd in (["export", "--supernet", assets / "net.pt", "--arch", "min", "--format", "onnx",
+                 "--data", "none"], _spec(assets, tmp_path / "unused", "--ms", "1")):
+        _one_line(run_cli(*cmd, "--out", afile / "sub"), 2, "--out", "which is a file")
+        _one_line(run_cli(*cmd, "--out", afile), 2, "--out", "is not a directory")
+    assert afile.read_text() == "x" and not (tmp_path / "unused").exists()
+    srch = ["search", "--space", SPACE, "--lut", assets / "lut.json", "--predictor",
+            assets / "pred.pt", "--ms", "1", "--population", "8", "--generations", "2"]
+    _one_line(run_cli(*srch, "--out", "/proc/x.json"), 2, "--out", "cannot create files in /proc")
+    _one_line(run_cli(*srch, "--out", tmp_path), 2, "--out", "is a directory")
+    _one_line(run_cli("bench", "--json", afile / "r.json"), 2, "--json", "which is a file")
+    _one_line(run_cli("lut", "validate", "--lut", assets / "lut.json", "--plot", afile / "p.png"),
+              2, "--plot")
+
+
+def test_search_prints_its_result_when_the_write_fails(assets, tmp_path, run_cli, monkeypatch):
+    import sys
+
+    import ofa_deploy.cli  # noqa: F401
+    mod = sys.modules["ofa_deploy.cli.search"]  # the package's `search` is the command
+
+    def full_disk(path, text):
+        raise OSError(28, "No space left on device", str(path) + ".tmp123")
+
+    monkeypatch.setattr(mod, "atomic_write_text", full_disk)
+    r = run_cli("search", "--space", SPACE, "--lut", assets / "lut.json", "--predictor",
+                assets / "pred.pt", "--ms", "1", "--population", "8", "--generations", "2",
+                "--json", "--out", tmp_path / "r.json")
+    assert r.exit_code == 1
+    assert json.loads(r.stdout)["predicted_latency_ms"] <= 1
+    assert r.stderr.strip() == (f"Error: cannot write --out {tmp_path / 'r.json'}: No space left "
+                                f"on device (the result is printed above)")
+
+
+@pytest.mark.parametrize("ms", ["inf", "nan", "-1", "0"])
+def test_bad_budget_is_the_same_usage_error_everywhere(assets, tmp_path, run_cli, ms):
+    srch = run_cli("search", "--space", SPACE, "--lut", assets / "lut.json", "--ms", ms)
+    spec = run_cli(*_spec(assets, tmp_path / "o", "--ms", "1", "--ms", ms))
+    for r in (srch, spec):
+        _one_line(r, 2, "--ms", "must be positive and finite", f"got {float(ms):g}")
+    assert not (tmp_path / "o").exists()
+
+
+def test_failed_run_leaves_no_half_made_output(assets, tmp_path, run_cli, monkeypatch):
+    import ofa_deploy.export as exp
+
+    def broken(model, shape, out_dir, *a, **k):
+        (tmp_path / "o").mkdir(exist_ok=True)
+        (tmp_path / "o" / "model.onnx").write_bytes(b"half")
+        raise OSError(28, "No space left on device", str(tmp_path / "o" / "model.onnx"))
+
+    monkeypatch.setattr(exp, "export_artifacts", broken)
+    r = run_cli(*_spec(assets, tmp_path / "o", "--ms", "5"))
+    _one_line(r, 1, "No space left on device")
+    assert not (tmp_path / "o").exists()
+    r = run_cli("export", "--supernet", assets / "net.pt", "--arch", "min", "--data", "none",
+                "--out", tmp_path / "o")
+    _one_line(r, 1, "No space left on device")
+    assert not (tmp_path / "o").exists()
+    old = tmp_path / "old"  # a folder that was there before is kept, and marked
+    old.mkdir()
+    (old / "notes.txt").write_text("mine")
+    r = run_cli(*_spec(assets, old, "--ms", "5"))
+    assert r.exit_code == 1
+    assert (old / "notes.txt").read_text() == "mine"
+    assert "This run failed" in (old / "INCOMPLETE.txt").read_text()
+    # a phone target without a table fails before the folder is made
+    monkeypatch.setenv("OFA_DEPLOY_HOME", str(tmp_path / "home"))
+    r = run_cli("specialize", "--supernet", assets / "net.pt", "--predictor", assets / "pred.pt",
+                "--target", "adb:pixel", "--ms", "5", "--data", "none", "--out", tmp_path / "p")
+    _one_line(r, 1, "ofa-deploy profile --device adb:pixel")
+    assert not (tmp_path / "p").exists()
+
+
+def test_truncated_checkpoint_message_is_complete(assets, tmp_path, run_cli):
+    data = (assets / "net.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    r = run_cli("export", "--supernet", tmp_path / "cut.pt", "--arch", "min", "--data", "none",
+                "--out", tmp_path / "o")
+    _one_line(r, 1, "cannot read checkpoint", "is the file complete?")
+    assert r.output.strip().endswith(")")
+    assert not (tmp_path / "o").exists()
