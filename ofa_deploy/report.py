@@ -2,13 +2,27 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Sequence
 
 from supernet.fileio import atomic_write_text
 
 __all__ = ["write_report", "render_markdown", "plot_search", "plot_pred_vs_measured",
-           "write_summary"]
+           "write_summary", "round_floats"]
+
+
+def round_floats(obj: Any, sig: int = 7) -> Any:
+    """``obj`` with every float rounded to ``sig`` significant digits, so JSON people read
+    says ``1.438``, not ``1.4380000000000002`` (a sum of table entries). Seven digits keep
+    every value within 5e-7 of the computed one, far below any timing's noise."""
+    if isinstance(obj, float):
+        return float(f"{obj:.{sig}g}") if math.isfinite(obj) else obj
+    if isinstance(obj, Mapping):
+        return {k: round_floats(v, sig) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [round_floats(v, sig) for v in obj]
+    return obj
 
 
 def _fmt(v: Any, nd: int = 3) -> str:
@@ -60,7 +74,7 @@ def render_markdown(rep: Mapping[str, Any]) -> str:
 
 def write_report(rep: Mapping[str, Any], out_dir: "str | Path") -> Dict[str, str]:
     out = Path(out_dir)
-    atomic_write_text(out / "report.json", json.dumps(rep, indent=2))
+    atomic_write_text(out / "report.json", json.dumps(round_floats(rep), indent=2))
     atomic_write_text(out / "report.md", render_markdown(rep))
     return {"json": str(out / "report.json"), "markdown": str(out / "report.md")}
 
@@ -129,7 +143,7 @@ def write_summary(reports: List[Mapping[str, Any]], out_dir: "str | Path") -> Di
                                            "predicted_latency_ms", "predicted_accuracy",
                                            "measured_accuracy", "params", "macs",
                                            "within_budget")} | {"measured_median_ms": m.get("median")})
-    atomic_write_text(out / "summary.json", json.dumps({"scenarios": rows}, indent=2))
+    atomic_write_text(out / "summary.json", json.dumps(round_floats({"scenarios": rows}), indent=2))
     md = ["| scenario | target | budget ms | predicted ms | measured ms | pred. acc | meas. acc "
           "| MACs | within budget |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:

@@ -230,7 +230,8 @@ def specialize(net: Supernet, predictor, scenarios: List[Scenario], *, out_dir: 
                command: str = "", echo: Callable[[str], None] = print,
                progress: bool = True) -> List[Dict[str, Any]]:
     from .export import export_artifacts
-    from .report import plot_pred_vs_measured, plot_search, write_report, write_summary
+    from .report import (plot_pred_vs_measured, plot_search, round_floats, write_report,
+                         write_summary)
 
     space = net.space
     out = Path(out_dir)
@@ -308,7 +309,7 @@ def specialize(net: Supernet, predictor, scenarios: List[Scenario], *, out_dir: 
                                predicted_latency_ms=res.latency_ms,
                                predicted_accuracy=res.predicted_accuracy,
                                measured_accuracy=acc, supernet=supernet_name)
-        atomic_write_text(sdir / "model.json", json.dumps(meta, indent=2))
+        atomic_write_text(sdir / "model.json", json.dumps(round_floats(meta), indent=2))
         pop = res.population
         pop_lat = table.predict(pop)
         plots = {
@@ -324,7 +325,10 @@ def specialize(net: Supernet, predictor, scenarios: List[Scenario], *, out_dir: 
                 "p90_ms": measured["p90"]}]),
         }
         rep["plots"] = plots
-        rep["report_files"] = write_report(rep, sdir)
+        rep["report_files"] = {"json": str(sdir / "report.json"),
+                               "markdown": str(sdir / "report.md")}
+        rep = round_floats(rep)  # what --json prints is what report.json holds
+        write_report(rep, sdir)
         if not rep["within_budget"]:
             echo(f"[{s.name}] WARNING: measured {measured['median']:.3f} ms exceeds the "
                  f"{s.budget_ms:g} ms budget (predicted {res.latency_ms:.3f} ms)")

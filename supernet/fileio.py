@@ -10,14 +10,39 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "sha256_file"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "sha256_file", "shared_file_mode"]
 
 
-def atomic_write_bytes(path: "str | os.PathLike", data: bytes) -> Path:
+def shared_file_mode() -> int:
+    """The mode ``open(path, "w")`` would give a new file: 0o666 less the umask (0644 with
+    the usual umask 022). Temp files from :func:`tempfile.mkstemp` are 0600, which would make
+    reports and models that users share unreadable to their colleagues.
+
+    The umask is read from /proc (Linux); setting and restoring it with ``os.umask`` would be
+    a process-wide side effect, racy with threads. Elsewhere 022 is assumed.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o644
+
+
+def atomic_write_bytes(path: "str | os.PathLike", data: bytes, *,
+                       mode: "int | None" = None) -> Path:
+    """Write ``data`` to ``path`` through a temp file and ``os.replace`` (never half a file).
+
+    ``mode``: the file's permissions; default :func:`shared_file_mode` (0644). Secrets pass
+    0o600.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, shared_file_mode() if mode is None else mode)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -30,8 +55,9 @@ def atomic_write_bytes(path: "str | os.PathLike", data: bytes) -> Path:
     return path
 
 
-def atomic_write_text(path: "str | os.PathLike", text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: "str | os.PathLike", text: str, *, mode: "int | None" = None) -> Path:
+    """:func:`atomic_write_bytes` of ``text`` in UTF-8."""
+    return atomic_write_bytes(path, text.encode("utf-8"), mode=mode)
 
 
 def sha256_file(path: "str | os.PathLike") -> str:

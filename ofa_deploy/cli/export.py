@@ -36,6 +36,7 @@ def export_cmd(supernet_name, space_name, arch, formats, data_spec, calib_images
     from supernet import extract_subnet
 
     from ..export import export_artifacts, parse_formats
+    from ..report import round_floats
     from ..specialize import subnet_metadata
 
     fmts = parse_formats(formats)
@@ -50,6 +51,7 @@ def export_cmd(supernet_name, space_name, arch, formats, data_spec, calib_images
         arts = export_artifacts(sub, (1, 3, a.r, a.r), out_dir, fmts)
         meta = subnet_metadata(net.space, a, arts, supernet=str(supernet_name),
                                bn_calibrated=ds is not None)
+        meta = round_floats(meta)
         atomic_write_text(Path(out_dir) / "model.json", json.dumps(meta, indent=2))
     emit(meta, as_json, lambda m: table(
         [(f, v["path"], f"{v['bytes']:,}", f"{v['max_abs_diff']:.2e}") for f, v in m["files"].items()],

@@ -55,11 +55,36 @@ def describe_table(t: LatencyTable, *, interpolate: bool = False, top: int = 10)
     }
 
 
+def _meta_value(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    if isinstance(v, (list, tuple)):
+        text = ", ".join(_meta_value(x) for x in v)
+    else:
+        text = str(v)
+    # one table row stays one screen line; --json has everything
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _meta_rows(meta: dict, prefix: str = "") -> list:
+    """Metadata as (key, value) rows; nested records (drift, profiler) become dotted keys,
+    one row per field, instead of a raw dict a thousand characters wide."""
+    rows = []
+    for k, v in sorted(meta.items()):
+        if v is None:
+            continue
+        if isinstance(v, dict):
+            rows += _meta_rows(v, f"{prefix}{k}.")
+        else:
+            rows.append((f"{prefix}{k}", _meta_value(v)))
+    return rows
+
+
 def _human(d: dict) -> str:
     skip = {"space", "resolutions", "stats_note"}
     rows = [("table", d["path"] or "-"), ("space", d["space"]),
             ("resolutions", ", ".join(map(str, d["resolutions"])))]
-    rows += [(k, v) for k, v in sorted(d["meta"].items()) if k not in skip and v is not None]
+    rows += _meta_rows({k: v for k, v in d["meta"].items() if k not in skip})
     ent = f"{d['entries']}"
     if d["resolution_entries"]:
         ent += f" (+{d['resolution_entries']} resolution-specific)"

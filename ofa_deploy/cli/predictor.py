@@ -82,18 +82,21 @@ def collect(supernet_name, space_name, data_spec, samples, out, seed, resolution
         net = load_supernet(supernet_name, space_name).eval()
         res = _parse_res(resolutions, net.space)
         ds = load_dataset(data_spec)
-        from tqdm import tqdm
+        from supernet.progress import progress_bar
 
-        bar = tqdm(total=None, desc=f"collect {k}/{n}", disable=as_json, unit="arch")
+        bar = progress_bar(None, desc=f"collect shard {k}/{n}", unit="arch") if not as_json \
+            else None
 
         def prog(done, total):
-            bar.total = total
-            bar.n = done
-            bar.refresh()
+            if bar is not None:
+                bar.total = total
+                bar.n = done
+                bar.refresh()
 
         run(net, ds, out, samples=samples, seed=seed, shard=(k, n), resolutions=res,
             calib_images=calib_images, eval_images=eval_images, progress=prog)
-        bar.close()
+        if bar is not None:
+            bar.close()
     recs = read_records(out)
     accs = np.array([r["accuracy"] for r in recs]) if recs else np.zeros(0)
     summary = {"file": str(out), "records": len(recs),

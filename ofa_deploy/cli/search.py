@@ -156,6 +156,9 @@ def search(space, target, lut, ms, mflops, params_m, predictor, predictor_format
         data["pareto"] = [_entry(r) for r in results]
         data["search_seconds_total"] = results[-1].extra.get(
             "front_seconds", sum(r.wall_seconds for r in results))
+    from ..report import round_floats
+
+    data = round_floats(data)  # 1.438, not 1.4380000000000002
     # the result is printed first: a write that fails anyway (disk full) loses nothing
     emit(data, as_json, _human)
     if out:

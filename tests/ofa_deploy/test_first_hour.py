@@ -39,9 +39,9 @@ def assets(tmp_path_factory):
 
 def _spec(assets, out, *extra):
     return ["specialize", "--supernet", assets / "net.pt", "--lut", assets / "lut.json",
-            "--predictor", assets / "pred.pt", "--data", "synthetic", "--generations", "3",
+            "--predictor", assets / "pred.pt", "--data", "none", "--generations", "3",
             "--population", "8", "--runs", "3", "--warmup", "1", "--threads", "1",
-            "--calib-images", "8", "--formats", "onnx", "--out", out, *extra]
+            "--formats", "onnx", "--out", out, *extra]
 
 
 def _one_line(res, code, *needles):
@@ -194,3 +194,110 @@ def test_truncated_checkpoint_message_is_complete(assets, tmp_path, run_cli):
     _one_line(r, 1, "cannot read checkpoint", "is the file complete?")
     assert r.output.strip().endswith(")")
     assert not (tmp_path / "o").exists()
+
+
+# -- item 6: logs a person can read, files they can share -----------------------------------
+def test_progress_in_a_log_is_a_few_whole_lines():
+    import io
+
+    from supernet.progress import LineProgress, progress_bar
+
+    log = io.StringIO()
+    bar = progress_bar(4500, desc="profile cpu tiny: 450 ops x 10 rounds", unit="timing",
+                       file=log, every_s=1e9)
+    assert isinstance(bar, LineProgress)
+    for i in range(4500):
+        bar.update(1)
+        if i == 2000:
+            bar.write("warning: drift 7%")
+    bar.close()
+    text = log.getvalue()
+    assert "\r" not in text
+    lines = text.splitlines()
+    assert 11 <= len(lines) <= 13, lines  # the start, every 10 %, the warning
+    assert "warning: drift 7%" in lines
+    assert lines[0] == "profile cpu tiny: 450 ops x 10 rounds: 0/4500 timing (0%)"
+    assert lines[-1].startswith("profile cpu tiny: 450 ops x 10 rounds: 4500/4500 timing (100%)")
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    from tqdm import tqdm
+
+    tty = progress_bar(10, desc="x", unit="step", file=Tty())
+    assert isinstance(tty, tqdm)
+    tty.close()
+
+
+def test_profile_resume_says_how_far_it_got(tmp_path, capsys):
+    from luts.builder import build_lut
+    from profilers.base import DeviceSpec, Profiler
+
+    class Fake(Profiler):
+        def __init__(self, fail_after=None):
+            super().__init__(DeviceSpec("ort", "cpu"), threads=1, runs=3, warmup=0)
+            self.artifact_format, self.calls, self.fail_after = "torch", 0, fail_after
+
+        def measure(self, artifact, input_shape):
+            if self.fail_after is not None and self.calls >= self.fail_after:
+                raise KeyboardInterrupt("simulated kill")
+            self.calls += 1
+            v = 1e-3 * (1 + sum(p.numel() for p in artifact.parameters()) / 1e4)
+            return LatencyStats(v, 0.9 * v, 1.1 * v, 0.0, 3)
+
+    out = tmp_path / "t.json"
+    kw = dict(resolutions=[32], out=out, rounds=2, context=False, cache_dir=tmp_path / "c",
+              progress=True)
+    with pytest.raises(KeyboardInterrupt):
+        build_lut(SPACE, "cpu", profiler=Fake(fail_after=15), **kw)
+    first = capsys.readouterr().err
+    n_ops = len(enumerate_ops(SPACE, [32]))
+    assert f"{n_ops} ops x 2 rounds: 0/{2 * n_ops} timing" in first and "\r" not in first
+    build_lut(SPACE, "cpu", profiler=Fake(), **kw)
+    err = capsys.readouterr().err
+    assert f"resuming {out}: 14 of {2 * n_ops} timings done" in err, err
+
+
+def _readable_by_others(path) -> bool:
+    return path.stat().st_mode & 0o777 == 0o644
+
+
+def test_shared_outputs_are_0644_and_numbers_are_rounded(assets, tmp_path, run_cli):
+    import os
+    import re
+    import stat
+
+    from supernet.fileio import atomic_write_text, shared_file_mode
+
+    probe = tmp_path / "probe"
+    probe.write_text("")  # what a plain open() gives under this umask
+    assert shared_file_mode() == stat.S_IMODE(probe.stat().st_mode)
+    atomic_write_text(tmp_path / "key", "secret", mode=0o600)
+    assert stat.S_IMODE((tmp_path / "key").stat().st_mode) == 0o600
+    out = tmp_path / "run"
+    r = run_cli(*_spec(assets, out, "--ms", "1.2", "--json"))
+    assert r.exit_code == 0, r.output
+    for name in ("report.json", "report.md", "model.onnx", "model.json", "config.yaml",
+                 "search.png", "latency.png"):
+        assert stat.S_IMODE((out / name).stat().st_mode) == shared_file_mode(), name
+    text = (out / "report.json").read_text()
+    assert not re.search(r"\d\.\d*(0{6}|9{6})\d", text), "unrounded float in report.json"
+    assert json.loads(r.stdout)["predicted_latency_ms"] == \
+        json.loads(text)["predicted_latency_ms"]
+    assert os.path.isfile(out / "config.yaml")
+
+
+def test_lut_show_renders_nested_metadata_as_rows(assets, tmp_path, run_cli):
+    t = LatencyTable.load(assets / "lut.json")
+    t.meta["drift"] = {"baseline_ms": 0.51234567, "max_abs_drift": 0.021, "checks": 12,
+                       "history": [[i, 0.5 + i * 1e-3] for i in range(200)]}
+    t.meta["profiler"] = {"runtime": "onnxruntime", "version": "1.23", "threads": 1}
+    t.save(tmp_path / "lut.json")
+    r = run_cli("lut", "show", tmp_path / "lut.json")
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    assert max(map(len, lines)) <= 120, max(lines, key=len)
+    assert any(ln.split()[:2] == ["drift.max_abs_drift", "0.021"] for ln in lines)
+    assert any(ln.split()[:2] == ["profiler.runtime", "onnxruntime"] for ln in lines)
+    assert not any("{" in ln for ln in lines)
