@@ -56,6 +56,10 @@ def render_markdown(rep: Mapping[str, Any]) -> str:
         f"| MACs | {rep['macs']:,} |",
         "",
     ]
+    if rep.get("budget_admits_every_subnet"):
+        lines += [f"The budget admits every subnet: by the LUT they take "
+                  f"{_fmt(rep['lut_min_ms'])} .. {_fmt(rep['lut_max_ms'])} ms, so the winner is "
+                  f"simply the most accurate one.", ""]
     if rep.get("within_budget") is False:
         lines += [f"**The measured latency exceeds the budget** by "
                   f"{_fmt(m.get('median', 0) - rep['budget_ms'], 2)} ms: the LUT predicted "

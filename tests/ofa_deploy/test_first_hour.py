@@ -301,3 +301,23 @@ def test_lut_show_renders_nested_metadata_as_rows(assets, tmp_path, run_cli):
     assert any(ln.split()[:2] == ["drift.max_abs_drift", "0.021"] for ln in lines)
     assert any(ln.split()[:2] == ["profiler.runtime", "onnxruntime"] for ln in lines)
     assert not any("{" in ln for ln in lines)
+
+
+# -- item 7: budgets that limit nothing, and ones nothing fits ---------------------------------
+def test_specialize_says_when_the_budget_admits_every_subnet(assets, tmp_path, run_cli):
+    lo, hi = LatencyTable.load(assets / "lut.json").min_max()
+    r = run_cli(*_spec(assets, tmp_path / "all", "--ms", "15"))
+    assert r.exit_code == 0, r.output
+    note = [ln for ln in r.stderr.splitlines() if ln.startswith("note:")]
+    assert len(note) == 1 and "admits every subnet" in note[0]
+    assert f"{lo:.3f} (fastest) to {hi:.3f} ms (slowest)" in note[0]
+    rep = json.loads((tmp_path / "all" / "report.json").read_text())
+    assert rep["budget_admits_every_subnet"] is True
+    assert "admits every subnet" in (tmp_path / "all" / "report.md").read_text()
+    r = run_cli(*_spec(assets, tmp_path / "mid", "--ms", f"{(lo + hi) / 2:.3f}"))
+    assert r.exit_code == 0 and "admits every subnet" not in r.output
+    assert json.loads((tmp_path / "mid" / "report.json").read_text())[
+        "budget_admits_every_subnet"] is False
+    _one_line(run_cli(*_spec(assets, tmp_path / "none", "--ms", f"{lo / 2:.4f}")), 1,
+              "infeasible", f"fastest subnet of {SPACE} takes {lo:.3f} ms")
+    assert not (tmp_path / "none").exists()
