@@ -321,3 +321,25 @@ def test_specialize_says_when_the_budget_admits_every_subnet(assets, tmp_path, r
     _one_line(run_cli(*_spec(assets, tmp_path / "none", "--ms", f"{lo / 2:.4f}")), 1,
               "infeasible", f"fastest subnet of {SPACE} takes {lo:.3f} ms")
     assert not (tmp_path / "none").exists()
+
+
+# -- item 9: `devices` says which tables exist ------------------------------------------------
+def test_devices_lists_tables_and_builtin_targets(assets, tmp_path, run_cli, monkeypatch):
+    from luts.table import default_lut_path
+
+    monkeypatch.setenv("OFA_DEPLOY_HOME", str(tmp_path / "home"))
+    t = LatencyTable.load(assets / "lut.json")
+    t.meta.update(threads=2, precision="fp32")
+    t.save(default_lut_path("cpu", SPACE))
+    r = run_cli("devices", "--no-adb")
+    assert r.exit_code == 0, r.output
+    cpu_row = next(ln for ln in r.stdout.splitlines() if ln.startswith("cpu "))
+    assert cpu_row.endswith(f"; tables: {SPACE}")
+    rows = r.stdout.split("latency tables")[1].splitlines()
+    assert any(ln.split()[:3] == ["ort:cpu", SPACE, "2"] and "fp32" in ln for ln in rows), rows
+    assert any(ln.startswith("note10 (built-in target)") and "ofa-mbv3-w1.2" in ln
+               for ln in rows), rows
+    data = json.loads(run_cli("devices", "--no-adb", "--json").stdout)
+    cpu = next(d for d in data if d["spec"] == "cpu")
+    assert [(x["space"], x["threads"], x["precision"]) for x in cpu["tables"]] == \
+        [(SPACE, 2, "fp32")]
