@@ -326,25 +326,27 @@ def specialize(net: Supernet, predictor, scenarios: List[Scenario], *, out_dir: 
                                   pareto=[(results[o].latency_ms, results[o].predicted_accuracy)
                                           for o in scenarios if o.target == s.target],
                                   title=f"{s.target} @ {s.budget_ms:g} ms"),
-            "latency": plot_pred_vs_measured(sdir / "latency.png", [{
-                "label": s.name, "predicted_ms": res.latency_ms,
-                "measured_ms": measured["median"], "p10_ms": measured["p10"],
-                "p90_ms": measured["p90"]}]),
+            "latency": str(sdir / "latency.png"),  # drawn below, once all are measured
         }
         rep["plots"] = plots
         rep["report_files"] = {"json": str(sdir / "report.json"),
                                "markdown": str(sdir / "report.md")}
-        rep = round_floats(rep)  # what --json prints is what report.json holds
-        write_report(rep, sdir)
         if not rep["within_budget"]:
             echo(f"[{s.name}] WARNING: measured {measured['median']:.3f} ms exceeds the "
                  f"{s.budget_ms:g} ms budget (predicted {res.latency_ms:.3f} ms)")
-        reports.append(rep)
-    if not single:
-        write_summary(reports, out)
-        plot_pred_vs_measured(out / "latency.png", [
-            {"label": r["scenario"], "predicted_ms": r["predicted_latency_ms"],
+        reports.append(round_floats(rep))  # what --json prints is what report.json holds
+    # every scenario's latency.png shows all scenarios of the run (its own highlighted) with
+    # its budget: one point alone says little about how far the LUT is off
+    rows = [{"label": r["scenario"], "predicted_ms": r["predicted_latency_ms"],
              "measured_ms": r["measured_latency_ms"]["median"],
              "p10_ms": r["measured_latency_ms"]["p10"], "p90_ms": r["measured_latency_ms"]["p90"]}
-            for r in reports])
+            for r in reports]
+    for r in reports:
+        plot_pred_vs_measured(r["plots"]["latency"], rows, budgets=[r["budget_ms"]],
+                              highlight=r["scenario"])
+        write_report(r, Path(r["report_files"]["json"]).parent)
+    if not single:
+        write_summary(reports, out)
+        plot_pred_vs_measured(out / "latency.png", rows,
+                              budgets=sorted({r["budget_ms"] for r in reports}))
     return reports

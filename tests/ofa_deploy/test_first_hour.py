@@ -343,3 +343,40 @@ def test_devices_lists_tables_and_builtin_targets(assets, tmp_path, run_cli, mon
     cpu = next(d for d in data if d["spec"] == "cpu")
     assert [(x["space"], x["threads"], x["precision"]) for x in cpu["tables"]] == \
         [(SPACE, 2, "fp32")]
+
+
+# -- item 8: plots worth looking at ------------------------------------------------------------
+def test_pareto_front_and_zoom():
+    from ofa_deploy.report import pareto_front, zoom_range
+
+    lat = [1.0, 0.5, 0.7, 0.6, 1.2, 0.9]
+    acc = [0.80, 0.60, 0.70, 0.58, 0.79, 0.75]
+    assert pareto_front(lat, acc) == [(0.5, 0.6), (0.7, 0.7), (0.9, 0.75), (1.0, 0.8)]
+    lo, hi, shown = zoom_range([0.7, 1.6], 15.5)  # a budget far above: zoom to the points
+    assert not shown and 0.6 < lo < 0.7 and 1.6 < hi < 1.7
+    lo, hi, shown = zoom_range([0.7, 1.6], 1.8)  # a budget near them: drawn inside
+    assert shown and hi > 1.8
+
+
+def test_latency_plots_show_every_scenario_with_its_budget(assets, tmp_path, run_cli,
+                                                           monkeypatch):
+    import ofa_deploy.report as report
+
+    calls = []
+    real = report.plot_pred_vs_measured
+
+    def spy(path, rows, budgets=(), highlight=None):
+        calls.append((str(path), [r["label"] for r in rows], list(budgets), highlight))
+        return real(path, rows, budgets=budgets, highlight=highlight)
+
+    monkeypatch.setattr(report, "plot_pred_vs_measured", spy)
+    out = tmp_path / "two"
+    r = run_cli(*_spec(assets, out, "--ms", "0.8", "--ms", "1.5"))
+    assert r.exit_code == 0, r.output
+    names = ["ort-cpu-0.8ms", "ort-cpu-1.5ms"]
+    assert sorted(calls) == sorted([
+        (str(out / "ort-cpu-0.8ms" / "latency.png"), names, [0.8], "ort-cpu-0.8ms"),
+        (str(out / "ort-cpu-1.5ms" / "latency.png"), names, [1.5], "ort-cpu-1.5ms"),
+        (str(out / "latency.png"), names, [0.8, 1.5], None)])
+    for c in calls:
+        assert (tmp_path / c[0]).stat().st_size > 1000
