@@ -24,7 +24,7 @@ from .search import Constraints, EvolutionConfig, SearchResult, evolution_search
 log = logging.getLogger(__name__)
 
 __all__ = ["Scenario", "make_scenarios", "resolve_lut", "lut_id", "specialize", "runtime_versions",
-           "subnet_metadata"]
+           "subnet_metadata", "calibrate_subnet"]
 
 LOCAL_BACKENDS = ("ort", "tflite", "cuda")
 
@@ -134,37 +134,60 @@ def subnet_metadata(space, arch: ArchConfig, artifacts: Dict[str, dict], **extra
 
 @dataclass
 class DataContext:
-    """Calibration / evaluation data for a specialization (optional)."""
+    """Calibration / evaluation data for a specialization (optional). ``spec`` is the
+    ``--data`` value it came from (recorded so ``export`` can load the same images)."""
 
     dataset: Any = None
     calib_images: int = 2000
     eval_images: Optional[int] = None
     batch_size: int = 200
+    spec: Optional[str] = None
+
+
+def calibrate_subnet(sub: torch.nn.Module, dataset, r: int, images: int, batch_size: int = 200,
+                     *, spec: Optional[str] = None) -> Dict[str, Any]:
+    """Re-estimate ``sub``'s BN statistics on the first ``images`` held-out training images
+    at resolution ``r`` (no augmentation, no randomness), in channels-last memory order.
+
+    ``specialize`` and ``export`` both calibrate through here, so ``export --arch
+    report.json`` rebuilds the shipped ``model.onnx`` bit for bit: the memory format changes
+    which convolution kernels run, and so the last bits of the statistics. Returns the record
+    of what was used (it goes into report.json as ``bn_calibration``); ``sub`` is modified in
+    place and left in eval mode, contiguous.
+    """
+    from supernet.bn import calibrate_bn, calibration_batches
+    from supernet.training.data import HOLDOUT_SEED
+
+    sub = sub.to(memory_format=torch.channels_last)
+    calibrate_bn(sub, calibration_batches(dataset.holdout, r, images, batch_size,
+                                          channels_last=True))
+    sub.to(memory_format=torch.contiguous_format).eval()
+    return {"data": spec, "dataset": getattr(dataset, "name", None), "split": "holdout",
+            "holdout_seed": HOLDOUT_SEED, "holdout_size": len(dataset.holdout),
+            "images": min(images, len(dataset.holdout)), "order": "first images, in order",
+            "batch_size": batch_size, "resolution": r, "memory_format": "channels_last",
+            "seed": None}
 
 
 def prepare_subnet(net: Supernet, arch: ArchConfig, data: DataContext, *,
                    finetune_epochs: int = 0, seed: int = 0, echo=lambda s: None):
     """Extract ``arch``, re-estimate its BN statistics (and optionally fine-tune); returns the
-    subnet and its measured test accuracy (None without data)."""
-    from supernet.bn import calibrate_bn, calibration_batches
-
+    subnet, its measured test accuracy and test images (None without data) and the record of
+    the BN calibration (:func:`calibrate_subnet`; None without data)."""
     from .evaluate import accuracy_onnx
 
     sub = extract_subnet(net, arch).eval()
     if data.dataset is None:
         echo("no data: the subnet keeps the supernet's BN statistics (pass --data to calibrate)")
-        return sub, None, None
+        return sub, None, None, None
     ds = data.dataset
-    sub = sub.to(memory_format=torch.channels_last)
-    calibrate_bn(sub, calibration_batches(ds.holdout, arch.r, data.calib_images, data.batch_size,
-                                          channels_last=True))
-    sub = sub.to(memory_format=torch.contiguous_format).eval()
+    calib = calibrate_subnet(sub, ds, arch.r, data.calib_images, data.batch_size, spec=data.spec)
     if finetune_epochs > 0:
         _finetune(sub, ds, arch.r, finetune_epochs, seed=seed, batch_size=data.batch_size,
                   echo=echo)
     res = accuracy_onnx(sub, ds.test, arch.r, images=data.eval_images,
                         batch_size=data.batch_size)
-    return sub, res["accuracy"], res["samples"]
+    return sub, res["accuracy"], res["samples"], calib
 
 
 def _finetune(sub: torch.nn.Module, ds, r: int, epochs: int, *, seed: int, batch_size: int,
@@ -269,7 +292,7 @@ def specialize(net: Supernet, predictor, scenarios: List[Scenario], *, out_dir: 
         arch = res.arch
         echo(f"[{s.name}] winner {arch.to_string(space)}: predicted "
              f"{res.predicted_accuracy:.4f} acc, {res.latency_ms:.3f} ms")
-        sub, acc, n_eval = prepare_subnet(net, arch, data, finetune_epochs=finetune_epochs,
+        sub, acc, n_eval, calib = prepare_subnet(net, arch, data, finetune_epochs=finetune_epochs,
                                           seed=search_config.seed, echo=echo)
         shape = (1, 3, arch.r, arch.r)
         artifacts = export_artifacts(sub, shape, sdir, formats, seed=search_config.seed)
@@ -309,6 +332,8 @@ def specialize(net: Supernet, predictor, scenarios: List[Scenario], *, out_dir: 
                        "config": search_config.get_state(),
                        "resolutions": list(res.resolutions)},
             "finetune_epochs": finetune_epochs,
+            # what `export --arch report.json` needs to rebuild model.onnx bit for bit
+            "bn_calibration": calib,
             "runtime": versions,
             "command": command,
         }

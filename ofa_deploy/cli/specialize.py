@@ -83,10 +83,12 @@ def specialize(ctx, targets, budgets, mflops, supernet_name, space_name, lut_pat
     net.eval()
     predictor = load_predictor_for(predictor_path, predictor_format, net.space)
     ds = load_data(data_spec, supernet_name, echo)
+    spec = None if ds is None else (data_spec or "fashion-mnist")  # recorded for `export`
     command = " ".join(shlex.quote(a) for a in ["ofa-deploy", *sys.argv[1:]])
     with output_dir_guard(out_dir):
         reports = run(net, predictor, scenarios, out_dir=out_dir, search_config=config,
-                      data=DataContext(ds, calib_images, eval_images), formats=fmts,
+                      data=DataContext(ds, calib_images, eval_images, spec=spec),
+                      formats=fmts,
                       lut_path=lut_path, threads=threads, runs=runs, warmup=warmup,
                       finetune_epochs=finetune_epochs, supernet_name=str(supernet_name),
                       command=command, echo=echo, progress=not as_json)

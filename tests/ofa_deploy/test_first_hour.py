@@ -380,3 +380,36 @@ def test_latency_plots_show_every_scenario_with_its_budget(assets, tmp_path, run
         (str(out / "latency.png"), names, [0.8, 1.5], None)])
     for c in calls:
         assert (tmp_path / c[0]).stat().st_size > 1000
+
+
+# -- item 2: export --arch report.json rebuilds specialize's model bit for bit ----------------
+def test_export_of_a_report_reproduces_the_specialize_model(assets, tmp_path, run_cli):
+    import hashlib
+
+    from supernet.training.data import DataError, load_dataset
+
+    try:
+        load_dataset("fashion-mnist")
+    except DataError as exc:
+        pytest.skip(f"needs the bundled default's data: {exc}")
+    sha = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()
+    run = tmp_path / "run"
+    r = run_cli("specialize", "--lut", assets / "lut.json", "--ms", "1.2", "--calib-images",
+                "48", "--eval-images", "20", "--generations", "2", "--population", "8",
+                "--runs", "2", "--warmup", "0", "--threads", "1", "--formats", "onnx",
+                "--out", run)
+    assert r.exit_code == 0, r.output
+    rep = json.loads((run / "report.json").read_text())
+    cal = rep["bn_calibration"]
+    assert (cal["data"], cal["images"], cal["split"], cal["order"], cal["memory_format"]) == \
+        ("fashion-mnist", 48, "holdout", "first images, in order", "channels_last")
+    r = run_cli("export", "--arch", run / "report.json", "--format", "onnx", "--out",
+                tmp_path / "again")
+    assert r.exit_code == 0, r.output
+    assert "48 images of fashion-mnist" in r.stderr
+    assert sha(tmp_path / "again" / "model.onnx") == sha(run / "model.onnx")
+    # and the check can fail: other calibration images give other weights
+    r = run_cli("export", "--arch", run / "report.json", "--format", "onnx", "--calib-images",
+                "40", "--out", tmp_path / "other")
+    assert r.exit_code == 0, r.output
+    assert sha(tmp_path / "other" / "model.onnx") != sha(run / "model.onnx")
