@@ -616,12 +616,12 @@ def build_lut(space: "Space | str", device: "str | DeviceSpec", *,
         if progress:
             from supernet.progress import progress_bar
 
+            if done0:
+                print(f"resuming {out}: {done0} of {total} timings done", file=sys.stderr)
             # the bar counts timings: every op once per round (the numbers then add up)
             bar = progress_bar(total, initial=done0, unit="timing",
                                desc=f"profile {spec} {space.name}: {len(ops)} ops x "
                                     f"{rounds} rounds")
-            if done0:
-                bar.write(f"resuming {out}: {done0} of {total} timings done")
         pending = [op.macs for op in ops if rounds_done(op) < rounds]
         ref_macs = float(np.percentile(pending, 75)) if pending else 0.0
         for rnd in range(1, rounds + 1):

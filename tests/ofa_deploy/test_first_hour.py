@@ -413,3 +413,19 @@ def test_export_of_a_report_reproduces_the_specialize_model(assets, tmp_path, ru
                 "40", "--out", tmp_path / "other")
     assert r.exit_code == 0, r.output
     assert sha(tmp_path / "other" / "model.onnx") != sha(run / "model.onnx")
+
+
+def test_profile_reuses_the_thread_count_of_an_existing_table(assets, tmp_path):
+    """The tour's `profile --device cpu` after `specialize` built the table with 1 thread on a
+    2-core machine: the existing table's threads are the default, not a settings clash."""
+    import sys
+
+    import ofa_deploy.cli  # noqa: F401
+    prof = sys.modules["ofa_deploy.cli.profile"]
+    t = LatencyTable.load(assets / "lut.json")
+    t.meta["threads"] = 1
+    t.save(tmp_path / "t.json")
+    assert prof._existing_threads(tmp_path / "t.json") == 1
+    assert prof._existing_threads(tmp_path / "none.json") is None
+    (tmp_path / "bad.json").write_text("{")
+    assert prof._existing_threads(tmp_path / "bad.json") is None
