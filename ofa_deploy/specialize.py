@@ -16,7 +16,7 @@ import torch
 from luts.table import LatencyTable, LUTError, load_table
 from profilers.base import DeviceSpec, get_profiler
 from supernet import ArchConfig, Supernet, arch_cost, extract_subnet
-from supernet.errors import OfaDeployError
+from supernet.errors import BadValueError, OfaDeployError
 from supernet.fileio import atomic_write_text, sha256_file
 
 from .search import Constraints, EvolutionConfig, SearchResult, evolution_search, pareto_search
@@ -47,12 +47,12 @@ def make_scenarios(targets: Sequence[str], budgets: Sequence[float],
     many targets."""
     targets, budgets = list(targets), [float(b) for b in budgets]
     if not targets:
-        raise OfaDeployError("give at least one --target")
+        raise BadValueError("give at least one --target")
     if not budgets:
-        raise OfaDeployError("give a latency budget with --ms")
+        raise BadValueError("give a latency budget with --ms")
     for b in budgets:
         if not np.isfinite(b) or b <= 0:
-            raise OfaDeployError(f"--ms must be a positive number of milliseconds, got {b:g}")
+            raise BadValueError(f"--ms must be a positive number of milliseconds, got {b:g}")
     for t in targets:
         DeviceSpec.parse(t)
     if len(targets) == len(budgets):
@@ -62,7 +62,7 @@ def make_scenarios(targets: Sequence[str], budgets: Sequence[float],
     elif len(budgets) == 1:
         pairs = [(t, budgets[0]) for t in targets]
     else:
-        raise OfaDeployError(f"{len(targets)} targets and {len(budgets)} budgets: give one budget "
+        raise BadValueError(f"{len(targets)} targets and {len(budgets)} budgets: give one budget "
                              f"per target, one target with several budgets, or one budget")
     out, seen = [], set()
     for t, b in pairs:

@@ -36,7 +36,9 @@ class OfaGroup(click.Group):
         try:
             return super().invoke(ctx)
         except OfaDeployError as exc:
-            raise click.ClickException(str(exc)) from None
+            err = click.ClickException(str(exc))
+            err.exit_code = getattr(exc, "exit_code", 1)  # 2: a malformed value, as click's
+            raise err from None
         except OSError as exc:  # every OS error: one line, never a traceback
             where = f": {exc.filename}" if exc.filename else ""
             raise click.ClickException(f"{exc.strerror or exc}{where}") from None

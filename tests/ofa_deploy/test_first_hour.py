@@ -429,3 +429,10 @@ def test_profile_reuses_the_thread_count_of_an_existing_table(assets, tmp_path):
     assert prof._existing_threads(tmp_path / "none.json") is None
     (tmp_path / "bad.json").write_text("{")
     assert prof._existing_threads(tmp_path / "bad.json") is None
+
+
+def test_mismatched_targets_and_budgets_is_a_usage_error(assets, tmp_path, run_cli):
+    r = run_cli(*_spec(assets, tmp_path / "o", "--target", "cpu", "--target", "tflite:cpu",
+                       "--ms", "1", "--ms", "2", "--ms", "3"))
+    _one_line(r, 2, "2 targets and 3 budgets")
+    assert not (tmp_path / "o").exists()
