@@ -74,13 +74,16 @@ class LineProgress:
             self._print()
 
     def update(self, k: int = 1) -> None:
+        """Count ``k`` more done (prints when a step or the interval is reached)."""
         self.n += k
         self.refresh()
 
     def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
+        """Text shown in brackets after the count on the next line."""
         self.postfix = s
 
     def set_postfix(self, ordered_dict: Any = None, refresh: bool = True, **kw: Any) -> None:
+        """``key=value`` pairs shown in brackets after the count on the next line."""
         items = dict(ordered_dict or {}, **kw)
         self.postfix = ", ".join(f"{k}={v}" for k, v in items.items())
 
@@ -89,6 +92,7 @@ class LineProgress:
         print(s, file=self.file, flush=True)
 
     def close(self) -> None:
+        """Print the final count (unless just printed); later calls print nothing."""
         if not self._closed and self.n != self._last_n:
             self._print()
         self._closed = True
