@@ -647,7 +647,8 @@ def build_lut(space: "Space | str", device: "str | DeviceSpec", *,
                     monitor = DriftMonitor(
                         lambda a=art, sh=j.shape: profiler.measure(a, sh).median_ms,
                         every_s=drift_every_s, tolerance=drift_tolerance,
-                        on_warn=on_warn or (bar.write if bar is not None else None))
+                        on_warn=on_warn or ((lambda m: bar.write(f"warning: {m}"))
+                                            if bar is not None else None))
                 elif monitor is not None:
                     monitor.check()
                 refresh()

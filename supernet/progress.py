@@ -50,7 +50,8 @@ class LineProgress:
         now = time.monotonic()
         el = now - self._t0
         if self.total:
-            text = f"{self.desc}: {self.n}/{self.total} {self.unit} ({self._pct(self.n):.0f}%)"
+            # floor, not round: 1797/4500 is 39%, so the 40% line is the one at 1800
+            text = f"{self.desc}: {self.n}/{self.total} {self.unit} ({int(self._pct(self.n))}%)"
         else:
             text = f"{self.desc}: {self.n} {self.unit}"
         if self.n > self._n0:
