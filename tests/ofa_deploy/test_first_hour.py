@@ -178,6 +178,10 @@ def test_failed_run_leaves_no_half_made_output(assets, tmp_path, run_cli, monkey
     assert r.exit_code == 1
     assert (old / "notes.txt").read_text() == "mine"
     assert "This run failed" in (old / "INCOMPLETE.txt").read_text()
+    monkeypatch.undo()  # a run that succeeds there takes the mark away
+    r = run_cli(*_spec(assets, old, "--ms", "5"))
+    assert r.exit_code == 0, r.output
+    assert not (old / "INCOMPLETE.txt").exists() and (old / "model.onnx").is_file()
     # a phone target without a table fails before the folder is made
     monkeypatch.setenv("OFA_DEPLOY_HOME", str(tmp_path / "home"))
     r = run_cli("specialize", "--supernet", assets / "net.pt", "--predictor", assets / "pred.pt",
