@@ -10,7 +10,8 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.10",
-    packages=["ofa_deploy", "ofa_deploy.cli", "ofa_deploy.search", "supernet", "supernet.training", "profilers", "luts"],
+    packages=["ofa_deploy", "ofa_deploy.bench", "ofa_deploy.cli", "ofa_deploy.search", "supernet",
+              "supernet.training", "profilers", "luts"],
     package_data={"luts": ["tables/*.json"], "ofa_deploy": ["assets/*"], "supernet": ["assets/*"]},
     include_package_data=True,
     install_requires=[

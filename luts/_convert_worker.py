@@ -16,6 +16,9 @@ import sys
 
 
 def main(argv=None) -> int:
+    """Serve conversion requests, one JSON line each on stdin, answering one JSON line each (``ok``
+    and ``path``, or ``error``); stdout/stderr are silenced so converter logging cannot corrupt
+    the replies. Returns the exit status."""
     args = json.loads((argv or sys.argv[1:] or ["{}"])[0])
     proto = os.fdopen(os.dup(1), "w", buffering=1)
     devnull = os.open(os.devnull, os.O_WRONLY)
@@ -35,7 +38,8 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    from luts.builder import _Job, _convert
+    from luts.convert import _Job, _convert
+    from supernet.errors import first_line
 
     for line in sys.stdin:
         if not line.strip():
@@ -47,8 +51,7 @@ def main(argv=None) -> int:
             path = _convert(job, req["fmt"], req["path"])
             reply = {"ok": True, "path": path}
         except Exception as exc:  # reported to the parent, which raises it with context
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            reply = {"ok": False, "error": first[:500]}
+            reply = {"ok": False, "error": first_line(exc, 500)}
         proto.write(json.dumps(reply) + "\n")
         proto.flush()
     return 0

@@ -34,7 +34,7 @@ from typing import Dict, List, Mapping, Tuple
 import yaml
 
 from profilers.base import LatencyStats
-from supernet.fileio import atomic_write_text
+from supernet.fileio import atomic_write_text, read_yaml
 from supernet.ops import OpKey, conv_out, enumerate_ops
 from supernet.space import Space, get_space
 
@@ -172,15 +172,7 @@ def reference_key_to_opkey(key: str, space: "Space | str") -> OpKey:
 def read_reference_yaml(path: "str | os.PathLike") -> Dict[str, Tuple[int, float, float]]:
     """``{key: (count, mean, std)}`` of one reference file (``var`` is accepted for ``std``)."""
     p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise LUTError(f"reference table not found: {p}") from None
-    except OSError as exc:
-        raise LUTError(f"cannot read reference table {p}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise LUTError(f"reference table {p} is not valid YAML: "
-                       f"{str(exc).splitlines()[0]}") from None
+    data = read_yaml(p, "reference table", LUTError, missing=f"reference table not found: {p}")
     if not isinstance(data, Mapping) or not data:
         raise LUTError(f"reference table {p} must be a non-empty mapping of op keys")
     out = {}

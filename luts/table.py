@@ -27,42 +27,39 @@ import json
 import logging
 import math
 import os
-import re
-import sys
 from pathlib import Path
 from typing import Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
-from profilers.base import DeviceSpec, DeviceSpecError, LatencyStats
+from profilers.base import LatencyStats
 from supernet.arch import ArchConfig
 from supernet.batch import ArchBatch
 from supernet.errors import OfaDeployError
 from supernet.fileio import atomic_write_text
-from supernet.ops import OpGrid, OpKey, arch_ops, enumerate_ops
-from supernet.space import Space, SpaceError, get_space, list_spaces
+from supernet.ops import OpGrid, OpKey, enumerate_ops
+from supernet.space import Space, SpaceError, get_space
 
-__all__ = [
-    "SCHEMA",
-    "SCHEMA_VERSION",
-    "LUTError",
-    "LatencyTable",
-    "cache_dir",
-    "default_lut_path",
-    "BUILTIN_TABLES",
-    "builtin_table_path",
-    "load_table",
-]
+__all__ = ["SCHEMA", "SCHEMA_VERSION", "LUTError", "LatencyTable"]
+
+# Where tables live (cache directory, built-in tables, name lookup) is luts.store; these names
+# were defined here first and stay importable from luts.table.
+_STORE_NAMES = ("BUILTIN_TABLES", "builtin_table_path", "cache_dir", "default_lut_path",
+                "load_table")
+
+
+def __getattr__(name: str):
+    # Resolved on first use: luts.store imports this module, so it cannot be imported here.
+    if name in _STORE_NAMES:
+        from . import store
+
+        return getattr(store, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 log = logging.getLogger("ofa_deploy.luts")
 
 SCHEMA = "ofa-deploy-lut"
 SCHEMA_VERSION = 1
-
-# Built-in target name -> file shipped inside this package (relative to luts/).
-BUILTIN_TABLES: Dict[str, str] = {
-    "note10": "luts/tables/note10-ofa-mbv3-w1.2.json",
-}
 
 
 class LUTError(OfaDeployError):
@@ -87,10 +84,6 @@ def _stats_sane(s: LatencyStats) -> str | None:
 def _work(op: OpKey) -> float:
     """Size proxy used to scale an interpolated latency: MACs, or elements read for pooling."""
     return float(op.macs if op.macs > 0 else op.h * op.h * op.cin) or 1.0
-
-
-def _scale_stats(s: LatencyStats, f: float) -> LatencyStats:
-    return LatencyStats(s.median_ms * f, s.p10_ms * f, s.p90_ms * f, s.std_ms * f, s.runs)
 
 
 class LatencyTable:
@@ -147,6 +140,8 @@ class LatencyTable:
         return s
 
     def has(self, op: OpKey, resolution: int | None = None) -> bool:
+        """Whether ``op`` has a measured entry (for every resolution, or for networks at
+        ``resolution``)."""
         return op in self.entries or (
             resolution is not None and op in self.resolution_entries.get(int(resolution), {}))
 
@@ -266,7 +261,9 @@ class LatencyTable:
                            f"({sp.num_blocks} blocks, {sp.num_stages} stages)")
         act = batch.active
         k_ok, e_ok = np.isin(batch.ks, sp.kernel_choices), np.isin(batch.e, sp.expand_choices)
-        ok = ((k_ok & e_ok) | ~act).all(axis=1) & np.isin(batch.d, sp.depth_choices).all(axis=1)
+        d_ok = np.stack([np.isin(batch.d[:, s], sp.stage_depth_choices(s))
+                         for s in range(sp.num_stages)], axis=1)
+        ok = ((k_ok & e_ok) | ~act).all(axis=1) & d_ok.all(axis=1)
         if not ok.all():
             i = int(np.argmin(ok))
             raise LUTError(f"arch #{i} has kernel/expand/depth values outside space {sp.name}")
@@ -288,11 +285,8 @@ class LatencyTable:
         return g.evaluate(batch)
 
     def predict_one(self, arch: ArchConfig, *, interpolate: bool = False) -> float:
+        """Predicted latency (ms) of one arch; see :meth:`predict`."""
         return float(self.predict([arch], interpolate=interpolate)[0])
-
-    def breakdown(self, arch: ArchConfig) -> List[Tuple[OpKey, float]]:
-        """(op, median ms) of each op of ``arch`` in execution order (overhead not included)."""
-        return [(op, self.get(op, arch.r).median_ms) for op in arch_ops(self.space, arch)]
 
     def min_max(self, resolutions: Sequence[int] | None = None, *,
                 interpolate: bool = False) -> Tuple[float, float]:
@@ -307,6 +301,7 @@ class LatencyTable:
 
     # -- (de)serialisation ---------------------------------------------------------------
     def get_state(self) -> dict:
+        """The table as the JSON object of the file format (see the module docstring)."""
         meta = dict(self.meta)
         meta["space"] = self.space.name
         meta["resolutions"] = list(self.resolutions)
@@ -328,6 +323,8 @@ class LatencyTable:
 
     @classmethod
     def from_state(cls, state: Mapping, *, source: str = "latency table") -> "LatencyTable":
+        """Read and validate the file format's JSON object; anything malformed or inconsistent with
+        its space is a LUTError naming ``source`` and the field."""
         if not isinstance(state, Mapping):
             raise LUTError(f"{source}: expected a JSON object, got {type(state).__name__}")
         if state.get("schema") != SCHEMA:
@@ -397,6 +394,8 @@ class LatencyTable:
 
     @classmethod
     def load(cls, path: "str | os.PathLike") -> "LatencyTable":
+        """Read and validate a table file; a missing, unreadable or corrupt file is a one-line
+        LUTError. Sets ``path``."""
         p = Path(path)
         try:
             text = p.read_text(encoding="utf-8")
@@ -415,6 +414,7 @@ class LatencyTable:
         return t
 
     def to_json(self) -> str:
+        """The file's text: sorted keys, so saving an unchanged table rewrites the same bytes."""
         return json.dumps(self.get_state(), indent=1, sort_keys=True, allow_nan=False) + "\n"
 
     def save(self, path: "str | os.PathLike") -> Path:
@@ -427,89 +427,3 @@ class LatencyTable:
         return self.get_state() == other.get_state()
 
     __hash__ = None  # mutable
-
-
-# -- where tables live -------------------------------------------------------------------------
-def cache_dir() -> Path:
-    """``$OFA_DEPLOY_HOME``, else the platform's user cache directory + ``ofa-deploy``."""
-    env = os.environ.get("OFA_DEPLOY_HOME")
-    if env:
-        return Path(env).expanduser()
-    if sys.platform == "darwin":
-        return Path.home() / "Library" / "Caches" / "ofa-deploy"
-    if os.name == "nt":
-        base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
-        return Path(base) / "ofa-deploy" / "Cache"
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "ofa-deploy"
-
-
-def _device_slug(device: "DeviceSpec | str") -> str:
-    if isinstance(device, DeviceSpec):
-        return device.slug
-    try:
-        return DeviceSpec.parse(device).slug
-    except DeviceSpecError:
-        return re.sub(r"[^A-Za-z0-9_.\-]+", "-", str(device)).strip("-") or "device"
-
-
-def default_lut_path(device: "DeviceSpec | str", space_name: "str | Space") -> Path:
-    """``cache_dir()/luts/<device slug>/<space>.json``."""
-    name = space_name.name if isinstance(space_name, Space) else str(space_name)
-    return cache_dir() / "luts" / _device_slug(device) / f"{name}.json"
-
-
-def builtin_table_path(name: str) -> Path:
-    try:
-        rel = BUILTIN_TABLES[name]
-    except KeyError:
-        raise LUTError(f"unknown built-in latency table {name!r}; built-in: "
-                       f"{', '.join(BUILTIN_TABLES)}") from None
-    # entries are written relative to the project root (luts/...); this module is luts/table.py
-    return Path(__file__).resolve().parent.parent / rel
-
-
-def _check_space(t: LatencyTable, space) -> LatencyTable:
-    if space is not None:
-        want = get_space(space).name
-        if t.space.name != want:
-            raise LUTError(f"latency table ({t._describe()}) is for space {t.space.name}, not "
-                           f"{want}")
-    return t
-
-
-def load_table(name_or_path: "str | os.PathLike", *, space: "Space | str | None" = None
-               ) -> LatencyTable:
-    """A built-in target name (``note10``), a table file, or a device spec (``cpu``,
-    ``adb:pixel``...) whose profiled table exists at :func:`default_lut_path`."""
-    text = str(name_or_path)
-    if text in BUILTIN_TABLES:
-        return _check_space(LatencyTable.load(builtin_table_path(text)), space)
-    p = Path(text).expanduser()
-    if p.is_file() or p.is_dir():
-        return _check_space(LatencyTable.load(p), space)
-    if text.endswith(".json") or os.sep in text or "/" in text:
-        raise LUTError(f"latency table not found: {text}")
-    try:
-        dev = DeviceSpec.parse(text)
-    except DeviceSpecError:
-        raise LUTError(f"{text!r} is not a latency table file, a built-in table "
-                       f"({', '.join(BUILTIN_TABLES)}) or a device spec (cpu, tflite:cpu, "
-                       f"cuda:0, adb:NAME)") from None
-    if space is not None:
-        sp = get_space(space).name
-        path = default_lut_path(dev, sp)
-        if path.is_file():
-            return _check_space(LatencyTable.load(path), sp)
-        raise LUTError(f"no latency table for device {dev} and space {sp} (looked for {path}); "
-                       f"build it with `ofa-deploy profile --device {dev} --space {sp}`")
-    found = [(n, default_lut_path(dev, n)) for n in list_spaces()]
-    found = [(n, pth) for n, pth in found if pth.is_file()]
-    if len(found) == 1:
-        return LatencyTable.load(found[0][1])
-    if not found:
-        raise LUTError(f"no latency table for device {dev} (looked in "
-                       f"{cache_dir() / 'luts' / dev.slug}); build one with "
-                       f"`ofa-deploy profile --device {dev} --space SPACE`")
-    raise LUTError(f"device {dev} has tables for several spaces "
-                   f"({', '.join(n for n, _ in found)}); choose one with --space")

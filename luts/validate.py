@@ -18,30 +18,18 @@ import numpy as np
 from profilers.base import DeviceSpec, Profiler, get_profiler
 from profilers.measure import loadavg
 from supernet.arch import ArchConfig
+from supernet.stats import kendall_tau
 
-from .builder import best_of, export_artifact, require_converter
+from .builder import best_of
+from .convert import export_artifact, require_converter
 from .table import LatencyTable, LUTError
 
 __all__ = ["validate_lut", "kendall_tau", "summarize", "plot_validation", "sample_archs"]
 
 
-def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
-    """Kendall's tau-b (ties in either variable handled); NaN with fewer than two points or a
-    constant variable."""
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    n = len(x)
-    if n < 2 or len(y) != n:
-        return float("nan")
-    i, j = np.triu_indices(n, k=1)
-    dx, dy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
-    s = float((dx * dy).sum())
-    n0 = len(i)
-    tx, ty = float((dx == 0).sum()), float((dy == 0).sum())
-    denom = np.sqrt((n0 - tx) * (n0 - ty))
-    return float(s / denom) if denom > 0 else float("nan")
-
-
 def summarize(predicted: Sequence[float], measured: Sequence[float]) -> Dict[str, float]:
+    """Agreement of predicted with measured latencies: sample count, MAPE, fractions within 5% and
+    10%, Kendall tau-b, mean and largest relative error."""
     p, m = np.asarray(predicted, dtype=float), np.asarray(measured, dtype=float)
     rel = (p - m) / m
     return {

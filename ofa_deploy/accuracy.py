@@ -9,29 +9,33 @@ Two file formats are read:
   both), then a one-hot of the resolution over 8 bins, ``bin = (r - 112) // 16``. Output is
   top-1 accuracy as a fraction.
 * ``ofa-deploy``: our own ``torch.save`` dict with ``format``/``version``, the encoder's state,
-  the hidden sizes, the target normalisation and the weights.
+  the hidden sizes, the target normalisation and the weights; or the same content as a numpy
+  ``.npz`` (the weights as arrays, the rest as one JSON string), which loads without torch.
 
 Both are served by :class:`AccuracyPredictor`, whose :meth:`~AccuracyPredictor.predict`
-scores a whole :class:`~supernet.batch.ArchBatch` with one forward pass.
+scores a whole :class:`~supernet.batch.ArchBatch` with one forward pass, in numpy (float32,
+the same arithmetic as torch's): torch is imported only to train (:meth:`~AccuracyPredictor.fit`),
+to read or write a torch file, or when :attr:`~AccuracyPredictor.model` is asked for.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
 import time
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
-import torch
-from torch import nn
 
 from supernet.arch import ArchConfig
 from supernet.batch import ArchBatch
 from supernet.errors import OfaDeployError
 from supernet.space import Space, get_space
+from supernet.stats import kendall_tau
 
 __all__ = [
     "PredictorError",
@@ -41,6 +45,7 @@ __all__ = [
     "kendall_tau",
     "load_predictor",
     "bundled_predictor_path",
+    "write_npz_twin",
     "PREDICTOR_FORMAT",
     "PREDICTOR_VERSION",
     "FORMATS",
@@ -92,8 +97,18 @@ class ArchEncoder:
     expand_choices: Tuple[int, ...]
     resolutions: Tuple[int, ...] = ()
     resolution_bins: Tuple[int, int, int] | None = None
+    # blocks per stage when not every stage holds max_depth (ProxylessNAS: 4,4,4,4,4,1);
+    # empty means max_depth each, and a uniform tuple is stored as empty
+    stage_blocks: Tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        sb = tuple(int(v) for v in self.stage_blocks)
+        if sb and len(sb) != self.num_stages:
+            raise ValueError(f"ArchEncoder stage_blocks needs {self.num_stages} entries")
+        if sb and (min(sb) < 1 or max(sb) > self.max_depth):
+            raise ValueError(f"ArchEncoder stage_blocks must be in 1..{self.max_depth}")
+        object.__setattr__(self, "stage_blocks",
+                           () if sb == (self.max_depth,) * self.num_stages else sb)
         for name in ("kernel_choices", "expand_choices", "resolutions"):
             object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
         if self.resolution_bins is not None:
@@ -124,7 +139,7 @@ class ArchEncoder:
         space = get_space(space)
         res = tuple(sorted(set(space.resolutions if resolutions is None else resolutions)))
         return cls(space.num_stages, space.max_depth, space.kernel_choices,
-                   space.expand_choices, resolutions=res)
+                   space.expand_choices, resolutions=res, stage_blocks=space.stage_block_counts)
 
     @classmethod
     def reference(cls) -> "ArchEncoder":
@@ -133,8 +148,13 @@ class ArchEncoder:
 
     # -- facts -------------------------------------------------------------------------
     @property
+    def block_counts(self) -> Tuple[int, ...]:
+        """Blocks per stage."""
+        return self.stage_blocks or (self.max_depth,) * self.num_stages
+
+    @property
     def num_blocks(self) -> int:
-        return self.num_stages * self.max_depth
+        return sum(self.block_counts)
 
     @property
     def num_resolution_slots(self) -> int:
@@ -169,14 +189,15 @@ class ArchEncoder:
     def check_space(self, space: "Space | str") -> None:
         """Raise :class:`PredictorError` unless ``space``'s archs have this encoding's shape."""
         space = get_space(space)
-        want = (self.num_stages, self.max_depth, self.kernel_choices, self.expand_choices)
-        have = (space.num_stages, space.max_depth, tuple(space.kernel_choices),
+        want = (self.block_counts, self.kernel_choices, self.expand_choices)
+        have = (tuple(space.stage_block_counts), tuple(space.kernel_choices),
                 tuple(space.expand_choices))
         if want != have:
             raise PredictorError(
-                f"predictor encodes {self.num_stages} stages x {self.max_depth} blocks, kernels "
-                f"{list(self.kernel_choices)}, expands {list(self.expand_choices)}; space "
-                f"{space.name} has {have[0]} x {have[1]}, {list(have[2])}, {list(have[3])}")
+                f"predictor encodes {len(want[0])} stages of {'/'.join(map(str, want[0]))} "
+                f"blocks, kernels {list(self.kernel_choices)}, expands "
+                f"{list(self.expand_choices)}; space {space.name} has {len(have[0])} stages of "
+                f"{'/'.join(map(str, have[0]))}, {list(have[1])}, {list(have[2])}")
 
     # -- encoding ----------------------------------------------------------------------
     def encode(self, batch: ArchBatch) -> np.ndarray:
@@ -187,8 +208,9 @@ class ArchEncoder:
             raise PredictorError(f"archs have {nb} blocks and {d.shape[1]} stages; the "
                                  f"predictor encodes {self.num_blocks} blocks and "
                                  f"{self.num_stages} stages")
-        pos = np.tile(np.arange(self.max_depth), self.num_stages)
-        active = pos[None, :] < np.repeat(d, self.max_depth, axis=1)
+        counts = self.block_counts
+        pos = np.concatenate([np.arange(n) for n in counts])
+        active = pos[None, :] < np.repeat(d, counts, axis=1)
         ki, ei = _lookup(self._k_lut, ks), _lookup(self._e_lut, e)
         bad = active & ((ki < 0) | (ei < 0))
         if bad.any():
@@ -234,12 +256,13 @@ class ArchEncoder:
             "resolutions": list(self.resolutions),
             "resolution_bins": None if self.resolution_bins is None else
             list(self.resolution_bins),
+            **({"stage_blocks": list(self.stage_blocks)} if self.stage_blocks else {}),
         }
 
     @classmethod
     def from_state(cls, state: Mapping) -> "ArchEncoder":
         known = {"num_stages", "max_depth", "kernel_choices", "expand_choices", "resolutions",
-                 "resolution_bins"}
+                 "resolution_bins", "stage_blocks"}
         unknown = sorted(set(state) - known)
         if unknown:
             raise PredictorError(f"unknown encoder fields: {', '.join(unknown)}")
@@ -248,34 +271,13 @@ class ArchEncoder:
             return cls(int(state["num_stages"]), int(state["max_depth"]),
                        tuple(state["kernel_choices"]), tuple(state["expand_choices"]),
                        resolutions=tuple(state.get("resolutions") or ()),
-                       resolution_bins=None if bins is None else tuple(bins))
+                       resolution_bins=None if bins is None else tuple(bins),
+                       stage_blocks=tuple(state.get("stage_blocks") or ()))
         except (KeyError, TypeError, ValueError) as exc:
             raise PredictorError(f"bad encoder state: {exc}") from None
 
 
 # -- metrics ---------------------------------------------------------------------------------
-def kendall_tau(a, b) -> float:
-    """Kendall's tau-b between two score vectors (ties handled); NaN if either is constant."""
-    a = np.asarray(a, dtype=np.float64).ravel()
-    b = np.asarray(b, dtype=np.float64).ravel()
-    if a.shape != b.shape:
-        raise ValueError("kendall_tau needs two vectors of the same length")
-    n = a.size
-    conc = ties_a = ties_b = 0.0
-    chunk = max(1, 2_000_000 // max(n, 1))  # bound the pairwise block to ~2M entries
-    for s in range(0, n, chunk):
-        sa = np.sign(a[s:s + chunk, None] - a[None, :])
-        sb = np.sign(b[s:s + chunk, None] - b[None, :])
-        conc += float((sa * sb).sum())
-        ties_a += float((sa == 0).sum())
-        ties_b += float((sb == 0).sum())
-    pairs = n * (n - 1)  # ordered pairs; the diagonal counted n ties in each
-    na, nb = pairs - (ties_a - n), pairs - (ties_b - n)
-    if na <= 0 or nb <= 0:
-        return float("nan")
-    return conc / math.sqrt(na * nb)
-
-
 @dataclass
 class FitReport:
     """What :meth:`AccuracyPredictor.fit` achieved (RMSE in accuracy units, i.e. fractions)."""
@@ -294,10 +296,21 @@ class FitReport:
 
 
 # -- the predictor ---------------------------------------------------------------------------
-def _mlp(in_dim: int, hidden: Sequence[int]) -> nn.Sequential:
+def _torch():
+    """torch, imported on first need: prediction and ``.npz`` files work without it."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency, but optional at run time
+        raise PredictorError("this needs torch (training, or reading/writing a torch predictor "
+                             "file); the .npz predictors run without it") from None
+    return torch
+
+
+def _mlp(in_dim: int, hidden: Sequence[int]):
     """Linear/ReLU stack ending in one output; Linear layers at even indices, like the
     reference, so its state_dict keys load unchanged."""
-    layers: List[nn.Module] = []
+    nn = _torch().nn
+    layers = []
     prev = in_dim
     for h in hidden:
         layers += [nn.Linear(prev, h), nn.ReLU()]
@@ -306,9 +319,11 @@ def _mlp(in_dim: int, hidden: Sequence[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def _init_mlp(model: nn.Sequential, seed: int) -> None:
+def _init_mlp(model, seed: int) -> None:
     """PyTorch's default Linear init bounds, drawn from a seeded generator instead of the
     global RNG so that two fits with one seed start from the same weights."""
+    torch = _torch()
+    nn = torch.nn
     g = torch.Generator().manual_seed(int(seed))
     with torch.no_grad():
         for m in model:
@@ -332,12 +347,14 @@ class AccuracyPredictor:
 
     The network's raw output is de-normalised as ``out * target_std + target_mean``; the
     reference predictor has ``(0, 1)``, our trained ones the statistics of their training set.
+    ``weights`` (see :meth:`set_weights`) skip the seeded random initialisation, and torch.
     """
 
     def __init__(self, encoder: ArchEncoder, hidden: Sequence[int] = (400, 400, 400), *,
                  space: "Space | str | None" = None, target_mean: float = 0.0,
                  target_std: float = 1.0, seed: int = 0, source_format: str = "ofa-deploy",
-                 metadata: Mapping | None = None):
+                 metadata: Mapping | None = None,
+                 weights: Sequence[Tuple[np.ndarray, np.ndarray]] | None = None):
         self.encoder = encoder
         self.hidden = tuple(int(h) for h in hidden)
         if not self.hidden or min(self.hidden) < 1:
@@ -354,9 +371,67 @@ class AccuracyPredictor:
         self.target_std = float(target_std)
         self.source_format = source_format
         self.metadata: dict = dict(metadata or {})
-        self.model = _mlp(encoder.dim, self.hidden)
-        _init_mlp(self.model, seed)
-        self.model.eval()
+        self._model = None
+        if weights is None:
+            model = _mlp(encoder.dim, self.hidden)
+            _init_mlp(model, seed)
+            self._adopt(model)
+        else:
+            self.set_weights(weights)
+
+    # -- weights -----------------------------------------------------------------------
+    # The numpy arrays in ``_layers`` are the weights; the torch module, when there is one,
+    # holds tensors that share their memory, so training (in-place optimiser steps) and
+    # ``load_state_dict`` (in-place copies) are seen by the numpy forward pass at once.
+    def _adopt(self, model) -> None:
+        """Take ``model``'s Linear weights as the numpy weights (shared memory)."""
+        lins = [m for m in model if isinstance(m, _torch().nn.Linear)]
+        self._layers = [(lin.weight.detach().numpy(), lin.bias.detach().numpy()) for lin in lins]
+        self._model = model.eval()
+
+    @property
+    def model(self):
+        """The network as a torch ``nn.Sequential`` (built on first use, sharing the numpy
+        weights' memory); only training and torch files need it."""
+        if self._model is None:
+            torch = _torch()
+            model = _mlp(self.encoder.dim, self.hidden)
+            lins = [m for m in model if isinstance(m, torch.nn.Linear)]
+            for lin, (w, b) in zip(lins, self._layers):
+                lin.weight = torch.nn.Parameter(torch.from_numpy(w))
+                lin.bias = torch.nn.Parameter(torch.from_numpy(b))
+            self._model = model.eval()
+        return self._model
+
+    def weights(self) -> List[Tuple[np.ndarray, np.ndarray]]:
+        """Copies of the Linear layers' ``(weight (out, in), bias (out,))``, float32."""
+        return [(w.copy(), b.copy()) for w, b in self._layers]
+
+    def set_weights(self, layers: Sequence[Tuple[np.ndarray, np.ndarray]], *,
+                    source: str = "predictor") -> None:
+        """Replace the weights by ``layers`` (``(weight (out, in), bias (out,))`` per Linear
+        layer, shapes fitting the encoder and the hidden sizes); copied as float32."""
+        dims = [self.encoder.dim, *self.hidden, 1]
+        if len(layers) != len(dims) - 1:
+            raise PredictorError(f"{source}: weights do not fit: {len(layers)} layers, the "
+                                 f"network has {len(dims) - 1}")
+        new = []
+        for j, ((w, b), i, o) in enumerate(zip(layers, dims, dims[1:])):
+            w, b = np.asarray(w), np.asarray(b)
+            if w.shape != (o, i) or b.shape != (o,):
+                raise PredictorError(f"{source}: weights do not fit: layer {j} has weight "
+                                     f"{tuple(w.shape)} and bias {tuple(b.shape)}, expected "
+                                     f"({o}, {i}) and ({o},)")
+            if not (np.isfinite(w).all() and np.isfinite(b).all()):
+                raise PredictorError(f"{source}: layer {j} has non-finite weights")
+            new.append((np.array(w, dtype=np.float32, order="C"),
+                        np.array(b, dtype=np.float32, order="C")))
+        if self._model is not None:  # keep sharing memory with the existing module
+            for (dw, db), (w, b) in zip(self._layers, new):
+                dw[...] = w
+                db[...] = b
+        else:
+            self._layers = new
 
     def __repr__(self) -> str:
         return (f"AccuracyPredictor(dim={self.encoder.dim}, hidden={list(self.hidden)}, "
@@ -369,15 +444,16 @@ class AccuracyPredictor:
 
     def predict_features(self, x: np.ndarray) -> np.ndarray:
         """Predicted accuracy for already-encoded features ``(N, encoder.dim)`` float32."""
-        # the layers are called functionally: on the ~100-row batches of a search, module
-        # dispatch costs as much as the arithmetic
-        layers = [m for m in self.model if isinstance(m, nn.Linear)]
-        with torch.inference_mode():
-            h = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-            for lin in layers[:-1]:
-                h = torch.relu_(nn.functional.linear(h, lin.weight, lin.bias))
-            out = nn.functional.linear(h, layers[-1].weight, layers[-1].bias).reshape(-1)
-        return out.numpy().astype(np.float64) * self.target_std + self.target_mean
+        # numpy, float32 like torch: on the ~100-row batches of a search, torch's per-call
+        # dispatch costs as much as the arithmetic, and the search then needs no torch at all
+        h = np.ascontiguousarray(x, dtype=np.float32)
+        for w, b in self._layers[:-1]:
+            h = h @ w.T
+            h += b
+            np.maximum(h, 0.0, out=h)
+        w, b = self._layers[-1]
+        out = (h @ w.T).reshape(-1) + b
+        return out.astype(np.float64) * self.target_std + self.target_mean
 
     def predict(self, archs) -> np.ndarray:
         """Predicted accuracy (fraction) of each arch: an :class:`ArchBatch` (one forward pass
@@ -400,6 +476,8 @@ class AccuracyPredictor:
         A ``val_fraction`` of the data (chosen with ``seed``) is held out; the weights of the
         epoch with the lowest held-out RMSE are kept, and the report gives that RMSE and the
         Kendall tau of the held-out ranking (the quantity a search relies on)."""
+        torch = _torch()
+        nn = torch.nn
         t0 = time.perf_counter()
         batch = _as_batch(self.space, archs)
         y = np.asarray(accs, dtype=np.float64).ravel()
@@ -467,8 +545,8 @@ class AccuracyPredictor:
                          val_rmse=val_rmse, kendall_tau=tau, seconds=time.perf_counter() - t0)
 
     # -- state -------------------------------------------------------------------------
-    def get_state(self) -> dict:
-        """Everything needed to rebuild this predictor (loads with ``weights_only=True``)."""
+    def _header(self) -> dict:
+        """Everything but the weights (JSON-ready)."""
         return {
             "format": PREDICTOR_FORMAT,
             "version": PREDICTOR_VERSION,
@@ -478,12 +556,21 @@ class AccuracyPredictor:
             "target_mean": self.target_mean,
             "target_std": self.target_std,
             "metadata": dict(self.metadata),
-            "state_dict": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
         }
 
+    def get_state(self) -> dict:
+        """Everything needed to rebuild this predictor (loads with ``weights_only=True``)."""
+        torch = _torch()
+        state = self._header()
+        state["state_dict"] = {f"{2 * j}.{name}": torch.from_numpy(a.copy())
+                               for j, (w, b) in enumerate(self._layers)
+                               for name, a in (("weight", w), ("bias", b))}
+        return state
+
     @classmethod
-    def from_state(cls, state: Mapping, space: "Space | str | None" = None,
-                   *, source: str = "predictor") -> "AccuracyPredictor":
+    def _from_header(cls, state: Mapping, space, source: str, weights) -> "AccuracyPredictor":
+        """Rebuild from :meth:`_header`'s fields and ``weights`` (a list of (w, b) arrays, or a
+        ``{"0.weight": ...}`` mapping), checking format, version, space and shapes."""
         if not isinstance(state, Mapping) or state.get("format") != PREDICTOR_FORMAT:
             raise PredictorError(f"{source} is not an ofa-deploy predictor")
         ver = state.get("version")
@@ -498,17 +585,28 @@ class AccuracyPredictor:
             raise PredictorError(f"{source} was trained for space {trained}, not "
                                  f"{get_space(space).name}")
         use_space = space if space is not None else trained
+        hidden = state.get("hidden") or ()
         try:
-            pred = cls(encoder, state.get("hidden") or (), space=use_space,
+            if isinstance(weights, Mapping):
+                weights = _layers_of_state_dict(weights, len(hidden) + 1, source)
+            return cls(encoder, hidden, space=use_space,
                        target_mean=float(state.get("target_mean", 0.0)),
                        target_std=float(state.get("target_std", 1.0)),
-                       metadata=state.get("metadata") or {})
-            pred.model.load_state_dict(state["state_dict"])
-        except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+                       source_format=str(state.get("source_format", "ofa-deploy")),
+                       metadata=state.get("metadata") or {}, weights=weights)
+        except (KeyError, TypeError, ValueError) as exc:
             raise PredictorError(f"{source}: weights do not fit: "
                                  f"{str(exc).splitlines()[0]}") from None
-        pred.model.eval()
-        return pred
+
+    @classmethod
+    def from_state(cls, state: Mapping, space: "Space | str | None" = None,
+                   *, source: str = "predictor") -> "AccuracyPredictor":
+        """Rebuild from :meth:`get_state`'s dict (checks format, version, space, shapes)."""
+        if not isinstance(state, Mapping) or state.get("format") != PREDICTOR_FORMAT:
+            raise PredictorError(f"{source} is not an ofa-deploy predictor")
+        if "state_dict" not in state:
+            raise PredictorError(f"{source}: no weights (state_dict) in the file")
+        return cls._from_header(state, space, source, state["state_dict"])
 
     @classmethod
     def from_reference_state_dict(cls, sd: Mapping, space: "Space | str | None" = None, *,
@@ -528,26 +626,30 @@ class AccuracyPredictor:
         for (o, _), (_, i2) in zip(shapes, shapes[1:]):
             if o != i2:
                 raise PredictorError(f"{source}: layer sizes do not chain ({shapes})")
-        pred = cls(encoder, [s[0] for s in shapes[:-1]], space=space,
+        return cls(encoder, [s[0] for s in shapes[:-1]], space=space,
                    source_format="ofa-reference",
                    metadata={"description": "OFA reference ImageNet accuracy predictor "
-                                            "(ofa_mbv3_d234_e346_k357_w1.2 supernet)"})
-        remap = {f"{i}.{p}": sd[f"{i}.{p}"] for i in idx for p in ("weight", "bias")}
-        try:
-            pred.model.load_state_dict(remap)
-        except RuntimeError as exc:
-            raise PredictorError(f"{source}: weights do not fit: "
-                                 f"{str(exc).splitlines()[0]}") from None
-        pred.model.eval()
-        return pred
+                                            "(ofa_mbv3_d234_e346_k357_w1.2 supernet)"},
+                   weights=_layers_of_state_dict(sd, len(idx), source))
 
     def save(self, path: "str | os.PathLike") -> Path:
-        """Write atomically (temp file + rename)."""
+        """Write atomically (temp file + rename): a ``.npz`` path as numpy arrays plus a JSON
+        header (read back without torch), anything else as a ``torch.save`` dict."""
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
         tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
         try:
-            torch.save(self.get_state(), tmp)
+            if p.suffix == ".npz":
+                head = self._header()
+                head["source_format"] = self.source_format
+                # where this copy was loaded from says nothing about the new file
+                head["metadata"].pop("path", None)
+                arrays = {f"{kind}{j}": a for j, (w, b) in enumerate(self._layers)
+                          for kind, a in (("w", w), ("b", b))}
+                with open(tmp, "wb") as f:  # a file object: savez adds no suffix
+                    np.savez(f, header=np.array(json.dumps(head, sort_keys=True)), **arrays)
+            else:
+                _torch().save(self.get_state(), tmp)
             os.replace(tmp, p)
         finally:
             if tmp.exists():
@@ -558,6 +660,22 @@ class AccuracyPredictor:
 _REF_KEY = re.compile(r"^(\d+)\.(weight|bias)$")
 
 
+def _layers_of_state_dict(sd: Mapping, n: int, source: str) -> List[Tuple[np.ndarray, np.ndarray]]:
+    """``n`` (weight, bias) numpy pairs from a Sequential state_dict (Linear at ``0.``, ``2.``...)."""
+    want = {f"{2 * j}.{p}" for j in range(n) for p in ("weight", "bias")}
+    if set(sd) != want:
+        missing, extra = sorted(want - set(sd)), sorted(set(sd) - want)
+        raise PredictorError(f"{source}: weights do not fit: "
+                             + (f"missing {', '.join(missing)}" if missing else "")
+                             + ("; " if missing and extra else "")
+                             + (f"unexpected {', '.join(extra)}" if extra else ""))
+
+    def arr(v):
+        return v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)
+
+    return [(arr(sd[f"{2 * j}.weight"]), arr(sd[f"{2 * j}.bias"])) for j in range(n)]
+
+
 def _reference_layer_indices(sd) -> List[int] | None:
     """Sorted Linear indices if ``sd`` looks like a plain Sequential MLP state_dict."""
     if not isinstance(sd, Mapping) or not sd:
@@ -565,7 +683,7 @@ def _reference_layer_indices(sd) -> List[int] | None:
     layers: Dict[int, set] = {}
     for k, v in sd.items():
         m = _REF_KEY.match(str(k))
-        if not m or not isinstance(v, torch.Tensor):
+        if not m or not (hasattr(v, "detach") and hasattr(v, "dim")):  # a torch tensor
             return None
         layers.setdefault(int(m.group(1)), set()).add(m.group(2))
     idx = sorted(layers)
@@ -579,18 +697,70 @@ def _reference_layer_indices(sd) -> List[int] | None:
 
 
 def bundled_predictor_path(space: "Space | str") -> Path | None:
-    """The predictor shipped for ``space``, if the package has one."""
+    """The predictor shipped for ``space``, if the package has one: its ``.npz`` twin (loads
+    without torch) where that ships, else the torch file."""
     name = BUNDLED_PREDICTORS.get(get_space(space).name)
     if name is None:
         return None
     p = Path(__file__).resolve().parent / "assets" / name
+    twin = p.with_suffix(".npz")
+    if twin.is_file():
+        return twin
     return p if p.is_file() else None
+
+
+def write_npz_twin(path: "str | os.PathLike", space: "Space | str | None" = None) -> Path:
+    """Write the ``.npz`` twin of the torch predictor file ``path`` beside it (same name,
+    suffix ``.npz``): same weights, encoder and normalisation, so the same predictions."""
+    p = Path(path)
+    if p.suffix == ".npz":
+        raise PredictorError(f"{p} is already a .npz predictor")
+    return load_predictor(p, space).save(p.with_suffix(".npz"))
+
+
+def _is_npz(p: Path) -> bool:
+    """A numpy ``.npz`` archive: a zip of ``.npy`` members (a torch file is a zip too, of a
+    pickle and raw storages, or a bare pickle)."""
+    try:
+        with zipfile.ZipFile(p) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return bool(names) and all(n.endswith(".npy") for n in names)
+
+
+def _load_npz(p: Path, space, format: str) -> AccuracyPredictor:
+    source = f"predictor {p}"
+    if format == "ofa-reference":
+        raise PredictorError(f"{p} is not an OFA reference predictor state_dict (it is an "
+                             f"ofa-deploy .npz predictor)")
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except Exception as exc:  # numpy raises several types for a damaged archive
+        raise PredictorError(f"cannot read predictor {p}: not a loadable .npz file "
+                             f"({str(exc).strip()[:200] or type(exc).__name__})") from None
+    try:
+        head = json.loads(str(arrays.pop("header")))
+    except (KeyError, ValueError):
+        raise PredictorError(f"{p} is not an ofa-deploy predictor (no JSON header)") from None
+    n = len(arrays) // 2
+    try:
+        layers = [(arrays.pop(f"w{j}"), arrays.pop(f"b{j}")) for j in range(n)]
+    except KeyError as exc:
+        raise PredictorError(f"{source}: weights do not fit: missing {exc.args[0]}") from None
+    if arrays:
+        raise PredictorError(f"{source}: weights do not fit: unexpected "
+                             f"{', '.join(sorted(arrays))}")
+    return AccuracyPredictor._from_header(head, space, source, layers)
 
 
 def load_predictor(path: "str | os.PathLike", space: "Space | str | None" = None,
                    format: str = "auto") -> AccuracyPredictor:
-    """Read a predictor file: ``ofa-deploy`` (ours), ``ofa-reference`` (the OFA authors' plain
-    state_dict) or ``auto`` (decided by the file's content)."""
+    """Read a predictor file: ``ofa-deploy`` (ours, a torch file or a ``.npz``),
+    ``ofa-reference`` (the OFA authors' plain state_dict) or ``auto`` (decided by the file's
+    content). A ``.npz`` is read with numpy alone; a torch file with
+    ``torch.load(weights_only=True)``."""
     if format not in FORMATS:
         raise PredictorError(f"unknown predictor format {format!r} (choose from "
                              f"{', '.join(FORMATS)})")
@@ -599,12 +769,27 @@ def load_predictor(path: "str | os.PathLike", space: "Space | str | None" = None
         raise PredictorError(f"predictor file not found: {p}")
     if p.is_dir():
         raise PredictorError(f"predictor path is a directory: {p}")
+    if _is_npz(p):
+        pred = _load_npz(p, space, format)
+        pred.metadata["path"] = str(p)
+        return pred
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
+        obj = _torch().load(p, map_location="cpu", weights_only=True)
+    except PredictorError:
+        raise
     except Exception as exc:  # torch raises many types for a corrupt or foreign file
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PredictorError(f"cannot read predictor {p}: not a loadable torch file "
                              f"({first[:200]})") from None
+    from .accuracy_resnet import ResNetReferencePredictor, is_resnet_reference_state_dict
+
+    if format != "ofa-deploy" and is_resnet_reference_state_dict(obj):
+        # the OFA ResNet50 predictor: its own encoding and arch record
+        name = getattr(space, "name", space)
+        if name is not None and name != "ofa-resnet50":
+            raise PredictorError(f"{p} is the OFA ResNet50 reference predictor; it predicts "
+                                 f"ofa-resnet50 subnets, not {name}")
+        return ResNetReferencePredictor(obj, "ofa-resnet50", source=str(p))
     is_ours = isinstance(obj, Mapping) and obj.get("format") == PREDICTOR_FORMAT
     is_ref = not is_ours and _reference_layer_indices(obj) is not None
     if format == "auto":

@@ -13,7 +13,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from luts.table import LatencyTable, LUTError, load_table
+from luts.store import load_table
+from luts.table import LatencyTable, LUTError
 from profilers.base import DeviceSpec, get_profiler
 from supernet import ArchConfig, Supernet, arch_cost, extract_subnet
 from supernet.errors import BadValueError, OfaDeployError
@@ -121,12 +122,20 @@ def runtime_versions() -> Dict[str, str]:
     return vers
 
 
+_INT8_KEYS = ("quantization", "calibrated_on", "top1_agreement", "op_types", "float_islands",
+              "input", "output", "delegate_partitions")
+
+
 def subnet_metadata(space, arch: ArchConfig, artifacts: Dict[str, dict], **extra) -> dict:
     """Metadata that travels with an exported subnet (a test recomputes every number)."""
     cost = arch_cost(space, arch)
-    files = {fmt: {"path": Path(a["path"]).name, "bytes": Path(a["path"]).stat().st_size,
-                   "sha256": sha256_file(Path(a["path"])), "max_abs_diff": a.get("max_abs_diff")}
-             for fmt, a in artifacts.items()}
+    files = {}
+    for fmt, a in artifacts.items():
+        files[fmt] = {"path": Path(a["path"]).name, "bytes": Path(a["path"]).stat().st_size,
+                      "sha256": sha256_file(Path(a["path"])), "max_abs_diff": a.get("max_abs_diff"),
+                      "precision": a.get("precision", "fp32")}
+        # int8 files say how they were made and what runs in float
+        files[fmt].update({k: a[k] for k in _INT8_KEYS if k in a})
     return {"space": space.name, "arch": arch.to_dict(), "arch_string": arch.to_string(space),
             "input_shape": [1, 3, arch.r, arch.r], "params": cost["params"],
             "macs": cost["macs"], "files": files, **extra}

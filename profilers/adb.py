@@ -44,7 +44,7 @@ __all__ = ["AdbProfiler"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-q = shlex.quote
+
 
 def _pid_alive(pid: int) -> bool:
     try:
@@ -150,11 +150,12 @@ class AdbProfiler(Profiler):
         st = self._transport.stat(self._remote_bin)
         if st is None or st.size != self._binary.stat().st_size:
             part = f"{self._remote_bin}.part"
-            self._shell_ok(f"mkdir -p {q(self.entry.work_dir + '/bin')}")
+            self._shell_ok(f"mkdir -p {shlex.quote(self.entry.work_dir + '/bin')}")
             self._transport.push(self._binary, part, mode=0o755)
             # Renamed into place only once complete: an interrupted push never leaves a file
             # under the cached name.
-            self._shell_ok(f"chmod 755 {q(part)} && mv -f {q(part)} {q(self._remote_bin)}")
+            self._shell_ok(f"chmod 755 {shlex.quote(part)} && "
+                           f"mv -f {shlex.quote(part)} {shlex.quote(self._remote_bin)}")
             self.binary_pushes += 1
             log.info("pushed %s to %s:%s", self._binary, self.entry.name, self._remote_bin)
         self._bin_ready = True
@@ -166,20 +167,24 @@ class AdbProfiler(Profiler):
         if not self._swept:
             # Sessions of this host whose process is gone (killed, crashed, or the phone was
             # unreachable when they ended) left files behind; nothing else will remove them.
-            _, listing = self._transport.shell(f"ls {q(tmp)}")
+            _, listing = self._transport.shell(f"ls {shlex.quote(tmp)}")
             pat = re.compile(re.escape(self._host_tag) + r"-(\d+)-[0-9a-f]+")
             stale = [n for n in listing.split()
                      if (m := pat.fullmatch(n)) and not _pid_alive(int(m.group(1)))]
             if stale:
-                self._shell_ok("rm -rf " + " ".join(q(f"{tmp}/{n}") for n in stale))
+                self._shell_ok("rm -rf " + " ".join(shlex.quote(f"{tmp}/{n}") for n in stale))
                 log.info("device %s: removed %d stale session dir(s)", self.entry.name,
                          len(stale))
             self._swept = True
-        self._shell_ok(f"mkdir -p {q(self._session)}")
+        self._shell_ok(f"mkdir -p {shlex.quote(self._session)}")
         self._session_ready = True
 
     # -- measuring -------------------------------------------------------------------------
     def measure(self, artifact: Any, input_shape: Sequence[int]) -> LatencyStats:
+        """Time a .tflite file with benchmark_model on the phone: pushed into this session's
+        directory, run in ``batches`` invocations, retried on a dropped connection; warns
+        (DriftWarning) when later batches drift from earlier ones. Per-measurement facts land in
+        ``last_meta``."""
         path = Path(artifact)
         if not path.is_file():
             raise ProfilerError(f"no such .tflite file: {path}")
@@ -221,7 +226,7 @@ class AdbProfiler(Profiler):
                 outputs.append(parsed)
         finally:
             try:
-                t.shell(f"rm -f {q(remote)}", min(self.entry.timeout_s, 30.0))
+                t.shell(f"rm -f {shlex.quote(remote)}", min(self.entry.timeout_s, 30.0))
             except AdbTransportError as exc:
                 # The file sits in this session's directory, which close() removes.
                 log.info("device %s: could not remove %s now: %s", self.entry.name, remote, exc)
@@ -231,6 +236,8 @@ class AdbProfiler(Profiler):
         return stats, meta
 
     def describe(self) -> Dict[str, Any]:
+        """The base metadata plus the phone's model, ABI and Android version, the transport, the
+        benchmark_model binary (name and sha256) and how the statistics are formed."""
         props = self._with_retries("reading device properties", self._probe)
         return {**super().describe(),
                 "device_name": self.entry.name,
@@ -249,9 +256,12 @@ class AdbProfiler(Profiler):
                 "drift_tolerance": self.entry.drift_tolerance}
 
     def close(self) -> None:
+        """Remove this session's directory on the phone (best effort: an unreachable phone is
+        logged, not raised) and forget the connection."""
         try:
             if self._session_ready:
-                self._transport.shell(f"rm -rf {q(self._session)}", min(self.entry.timeout_s, 30))
+                self._transport.shell(f"rm -rf {shlex.quote(self._session)}",
+                                      min(self.entry.timeout_s, 30))
         except AdbTransportError as exc:
             log.info("device %s: could not remove %s: %s", self.entry.name, self._session, exc)
         finally:

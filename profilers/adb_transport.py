@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
+from supernet.errors import first_line
+
 from .base import ProfilerError
 from .devices import DeviceEntry, default_key_path
 
@@ -59,6 +61,8 @@ class DeviceOffline(TransientAdbError):
 
 @dataclass(frozen=True)
 class RemoteStat:
+    """What ``stat`` reports of a file on the phone (mode bits, size in bytes, mtime in seconds)."""
+
     mode: int
     size: int
     mtime: int
@@ -141,10 +145,13 @@ class AdbTransport(ABC):
 
     @property
     def name(self) -> str:
+        """The device's registry name (used in every error message)."""
         return self.entry.name
 
     @abstractmethod
-    def connect(self) -> None: ...
+    def connect(self) -> None:
+        """Open the connection if it is not open (every other call does this first); raises
+        DeviceUnauthorized/DeviceOffline with what to do."""
 
     @abstractmethod
     def shell(self, command: str, timeout_s: Optional[float] = None) -> Tuple[int, str]:
@@ -152,16 +159,19 @@ class AdbTransport(ABC):
 
     @abstractmethod
     def push(self, local: "str | os.PathLike", remote: str, mode: int = 0o644,
-             timeout_s: Optional[float] = None) -> None: ...
+             timeout_s: Optional[float] = None) -> None:
+        """Copy the local file to ``remote`` with permission bits ``mode``."""
 
     @abstractmethod
     def stat(self, remote: str) -> Optional[RemoteStat]:
         """``None`` when ``remote`` does not exist."""
 
     @abstractmethod
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Drop the connection; the next call reconnects."""
 
     def describe(self) -> Dict[str, Any]:
+        """How the phone is reached (transport, address), recorded with measurements."""
         return {"transport": self.entry.transport, "address": self.entry.address}
 
     def __enter__(self) -> "AdbTransport":
@@ -182,6 +192,7 @@ class AdbShellTransport(AdbTransport):
         self._dev = None
 
     def connect(self) -> None:
+        """Connect to adbd directly (TCP or USB) and authenticate with this host's RSA key."""
         if self._dev is not None:
             return
         from adb_shell import exceptions as ex
@@ -258,9 +269,11 @@ class AdbShellTransport(AdbTransport):
                 ex.UsbWriteFailedError) as exc:
             self.close()
             raise TransientAdbError(f"device {self.name}: connection lost during {what} "
-                                    f"({type(exc).__name__}: {exc})") from None
+                                    f"({first_line(exc, with_type=True)})") from None
 
     def shell(self, command: str, timeout_s: Optional[float] = None) -> Tuple[int, str]:
+        """Run ``command`` on the phone; exit status and combined output (the status is echoed after
+        a marker, as adbd's shell protocol v1 does not return it)."""
         t = float(timeout_s or self.entry.timeout_s)
         out = self._call(f"shell '{command[:80]}'", lambda: self._dev.shell(
             _wrap(command), transport_timeout_s=t, read_timeout_s=t, timeout_s=t,
@@ -269,6 +282,7 @@ class AdbShellTransport(AdbTransport):
 
     def push(self, local, remote: str, mode: int = 0o644,
              timeout_s: Optional[float] = None) -> None:
+        """Copy the local file to ``remote`` over adb sync, with permission bits ``mode``."""
         from adb_shell import exceptions as ex
 
         t = float(timeout_s or self.entry.timeout_s)
@@ -280,6 +294,7 @@ class AdbShellTransport(AdbTransport):
             raise AdbTransportError(f"device {self.name}: push to {remote} failed: {exc}") from None
 
     def stat(self, remote: str) -> Optional[RemoteStat]:
+        """Mode, size and mtime of ``remote``; None when it is absent (adbd then reports zeros)."""
         t = self.entry.timeout_s
         mode, size, mtime = self._call(f"stat {remote}", lambda: self._dev.stat(
             remote, transport_timeout_s=t, read_timeout_s=t))
@@ -288,6 +303,8 @@ class AdbShellTransport(AdbTransport):
         return RemoteStat(mode, size, mtime)
 
     def close(self) -> None:
+        """Close the socket, ignoring errors of an already dead one (they would mask the real
+        failure)."""
         dev, self._dev = self._dev, None
         if dev is not None:
             try:
@@ -296,6 +313,7 @@ class AdbShellTransport(AdbTransport):
                 pass
 
     def describe(self) -> Dict[str, Any]:
+        """The base description plus the transport kind and the RSA key used."""
         return {**super().describe(), "via": self.kind, "key": str(self.key_path)}
 
 
@@ -321,6 +339,8 @@ class AdbServerTransport(AdbTransport):
         return None
 
     def connect(self) -> None:
+        """Find the phone through the host's adb server (which holds the authorization) and check it
+        is online."""
         if self._device is not None:
             return
         import adbutils
@@ -381,6 +401,7 @@ class AdbServerTransport(AdbTransport):
             raise TransientAdbError(f"device {self.name}: {what} failed ({text})") from None
 
     def shell(self, command: str, timeout_s: Optional[float] = None) -> Tuple[int, str]:
+        """Run ``command`` on the phone via the adb server; exit status and combined output."""
         t = float(timeout_s or self.entry.timeout_s)
         out = self._call(f"shell '{command[:80]}'", lambda: self._device.shell(
             _wrap(command), timeout=t, encoding=None, rstrip=False))
@@ -388,6 +409,8 @@ class AdbServerTransport(AdbTransport):
 
     def push(self, local, remote: str, mode: int = 0o644,
              timeout_s: Optional[float] = None) -> None:
+        """Copy the local file to ``remote`` via the adb server's sync service; a short write is an
+        error."""
         def go():
             # adbutils sends "SEND"/"DATA"/"DONE" then reads OKAY or FAIL.
             n = self._device.sync.push(Path(local), remote, mode=mode)
@@ -397,6 +420,7 @@ class AdbServerTransport(AdbTransport):
         self._call(f"push to {remote}", go)
 
     def stat(self, remote: str) -> Optional[RemoteStat]:
+        """Mode, size and mtime of ``remote``; None when it does not exist."""
         info = self._call(f"stat {remote}", lambda: self._device.sync.stat(remote))
         if info.mode == 0 and info.size == 0 and info.mtime is None:
             return None
@@ -404,14 +428,18 @@ class AdbServerTransport(AdbTransport):
         return RemoteStat(info.mode, info.size, mtime)
 
     def close(self) -> None:
+        """Forget the server client and device handle (the server keeps its own connection)."""
         self._device = None
         self._client = None
 
     def describe(self) -> Dict[str, Any]:
+        """The base description plus the transport kind and the adb server address."""
         return {**super().describe(), "via": self.kind, "server": self.entry.server}
 
 
 def open_transport(entry: DeviceEntry) -> AdbTransport:
+    """The transport the registry entry asks for: the host's adb server (``transport: server``) or
+    adbd directly."""
     if entry.transport == "server":
         return AdbServerTransport(entry)
     return AdbShellTransport(entry)

@@ -50,6 +50,8 @@ class LatencyStats:
 
     @classmethod
     def from_samples(cls, samples_ms: Sequence[float]) -> "LatencyStats":
+        """Median, p10, p90 and standard deviation of per-run times in ms; no samples is a
+        ProfilerError."""
         a = np.asarray(samples_ms, dtype=np.float64)
         if a.size == 0:
             raise ProfilerError("no latency samples were collected")
@@ -57,10 +59,13 @@ class LatencyStats:
                    float(a.std()), int(a.size))
 
     def to_dict(self) -> Dict[str, float]:
+        """The five fields as a JSON-able dict (the layout of tables and bench files)."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "LatencyStats":
+        """Read the :meth:`to_dict` layout; a missing or non-numeric field is a ValueError naming
+        the record."""
         try:
             return cls(float(d["median_ms"]), float(d["p10_ms"]), float(d["p90_ms"]),
                        float(d["std_ms"]), int(d["runs"]))
@@ -91,6 +96,8 @@ class DeviceSpec:
 
     @classmethod
     def parse(cls, text: "str | DeviceSpec", **options: Any) -> "DeviceSpec":
+        """Parse ``cpu``, ``tflite:cpu``, ``cuda[:N]``, ``adb:NAME`` (a DeviceSpec passes through);
+        bad syntax or an unknown backend is a one-line DeviceSpecError."""
         if isinstance(text, DeviceSpec):
             return text
         t = str(text).strip()
@@ -142,6 +149,7 @@ class Profiler(ABC):
                 "runs": self.runs, "warmup": self.warmup}
 
     def close(self) -> None:
+        """Release what the profiler holds (sessions, connections); the base holds nothing."""
         pass
 
     def __enter__(self) -> "Profiler":
@@ -155,6 +163,7 @@ _REGISTRY: Dict[str, Callable[..., Profiler]] = {}
 
 
 def register_profiler(backend: str) -> Callable[[type], type]:
+    """Class decorator: make the class the profiler of ``backend`` for :func:`get_profiler`."""
     def deco(cls: type) -> type:
         _REGISTRY[backend] = cls
         return cls

@@ -50,6 +50,10 @@ class RunStats:
 
 @dataclass(frozen=True)
 class BenchmarkOutput:
+    """The timings one benchmark_model invocation printed, in microseconds (average and per-run
+    statistics of inference and warm-up, init, first inference); ``format`` names the output
+    layout they were read from."""
+
     inference_avg_us: float
     inference: Optional[RunStats]
     warmup: Optional[RunStats]

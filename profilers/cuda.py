@@ -46,6 +46,8 @@ class CudaProfiler(Profiler):
             raise ProfilerError(f"need runs >= 1 and warmup >= 0, got {runs}, {warmup}")
 
     def measure(self, artifact: Any, input_shape: Sequence[int]) -> LatencyStats:
+        """Time a torch module on the GPU with CUDA events, synchronising after each run so every
+        sample includes one inference's launch latency; the input is seeded."""
         if not isinstance(artifact, torch.nn.Module):
             raise ProfilerError(f"the cuda backend times torch modules, got "
                                 f"{type(artifact).__name__}")
@@ -74,6 +76,8 @@ class CudaProfiler(Profiler):
         return LatencyStats.from_samples(samples)
 
     def describe(self) -> Dict[str, Any]:
+        """The base metadata plus torch/CUDA/cuDNN versions, the GPU, dtype and cudnn.benchmark
+        setting, and the host."""
         d = super().describe()
         props = torch.cuda.get_device_properties(self.device)
         d.update({"runtime": "torch-cuda", "runtime_version": torch.__version__,

@@ -26,9 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-import yaml
-
 from supernet.errors import OfaDeployError
+from supernet.fileio import read_yaml
 
 __all__ = ["DeviceEntry", "DeviceRegistryError", "TRANSPORTS", "registry_path", "load_registry",
            "get_device", "default_key_path"]
@@ -78,10 +77,13 @@ class DeviceEntry:
 
     @property
     def server_host_port(self) -> Tuple[str, int]:
+        """Host and port of the adb server this entry uses (``[::1]:5037`` style addresses
+        unbracketed)."""
         host, port = self.server.rsplit(":", 1)
         return host.strip("[]"), int(port)
 
     def to_dict(self) -> Dict[str, Any]:
+        """The entry's settings as JSON-able values, as ``ofa-deploy devices --json`` shows them."""
         return {"name": self.name, "transport": self.transport, "address": self.address,
                 "threads": self.threads, "affinity": self.affinity, "work_dir": self.work_dir,
                 "benchmark_model": str(self.benchmark_model),
@@ -233,18 +235,9 @@ def _parse_entry(name: str, raw: Any, base: Path, errors: List[str]) -> Optional
 def load_registry(path: "str | os.PathLike | None" = None) -> Dict[str, DeviceEntry]:
     """Every device in the registry (``path`` overrides :func:`registry_path`)."""
     p = Path(path).expanduser() if path is not None else registry_path()
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DeviceRegistryError(
-            f"no device registry at {p}: create it (see the README, 'Android phones') or point "
-            f"OFA_DEPLOY_DEVICES at one") from None
-    except OSError as exc:
-        raise DeviceRegistryError(f"cannot read device registry {p}: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise DeviceRegistryError(f"{p} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    data = read_yaml(p, "device registry", DeviceRegistryError, missing=(
+        f"no device registry at {p}: create it (see the README, 'Android phones') or point "
+        f"OFA_DEPLOY_DEVICES at one"))
     if data is None:
         data = {}
     if not isinstance(data, Mapping):

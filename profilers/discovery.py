@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, List, Optional
 
 from .base import ProfilerError
-from .measure import cpu_model
+from .measure import available_cpus, cpu_model
 
 __all__ = ["cpu_info", "local_devices", "cuda_devices", "probe_adb", "adb_devices", "adb_state",
            "check_adb_name", "discover"]
@@ -48,9 +48,9 @@ def _physical_cores() -> Optional[int]:
 
 
 def cpu_info() -> Dict[str, Any]:
-    usable = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-              else os.cpu_count())
-    return {"model": cpu_model(), "cores": os.cpu_count(), "usable_cores": usable,
+    """This host's CPU: model name, logical and usable (affinity) CPU counts, physical cores,
+    architecture."""
+    return {"model": cpu_model(), "cores": os.cpu_count(), "usable_cores": available_cpus(),
             "physical_cores": _physical_cores(), "arch": platform.machine()}
 
 

@@ -10,8 +10,11 @@ from typing import Any, Dict, Sequence
 
 import numpy as np
 
+from supernet.errors import first_line
+
 from .base import DeviceSpec, LatencyStats, Profiler, ProfilerError, register_profiler
-from .measure import CacheFlusher, host_info, measure, pinned, usable_cpus
+from .measure import (CacheFlusher, host_cpu_threads, host_info, measure, pinned,
+                      usable_cpus)
 
 try:
     from ai_edge_litert import interpreter as _litert
@@ -44,21 +47,15 @@ class LiteRTProfiler(Profiler):
     def __init__(self, spec: DeviceSpec, *, threads: int | None = None, runs: int = 50,
                  warmup: int = 10, cpus: "str | Sequence[int] | None" = None,
                  xnnpack: bool = True, seed: int = 0, flush_bytes: int | None = None):
-        if spec.target != "cpu":
-            raise ProfilerError(f"tflite supports target 'cpu' only, got {spec}")
-        threads = spec.options.get("threads", threads)
-        if threads is None:
-            threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
-                else (os.cpu_count() or 1)
-        if int(threads) < 1:
-            raise ProfilerError(f"threads must be >= 1, got {threads}")
-        super().__init__(spec, threads=int(threads), runs=runs, warmup=warmup)
+        super().__init__(spec, threads=host_cpu_threads(spec, threads), runs=runs, warmup=warmup)
         self.xnnpack = bool(xnnpack)
         self.cpus = usable_cpus(cpus)
         self.seed = seed
         self._flusher = CacheFlusher(flush_bytes) if flush_bytes != 0 else None
 
     def interpreter(self, artifact: Any) -> "_litert.Interpreter":
+        """A LiteRT interpreter with tensors allocated for a .tflite path or bytes, with XNNPACK
+        unless disabled; an unloadable model is a one-line ProfilerError."""
         resolver = (_litert.OpResolverType.AUTO if self.xnnpack
                     else _litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
         kw: Dict[str, Any] = dict(num_threads=self.threads, experimental_op_resolver_type=resolver)
@@ -73,10 +70,12 @@ class LiteRTProfiler(Profiler):
             it.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             name = "the TFLite model" if isinstance(artifact, bytes) else str(artifact)
-            raise ProfilerError(f"LiteRT cannot load {name}: {str(exc).splitlines()[0]}") from None
+            raise ProfilerError(f"LiteRT cannot load {name}: {first_line(exc)}") from None
         return it
 
     def measure(self, artifact: Any, input_shape: Sequence[int]) -> LatencyStats:
+        """Time ``invoke`` on a seeded random input of ``input_shape`` (which must be the model's),
+        pinned to ``cpus`` and with the cache flushed before each run when asked."""
         it = self.interpreter(artifact)
         details = it.get_input_details()
         if len(details) != 1:
@@ -92,6 +91,8 @@ class LiteRTProfiler(Profiler):
             return measure(it.invoke, runs=self.runs, warmup=self.warmup, before=self._flusher)
 
     def describe(self) -> Dict[str, Any]:
+        """The base metadata plus the LiteRT version, delegate, threads, pinning, cache flushing and
+        the host."""
         d = super().describe()
         d.update({"runtime": "ai-edge-litert", "runtime_version": _version(),
                   "delegate": "xnnpack" if self.xnnpack else "none", "num_threads": self.threads,

@@ -17,10 +17,10 @@ import time
 import warnings
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
-from .base import LatencyStats, ProfilerError
+from .base import DeviceSpec, LatencyStats, ProfilerError
 
 __all__ = ["time_callable", "measure", "CacheFlusher", "cache_size", "pinned", "parse_cpus",
-           "usable_cpus", "DriftMonitor", "DriftWarning",
+           "usable_cpus", "available_cpus", "host_cpu_threads", "DriftMonitor", "DriftWarning",
            "host_info", "cpu_model", "loadavg"]
 
 
@@ -47,6 +47,8 @@ def time_callable(fn: Callable[[], Any], *, runs: int, warmup: int,
 
 def measure(fn: Callable[[], Any], *, runs: int, warmup: int,
             before: Optional[Callable[[], Any]] = None) -> LatencyStats:
+    """LatencyStats of ``runs`` timed calls of ``fn`` after ``warmup`` untimed ones (``before`` runs
+    untimed ahead of each)."""
     return LatencyStats.from_samples(time_callable(fn, runs=runs, warmup=warmup, before=before))
 
 
@@ -122,6 +124,29 @@ def parse_cpus(cpus: "str | Sequence[int] | None") -> Optional[List[int]]:
     return cpus
 
 
+def available_cpus() -> int:
+    """How many CPUs this process may run on: its affinity mask, which taskset, cgroups or a
+    container narrow below ``os.cpu_count()`` (where the OS has no affinity API, macOS and
+    Windows, the CPU count); at least 1. The default thread count of host backends."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def host_cpu_threads(spec: DeviceSpec, threads: Optional[int]) -> int:
+    """Thread count of a backend that runs on this host's CPU (``ort``, ``tflite``): the spec's
+    ``threads`` option, else ``threads``, else :func:`available_cpus`. A target other than
+    ``cpu`` or a count below 1 is a :class:`ProfilerError`."""
+    if spec.target != "cpu":
+        raise ProfilerError(f"{spec.backend} supports target 'cpu' only, got {spec}")
+    n = spec.options.get("threads", threads)
+    if n is None:
+        n = available_cpus()
+    if int(n) < 1:
+        raise ProfilerError(f"threads must be >= 1, got {n}")
+    return int(n)
+
+
 def usable_cpus(cpus: "str | Sequence[int] | None") -> Optional[List[int]]:
     """:func:`parse_cpus`, checked against the CPUs this process may run on."""
     cpus = parse_cpus(cpus)
@@ -185,6 +210,8 @@ class DriftMonitor:
         self._on_warn = on_warn
 
     def check(self, force: bool = False) -> Optional[float]:
+        """Re-measure the reference if ``every_s`` has passed (or ``force``) and warn on drift
+        beyond ``tolerance``; the relative drift, or None when no re-measure was due."""
         now = self._clock()
         if not force and now - self._last < self.every_s:
             return None
@@ -204,15 +231,19 @@ class DriftMonitor:
 
     @property
     def max_drift(self) -> float:
+        """The largest absolute relative drift seen so far (0 before any re-measure)."""
         return max((abs(d) for _, _, d in self.history), default=0.0)
 
     def summary(self) -> Dict[str, Any]:
+        """Baseline, largest drift, number of checks, tolerance and warnings: what a table's
+        ``drift`` metadata records."""
         return {"baseline_ms": self.baseline, "max_abs_drift": self.max_drift,
                 "checks": len(self.history) - 1, "tolerance": self.tolerance,
                 "warnings": list(self.warnings)}
 
 
 def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo, else what the platform module says)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
             for line in fh:
@@ -224,6 +255,8 @@ def cpu_model() -> str:
 
 
 def loadavg() -> Optional[List[float]]:
+    """The 1/5/15-minute load averages rounded to 2 places, or None where the OS has none; recorded
+    so a noisy measurement can be explained later."""
     try:
         return [round(x, 2) for x in os.getloadavg()]
     except (OSError, AttributeError):
@@ -231,8 +264,9 @@ def loadavg() -> Optional[List[float]]:
 
 
 def host_info() -> Dict[str, Any]:
-    aff = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    """Host name, CPU model, CPU counts, platform, Python and load: recorded with every host-CPU
+    measurement."""
     return {"host": socket.gethostname(), "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
-            "usable_cpus": len(aff) if aff is not None else os.cpu_count(),
+            "usable_cpus": available_cpus(),
             "platform": platform.platform(), "python": platform.python_version(),
             "loadavg": loadavg()}

@@ -14,8 +14,11 @@ from typing import Any, Dict, Sequence
 
 import numpy as np
 
+from supernet.errors import first_line
+
 from .base import DeviceSpec, LatencyStats, Profiler, ProfilerError, register_profiler
-from .measure import CacheFlusher, host_info, measure, pinned, usable_cpus
+from .measure import (CacheFlusher, host_cpu_threads, host_info, measure, pinned,
+                      usable_cpus)
 
 try:
     import onnxruntime as ort
@@ -30,12 +33,6 @@ _OPT_LEVELS = {
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
     "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
 }
-
-
-def default_threads() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
 
 
 @register_profiler("ort")
@@ -54,14 +51,7 @@ class OrtProfiler(Profiler):
     def __init__(self, spec: DeviceSpec, *, threads: int | None = None, runs: int = 50,
                  warmup: int = 10, cpus: "str | Sequence[int] | None" = None,
                  optimization: str = "all", seed: int = 0, flush_bytes: int | None = None):
-        if spec.target != "cpu":
-            raise ProfilerError(f"ort supports target 'cpu' only, got {spec}")
-        threads = spec.options.get("threads", threads)
-        if threads is None:
-            threads = default_threads()
-        if int(threads) < 1:
-            raise ProfilerError(f"threads must be >= 1, got {threads}")
-        super().__init__(spec, threads=int(threads), runs=runs, warmup=warmup)
+        super().__init__(spec, threads=host_cpu_threads(spec, threads), runs=runs, warmup=warmup)
         if optimization not in _OPT_LEVELS:
             raise ProfilerError(f"unknown optimization level {optimization!r}; "
                                 f"choose from {', '.join(_OPT_LEVELS)}")
@@ -71,6 +61,8 @@ class OrtProfiler(Profiler):
         self._flusher = CacheFlusher(flush_bytes) if flush_bytes != 0 else None
 
     def session_options(self) -> "ort.SessionOptions":
+        """Session options for timing: ``threads`` intra-op threads, one inter-op thread, sequential
+        execution, the chosen graph optimisation, warnings silenced."""
         so = ort.SessionOptions()
         so.intra_op_num_threads = self.threads
         so.inter_op_num_threads = 1
@@ -80,6 +72,8 @@ class OrtProfiler(Profiler):
         return so
 
     def session(self, artifact: Any) -> "ort.InferenceSession":
+        """A CPU InferenceSession for an ONNX path or bytes; a missing or unloadable model is a
+        one-line ProfilerError."""
         if isinstance(artifact, (str, os.PathLike)) and not os.path.exists(artifact):
             raise ProfilerError(f"ONNX file not found: {artifact}")
         try:
@@ -88,9 +82,11 @@ class OrtProfiler(Profiler):
                                         providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ProfilerError(f"onnxruntime cannot load {_name(artifact)}: "
-                                f"{str(exc).splitlines()[0]}") from None
+                                f"{first_line(exc)}") from None
 
     def measure(self, artifact: Any, input_shape: Sequence[int]) -> LatencyStats:
+        """Time ``run_with_iobinding`` on a seeded random input of ``input_shape`` with pre-bound
+        outputs, so allocation is not timed; pinned and cache-flushed as configured."""
         sess = self.session(artifact)
         inputs = sess.get_inputs()
         if len(inputs) != 1:
@@ -114,6 +110,8 @@ class OrtProfiler(Profiler):
                            before=self._flusher)
 
     def describe(self) -> Dict[str, Any]:
+        """The base metadata plus the onnxruntime version and every session setting that changes
+        timings, and the host."""
         d = super().describe()
         d.update({"runtime": "onnxruntime", "runtime_version": ort.__version__,
                   "provider": "CPUExecutionProvider", "intra_op_threads": self.threads,

@@ -11,6 +11,8 @@ _EXPORTS = {
     "OfaDeployError": "errors",
     "SpaceError": "space", "SPACES": "space", "Space": "space", "get_space": "space",
     "list_spaces": "space", "make_divisible": "space", "register_space": "space",
+    "Family": "space", "FAMILIES": "space", "FAMILY_MODULES": "space", "get_family": "space",
+    "register_family": "space",
     "ArchConfig": "arch", "ArchError": "arch",
     "CheckpointError": "checkpoint", "load_supernet": "checkpoint", "save_supernet": "checkpoint",
     "arch_cost": "cost", "arch_macs": "cost", "arch_params": "cost", "space_stats": "cost",

@@ -35,8 +35,8 @@ def _ints(name: str, values) -> Tuple[int, ...]:
 class ArchConfig:
     """Immutable subnet description.
 
-    ``ks`` and ``e`` hold one entry per elastic block of the supernet (stages x max depth),
-    as in the reference; entries of blocks skipped by ``d`` are kept but carry no meaning, and
+    ``ks`` and ``e`` hold one entry per elastic block of the supernet (the sum of the stages'
+    largest depths), as in the reference; entries of blocks skipped by ``d`` are kept but carry no meaning, and
     :meth:`canonical` resets them so that equal networks compare equal.
     """
 
@@ -54,7 +54,10 @@ class ArchConfig:
         object.__setattr__(self, "r", int(self.r))
 
     # -- validation --------------------------------------------------------------------
-    def validate(self, space: "Space | str") -> "ArchConfig":
+    def validate(self, space: "Space | str", *, any_resolution: bool = False) -> "ArchConfig":
+        """Raise :class:`ArchError` unless the arch fits ``space``; ``any_resolution`` accepts
+        input sizes outside the space's search range (extraction, export and analytic costs
+        work at any size; LUTs and predictors check resolutions themselves)."""
         space = get_space(space)
         nb, ns = space.num_blocks, space.num_stages
         if len(self.d) != ns:
@@ -64,8 +67,9 @@ class ArchConfig:
         if len(self.e) != nb:
             raise ArchError(f"e has {len(self.e)} entries, space {space.name} has {nb} blocks")
         for i, v in enumerate(self.d):
-            if v not in space.depth_choices:
-                raise ArchError(f"d[{i}]={v} not in depth choices {list(space.depth_choices)}")
+            if v not in space.stage_depth_choices(i):
+                raise ArchError(f"d[{i}]={v} not in depth choices "
+                                f"{list(space.stage_depth_choices(i))} of stage {i}")
         active = self.active_mask(space)
         for i, (k, e) in enumerate(zip(self.ks, self.e)):
             if not active[i]:
@@ -74,7 +78,10 @@ class ArchConfig:
                 raise ArchError(f"ks[{i}]={k} not in kernel choices {list(space.kernel_choices)}")
             if e not in space.expand_choices:
                 raise ArchError(f"e[{i}]={e} not in expand choices {list(space.expand_choices)}")
-        if self.r not in space.resolutions:
+        if any_resolution:
+            if self.r < 1:
+                raise ArchError(f"resolution must be positive, got {self.r}")
+        elif self.r not in space.resolutions:
             lo, hi = space.resolutions[0], space.resolutions[-1]
             raise ArchError(
                 f"resolution {self.r} not in space {space.name} resolutions ({lo}..{hi}, "
@@ -84,8 +91,7 @@ class ArchConfig:
 
     def active_mask(self, space: "Space | str") -> Tuple[bool, ...]:
         space = get_space(space)
-        md = space.max_depth
-        return tuple(p < self.d[s] for s in range(len(self.d)) for p in range(md))
+        return tuple(p < self.d[s] for s, p in zip(space.block_stages, space.block_positions))
 
     def active_blocks(self, space: "Space | str") -> Tuple[int, ...]:
         return tuple(i for i, a in enumerate(self.active_mask(space)) if a)
@@ -111,7 +117,7 @@ class ArchConfig:
         return cls(
             ks=(max(space.kernel_choices),) * space.num_blocks,
             e=(max(space.expand_choices),) * space.num_blocks,
-            d=(max(space.depth_choices),) * space.num_stages,
+            d=tuple(max(space.stage_depth_choices(s)) for s in range(space.num_stages)),
             r=max(space.resolutions) if r is None else r,
         ).validate(space)
 
@@ -121,7 +127,7 @@ class ArchConfig:
         return cls(
             ks=(min(space.kernel_choices),) * space.num_blocks,
             e=(min(space.expand_choices),) * space.num_blocks,
-            d=(min(space.depth_choices),) * space.num_stages,
+            d=tuple(min(space.stage_depth_choices(s)) for s in range(space.num_stages)),
             r=min(space.resolutions) if r is None else r,
         ).validate(space)
 
@@ -138,10 +144,13 @@ class ArchConfig:
             raise TypeError("rng must be a numpy.random.Generator (use numpy.random.default_rng(seed))")
         space = get_space(space)
         res = list(space.resolutions if resolutions is None else resolutions)
+        # every stage draws a depth (so the random stream does not depend on which stages
+        # are fixed); fixed stages then take their one value
+        d = rng.choice(space.depth_choices, size=space.num_stages).tolist()
         arch = cls(
             ks=tuple(rng.choice(space.kernel_choices, size=space.num_blocks).tolist()),
             e=tuple(rng.choice(space.expand_choices, size=space.num_blocks).tolist()),
-            d=tuple(rng.choice(space.depth_choices, size=space.num_stages).tolist()),
+            d=space.fit_depths(d),
             r=int(res[int(rng.integers(len(res)))]),
         )
         return arch.canonical(space)
@@ -174,7 +183,17 @@ class ArchConfig:
         wid = data.get("wid")
         if wid not in (None, [], 0):
             raise ArchError("width multiplier choices (wid) are not elastic in these spaces")
-        arch = cls(ks=data["ks"], e=data["e"], d=data["d"], r=r)
+        d = data["d"]
+        if space is not None:
+            sp = get_space(space)
+            if not isinstance(d, (str, bytes)) and isinstance(d, Iterable):
+                d = list(d)
+                # the reference clamps a fixed stage's depth to its block count
+                # (runtime_depth = min(len(stage), d)) and its sampler writes any value there
+                for s, el in enumerate(sp.elastic_depth_stages[: len(d)]):
+                    if not el and isinstance(d[s], (int, np.integer)) and not isinstance(d[s], bool):
+                        d[s] = min(int(d[s]), sp.stage_block_counts[s])
+        arch = cls(ks=data["ks"], e=data["e"], d=d, r=r)
         return arch.validate(space) if space is not None else arch
 
     def to_json(self) -> str:
@@ -191,10 +210,10 @@ class ArchConfig:
     def to_string(self, space: "Space | str") -> str:
         """Compact form for logs and file names: ``r224-d4.3.2.4.4-k3575.357...-e6436.346...``."""
         space = get_space(space)
-        md = space.max_depth
+        off = space.stage_offsets
         ks, es = [], []
         for s, depth in enumerate(self.d):
-            blk = range(s * md, s * md + depth)
+            blk = range(off[s], off[s] + depth)
             ks.append("".join(str(self.ks[i]) for i in blk))
             es.append("".join(str(self.e[i]) for i in blk))
         return f"r{self.r}-d{'.'.join(map(str, self.d))}-k{'.'.join(ks)}-e{'.'.join(es)}"
@@ -212,21 +231,26 @@ class ArchConfig:
         kst, est = m.group(3).split("."), m.group(4).split(".")
         if not (len(d) == len(kst) == len(est) == space.num_stages):
             raise ArchError(f"arch string {text!r} must have {space.num_stages} stages")
-        md = space.max_depth
+        off, counts = space.stage_offsets, space.stage_block_counts
         ks = [space.kernel_choices[0]] * space.num_blocks
         e = [space.expand_choices[0]] * space.num_blocks
         for s, (depth, kss, ess) in enumerate(zip(d, kst, est)):
             if len(kss) != depth or len(ess) != depth:
                 raise ArchError(f"arch string {text!r}: stage {s} has depth {depth} but "
                                 f"{len(kss)} kernels and {len(ess)} expands")
+            if depth > counts[s]:
+                raise ArchError(f"arch string {text!r}: stage {s} has depth {depth}, the space "
+                                f"has {counts[s]} blocks there")
             for p in range(depth):
-                ks[s * md + p] = int(kss[p])
-                e[s * md + p] = int(ess[p])
+                ks[off[s] + p] = int(kss[p])
+                e[off[s] + p] = int(ess[p])
         return cls(ks=ks, e=e, d=d, r=r).validate(space)
 
     @classmethod
     def parse(cls, text: str, space: "Space | str") -> "ArchConfig":
-        """``min``, ``max``, a compact string, inline JSON, or a path to a JSON file."""
+        """``min``, ``max``, a compact string, inline JSON, or a path to a JSON file; a
+        reference ``net.config`` (file, its directory, or inline) must describe a subnet of
+        ``space`` and may have any resolution (see :mod:`supernet.net_config`)."""
         import os
 
         space = get_space(space)
@@ -235,15 +259,31 @@ class ArchConfig:
             return cls.min(space)
         if t == "max":
             return cls.max(space)
+        from .net_config import arch_from_net_config, is_net_config, read_net_config
+
         if t.startswith("{"):
+            try:
+                data = json.loads(t)
+            except json.JSONDecodeError:
+                data = None
+            if is_net_config(data):
+                return arch_from_net_config(data, space, source="inline net.config")[1]
             return cls.from_json(t, space)
         if cls._STR_RE.match(t):
             return cls.from_string(t, space)
+        if os.path.isdir(t):
+            return read_net_config(t, space)[1]
         if os.path.exists(t):
             try:
                 with open(t, encoding="utf-8") as fh:
                     content = fh.read()
             except OSError as exc:
                 raise ArchError(f"cannot read arch file {t}: {exc.strerror}") from None
+            try:
+                data = json.loads(content)
+            except json.JSONDecodeError:
+                data = None
+            if is_net_config(data):
+                return read_net_config(t, space)[1]
             return cls.from_json(content, space)
         raise ArchError(f"arch {text!r} is not min, max, an arch string, JSON, or an existing file")

@@ -29,9 +29,8 @@ class ArchBatch:
 
     @property
     def active(self) -> np.ndarray:
-        md = self.space.max_depth
-        pos = np.tile(np.arange(md), self.space.num_stages)  # position of each block in its stage
-        depth = np.repeat(self.d, md, axis=1)  # stage depth for each block
+        pos = np.asarray(self.space.block_positions)  # position of each block in its stage
+        depth = self.d[:, np.asarray(self.space.block_stages, dtype=np.intp)]  # its stage's depth
         return pos[None, :] < depth
 
     def canonical(self) -> "ArchBatch":
@@ -77,13 +76,13 @@ class ArchBatch:
                resolutions: Sequence[int] | None = None) -> "ArchBatch":
         space = get_space(space)
         res = np.asarray(space.resolutions if resolutions is None else resolutions, dtype=np.int64)
-        return cls(
-            space,
-            rng.choice(np.asarray(space.kernel_choices), size=(n, space.num_blocks)),
-            rng.choice(np.asarray(space.expand_choices), size=(n, space.num_blocks)),
-            rng.choice(np.asarray(space.depth_choices), size=(n, space.num_stages)),
-            rng.choice(res, size=n),
-        ).canonical()
+        ks = rng.choice(np.asarray(space.kernel_choices), size=(n, space.num_blocks))
+        e = rng.choice(np.asarray(space.expand_choices), size=(n, space.num_blocks))
+        d = rng.choice(np.asarray(space.depth_choices), size=(n, space.num_stages))
+        for s, elastic in enumerate(space.elastic_depth_stages):
+            if not elastic:
+                d[:, s] = space.stage_depth_choices(s)[0]
+        return cls(space, ks, e, d, rng.choice(res, size=n)).canonical()
 
     def keys(self) -> np.ndarray:
         """One row of bytes per arch, for de-duplication (``np.unique`` on a void view)."""

@@ -8,7 +8,7 @@ from typing import Dict, Mapping
 
 import torch
 
-from .errors import OfaDeployError
+from .errors import OfaDeployError, first_line
 from .fileio import atomic_write_bytes
 from .model import Supernet
 from .space import Space, get_space
@@ -62,9 +62,9 @@ def load_state_dict_file(path: "str | os.PathLike") -> dict:
             data = fh.read()
         obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         # torch's first sentence names the problem; what follows is advice for its developers
-        first = first.split(". ")[0].rstrip(".")
+        # (cut mid-sentence at 200 characters it read as a broken message)
+        first = first_line(exc, 0).split(". ")[0].rstrip(".")
         if len(first) > 200:
             first = first[:200].rsplit(" ", 1)[0] + " ..."
         raise CheckpointError(f"cannot read checkpoint {p}: {first} (is the file complete? "

@@ -12,7 +12,7 @@ __all__ = ["arch_params", "arch_macs", "arch_cost", "supernet_params", "space_st
 
 def arch_cost(space: "Space | str", arch: ArchConfig) -> Dict[str, int]:
     space = get_space(space)
-    ops = arch_ops(space, arch.validate(space))
+    ops = arch_ops(space, arch.validate(space, any_resolution=True))  # costs exist at any size
     return {"params": sum(o.params for o in ops), "macs": sum(o.macs for o in ops)}
 
 

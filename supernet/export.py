@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .errors import OfaDeployError
+from .errors import OfaDeployError, first_line
 from .fileio import shared_file_mode
 
 __all__ = ["ExportError", "export_onnx", "check_onnx", "onnx_op_types", "INPUT_NAME",
@@ -133,8 +133,8 @@ def export_onnx(model: nn.Module, input_shape: Sequence[int], path: "str | os.Pa
     except OfaDeployError:
         raise
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ExportError(f"ONNX export of {type(model).__name__} failed: {first[:300]}") from exc
+        raise ExportError(f"ONNX export of {type(model).__name__} failed: "
+                          f"{first_line(exc)}") from exc
     finally:
         for p in path.parent.glob(Path(tmp).name + "*"):
             p.unlink(missing_ok=True)
@@ -148,7 +148,7 @@ def onnx_op_types(path: "str | os.PathLike") -> Dict[str, int]:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:
-        raise ExportError(f"cannot read ONNX file {path}: {str(exc).splitlines()[0][:200]}") from None
+        raise ExportError(f"cannot read ONNX file {path}: {first_line(exc, 200)}") from None
     return dict(Counter(node.op_type for node in model.graph.node))
 
 
@@ -168,7 +168,7 @@ def check_onnx(model: nn.Module, path: "str | os.PathLike", input_shape: Sequenc
         sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
     except Exception as exc:
-        raise ExportError(f"onnxruntime cannot run {path}: {str(exc).splitlines()[0][:300]}") from None
+        raise ExportError(f"onnxruntime cannot run {path}: {first_line(exc)}") from None
     try:
         device = next(model.parameters()).device
     except StopIteration:

@@ -1,16 +1,21 @@
-"""Small file helpers every package shares: atomic writes and content hashes.
+"""Small file helpers every package shares: atomic writes, content hashes, timestamps, YAML.
 
 Everything long-running in ofa-deploy writes through a temp file in the target directory and
 ``os.replace``, so a kill leaves either the old file or the new one, never half of one.
 """
 from __future__ import annotations
 
+import datetime as _dt
 import hashlib
 import os
 import tempfile
 from pathlib import Path
+from typing import Any, Callable, Optional
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "sha256_file", "shared_file_mode"]
+from .errors import first_line
+
+__all__ = ["atomic_write_bytes", "atomic_write_text", "read_yaml", "sha256_file",
+           "shared_file_mode", "utc_now"]
 
 
 def shared_file_mode() -> int:
@@ -66,3 +71,31 @@ def sha256_file(path: "str | os.PathLike") -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def utc_now() -> str:
+    """The current UTC time to the second, ISO 8601 (``2026-01-31T12:00:00+00:00``): the
+    timestamp every written report and table carries."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def read_yaml(path: "str | os.PathLike", what: str, error: Callable[[str], Exception], *,
+              missing: Optional[str] = None) -> Any:
+    """The parsed content of a YAML file (None when it is empty). Every failure is one line
+    raised as ``error(message)``: ``cannot read {what} {path}: <reason>`` (``missing`` instead,
+    when given, for a file that does not exist, so a caller can say how to create it) and
+    ``{what} {path} is not valid YAML: <the parser's first line>``."""
+    import yaml  # only the commands that read YAML pay for the import
+
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise error(missing or f"cannot read {what} {p}: {exc.strerror}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise error(f"cannot read {what} {p}: {reason}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise error(f"{what} {p} is not valid YAML: {first_line(exc)}") from None

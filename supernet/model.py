@@ -12,7 +12,7 @@ from .layers import (
     ConvBNAct, ElasticBN, ElasticConv2d, ElasticDWConv, ElasticSE, ResidualBlock,
     StaticMBConv, build_act,
 )
-from .space import Space, get_space
+from .space import Space, get_family, get_space
 
 __all__ = ["Supernet", "Subnet", "ElasticMBConv", "extract_subnet", "build_supernet"]
 
@@ -121,13 +121,10 @@ def _permute_bn(bn: nn.BatchNorm2d, idx: torch.Tensor) -> None:
 
 
 class _Head(nn.Module):
-    """final expand -> global pool -> feature mix -> classifier, shared by both networks."""
+    """The layers after the last block, as the space's family builds them (both networks)."""
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.final_expand_layer(x)
-        x = x.mean((2, 3), keepdim=True)
-        x = self.feature_mix_layer(x)
-        return self.classifier(torch.flatten(x, 1))
+        return self.family.head_forward(self, x)
 
 
 class _Classifier(nn.Module):
@@ -140,14 +137,29 @@ class _Classifier(nn.Module):
         return self.linear(self.dropout(x))
 
 
-def _build_fixed_parts(net: nn.Module, space: Space) -> None:
+def mbv3_head(net: nn.Module, space: Space) -> None:
+    """MobileNetV3 head modules (the mbv3 family's ``build_head``)."""
     bn = dict(bn_momentum=space.bn_momentum, bn_eps=space.bn_eps)
-    net.first_conv = ConvBNAct(3, space.stem_width, 3, space.stem_stride, act=space.stem_act, **bn)
     net.final_expand_layer = ConvBNAct(space.stage_widths[-1], space.final_expand_width, 1,
                                        act=space.head_act, **bn)
     net.feature_mix_layer = ConvBNAct(space.final_expand_width, space.feature_mix_width, 1,
                                       act=space.head_act, bn=False)
     net.classifier = _Classifier(space.feature_mix_width, space.num_classes, space.dropout)
+
+
+def mbv3_head_forward(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """final expand -> pool -> feature mix -> classifier (the mbv3 family's ``head_forward``)."""
+    x = net.final_expand_layer(x)
+    x = x.mean((2, 3), keepdim=True)
+    x = net.feature_mix_layer(x)
+    return net.classifier(torch.flatten(x, 1))
+
+
+def _build_fixed_parts(net: nn.Module, space: Space) -> None:
+    bn = dict(bn_momentum=space.bn_momentum, bn_eps=space.bn_eps)
+    net.family = get_family(space)
+    net.first_conv = ConvBNAct(3, space.stem_width, 3, space.stem_stride, act=space.stem_act, **bn)
+    net.family.build_head(net, space)
 
 
 def _first_block(space: Space) -> ResidualBlock:
@@ -159,7 +171,7 @@ def _first_block(space: Space) -> ResidualBlock:
 
 
 class Supernet(_Head):
-    """OFA MobileNetV3 elastic supernet for a :class:`Space`.
+    """OFA elastic supernet for a :class:`Space` (any registered family).
 
     ``forward(x, arch)`` runs the subnet ``arch`` (the largest when ``arch`` is None). The
     supernet keeps no active-subnet state, so concurrent use with different archs is safe.
@@ -219,11 +231,11 @@ def build_supernet(space: "Space | str") -> Supernet:
 def extract_subnet(supernet: Supernet, arch: ArchConfig) -> Subnet:
     """A plain ``nn.Module`` computing exactly what ``supernet(x, arch)`` computes."""
     space = supernet.space
-    arch = arch.validate(space)
+    arch = arch.validate(space, any_resolution=True)  # a conv net runs at any size
     sub = Subnet(space, arch)
     # Fixed parts: copy by name (shapes match one-to-one).
     own = dict(sub.named_modules())
-    for name in ("first_conv", "blocks.0", "final_expand_layer", "feature_mix_layer", "classifier"):
+    for name in ("first_conv", "blocks.0", *sub.family.head_modules):
         own[name].load_state_dict(dict(supernet.named_modules())[name].state_dict())
     for i in arch.active_blocks(space):
         src = supernet.blocks[i + 1]

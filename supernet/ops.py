@@ -9,7 +9,7 @@ from typing import List, Sequence, Tuple
 import numpy as np
 
 from .arch import ArchConfig
-from .space import Space, get_space
+from .space import Space, get_family, get_space
 
 __all__ = ["OpKey", "OP_KINDS", "OpGrid", "arch_ops", "enumerate_ops", "conv_out"]
 
@@ -103,7 +103,9 @@ class OpKey:
         return 0
 
 
-def _fixed_head(space: Space, h: int) -> List[OpKey]:
+def mbv3_head_ops(space: Space, h: int) -> List[OpKey]:
+    """MobileNetV3 head: final expand (1x1 conv, BN) -> pool -> feature mix (1x1 conv, no BN)
+    -> classifier."""
     c = space.stage_widths[-1]
     fe, fm = space.final_expand_width, space.feature_mix_width
     return [
@@ -112,6 +114,10 @@ def _fixed_head(space: Space, h: int) -> List[OpKey]:
         OpKey("feature_mix", 1, fe, fm, act=space.head_act),
         OpKey("classifier", 1, fm, space.num_classes),
     ]
+
+
+def _fixed_head(space: Space, h: int) -> List[OpKey]:
+    return get_family(space).head_ops(space, h)
 
 
 def _stem(space: Space, r: int) -> Tuple[List[OpKey], int]:
@@ -222,14 +228,16 @@ class OpGrid:
         """Exact smallest and largest value over every subnet (values assumed >= 0, so fewer
         blocks never cost more): per resolution, the fixed part plus the cheapest/dearest
         choice of each block at the smallest/largest depth."""
-        md = self.space.max_depth
-        dmin, dmax = min(self.space.depth_choices), max(self.space.depth_choices)
-        pos = np.tile(np.arange(md), self.space.num_stages)
+        sp = self.space
+        stage = np.asarray(sp.block_stages, dtype=np.intp)
+        dmin = np.array([min(sp.stage_depth_choices(s)) for s in range(sp.num_stages)])[stage]
+        dmax = np.array([max(sp.stage_depth_choices(s)) for s in range(sp.num_stages)])[stage]
+        pos = np.asarray(sp.block_positions)
         rs = self.resolutions if resolutions is None else resolutions
         lo, hi = [], []
         for r in rs:
             ri = self._r_index[int(r)]
-            flat = self.blocks[ri].reshape(self.space.num_blocks, -1)
+            flat = self.blocks[ri].reshape(sp.num_blocks, -1)
             lo.append(self.fixed[ri] + flat.min(axis=1)[pos < dmin].sum())
             hi.append(self.fixed[ri] + flat.max(axis=1)[pos < dmax].sum())
         return float(min(lo)), float(max(hi))

@@ -7,6 +7,7 @@ the supernet, the cost model and the op enumeration read the same numbers.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Callable, Dict, Tuple
 
@@ -21,6 +22,11 @@ __all__ = [
     "make_divisible",
     "BlockSpec",
     "SpaceError",
+    "Family",
+    "FAMILIES",
+    "FAMILY_MODULES",
+    "register_family",
+    "get_family",
 ]
 
 
@@ -64,8 +70,76 @@ class BlockSpec:
 
 
 @dataclass(frozen=True)
+class Family:
+    """What differs between OFA families (MobileNetV3, ProxylessNAS, ...), as hooks.
+
+    The space dataclass describes stem, first block and elastic blocks for every family; a
+    family supplies the rest: the fixed layers after the last block (modules, their forward
+    and their op keys). Adding a family is one module that builds a ``Family``, calls
+    :func:`register_family` and registers its spaces, plus its line in :data:`FAMILY_MODULES`.
+    """
+
+    name: str
+    description: str
+    # (space, h) -> the op keys after the last elastic block, for input size h
+    head_ops: Callable
+    # (net, space) -> None: adds the head modules to a Supernet or Subnet
+    build_head: Callable
+    # (net, x) -> logits, from the last block's output
+    head_forward: Callable
+    # names of the head modules, in execution order (copied one-to-one at extraction)
+    head_modules: Tuple[str, ...]
+
+
+FAMILIES: Dict[str, Family] = {}
+
+# The module of each family, imported on first need (it registers its Family and its spaces),
+# so that importing this module stays light. Adding a family: one module, one line here.
+FAMILY_MODULES: Dict[str, str] = {
+    "mbv3": "supernet.mbv3",
+    "proxyless": "supernet.proxyless",
+}
+_families_loaded = False
+
+
+def _load_families() -> None:
+    global _families_loaded
+    if _families_loaded:
+        return
+    _families_loaded = True  # set first: the modules call back into this one
+    import importlib
+
+    for module in FAMILY_MODULES.values():
+        importlib.import_module(module)
+
+
+def register_family(family: Family) -> Family:
+    """Register a :class:`Family` under its name (once)."""
+    if family.name in FAMILIES:
+        raise ValueError(f"family {family.name!r} registered twice")
+    FAMILIES[family.name] = family
+    return family
+
+
+def get_family(space_or_name: "Space | str") -> Family:
+    """The :class:`Family` of a space (or a family name)."""
+    name = space_or_name.family if isinstance(space_or_name, Space) else space_or_name
+    _load_families()
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise SpaceError(f"unknown family {name!r}; known families: {', '.join(FAMILIES)}") from None
+
+
+@dataclass(frozen=True)
 class Space:
-    """An OFA MobileNetV3-style elastic space, fully described by data."""
+    """An OFA elastic space of inverted-residual blocks, fully described by data.
+
+    ``family`` names the :class:`Family` that builds the layers after the last block.
+    ``fixed_stage_depths`` (one entry per stage, or empty) marks stages whose depth is not
+    elastic: 0 = elastic over ``depth_choices``, n > 0 = always n blocks (ProxylessNAS's
+    last stage has a single block).
+    """
 
     name: str
     description: str
@@ -92,9 +166,15 @@ class Space:
     bn_eps: float = 1e-5
     stem_act: str = "h_swish"
     head_act: str = "h_swish"
+    family: str = "mbv3"
+    fixed_stage_depths: Tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         n = len(self.stage_widths)
+        if self.fixed_stage_depths and len(self.fixed_stage_depths) != n:
+            raise ValueError(f"space {self.name!r}: fixed_stage_depths must have {n} entries")
+        if any(d < 0 for d in self.fixed_stage_depths):
+            raise ValueError(f"space {self.name!r}: fixed_stage_depths must be >= 0")
         for fname in ("stage_strides", "stage_acts", "stage_se"):
             if len(getattr(self, fname)) != n:
                 raise ValueError(f"space {self.name!r}: {fname} must have {n} entries")
@@ -117,20 +197,61 @@ class Space:
     def max_depth(self) -> int:
         return max(self.depth_choices)
 
+    def stage_depth_choices(self, stage: int) -> Tuple[int, ...]:
+        """Depths stage ``stage`` can take: the elastic choices, or its one fixed depth."""
+        fixed = self.fixed_stage_depths[stage] if self.fixed_stage_depths else 0
+        return (fixed,) if fixed else self.depth_choices
+
+    def fit_depths(self, d) -> Tuple[int, ...]:
+        """``d`` (one depth per stage) with every fixed-depth stage set to its one depth, so
+        that a depth drawn or written for all stages alike fits the space."""
+        return tuple(int(v) if el else self.stage_depth_choices(s)[0]
+                     for s, (v, el) in enumerate(zip(d, self.elastic_depth_stages)))
+
+    @functools.cached_property  # the space is frozen: derived once
+    def elastic_depth_stages(self) -> Tuple[bool, ...]:
+        """Per stage, whether its depth is elastic."""
+        return tuple(not (self.fixed_stage_depths and self.fixed_stage_depths[s])
+                     for s in range(self.num_stages))
+
+    @functools.cached_property  # the space is frozen: derived once
+    def stage_block_counts(self) -> Tuple[int, ...]:
+        """Blocks the supernet holds per stage (the largest depth of each stage)."""
+        return tuple(max(self.stage_depth_choices(s)) for s in range(self.num_stages))
+
+    @functools.cached_property  # the space is frozen: derived once
+    def stage_offsets(self) -> Tuple[int, ...]:
+        """Index of each stage's first block among the elastic blocks."""
+        out, acc = [], 0
+        for n in self.stage_block_counts:
+            out.append(acc)
+            acc += n
+        return tuple(out)
+
+    @functools.cached_property  # the space is frozen: derived once
+    def block_stages(self) -> Tuple[int, ...]:
+        """Stage of each elastic block."""
+        return tuple(s for s, n in enumerate(self.stage_block_counts) for _ in range(n))
+
+    @functools.cached_property  # the space is frozen: derived once
+    def block_positions(self) -> Tuple[int, ...]:
+        """Position of each elastic block inside its stage (a block runs iff position < d)."""
+        return tuple(p for n in self.stage_block_counts for p in range(n))
+
     @property
     def num_blocks(self) -> int:
-        """Number of elastic blocks in the supernet (stages x max depth)."""
-        return self.num_stages * self.max_depth
+        """Number of elastic blocks in the supernet (sum of the stages' largest depths)."""
+        return sum(self.stage_block_counts)
 
     @property
     def blocks(self) -> Tuple[BlockSpec, ...]:
         out = []
         cin = self.first_block_width
         for s in range(self.num_stages):
-            for p in range(self.max_depth):
+            for p in range(self.stage_block_counts[s]):
                 out.append(
                     BlockSpec(
-                        index=s * self.max_depth + p,
+                        index=len(out),
                         stage=s,
                         position=p,
                         in_channels=cin,
@@ -166,8 +287,9 @@ class Space:
     def num_subnets(self, per_resolution: bool = True) -> int:
         """Distinct (kernel, expand) x depth combinations, optionally times resolutions."""
         per_block = len(self.kernel_choices) * len(self.expand_choices)
-        per_stage = sum(per_block**d for d in self.depth_choices)
-        n = per_stage**self.num_stages
+        n = 1
+        for s in range(self.num_stages):
+            n *= sum(per_block**d for d in self.stage_depth_choices(s))
         return n if per_resolution else n * len(self.resolutions)
 
     def summary(self) -> str:
@@ -175,9 +297,11 @@ class Space:
         res_s = f"{res[0]}..{res[-1]} ({len(res)})" if len(res) > 1 else str(res[0])
         return (
             f"{self.description}; widths {self.stem_width}/{self.first_block_width}/"
-            f"{'/'.join(map(str, self.stage_widths))}/{self.final_expand_width}/"
-            f"{self.feature_mix_width}; k{self.kernel_choices} e{self.expand_choices} "
-            f"d{self.depth_choices}; res {res_s}; {self.num_classes} classes"
+            f"{'/'.join(map(str, self.stage_widths))}/{self.final_expand_width}"
+            f"{'/' + str(self.feature_mix_width) if self.feature_mix_width else ''}; "
+            f"k{self.kernel_choices} e{self.expand_choices} d{self.depth_choices}"
+            f"{' blocks ' + '/'.join(map(str, self.stage_block_counts)) if self.fixed_stage_depths else ''}"
+            f"; res {res_s}; {self.num_classes} classes"
         )
 
     # -- state -------------------------------------------------------------------------
@@ -210,15 +334,31 @@ def register_space(fn: Callable[[], Space]) -> Callable[[], Space]:
 
 
 def list_spaces() -> Tuple[str, ...]:
+    """Names of every registered space (those of every family in :data:`FAMILY_MODULES`)."""
+    _load_families()
     return tuple(SPACES)
 
 
+# Spaces of families whose arch record is not ArchConfig (their own module serves them), so
+# that commands built on ArchConfig can say so instead of "unknown space".
+OTHER_SPACES: Dict[str, str] = {
+    "ofa-resnet50": "of the ResNet50 family, served so far by `spaces`, `inspect` and the "
+                    "Python API (supernet.resnet, ofa_deploy.accuracy_resnet); no latency "
+                    "tables, search or export command yet",
+}
+
+
 def get_space(name: "str | Space") -> Space:
+    """The registered :class:`Space` called ``name`` (a Space is returned as is)."""
     if isinstance(name, Space):
         return name
+    if name not in SPACES:
+        _load_families()
     try:
         return SPACES[name]()
     except KeyError:
+        if name in OTHER_SPACES:
+            raise SpaceError(f"space {name!r} is {OTHER_SPACES[name]}") from None
         raise SpaceError(
             f"unknown space {name!r}; known spaces: {', '.join(SPACES)}"
         ) from None

@@ -26,8 +26,11 @@ def _one_line_error(result, *needles):
 
 
 def test_spaces_json(run_cli):
+    from supernet.resnet import RESNET_SPACES
+
     data = _ok_json(run_cli("spaces", "--json"))
-    assert [d["name"] for d in data] == list(list_spaces())
+    assert [d["name"] for d in data] == [*list_spaces(), *RESNET_SPACES]
+    assert {d["family"] for d in data} == {"mbv3", "proxyless", "resnet"}
     by_name = {d["name"]: d for d in data}
     w10 = by_name["ofa-mbv3-w1.0"]
     assert w10["resolutions"] == list(range(128, 225, 4)) and w10["num_classes"] == 1000
@@ -38,7 +41,11 @@ def test_spaces_json(run_cli):
 def test_spaces_table(run_cli):
     r = run_cli("spaces")
     assert r.exit_code == 0
-    assert [line.split()[0] for line in r.stdout.strip().splitlines()] == list(list_spaces())
+    from supernet.resnet import RESNET_SPACES
+
+    names = [line.split()[0] for line in r.stdout.strip().splitlines()]
+    assert names == [*list_spaces(), *RESNET_SPACES]
+    assert "ofa-proxyless-w1.3" in names and "ofa-resnet50" in names
 
 
 def test_inspect_max_w10(run_cli):

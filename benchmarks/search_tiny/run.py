@@ -41,14 +41,14 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from luts.table import load_table  # noqa: E402
+from luts.store import load_table  # noqa: E402
 from ofa_deploy.accuracy import (AccuracyPredictor, ArchEncoder, kendall_tau,  # noqa: E402
                                  load_predictor)
 from ofa_deploy.collect import read_records  # noqa: E402
 # the search's own one-thread policy, so throughput is measured as the search scores
 from ofa_deploy.search import (Constraints, EvolutionConfig, _single_thread_torch,  # noqa: E402
                                evolution_search, random_search)
-from profilers.measure import cpu_model  # noqa: E402
+from profilers.measure import available_cpus, cpu_model  # noqa: E402
 from supernet.arch import ArchConfig  # noqa: E402
 from supernet.batch import ArchBatch  # noqa: E402
 from supernet.fileio import atomic_write_text  # noqa: E402
@@ -83,16 +83,9 @@ def _rel(p) -> str:
         return str(p)
 
 
-def _nproc() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 def _machine() -> dict:
     return {"platform": platform.platform(), "machine": platform.machine(),
-            "cpu_model": cpu_model(), "nproc": _nproc(), "cpu_count": os.cpu_count(),
+            "cpu_model": cpu_model(), "nproc": available_cpus(), "cpu_count": os.cpu_count(),
             "python": platform.python_version(), "torch": torch.__version__,
             "numpy": np.__version__, "niceness": os.nice(0)}
 

@@ -276,7 +276,7 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from luts.table import load_table
+    from luts.store import load_table
     from supernet.fileio import atomic_write_text
     from ofa_deploy.accuracy import load_predictor
     from ofa_deploy.search import (Constraints, EvolutionConfig, evolution_search,

@@ -14,6 +14,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def main(argv):
+    """Rebuild the shipped note10 table from the reference's per-resolution LUT files (``argv[1]``,
+    default the test data copy)."""
     src = Path(argv[1]) if len(argv) > 1 else ROOT / "tests" / "luts" / "data" / "ofa-note10-lut"
     out = Path(__file__).resolve().with_name("note10-ofa-mbv3-w1.2.json")
     table = make_note10_table(src)

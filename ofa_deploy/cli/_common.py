@@ -14,6 +14,7 @@ import click
 
 from supernet.errors import OfaDeployError
 from supernet.fileio import atomic_write_text  # noqa: F401  (re-exported for commands)
+from supernet.fileio import read_yaml
 
 # -- shared helpers for commands -------------------------------------------------------------
 def flag_name(param: click.Parameter) -> str:
@@ -50,16 +51,8 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
     """``--config FILE.yaml``: its keys become the command's defaults (defaults < file < flags)."""
     if not value:
         return value
-    import yaml
-
-    path = Path(value)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except OSError as exc:
-        raise click.BadParameter(f"cannot read {value}: {exc.strerror}", param_hint="--config")
-    except yaml.YAMLError as exc:
-        raise click.BadParameter(f"{value} is not valid YAML: {str(exc).splitlines()[0]}",
-                                 param_hint="--config")
+    data = read_yaml(value, "config file",
+                     lambda msg: click.BadParameter(msg, param_hint="--config")) or {}
     if not isinstance(data, Mapping):
         raise click.BadParameter(f"{value} must hold a mapping of option names to values",
                                  param_hint="--config")

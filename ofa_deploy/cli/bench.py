@@ -87,8 +87,8 @@ def bench(ctx, paths, artifacts, device_specs, runs, warmup, threads, baseline, 
     reg, err = rep.by_status("regressed"), rep.by_status("error")
     if reg:
         click.echo(f"\nRegressions (slower than baseline by more than {tolerance:g}%):")
-        click.echo(table([(r.artifact.name, r.device, B._fmt_ms(r.stats.median_ms),
-                           B._fmt_ms(r.baseline["median_ms"]), B._fmt_pct(r.baseline["delta_pct"]),
+        click.echo(table([(r.artifact.name, r.device, B.fmt_ms(r.stats.median_ms),
+                           B.fmt_ms(r.baseline["median_ms"]), B.fmt_pct(r.baseline["delta_pct"]),
                            r.baseline["match"]) for r in reg],
                          ("artifact", "device", "median ms", "baseline ms", "change", "matched")))
     if err:

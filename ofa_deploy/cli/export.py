@@ -15,19 +15,25 @@ from ._common import OutputPath, atomic_write_text, emit, load_data, output_dir_
 @click.option("--space", "space_name", default=None,
               help="Space of a reference-layout checkpoint (ours record it).")
 @click.option("--arch", required=True, metavar="FILE|min|max|STRING",
-              help="The subnet: JSON file (e.g. a report.json), compact string, min or max.")
+              help="The subnet: JSON file (e.g. a report.json), compact string, min, max, or "
+                   "a reference net.config (file or directory; its space is recognised).")
 @click.option("--format", "formats", default="onnx,tflite", show_default=True,
               help="Comma list of onnx, tflite.")
 @click.option("--data", "data_spec", default=None,
               help="Data for BN calibration (default: Fashion-MNIST for the bundled default; "
                    "'none' to skip).")
-@click.option("--calib-images", default=2000, show_default=True, type=click.IntRange(1))
+@click.option("--calib-images", default=2000, show_default=True, type=click.IntRange(1),
+              help="Held-out training images for BN re-calibration and int8 calibration.")
+@click.option("--precision", default="fp32", show_default=True,
+              type=click.Choice(["fp32", "int8"], case_sensitive=False),
+              help="int8: static post-training quantization (ONNX QDQ, onnxruntime's quantizer), "
+                   "calibrated on --calib-images training images; needs --data.")
 @click.option("--out", "out_dir", default="runs/export", show_default=True,
               type=OutputPath("dir"))
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def export_cmd(ctx, supernet_name, space_name, arch, formats, data_spec, calib_images, out_dir,
-               as_json) -> None:
+def export_cmd(ctx, supernet_name, space_name, arch, formats, data_spec, calib_images, precision,
+               out_dir, as_json) -> None:
     """Export any subnet as model.onnx / model.tflite (each checked against torch) plus
     model.json metadata (arch, params, MACs, sizes, hashes).
 
@@ -36,7 +42,10 @@ def export_cmd(ctx, supernet_name, space_name, arch, formats, data_spec, calib_i
     the same as the one specialize wrote.
     """
     from supernet import ArchConfig, extract_subnet
+    from supernet.bn import calibration_batches
     from supernet.checkpoint import load_supernet
+    from supernet.net_config import net_config_space
+    from supernet.quantize import QuantizeError, QuantSettings
 
     from ..export import export_artifacts, parse_formats
     from ..report import round_floats
@@ -60,22 +69,35 @@ def export_cmd(ctx, supernet_name, space_name, arch, formats, data_spec, calib_i
                  f"extraction; this export is not, so its weights differ from that run's model")
         echo(f"as recorded in {arch}: supernet {supernet_name}, BN calibration "
              + ("none" if data_spec == "none" else f"on {calib_images} images of {data_spec}"))
+    if space_name is None:  # a net.config names its space: a reference checkpoint needs it
+        sp = net_config_space(arch)
+        space_name = None if sp is None else sp.name
     net = load_supernet(supernet_name, space_name).eval()
     a = ArchConfig.parse(arch, net.space)
     sub = extract_subnet(net, a).eval()
     ds = load_data(data_spec, supernet_name, echo)
-    calibration = None
+    bn_record = None
     if ds is not None:
-        calibration = calibrate_subnet(sub, ds, a.r, calib_images, spec=data_spec)
+        bn_record = calibrate_subnet(sub, ds, a.r, calib_images, spec=data_spec)
+    calibration = quant = None
+    if precision == "int8":
+        if ds is None:
+            raise QuantizeError("--precision int8 needs calibration images: give --data "
+                                "(training images; the test split is never used)")
+        quant = QuantSettings(calib_images=calib_images)
+        calibration = lambda: (x.numpy() for x in calibration_batches(  # noqa: E731
+            ds.holdout, a.r, calib_images, 200, channels_last=False))
     with output_dir_guard(out_dir):
-        arts = export_artifacts(sub, (1, 3, a.r, a.r), out_dir, fmts)
+        arts = export_artifacts(sub, (1, 3, a.r, a.r), out_dir, fmts, precision=precision,
+                                calibration=calibration, quant=quant)
         meta = subnet_metadata(net.space, a, arts, supernet=str(supernet_name),
-                               bn_calibrated=ds is not None, bn_calibration=calibration)
+                               bn_calibrated=ds is not None, bn_calibration=bn_record)
         meta = round_floats(meta)
         atomic_write_text(Path(out_dir) / "model.json", json.dumps(meta, indent=2))
     emit(meta, as_json, lambda m: table(
         [(f, v["path"], f"{v['bytes']:,}", f"{v['max_abs_diff']:.2e}") for f, v in m["files"].items()],
         ("format", "file", "bytes", "max |diff| vs torch")) +
+        f"\nprecision {precision}" +
         f"\narch {m['arch_string']}: {m['params']:,} params, {m['macs'] / 1e6:.1f}M MACs")
 
 

@@ -14,7 +14,8 @@ def _fmt_m(v: int) -> str:
 @click.option("--space", "space_name", default=None, help="Search space name (see `ofa-deploy spaces`)."
               " Optional with --supernet (read from the checkpoint).")
 @click.option("--arch", default=None, metavar="FILE|min|max|STRING",
-              help="An arch: JSON file, inline JSON, compact string, or min/max.")
+              help="An arch: JSON file, inline JSON, compact string, min/max, or a reference "
+                   "net.config (file or directory; its space is recognised).")
 @click.option("--resolution", type=int, default=None,
               help="Override the arch's input resolution.")
 @click.option("--supernet", default=None, metavar="CKPT|NAME",
@@ -28,16 +29,24 @@ def inspect(space_name, arch, resolution, supernet, as_json) -> None:
     """
     from supernet import ArchConfig, arch_cost, get_space, space_stats
     from supernet.checkpoint import load_supernet
+    from supernet.net_config import net_config_space
+    from supernet.resnet import RESNET_SPACES, inspect_resnet
 
+    if space_name is None and supernet is None and arch is not None:
+        space_name = net_config_space(arch)
     if space_name is None and supernet is None:
-        raise click.UsageError("give --space NAME (or --supernet CKPT)")
+        raise click.UsageError("give --space NAME (or --supernet CKPT, or --arch net.config)")
     net = None
-    if supernet is not None:
+    if space_name in RESNET_SPACES and supernet is None:  # the bottleneck family
+        data = inspect_resnet(space_name, arch, resolution)
+        arch = resolution = None  # done
+    elif supernet is not None:
         net = load_supernet(supernet, space_name)
         space = net.space
+        data = space_stats(space)
     else:
         space = get_space(space_name)
-    data = space_stats(space)
+        data = space_stats(space)
     if net is not None:
         data["checkpoint"] = {"path": str(supernet),
                               "params": sum(p.numel() for p in net.parameters()),

@@ -11,7 +11,7 @@ from ._common import OutputPath, emit, table
 if TYPE_CHECKING:
     from luts.table import LatencyTable
 
-# Kept in step with luts.table.BUILTIN_TABLES by a test; spelled out so --help needs no import.
+# Kept in step with luts.store.BUILTIN_TABLES by a test; spelled out so --help needs no import.
 BUILTIN_TARGETS = ("note10",)
 
 
@@ -124,7 +124,7 @@ def show(target, space_name, interpolate, top, as_json) -> None:
 
     TARGET is a table file, a built-in table name, or a device spec with a cached table.
     """
-    from luts.table import load_table
+    from luts.store import load_table
 
     t = load_table(target, space=space_name)
     emit(describe_table(t, interpolate=interpolate, top=top), as_json, _human)
@@ -172,7 +172,7 @@ def import_reference(directory, space_name, out, device, meta, as_json) -> None:
 def export_reference(target, out, space_name) -> None:
     """Write a table in the reference OFA format, one YAML file per resolution."""
     from luts.reference import export_reference_tables
-    from luts.table import load_table
+    from luts.store import load_table
 
     t = load_table(target, space=space_name)
     for p in export_reference_tables(t, out):

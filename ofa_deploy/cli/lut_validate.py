@@ -58,7 +58,8 @@ def validate(lut_path, device, space_name, samples, seed, resolutions, runs, war
 
     Reports MAPE, the fraction within ±10%, Kendall's tau, and one row per subnet.
     """
-    from luts.table import LUTError, load_table
+    from luts.store import load_table
+    from luts.table import LUTError
     from luts.validate import validate_lut
 
     t = load_table(lut_path, space=space_name)

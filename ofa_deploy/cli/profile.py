@@ -92,7 +92,7 @@ def profile(device, space_name, resolutions, out, runs, warmup, rounds, threads,
     or a rebuild skips conversion.
     """
     from luts.builder import build_lut, raw_path
-    from luts.table import default_lut_path
+    from luts.store import default_lut_path
     from profilers.base import DeviceSpec
     from supernet.space import get_space
 

@@ -40,7 +40,8 @@ def _entry(res) -> dict:
 def _human(data: dict) -> str:
     head = (f"space {data['space']}  target {data['target'] or '-'}  predictor "
             f"{data['predictor']['format']} ({Path(data['predictor']['path']).name})  "
-            f"{data['config']['population']} x {data['config']['generations']} generations, "
+            f"{data['config'].get('islands', 1)} x {data['config']['population']} x "
+            f"{data['config']['generations']} generations, "
             f"seed {data['config']['seed']}")
     lat = lambda e: "-" if e["predicted_latency_ms"] is None else \
         f"{e['predicted_latency_ms']:.2f} ms"
@@ -82,15 +83,19 @@ def _human(data: dict) -> str:
               default="auto", show_default=True, help="Format of --predictor.")
 @click.option("--resolution", type=int, multiple=True, metavar="R",
               help="Input resolution(s) to search (default: those of the latency table).")
-@click.option("--population", type=int, default=100, show_default=True)
-@click.option("--generations", type=int, default=500, show_default=True)
+@click.option("--population", type=int, default=200, show_default=True,
+              help="Archs per island.")
+@click.option("--generations", type=int, default=80, show_default=True)
+@click.option("--islands", type=int, default=3, show_default=True,
+              help="Independent populations evolved together; the best wins (1 and 100 x 500 "
+                   "generations: the OFA reference's search).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=OutputPath("file"), default=None, metavar="FILE",
               help="Also write the result (the --json document) to FILE.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @config_option
 def search(space, target, lut, ms, mflops, params_m, predictor, predictor_format, resolution,
-           population, generations, seed, out, as_json) -> None:
+           population, generations, islands, seed, out, as_json) -> None:
     """Find the subnet with the best predicted accuracy within a budget.
 
     \b
@@ -117,11 +122,12 @@ def search(space, target, lut, ms, mflops, params_m, predictor, predictor_format
     check_positive(mflops, "--mflops")
     check_positive(params_m, "--params-m")
 
-    config = EvolutionConfig(population=population, generations=generations, seed=seed)
+    config = EvolutionConfig(population=population, generations=generations, seed=seed,
+                             islands=islands)
 
     table_obj, target_label = None, target
     if lut is not None or target is not None:
-        from luts.table import load_table
+        from luts.store import load_table
 
         table_obj = load_table(lut if lut is not None else target, space=space)
         if target_label is None:

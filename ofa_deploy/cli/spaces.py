@@ -10,14 +10,16 @@ from ._common import emit
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def spaces(as_json: bool) -> None:
     """List the registered search spaces with a one-line summary each."""
+    from supernet.resnet import RESNET_SPACES
     from supernet.space import get_space, list_spaces
 
     data = []
-    for name in list_spaces():
-        sp = get_space(name)
-        data.append({"name": name, "summary": sp.summary(),
+    for name in (*list_spaces(), *RESNET_SPACES):
+        sp = RESNET_SPACES[name] if name in RESNET_SPACES else get_space(name)
+        data.append({"name": name, "family": sp.family, "summary": sp.summary(),
                      "num_subnets": sp.num_subnets(per_resolution=False),
                      "resolutions": list(sp.resolutions), "num_classes": sp.num_classes})
-    emit(data, as_json, lambda d: "\n".join(f"{x['name']:<16} {x['summary']}" for x in d))
+    width = max([len(x["name"]) for x in data] + [16])
+    emit(data, as_json, lambda d: "\n".join(f"{x['name']:<{width}}  {x['summary']}" for x in d))
 
 

@@ -38,8 +38,11 @@ from ._common import (OutputPath, check_positive, config_option, emit, load_data
 @click.option("--finetune-epochs", default=0, show_default=True, type=click.IntRange(0))
 @click.option("--formats", default="onnx,tflite", show_default=True,
               help="Artifacts to export (comma list of onnx, tflite).")
-@click.option("--population", default=100, show_default=True, type=click.IntRange(2))
-@click.option("--generations", default=500, show_default=True, type=click.IntRange(0))
+@click.option("--population", default=200, show_default=True, type=click.IntRange(2),
+              help="Archs per search island.")
+@click.option("--generations", default=80, show_default=True, type=click.IntRange(0))
+@click.option("--islands", default=3, show_default=True, type=click.IntRange(1),
+              help="Independent search populations evolved together; the best wins.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0))
 @click.option("--threads", default=None, type=click.IntRange(1),
               help="CPU threads for profiling/measuring (default: the LUT's).")
@@ -51,8 +54,8 @@ from ._common import (OutputPath, check_positive, config_option, emit, load_data
 @click.pass_context
 def specialize(ctx, targets, budgets, mflops, supernet_name, space_name, lut_path,
                predictor_path, predictor_format, data_spec, calib_images, eval_images,
-               finetune_epochs, formats, population, generations, seed, threads, runs, warmup,
-               out_dir, as_json) -> None:
+               finetune_epochs, formats, population, generations, islands, seed, threads, runs,
+               warmup, out_dir, as_json) -> None:
     """Search the best subnet for each (target, budget), then export and measure it.
 
     \b
@@ -78,7 +81,8 @@ def specialize(ctx, targets, budgets, mflops, supernet_name, space_name, lut_pat
     check_positive(mflops, "--mflops")
     scenarios = make_scenarios(targets, budgets, mflops)
     fmts = parse_formats(formats)
-    config = EvolutionConfig(population=population, generations=generations, seed=seed)
+    config = EvolutionConfig(population=population, generations=generations, seed=seed,
+                             islands=islands)
     net = load_supernet(supernet_name, space_name)
     net.eval()
     predictor = load_predictor_for(predictor_path, predictor_format, net.space)

@@ -18,6 +18,15 @@ large rounds, completed by *repair* (moving random genes to the cheapest choice 
 fits) when the budget is so tight that rejection finds too few. Budgets below the smallest
 achievable value are refused before any search, naming that value.
 
+By default a search runs several *islands* (``EvolutionConfig.islands``): independent
+populations, each from its own random sample, evolved in lock-step so that one predictor pass
+scores the children of all of them. Runs from different seeds converge to different basins of
+the predictor's landscape; the best of a few large, short-lived independent populations finds
+the best known subnet far more often than one long run with the same evaluations
+(benchmarks/search_vs_reference/best_known.md). Results report every island's best
+(``island_best``) and their range (``island_spread``). The predictor runs in numpy with one
+BLAS thread, so a search needs no torch.
+
 The run ends with a steepest-ascent local search from the best arch (single-gene moves, then
 gene pairs, within the budget; see :mod:`.local`), and every result reports whether its winner
 is a local optimum (``local_optimum``, ``best_single_move_gain``).

@@ -58,11 +58,17 @@ class CostModel:
         # which is most of the cost of gathering and mixing them
         widest = max(self.n_kernels, self.n_expands, self.n_depths, self.n_res)
         self.dtype = np.int8 if widest <= 127 else np.int16
-        self.ranges = np.array([self.n_kernels] * nb + [self.n_expands] * nb + [self.n_depths] * ns + [self.n_res])
+        # a stage of fixed depth (ProxylessNAS's last) has one depth gene value, index 0
+        elastic = np.asarray(sp.elastic_depth_stages)
+        self.ranges = np.array([self.n_kernels] * nb + [self.n_expands] * nb
+                               + np.where(elastic, self.n_depths, 1).tolist() + [self.n_res])
+        # depth of each stage for each depth gene value (fixed stages: their block count)
+        self.stage_depths = np.where(elastic[:, None], self.depth_values[None, :],
+                                     np.asarray(sp.stage_block_counts)[:, None])
         # which mutation draw (block, stage, resolution) decides each gene
         self.mutation_cols = np.r_[np.arange(nb), np.arange(nb), nb + np.arange(ns), nb + ns]
-        self.pos = np.tile(np.arange(md), ns)
-        self.stage_of_block = np.repeat(np.arange(ns), md)
+        self.pos = np.asarray(sp.block_positions)
+        self.stage_of_block = np.asarray(sp.block_stages)
         self.table = latency_table
         nr = self.n_res
         fixed = np.zeros((nr, 3))
@@ -97,7 +103,7 @@ class CostModel:
     # -- gene matrices -----------------------------------------------------------------
     def active(self, genes: np.ndarray) -> np.ndarray:
         """``(N, blocks)`` mask of the blocks each arch runs (its stage's depth reaches them)."""
-        return self.depth_values[genes[:, self._dcols]] > self.pos
+        return self.stage_depths[self.stage_of_block, genes[:, self._dcols]] > self.pos
 
     def costs(self, genes: np.ndarray, quantities: Sequence[int] = (0, 1, 2)) -> np.ndarray:
         """``(N, len(quantities))`` of latency ms (NaN without a table), MACs, params."""
@@ -127,7 +133,8 @@ class CostModel:
         """Canonical :class:`ArchBatch` (skipped blocks hold the smallest choice)."""
         c = self.canonical(genes)
         return ArchBatch(self.space, self.kernel_values[c[:, self.kernel_genes]], self.expand_values[c[:, self.expand_genes]],
-                         self.depth_values[c[:, self.depth_genes]], self.res_values[c[:, self.res_gene]])
+                         self.stage_depths[np.arange(self.ns), c[:, self.depth_genes]],
+                         self.res_values[c[:, self.res_gene]])
 
     def keys(self, genes: np.ndarray, extra: np.ndarray | None = None) -> List[int]:
         """One integer key per arch, equal for equal networks (skipped blocks ignored): a
@@ -151,7 +158,7 @@ class CostModel:
         if q == 0 and self._lat_grid is None:
             mm = getattr(self.table, "min_max", None)
             return (float(mm(list(self.resolutions))[0]) if mm else 0.0), None
-        mask = self.pos < self.depth_values.min()
+        mask = self.pos < self.stage_depths.min(axis=1)[self.stage_of_block]
         per_res = self.fixed[:, q] + self.blocks[:, :, :, q].min(axis=2)[:, mask].sum(axis=1)
         i = int(np.argmin(per_res))
         return float(per_res[i]), self.resolutions[i]

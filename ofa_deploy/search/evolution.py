@@ -11,7 +11,7 @@ from supernet.space import Space
 
 from .local import polish
 from .problem import _Problem, _single_thread_torch
-from .results import SearchResult, _result
+from .results import SearchResult, _island_report, _result
 from .settings import Constraints, EvolutionConfig, SearchError, _check_int
 
 
@@ -130,6 +130,7 @@ def _evolve(problem: _Problem, config: EvolutionConfig, rng: np.random.Generator
             pool, scores = parents, pscores
         history.append(max(history[-1], float(scores.max())))
         elapsed.append(clock() - t0)
+    island = history[-1]
     pool, scores, n, report = polish(problem, pool, scores, config.local_search)
     evaluations += n
     history[-1] = max(history[-1], float(scores.max()))
@@ -137,6 +138,7 @@ def _evolve(problem: _Problem, config: EvolutionConfig, rng: np.random.Generator
     res = _result(problem, pool, scores, history, t0, evaluations, "evolution", config)
     res.history_seconds = elapsed
     res.extra.update(report)
+    res.extra.update(_island_report([island]))
     return res
 
 
@@ -148,7 +150,9 @@ def evolution_search(space: "Space | str", predictor, constraints: Constraints,
     ``predictor`` is anything with ``predict(ArchBatch) -> array`` (e.g.
     :class:`~ofa_deploy.accuracy.AccuracyPredictor`); ``latency_table`` a
     :class:`luts.table.LatencyTable` (needed for a latency budget). ``resolutions`` default to
-    the table's (else the space's) that the predictor can score. Raises
+    the table's (else the space's) that the predictor can score. With ``config.islands`` > 1
+    (the default) that many independent populations evolve in lock-step and the best over
+    them wins (``extra["island_best"]``, ``extra["island_spread"]`` report each). Raises
     :class:`InfeasibleBudgetError` before searching if a budget is below its exact minimum.
     """
     config = EvolutionConfig() if config is None else config
@@ -156,8 +160,13 @@ def evolution_search(space: "Space | str", predictor, constraints: Constraints,
         raise SearchError("config must be an EvolutionConfig")
     problem = _Problem(space, predictor, constraints, latency_table, resolutions)
     problem.check_feasible()
+    rng = np.random.default_rng(config.seed)
     with _single_thread_torch():
-        return _evolve(problem, config, np.random.default_rng(config.seed))
+        if config.islands == 1:
+            return _evolve(problem, config, rng)
+        from .pareto import _evolve_lockstep  # pareto builds on this module
+
+        return _evolve_lockstep(problem, [constraints], config, rng)[0]
 
 
 def random_search(space: "Space | str", predictor, constraints: Constraints,

@@ -12,7 +12,7 @@ from supernet.space import Space
 from .evolution import _evolve, _fill_slots
 from .local import polish
 from .problem import _Problem, _single_thread_torch
-from .results import SearchResult, _genes_of, _result
+from .results import SearchResult, _genes_of, _island_report, _result
 from .settings import Constraints, EvolutionConfig, SearchError
 
 
@@ -31,12 +31,13 @@ def pareto_search(space: "Space | str", predictor, budgets: Sequence["Constraint
     """The best arch for each budget (a Pareto front), tightest first; a number is a latency
     budget (ms) combined with ``constraints``. Every budget is checked before any search runs.
 
-    All budgets evolve in lock-step: one population per budget, but every step (variation,
-    budget checks, de-duplication, scoring) is one array operation over all of them, so a front
-    of B budgets costs far less than B searches. After every generation the best arch of each
-    budget also joins the population of the next looser budget when it fits there and is
-    better, so a looser budget never ends worse than a tighter one. One budget is exactly
-    :func:`evolution_search`. ``wall_seconds`` of each result is its share of the total, which
+    All budgets evolve in lock-step: ``config.islands`` populations per budget, as in
+    :func:`evolution_search`, but every step (variation, budget checks, de-duplication,
+    scoring) is one array operation over all of them, so a front of B budgets costs far less
+    than B searches. After every generation the best arch of each budget also joins the first
+    island of the next looser budget when it fits there and is better (the other islands stay
+    independent restarts), and a last pass does the same for the winners, so a looser budget
+    never ends worse than a tighter one. One budget is exactly :func:`evolution_search`. ``wall_seconds`` of each result is its share of the total, which
     ``extra["front_seconds"]`` holds."""
     config = EvolutionConfig() if config is None else config
     if not isinstance(config, EvolutionConfig):
@@ -51,32 +52,42 @@ def pareto_search(space: "Space | str", predictor, budgets: Sequence["Constraint
         problem.check_feasible()
     rng = np.random.default_rng(config.seed)
     with _single_thread_torch():
-        if len(cons) == 1:
+        if len(cons) == 1 and config.islands == 1:
             return [_evolve(problem, config, rng)]
         return _evolve_lockstep(problem, cons, config, rng)
 
 
 def _evolve_lockstep(problem: _Problem, cons: List[Constraints], config: EvolutionConfig,
                      rng: np.random.Generator) -> List[SearchResult]:
-    """:func:`_evolve` for several budgets at once; rows carry their budget's index ``gid``."""
+    """:func:`_evolve` for several budgets and/or islands at once.
+
+    Rows carry a *group* index ``gid = island * B + budget``: every group is one population
+    (``config.population`` archs) of one budget, and ``config.islands`` groups per budget start
+    from their own random samples and never exchange archs, so each is an independent restart
+    (seeds converge to different basins; the best of several restarts is far more reliable than
+    one longer run). Migration runs only along the budgets of the first island. Per budget the result
+    is the best over its islands; ``extra["island_best"]`` lists each island's own best (before
+    the final local search) and ``extra["island_spread"]`` their range."""
     t0 = time.perf_counter()
     cost = problem.cost
-    G, P, N = len(cons), config.num_parents, config.population
+    B, K, P, N = len(cons), config.islands, config.num_parents, config.population
+    G = B * K
     q_all = sorted({q for c in cons for q in np.nonzero(np.isfinite(c.limits()))[0].tolist()})
-    lims = np.stack([c.limits()[q_all] for c in cons])  # (G, Q)
+    budget_of = np.tile(np.arange(B), K)  # group -> budget index
+    lims = np.stack([c.limits()[q_all] for c in cons])[budget_of]  # (G, Q)
 
     def feasible(genes: np.ndarray, gid: np.ndarray) -> np.ndarray:
         return (cost.costs(genes, q_all) <= lims[gid]).all(axis=1)
 
-    seen: set = set()  # keys of (arch, budget index) pairs already scored
+    seen: set = set()  # keys of (arch, group) pairs already scored
     add = seen.add
 
     def new_rows(genes: np.ndarray, gid: np.ndarray) -> List[int]:
         return [i for i, k in enumerate(cost.keys(genes, gid)) if k not in seen and not add(k)]
 
     parts = []
-    for g, c in enumerate(cons):
-        problem.set_constraints(c)
+    for g in range(G):
+        problem.set_constraints(cons[budget_of[g]])
         parts.append(problem.sample_feasible(N, rng))
     gid = np.concatenate([np.full(len(x), g) for g, x in enumerate(parts)])
     pool = np.concatenate(parts)
@@ -86,6 +97,11 @@ def _evolve_lockstep(problem: _Problem, cons: List[Constraints], config: Evoluti
     best = np.full(G, -np.inf)
     np.maximum.at(best, gid, scores)
     history = [best.copy()]
+    elapsed = [time.perf_counter() - t0]
+    # migration goes from a budget to the next looser one, in the first island only: the
+    # other islands stay independent restarts (a migrant that takes over a looser budget's
+    # population would pull every island into one basin)
+    migrates = np.arange(G - 1) < B - 1
 
     slot_gid = np.repeat(np.arange(G), N)
     is_mut = np.tile(np.arange(N) < config.num_mutations, G)
@@ -93,13 +109,13 @@ def _evolve_lockstep(problem: _Problem, cons: List[Constraints], config: Evoluti
     pr = p if config.resolution_mutate_prob is None else config.resolution_mutate_prob
     tried = passed = 1.0
     for _gen in range(config.generations):
-        # parents: the best P of each budget (rows sorted by budget, then score)
+        # parents: the best P of each group (rows sorted by group, then score)
         order = np.lexsort((-scores, gid))
         sg = gid[order]
         starts = np.searchsorted(sg, np.arange(G))
         # migration: a budget's best joins the next looser budget's pool if better there
         tops = order[starts]
-        up = np.nonzero(scores[tops[:-1]] > scores[tops[1:]])[0]
+        up = np.nonzero(migrates & (scores[tops[:-1]] > scores[tops[1:]]))[0]
         if len(up):
             cand, cg = pool[tops[up]], up + 1
             ok = np.nonzero(feasible(cand, cg))[0]
@@ -137,12 +153,15 @@ def _evolve_lockstep(problem: _Problem, cons: List[Constraints], config: Evoluti
         else:
             pool, gid, scores = parents, pg, ps
         history.append(best.copy())
+        elapsed.append(time.perf_counter() - t0)
 
+    bud = budget_of[gid]
     results: List[SearchResult] = []
     for g, c in enumerate(cons):
         problem.set_constraints(c)
-        sel = gid == g
+        sel = bud == g
         pool_g, scores_g = pool[sel], scores[sel]
+        islands = [float(best[i * B + g]) for i in range(K)]
         # a last pass of migration so the front is monotone even where it was one step behind
         for prev in results[-1:]:
             row = _genes_of(cost, prev.population[:1])
@@ -151,13 +170,18 @@ def _evolve_lockstep(problem: _Problem, cons: List[Constraints], config: Evoluti
                 scores_g = np.append(scores_g, prev.predicted_accuracy)
         # the same final local search as a single budget's, so every budget gets its quality
         pool_g, scores_g, n, report = polish(problem, pool_g, scores_g, config.local_search)
-        res = _result(problem, pool_g, scores_g, [float(h[g]) for h in history], t0,
-                      int(evaluations[g]) + n, "evolution", config)
+        hist = [float(max(h[i * B + g] for i in range(K))) for h in history]
+        res = _result(problem, pool_g, scores_g, hist, t0,
+                      int(evaluations[g::B].sum()) + n, "evolution", config)
         res.history[-1] = max(res.history[-1], res.predicted_accuracy)
+        res.history_seconds = list(elapsed)
         res.extra.update(report)
+        res.extra.update(_island_report(islands))
         results.append(res)
     total = time.perf_counter() - t0
     for res in results:
-        res.wall_seconds = total / G
-        res.extra["front_seconds"] = total
+        res.wall_seconds = total / B
+        if B > 1:
+            res.extra["front_seconds"] = total
     return results
+

@@ -13,21 +13,57 @@ from .costs import CostModel
 from .settings import Constraints, InfeasibleBudgetError, SearchError
 
 
+def _openblas_thread_calls():
+    """``(get, set)`` of the thread count of the OpenBLAS that numpy's wheels bundle, or None
+    (another BLAS, or not found): numpy has no API for it, and on a ~100-row product threads
+    only wait for each other (on a busy 2-core machine, 10x slower than one thread)."""
+    import ctypes
+    import glob
+    import os
+
+    base = os.path.dirname(np.__file__)
+    for lib in sorted(glob.glob(base + ".libs/*openblas*") + glob.glob(os.path.join(base, ".dylibs", "*openblas*"))):
+        try:
+            dll = ctypes.CDLL(lib)  # already loaded by numpy: this returns the same library
+        except OSError:
+            continue
+        for prefix, suffix in (("scipy_openblas", "64_"), ("scipy_openblas", ""),
+                               ("openblas", "64_"), ("openblas", "")):
+            get = getattr(dll, f"{prefix}_get_num_threads{suffix}", None)
+            put = getattr(dll, f"{prefix}_set_num_threads{suffix}", None)
+            if get is not None and put is not None:
+                put.argtypes, get.restype = [ctypes.c_int], ctypes.c_int
+                return get, put
+    return None
+
+
+_BLAS = []  # memo of _openblas_thread_calls() (searched once per process)
+
+
 @contextlib.contextmanager
 def _single_thread_torch():
-    """Score in one thread: the forward passes are ~100 rows, where intra-op threads only add
-    synchronisation (and on a busy machine spin for milliseconds)."""
-    try:
-        import torch
-    except ImportError:  # a duck-typed predictor may not use torch
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    """Score in one thread (numpy's OpenBLAS, and torch if a predictor already imported it):
+    the forward passes are ~100 rows, where intra-op threads only add synchronisation (and on
+    a busy machine spin for milliseconds). Both counts are restored on exit."""
+    import sys
+
+    if not _BLAS:
+        _BLAS.append(_openblas_thread_calls())
+    blas = _BLAS[0]
+    torch = sys.modules.get("torch")  # a numpy predictor needs no torch: never import it here
+    before_blas = blas[0]() if blas else None
+    before_torch = torch.get_num_threads() if torch is not None else None
+    if blas:
+        blas[1](1)
+    if torch is not None:
+        torch.set_num_threads(1)
     try:
         yield
     finally:
-        torch.set_num_threads(before)
+        if blas:
+            blas[1](before_blas)
+        if torch is not None:
+            torch.set_num_threads(before_torch)
 
 
 def _table_name(table) -> str:

@@ -91,3 +91,11 @@ def _genes_of(cost: CostModel, batch: ArchBatch) -> np.ndarray:
     cols = [np.searchsorted(cost.kernel_values, batch.ks), np.searchsorted(cost.expand_values, batch.e),
             np.searchsorted(cost.depth_values, batch.d), np.searchsorted(cost.res_values, batch.r)[:, None]]
     return np.concatenate(cols, axis=1).astype(cost.dtype)
+
+
+def _island_report(islands: List[float]) -> dict:
+    """``islands`` (independent restarts run), ``island_best`` (each one's own best predicted
+    accuracy, before the final local search) and ``island_spread`` (best minus worst of them;
+    0 for one island): how much a single restart's result depends on its seed."""
+    return {"islands": len(islands), "island_best": list(islands),
+            "island_spread": float(max(islands) - min(islands))}

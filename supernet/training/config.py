@@ -11,9 +11,8 @@ import math
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
-import yaml
-
 from ..errors import OfaDeployError
+from ..fileio import read_yaml
 from ..space import Space, get_space
 
 __all__ = ["ConfigError", "TrainConfig", "StageConfig", "PHASES", "DEFAULT_PHASES",
@@ -177,14 +176,7 @@ def load_config_file(path: "str | Path") -> dict:
     """A YAML config file's mapping (``{}`` for an empty file); unreadable or malformed files
     raise :class:`ConfigError`."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {p}: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config {p} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    data = read_yaml(p, "config", ConfigError)
     if data is None:
         return {}
     if not isinstance(data, Mapping):

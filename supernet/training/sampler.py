@@ -35,12 +35,12 @@ class PhaseChoices:
     def largest(self, space: Space, r: int) -> ArchConfig:
         """The largest subnet this stage allows, at resolution ``r``."""
         return ArchConfig((self.ks[-1],) * space.num_blocks, (self.e[-1],) * space.num_blocks,
-                          (self.d[-1],) * space.num_stages, r).canonical(space)
+                          space.fit_depths((self.d[-1],) * space.num_stages), r).canonical(space)
 
     def smallest(self, space: Space, r: int) -> ArchConfig:
         """The smallest subnet this stage allows, at resolution ``r``."""
         return ArchConfig((self.ks[0],) * space.num_blocks, (self.e[0],) * space.num_blocks,
-                          (self.d[0],) * space.num_stages, r).canonical(space)
+                          space.fit_depths((self.d[0],) * space.num_stages), r).canonical(space)
 
     def corners(self, space: Space, resolutions: Sequence[int]) -> List[ArchConfig]:
         """min/max of every elastic dimension of the stage, at each resolution."""
@@ -50,7 +50,8 @@ class PhaseChoices:
                 for e in sorted({self.e[0], self.e[-1]}):
                     for k in sorted({self.ks[0], self.ks[-1]}):
                         out.append(ArchConfig((k,) * space.num_blocks, (e,) * space.num_blocks,
-                                              (d,) * space.num_stages, r).canonical(space))
+                                              space.fit_depths((d,) * space.num_stages),
+                                              r).canonical(space))
         return out
 
 
@@ -113,7 +114,7 @@ class SubnetSampler:
         return ArchConfig(
             ks=tuple(rng.choice(choices.ks, size=sp.num_blocks).tolist()),
             e=tuple(rng.choice(choices.e, size=sp.num_blocks).tolist()),
-            d=tuple(rng.choice(choices.d, size=sp.num_stages).tolist()),
+            d=sp.fit_depths(rng.choice(choices.d, size=sp.num_stages).tolist()),
             r=r,
         ).canonical(sp)
 

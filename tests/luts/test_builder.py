@@ -243,7 +243,7 @@ def test_profile_cli(run_cli, tmp_path, op_cache, ort_table, monkeypatch):
                 "--cache-dir", op_cache, "--json")
     assert r.exit_code == 0, r.output
     d = json.loads(r.stdout)
-    from luts.table import default_lut_path
+    from luts.store import default_lut_path
 
     assert d["path"] == str(default_lut_path(DeviceSpec.parse("cpu"), TINY))
     assert d["ops"] == len(enumerate_ops(TINY, RES)) and d["models_converted"] == 0

@@ -1,8 +1,6 @@
 """Accuracy predictors: the reference encoding, the reference file format, our own format, fit."""
 from __future__ import annotations
 
-import itertools
-import os
 from pathlib import Path
 
 import numpy as np
@@ -10,13 +8,15 @@ import pytest
 import torch
 
 from ofa_deploy.accuracy import (AccuracyPredictor, ArchEncoder, PredictorError,
-                                 bundled_predictor_path, kendall_tau, load_predictor)
+                                 bundled_predictor_path, load_predictor)
 from supernet.arch import ArchConfig
 from supernet.batch import ArchBatch
 
 W12 = "ofa-mbv3-w1.2"
-REF_DIR = Path(os.environ.get("OFA_DEPLOY_REFERENCE_DIR",
-                              Path(__file__).resolve().parents[3] / "shared" / "reference"))
+# The OFA authors' ImageNet predictor for this space, shipped with the package (the same bytes
+# as the reference's ofa-imagenet-predictor/acc_predictor.pth).
+REFERENCE_PREDICTOR = (Path(__file__).resolve().parents[2] / "ofa_deploy" / "assets"
+                       / "ofa-mbv3-w1.2-imagenet-acc-predictor.pth")
 
 
 def ref_state_dict(hidden=(16, 16, 16), seed=0) -> dict:
@@ -167,15 +167,16 @@ def test_reference_format_checks(tmp_path, ref_file):
         load_predictor(path, W12, format="onnx")
 
 
-@pytest.mark.skipif(not (REF_DIR / "ofa-imagenet-predictor" / "acc_predictor.pth").is_file(),
-                    reason="reference predictor not available")
 def test_real_reference_predictor_value():
     """The value the reference's own tutorial code prints for this arch (run once by hand)."""
-    pred = load_predictor(REF_DIR / "ofa-imagenet-predictor" / "acc_predictor.pth", W12)
+    # the search loads the .npz twin of the shipped reference file; both give the value
+    assert bundled_predictor_path(W12) == REFERENCE_PREDICTOR.with_suffix(".npz")
     a = ArchConfig(ks=[3, 3, 3, 7, 5, 3, 3, 5, 5, 3, 7, 7, 3, 5, 3, 7, 7, 5, 3, 7],
                    e=[4, 3, 3, 3, 4, 4, 3, 6, 4, 4, 3, 3, 4, 4, 4, 4, 6, 6, 6, 3],
                    d=[2, 3, 4, 3, 4], r=208)
-    assert pred.predict_one(a) == pytest.approx(0.8244234919548035, abs=1e-6)
+    for path in (REFERENCE_PREDICTOR, bundled_predictor_path(W12)):
+        pred = load_predictor(path, W12)
+        assert pred.predict_one(a) == pytest.approx(0.8244234919548035, abs=1e-6)
 
 
 # -- our own predictor ---------------------------------------------------------------------
@@ -244,33 +245,6 @@ def test_newer_version_is_refused(tmp_path):
         load_predictor(f, "ofa-mbv3-tiny")
 
 
-def test_kendall_tau_against_brute_force():
-    rng = np.random.default_rng(0)
-    a = rng.integers(0, 5, 40).astype(float)  # many ties
-    b = a + rng.integers(0, 3, 40)
-
-    def brute(x, y):
-        c = d = tx = ty = 0
-        for i, j in itertools.combinations(range(len(x)), 2):
-            sx, sy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
-            if sx == 0 and sy == 0:
-                continue
-            if sx == 0:
-                tx += 1
-            elif sy == 0:
-                ty += 1
-            elif sx == sy:
-                c += 1
-            else:
-                d += 1
-        return (c - d) / np.sqrt((c + d + tx) * (c + d + ty))
-
-    assert kendall_tau(a, b) == pytest.approx(brute(a, b), abs=1e-12)
-    assert kendall_tau([1, 2, 3], [1, 2, 3]) == pytest.approx(1.0)
-    assert kendall_tau([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
-    assert np.isnan(kendall_tau([1, 1, 1], [1, 2, 3]))
-
-
 def test_bundled_predictor_lookup(tmp_path, monkeypatch):
     import ofa_deploy.accuracy as acc
 
@@ -285,3 +259,71 @@ def test_bundled_predictor_lookup(tmp_path, monkeypatch):
     (tmp_path / "assets").mkdir()
     (tmp_path / "assets" / "x.pth").write_bytes(b"")
     assert bundled_predictor_path("ofa-mbv3-tiny") == tmp_path / "assets" / "x.pth"
+
+
+# -- numpy inference and the .npz format -------------------------------------------------------
+def test_numpy_forward_equals_torch_forward(ref_file):
+    """predict_features runs in numpy; the torch module (sharing its weights) agrees."""
+    path, sd = ref_file
+    pred = load_predictor(path, W12)
+    x = (np.random.default_rng(3).random((257, 128)) < 0.3).astype(np.float32)
+    with torch.no_grad():
+        want = pred.model(torch.from_numpy(x)).reshape(-1).numpy().astype(np.float64)
+    np.testing.assert_allclose(pred.predict_features(x), want, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(pred.predict_features(x), direct_mlp(sd, torch.from_numpy(x)),
+                               rtol=0, atol=1e-5)
+    # the module shares memory with the numpy weights: an in-place change is seen by both
+    with torch.no_grad():
+        pred.model[-1].bias += 1.0
+    np.testing.assert_allclose(pred.predict_features(x), want + 1.0, rtol=0, atol=1e-5)
+
+
+def test_npz_round_trip_without_torch_load(tmp_path, monkeypatch):
+    space = "ofa-mbv3-tiny"
+    pred = AccuracyPredictor(ArchEncoder.for_space(space), hidden=(16, 8), space=space, seed=2,
+                             target_mean=0.7, target_std=0.05, metadata={"note": "x"})
+    path = pred.save(tmp_path / "pred.npz")
+    import ofa_deploy.accuracy as acc
+
+    def no_torch():
+        raise AssertionError("torch used to read a .npz predictor")
+
+    monkeypatch.setattr(acc, "_torch", no_torch)
+    back = load_predictor(path, space)
+    test = ArchBatch.sample(space, 64, np.random.default_rng(1))
+    np.testing.assert_array_equal(back.predict(test), pred.predict(test))
+    assert back.encoder == pred.encoder and back.hidden == (16, 8)
+    assert (back.target_mean, back.target_std) == (0.7, 0.05)
+    assert back.metadata["note"] == "x" and back.metadata["path"] == str(path)
+    with pytest.raises(PredictorError, match="trained for space ofa-mbv3-tiny"):
+        load_predictor(path, W12)
+    with pytest.raises(PredictorError, match="it is an ofa-deploy .npz"):
+        load_predictor(path, space, format="ofa-reference")
+    # a damaged archive: wrong layer shape, missing header
+    np.savez(tmp_path / "bad.npz", header=np.array(open(path, "rb") and "{}"))
+    with pytest.raises(PredictorError, match="not an ofa-deploy predictor"):
+        load_predictor(tmp_path / "bad.npz", space)
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["w1"] = arrays["w1"][:, :3]
+    np.savez(tmp_path / "shape.npz", **arrays)
+    with pytest.raises(PredictorError, match="weights do not fit: layer 1"):
+        load_predictor(tmp_path / "shape.npz", space)
+
+
+@pytest.mark.parametrize("space", ["ofa-mbv3-w1.2", "ofa-mbv3-tiny"])
+def test_bundled_npz_twin_equals_its_torch_file(space):
+    """The shipped .npz is the twin of the shipped torch file (rebuild it with
+    ``write_npz_twin`` if this fails) and is what bundled_predictor_path picks."""
+    import ofa_deploy.accuracy as acc
+
+    twin = bundled_predictor_path(space)
+    src = Path(acc.__file__).resolve().parent / "assets" / acc.BUNDLED_PREDICTORS[space]
+    assert twin.suffix == ".npz" and twin.with_suffix(src.suffix) == src and src.is_file()
+    a, b = load_predictor(src, space), load_predictor(twin, space)
+    assert a.source_format == b.source_format and a.encoder == b.encoder
+    for (wa, ba), (wb, bb) in zip(a.weights(), b.weights()):
+        np.testing.assert_array_equal(wa, wb)
+        np.testing.assert_array_equal(ba, bb)
+    test = ArchBatch.sample(space, 300, np.random.default_rng(0))
+    np.testing.assert_array_equal(a.predict(test), b.predict(test))

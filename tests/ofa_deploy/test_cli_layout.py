@@ -18,7 +18,7 @@ def test_every_command_is_registered():
 
 
 def test_help_constants_match_the_packages_they_spell_out():
-    from luts.table import BUILTIN_TABLES
+    from luts.store import BUILTIN_TABLES
     from supernet.training.config import PHASES
 
     assert tuple(BUILTIN_TABLES) == BUILTIN_TARGETS

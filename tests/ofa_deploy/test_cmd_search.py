@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from luts.table import load_table
+from luts.store import load_table
 
 W12 = "ofa-mbv3-w1.2"
 FAST = ("--population", "16", "--generations", "8")

@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from luts.table import load_table
+from luts.store import load_table
 from ofa_deploy.accuracy import AccuracyPredictor, ArchEncoder
 from ofa_deploy.search import (Constraints, EvolutionConfig, InfeasibleBudgetError,
                                SearchError, evolution_search, pareto_search, random_search)
@@ -370,3 +370,68 @@ def test_search_restores_torch_threads(note10, mlp_predictor):
     evolution_search(W12, mlp_predictor, Constraints(max_latency_ms=25.0),
                      EvolutionConfig(population=8, generations=1), latency_table=note10)
     assert torch.get_num_threads() == before
+
+
+# -- islands (independent restarts in lock-step) -------------------------------------------
+ISLANDS = EvolutionConfig(population=16, generations=6, islands=3, seed=2)
+
+
+def test_islands_are_feasible_deterministic_and_report_their_spread(note10, mlp_predictor):
+    rec = _RecordingPredictor(mlp_predictor)
+    cons = Constraints(max_latency_ms=20.0)
+    res = evolution_search(W12, rec, cons, ISLANDS, latency_table=note10)
+    # every candidate any island scored, and the local search's neighbours, meet the budget
+    lat = np.concatenate([note10.predict(b) for b in rec.batches])
+    assert len(lat) >= res.evaluations and (lat <= 20.0 + 1e-9).all()
+    d = res.to_dict()
+    assert d["islands"] == 3 and len(d["island_best"]) == 3
+    assert d["island_spread"] == pytest.approx(max(d["island_best"]) - min(d["island_best"]))
+    # the winner is at least every island's best (the local search can only add to it)
+    assert res.predicted_accuracy >= max(d["island_best"]) - 1e-12
+    assert res.extra["local_optimum"] is True
+    assert len(res.history) == ISLANDS.generations + 1
+    again = evolution_search(W12, mlp_predictor, cons, ISLANDS, latency_table=note10)
+    assert again.arch == res.arch and again.extra["island_best"] == d["island_best"]
+    other = evolution_search(W12, mlp_predictor, cons,
+                             EvolutionConfig(**{**ISLANDS.get_state(), "seed": 3}),
+                             latency_table=note10)
+    assert other.extra["island_best"] != d["island_best"]
+    one = evolution_search(W12, mlp_predictor, cons,
+                           EvolutionConfig(population=24, generations=15, islands=1),
+                           latency_table=note10).to_dict()
+    assert one["islands"] == 1 and one["island_spread"] == 0.0
+    with pytest.raises(SearchError, match="islands must be >= 1"):
+        EvolutionConfig(islands=0)
+
+
+def test_islands_are_independent_restarts(note10, mlp_predictor):
+    """Island i of a lock-step run starts from its own sample: two islands never share
+    their initial population, so their bests differ as independent seeds do."""
+    cons = Constraints(max_latency_ms=25.0)
+    cfg = EvolutionConfig(population=12, generations=0, islands=2, seed=0, local_search=False)
+    rec = _RecordingPredictor(mlp_predictor)
+    evolution_search(W12, rec, cons, cfg, latency_table=note10)
+    first = rec.batches[0]  # the initial populations of both islands, scored in one pass
+    assert len(first) == 24
+    a = {tuple(x.to_string(W12) for x in first[:12].to_archs())}
+    b = {tuple(x.to_string(W12) for x in first[12:].to_archs())}
+    assert a.isdisjoint(b)
+
+
+def test_front_with_islands_gives_every_budget_the_same_search(note10, mlp_predictor):
+    budgets = [18.0, 25.0, 35.0]
+    res = pareto_search(W12, mlp_predictor, budgets, ISLANDS, latency_table=note10)
+    accs = [r.predicted_accuracy for r in res]
+    assert all(b >= a for a, b in zip(accs, accs[1:]))
+    for r, b in zip(res, budgets):
+        assert r.latency_ms <= b and r.extra["islands"] == 3
+        assert len(r.extra["island_best"]) == 3 and r.extra["local_optimum"] is True
+        # each budget's islands evolved a full population for every generation
+        assert r.evaluations >= ISLANDS.islands * ISLANDS.population
+        # a front's budget is at least as good as the single-budget search of that budget
+        alone = evolution_search(W12, mlp_predictor, Constraints(max_latency_ms=b), ISLANDS,
+                                 latency_table=note10)
+        assert r.predicted_accuracy >= alone.predicted_accuracy - 0.01
+        rnd = random_search(W12, mlp_predictor, Constraints(max_latency_ms=b), 1000,
+                            latency_table=note10)
+        assert r.predicted_accuracy > rnd.predicted_accuracy

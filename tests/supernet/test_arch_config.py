@@ -20,7 +20,8 @@ def test_min_max_shapes_and_values():
         assert set(hi.ks) == {max(sp.kernel_choices)} and set(lo.e) == {min(sp.expand_choices)}
         assert hi.r == max(sp.resolutions) and lo.r == min(sp.resolutions)
         assert hi.active_blocks(sp) == tuple(range(sp.num_blocks))
-        assert len(lo.active_blocks(sp)) == sp.num_stages * min(sp.depth_choices)
+        assert len(lo.active_blocks(sp)) == sum(min(sp.stage_depth_choices(s))
+                                                for s in range(sp.num_stages))
 
 
 @pytest.mark.parametrize("change,needle", [
@@ -120,7 +121,8 @@ def test_seeded_sampling_is_deterministic_and_varied():
             assert arch == arch.canonical(sp)
         # Every choice of every dimension shows up in a modest sample
         assert {k for a_ in many for k in a_.ks} == set(sp.kernel_choices)
-        assert {x for a_ in many for x in a_.d} == set(sp.depth_choices)
+        for s in range(sp.num_stages):
+            assert {a_.d[s] for a_ in many} == set(sp.stage_depth_choices(s))
         assert {a_.r for a_ in many} <= set(sp.resolutions)
     only = ArchConfig.sample(W10, np.random.default_rng(0), resolutions=[160])
     assert only.r == 160

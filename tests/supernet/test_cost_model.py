@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 from supernet import (
+    get_family,
     ArchConfig, OfaDeployError, OpKey, Supernet, arch_cost, arch_ops, enumerate_ops,
     extract_subnet, get_space, list_spaces, space_stats, supernet_params,
 )
@@ -99,10 +100,14 @@ def test_ops_of_an_arch_are_enumerated(rng):
             ops = arch_ops(sp, arch)
             assert set(ops) <= all_ops
             assert [o.kind for o in ops[:2]] == ["stem", "first_block"]
-            assert [o.kind for o in ops[-4:]] == ["final_expand", "pool", "feature_mix", "classifier"]
-            assert len(ops) == 6 + sum(arch.d)
-            # shapes chain: each op consumes what the previous produced
-            for a, b in zip(ops[:-3], ops[1:-3]):
+            n_head = len(get_family(sp).head_ops(sp, 1))
+            head = get_family(sp).head_ops(sp, ops[-n_head].h)
+            assert ops[-len(head):] == head and head[-1].kind == "classifier"
+            if sp.family == "mbv3":
+                assert [o.kind for o in head] == ["final_expand", "pool", "feature_mix", "classifier"]
+            assert len(ops) == 2 + sum(arch.d) + n_head
+            # shapes chain: each op consumes what the previous produced (up to the pool)
+            for a, b in zip(ops[:-n_head + 1], ops[1:-n_head + 1]):
                 assert (b.h, b.cin) == (a.out_h, a.cout), (a, b)
 
 

@@ -73,9 +73,11 @@ def test_extracted_subnet_has_only_standard_modules(filled_supernet):
 
 def test_extract_rejects_a_bad_arch():
     net = Supernet("ofa-mbv3-tiny")
-    bad = ArchConfig.max("ofa-mbv3-tiny").with_resolution(224)
-    with pytest.raises(ArchError, match="resolution 224"):
-        extract_subnet(net, bad)
+    # a conv net runs at any input size: resolutions outside the search range are extracted
+    # (exported, measured); LUTs and predictors refuse them themselves
+    assert extract_subnet(net, ArchConfig.max("ofa-mbv3-tiny").with_resolution(224)).arch.r == 224
+    with pytest.raises(ArchError, match="resolution must be positive"):
+        extract_subnet(net, ArchConfig.max("ofa-mbv3-tiny").with_resolution(0))
     with pytest.raises(ArchError, match="e has 19 entries, space ofa-mbv3-tiny has 20 blocks"):
         extract_subnet(net, ArchConfig(ks=(7,) * 20, e=(6,) * 19, d=(4,) * 5, r=32))
 

@@ -1,0 +1,310 @@
+"""Op models converted to a backend's artifact format, cached on disk, in worker processes.
+
+Converting an op model (ONNX export, litert-torch conversion) costs far more than timing it,
+so converted files are cached on disk by format, converter version and op key under
+``cache_dir()/ops/<format>/<converter>/``, shared by every device that runs that format. A
+build converts in a separate worker *process* (``convert_workers`` of
+:func:`~luts.builder.build_lut`) that runs ahead while the main process times the ops already
+converted. A thread would not do: the exporters are
+Python-heavy, and every timed call would wait for the GIL. The trade-off: on a machine with
+few cores the converter competes with the timed thread for CPU, memory bandwidth and cache,
+which inflates and spreads the times. Workers therefore run at a lower priority (nice 5) so
+the timed process wins a contended core; time with ``threads`` below the core count (e.g. 1
+on 2 cores), pin with ``cpus`` (workers then avoid those CPUs), or pass
+``convert_workers=0`` to convert each op just before timing it (slowest, least disturbed;
+or warm the cache first and build again). Once the cache is warm no worker is started.
+
+Every op model and every validated subnet is converted by :func:`export_artifact`, so the
+two are converted the same way.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import json
+import os
+import queue
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+from supernet.errors import OfaDeployError, first_line
+from supernet.ops import OpKey
+
+from .table import LUTError
+
+__all__ = ["converter_tag", "export_artifact", "require_converter", "OpModelCache",
+           "METHOD_VERSION", "FORMAT_SUFFIX"]
+
+# Bump when op models or the subtraction scheme change: tables and caches of another method
+# version are not mixed with new measurements.
+METHOD_VERSION = 2
+FORMAT_SUFFIX = {"onnx": ".onnx", "tflite": ".tflite"}
+
+
+def converter_tag(fmt: str) -> str:
+    """Identifies the converter that writes ``fmt`` files (a cache-directory name)."""
+    import torch
+
+    tv = torch.__version__.split("+")[0]
+    if fmt == "onnx":
+        tag = f"torch{tv}-ts-opset17"
+    elif fmt == "tflite":
+        from supernet.export_tflite import litert_torch_version
+
+        tag = f"litert-torch{litert_torch_version() or 'none'}-torch{tv}"
+    elif fmt == "torch":
+        tag = f"torch{tv}"
+    else:
+        raise LUTError(f"unknown artifact format {fmt!r}")
+    return re.sub(r"[^A-Za-z0-9_.\-]+", "_", f"{tag}-m{METHOD_VERSION}")
+
+
+def export_artifact(model, input_shape: Sequence[int], path: "str | os.PathLike",
+                    fmt: str) -> Path:
+    """Write ``model`` in ``fmt`` (``onnx``/``tflite``), atomically. Op models and the
+    subnets a table is validated against go through this one function, so they are
+    converted the same way."""
+    if fmt == "onnx":
+        from supernet.export import export_onnx
+
+        return export_onnx(model, input_shape, path, opset=17, dynamo=False)
+    if fmt == "tflite":
+        from supernet.export_tflite import export_tflite
+
+        return export_tflite(model, input_shape, path)
+    raise LUTError(f"cannot export to artifact format {fmt!r}")
+
+
+def require_converter(fmt: str) -> None:
+    """Fail early, in one line, when the converter for ``fmt`` is not installed (the
+    converter process would otherwise report it only after starting up)."""
+    if fmt == "tflite":
+        import importlib.util
+
+        if importlib.util.find_spec("litert_torch") is None:
+            from supernet.export_tflite import require_litert_torch
+
+            require_litert_torch()
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One model to build: ``what`` is an OpKey string, ``ctx-...`` or ``overhead``."""
+
+    what: str
+    shape: Tuple[int, ...]
+    space: str
+    seed: int
+    context: bool
+
+
+def _build_model(job: _Job):
+    from supernet.op_models import (OverheadModel, build_context_model, build_op_model)
+
+    if job.what == "overhead":
+        return OverheadModel().eval()
+    if job.what.startswith("ctx-"):
+        return build_context_model(job.shape, seed=job.seed)
+    return build_op_model(OpKey.from_string(job.what), job.space, seed=job.seed,
+                          context=job.context)
+
+
+def _convert(job: _Job, fmt: str, path: str) -> str:
+    """Worker entry point (module-level so a spawned process can import it)."""
+    if os.path.exists(path):  # another build converted it meanwhile
+        return path
+    export_artifact(_build_model(job), job.shape, path, fmt)
+    return path
+
+
+class OpModelCache:
+    """Converted op models on disk: ``root/<format>/<converter tag>/<name><suffix>``."""
+
+    def __init__(self, root: "str | os.PathLike", fmt: str):
+        self.fmt = fmt
+        self.dir = Path(root) / fmt / converter_tag(fmt)
+
+    def path(self, job: _Job) -> Path:
+        """Where the converted model of ``job`` is (or will be) cached."""
+        name = job.what if job.what.startswith(("ctx-", "overhead")) else (
+            job.what + ("-ctx" if job.context else ""))
+        return self.dir / f"{name}-seed{job.seed}{FORMAT_SUFFIX[self.fmt]}"
+
+    def has(self, job: _Job) -> bool:
+        """Whether ``job`` has already been converted."""
+        return self.path(job).is_file()
+
+
+class _Workers:
+    """Persistent converter subprocesses (``luts._convert_worker``), one job each at a time.
+
+    Each worker gets its jobs from a shared queue through a feeder thread that only blocks on
+    pipes, so the timing thread never waits for the GIL behind a conversion."""
+
+    def __init__(self, n: int, cpus: Optional[List[int]], nice: int = 5):
+        self.queue: "queue.Queue" = queue.Queue()
+        self.procs: List[subprocess.Popen] = []
+        self.threads: List[threading.Thread] = []
+        root = str(Path(__file__).resolve().parent.parent)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        arg = json.dumps({"nice": nice, "cpus": cpus})
+        self.logs: List[Any] = []
+        for _ in range(n):
+            # Startup errors (before the worker silences its stderr) land in this file and are
+            # quoted if the worker dies.
+            log = tempfile.TemporaryFile(mode="w+")
+            p = subprocess.Popen([sys.executable, "-m", "luts._convert_worker", arg],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+                                 text=True, bufsize=1, env=env)
+            t = threading.Thread(target=self._feed, args=(p, log), daemon=True)
+            self.procs.append(p)
+            self.threads.append(t)
+            self.logs.append(log)
+            t.start()
+
+    def submit(self, payload: dict) -> cf.Future:
+        fut: cf.Future = cf.Future()
+        self.queue.put((fut, payload))
+        return fut
+
+    def _feed(self, p: subprocess.Popen, log) -> None:
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            fut, payload = item
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                p.stdin.write(json.dumps(payload) + "\n")
+                p.stdin.flush()
+                line = p.stdout.readline()
+            except (OSError, ValueError):
+                line = ""
+            if not line:
+                try:
+                    p.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    pass
+                why = "out of memory?"
+                with contextlib.suppress(OSError, ValueError):
+                    log.seek(0)
+                    tail = [ln for ln in log.read().splitlines() if ln.strip()]
+                    if tail:
+                        why = first_line(tail[-1])  # the last thing it said
+                fut.set_exception(LUTError(
+                    f"the converter process died while converting {payload['what']} "
+                    f"(exit status {p.poll()}: {why})"))
+                self._fail_rest()
+                return
+            reply = json.loads(line)
+            if reply.get("ok"):
+                fut.set_result(reply["path"])
+            else:
+                fut.set_exception(LUTError(f"converting {payload['what']} to {payload['fmt']} "
+                                           f"failed: {reply.get('error')}"))
+
+    def _fail_rest(self) -> None:
+        """A dead worker: hand its queued jobs back to the caller as failures only if no other
+        worker is alive to take them."""
+        if any(p.poll() is None for p in self.procs):
+            return
+        while True:
+            try:
+                item = self.queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is not None and item[0].set_running_or_notify_cancel():
+                item[0].set_exception(LUTError("the converter processes died"))
+
+    def shutdown(self) -> None:
+        while True:  # drop what was never started
+            try:
+                item = self.queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                item[0].cancel()
+        for _ in self.threads:
+            self.queue.put(None)
+        for p in self.procs:
+            with contextlib.suppress(OSError, ValueError):
+                p.stdin.close()
+        # A worker still converting is stopped, not waited for: its output is written to a
+        # temporary name and renamed when complete, so the cache never holds a partial file.
+        deadline = time.monotonic() + 0.5
+        for p in self.procs:
+            try:
+                p.wait(timeout=max(0.01, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        for t in self.threads:
+            t.join(timeout=1)
+        for log in self.logs:
+            log.close()
+
+
+class _Converter:
+    """Hands out artifacts for jobs in order, converting ahead in worker processes."""
+
+    def __init__(self, fmt: str, cache: Optional[OpModelCache], workers: int,
+                 avoid_cpus: Optional[List[int]]):
+        self.fmt, self.cache, self.workers = fmt, cache, workers
+        self.avoid = avoid_cpus
+        self.pool: Optional[_Workers] = None
+        self.futures: Dict[_Job, cf.Future] = {}
+        self.converted = 0
+        self.reused = 0
+
+    def prefetch(self, jobs: Iterable[_Job]) -> None:
+        if self.fmt == "torch" or self.workers <= 0:
+            return
+        todo = [j for j in dict.fromkeys(jobs) if not self.cache.has(j) and j not in self.futures]
+        if not todo:
+            return
+        if self.pool is None:
+            cpus = None
+            if self.avoid and hasattr(os, "sched_getaffinity"):
+                cpus = sorted(os.sched_getaffinity(0) - set(self.avoid)) or None
+            self.pool = _Workers(self.workers, cpus)
+        for j in todo:
+            self.futures[j] = self.pool.submit({
+                "what": j.what, "shape": list(j.shape), "space": j.space, "seed": j.seed,
+                "context": j.context, "fmt": self.fmt, "path": str(self.cache.path(j))})
+
+    def get(self, job: _Job):
+        if self.fmt == "torch":
+            return _build_model(job)
+        path = self.cache.path(job)
+        fut = self.futures.pop(job, None)
+        if fut is not None:
+            fut.result()
+            self.converted += 1
+        elif path.is_file():
+            self.reused += 1
+        else:
+            try:
+                _convert(job, self.fmt, str(path))
+            except OfaDeployError as exc:
+                raise LUTError(f"converting {job.what} to {self.fmt} failed: {exc}") from None
+            self.converted += 1
+        return path
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+            self.pool = None

@@ -1,0 +1,686 @@
+"""The OFA ResNet50 family (``ofa_resnet50``): bottleneck blocks with elastic depth, expand
+ratio and width multiplier, exact to the reference ``OFAResNets``.
+
+Its elastic dimensions are not the MobileNet ones (no elastic kernel; a width per stage and
+an input-stem skip instead), so it has its own space record (:class:`ResNetSpace`), arch
+record (:class:`ResNetArch`, the reference's ``{"d", "e", "w"}`` plus the resolution),
+supernet and analytic cost. Layout (reference ``OFAResNets`` with depth_list=[0,1,2],
+expand_ratio_list=[0.2,0.25,0.35], width_mult_list=[0.65,0.8,1.0]):
+
+* input stem: 3x3 s2 conv (``w[0]`` of ``mid`` widths), a residual 3x3 conv of the same width
+  (dropped when the stem is skipped, ``d[0] == 0``), a 3x3 conv (``w[1]``); then a 3x3 s2
+  max pool;
+* four stages of ``base + 2`` bottleneck blocks (4/4/6/4), of which the first ``base + d[s]``
+  run; stage width ``w[s + 2]``; a block's middle width is ``make_divisible(round(out * e))``;
+  the first block of a stage has an ``avgpool -> 1x1 conv -> BN`` shortcut, the others an
+  identity;
+* global average pool and a linear classifier.
+
+Not yet wired into the search pipeline (LUT ops, cost model, ArchBatch): the registry of
+spaces holds MobileNet-style spaces only; see :data:`RESNET_SPACES`.
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections import OrderedDict
+from pathlib import Path
+from dataclasses import dataclass
+from typing import Dict, List, Mapping, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .arch import ArchError
+from .layers import ElasticBN
+from .space import make_divisible
+
+__all__ = ["ResNetSpace", "ResNetArch", "ResNetSupernet", "ResNetSubnet", "RESNET_SPACES",
+           "get_resnet_space", "resnet_arch_cost", "resnet_supernet_params",
+           "extract_resnet_subnet", "resnet_space_stats", "inspect_resnet",
+           "remap_resnet_reference_keys", "load_resnet_supernet"]
+
+
+@dataclass(frozen=True)
+class ResNetSpace:
+    """An OFA ResNet (bottleneck) elastic space, described by data."""
+
+    name: str
+    description: str
+    resolutions: Tuple[int, ...]
+    width_mult_choices: Tuple[float, ...] = (0.65, 0.8, 1.0)
+    expand_choices: Tuple[float, ...] = (0.2, 0.25, 0.35)
+    depth_choices: Tuple[int, ...] = (0, 1, 2)  # extra blocks per stage beyond base_depths
+    base_depths: Tuple[int, ...] = (2, 2, 4, 2)
+    base_stage_widths: Tuple[int, ...] = (256, 512, 1024, 2048)
+    stage_strides: Tuple[int, ...] = (1, 2, 2, 2)
+    stem_base_width: int = 64
+    num_classes: int = 1000
+    channel_divisible: int = 8
+    bn_momentum: float = 0.1
+    bn_eps: float = 1e-5
+    family: str = "resnet"
+
+    # -- derived ---------------------------------------------------------------------
+    @property
+    def num_stages(self) -> int:
+        return len(self.base_depths)
+
+    @property
+    def stem_widths(self) -> Tuple[int, ...]:
+        """Output widths of the last stem conv, one per width multiplier."""
+        return tuple(make_divisible(self.stem_base_width * w, self.channel_divisible)
+                     for w in self.width_mult_choices)
+
+    @property
+    def stem_mid_widths(self) -> Tuple[int, ...]:
+        """Widths of the first two stem convs (half the stem width, rounded)."""
+        return tuple(make_divisible(c // 2, self.channel_divisible) for c in self.stem_widths)
+
+    def stage_widths(self, stage: int) -> Tuple[int, ...]:
+        return tuple(make_divisible(self.base_stage_widths[stage] * w, self.channel_divisible)
+                     for w in self.width_mult_choices)
+
+    @property
+    def stage_block_counts(self) -> Tuple[int, ...]:
+        return tuple(b + max(self.depth_choices) for b in self.base_depths)
+
+    @property
+    def stage_offsets(self) -> Tuple[int, ...]:
+        return tuple(int(v) for v in np.cumsum((0,) + self.stage_block_counts[:-1]))
+
+    @property
+    def num_blocks(self) -> int:
+        return sum(self.stage_block_counts)
+
+    @property
+    def num_widths(self) -> int:
+        """Entries of ``w``: two stem widths, then one per stage."""
+        return self.num_stages + 2
+
+    def middle_channels(self, out_channels: int, expand: float) -> int:
+        return make_divisible(round(out_channels * expand), self.channel_divisible)
+
+    def num_subnets(self, per_resolution: bool = True) -> int:
+        nw, ne = len(self.width_mult_choices), len(self.expand_choices)
+        n = 2 * nw * nw  # stem skip or not, two stem widths
+        for b in self.base_depths:
+            n *= nw * sum(ne ** (b + d) for d in self.depth_choices)
+        return n if per_resolution else n * len(self.resolutions)
+
+    def summary(self) -> str:
+        res = self.resolutions
+        return (f"{self.description}; widths x{self.width_mult_choices} of "
+                f"{self.stem_base_width}/{'/'.join(map(str, self.base_stage_widths))}; "
+                f"e{self.expand_choices} d+{self.depth_choices} blocks "
+                f"{'/'.join(map(str, self.stage_block_counts))}; res {res[0]}..{res[-1]} "
+                f"({len(res)}); {self.num_classes} classes")
+
+
+RESNET_SPACES: Dict[str, ResNetSpace] = {
+    "ofa-resnet50": ResNetSpace(
+        name="ofa-resnet50",
+        description="OFA ResNet50 (ImageNet, reference layout)",
+        # the sizes the reference's ResNet50 accuracy predictor encodes
+        resolutions=(128, 144, 160, 176, 192, 224, 240, 256),
+    ),
+}
+
+
+def get_resnet_space(name: "str | ResNetSpace") -> ResNetSpace:
+    if isinstance(name, ResNetSpace):
+        return name
+    try:
+        return RESNET_SPACES[name]
+    except KeyError:
+        raise ArchError(f"unknown ResNet space {name!r}; known: {', '.join(RESNET_SPACES)}") from None
+
+
+# ---------------------------------------------------------------------------- arch
+@dataclass(frozen=True)
+class ResNetArch:
+    """One subnet: ``d`` (stem depth 0 = skip / 2 = keep, then extra blocks per stage), ``e``
+    (expand ratio per block, all blocks of the supernet), ``w`` (width-multiplier *index* of
+    the two stem convs and of each stage), ``r``. The reference's dict form, as its
+    ``sample_active_subnet`` returns it."""
+
+    d: Tuple[int, ...]
+    e: Tuple[float, ...]
+    w: Tuple[int, ...]
+    r: int
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "d", tuple(int(v) for v in self.d))
+            object.__setattr__(self, "w", tuple(int(v) for v in self.w))
+            object.__setattr__(self, "e", tuple(float(v) for v in self.e))
+            object.__setattr__(self, "r", int(self.r))
+        except (TypeError, ValueError):
+            raise ArchError(f"a ResNet arch needs integer d, w, r and numeric e, got "
+                            f"d={self.d!r} e={self.e!r} w={self.w!r} r={self.r!r}") from None
+
+    def validate(self, space: "ResNetSpace | str", *, any_resolution: bool = False) -> "ResNetArch":
+        sp = get_resnet_space(space)
+        if len(self.d) != sp.num_stages + 1:
+            raise ArchError(f"d has {len(self.d)} entries, space {sp.name} needs "
+                            f"{sp.num_stages + 1} (stem, then one per stage)")
+        if len(self.e) != sp.num_blocks:
+            raise ArchError(f"e has {len(self.e)} entries, space {sp.name} has {sp.num_blocks} blocks")
+        if len(self.w) != sp.num_widths:
+            raise ArchError(f"w has {len(self.w)} entries, space {sp.name} needs {sp.num_widths}")
+        stem_ok = (min(sp.depth_choices), max(sp.depth_choices))
+        if self.d[0] not in stem_ok:
+            raise ArchError(f"d[0]={self.d[0]} (input stem) must be {stem_ok[0]} (skip) or "
+                            f"{stem_ok[1]} (keep)")
+        for i, v in enumerate(self.d[1:], start=1):
+            if v not in sp.depth_choices:
+                raise ArchError(f"d[{i}]={v} not in depth choices {list(sp.depth_choices)}")
+        for i, v in enumerate(self.w):
+            if not 0 <= v < len(sp.width_mult_choices):
+                raise ArchError(f"w[{i}]={v} is not a width index (0..{len(sp.width_mult_choices) - 1})")
+        active = self.active_mask(sp)
+        for i, v in enumerate(self.e):
+            if active[i] and not any(abs(v - c) < 1e-9 for c in sp.expand_choices):
+                raise ArchError(f"e[{i}]={v} not in expand choices {list(sp.expand_choices)}")
+        if any_resolution:
+            if self.r < 1:
+                raise ArchError(f"resolution must be positive, got {self.r}")
+        elif self.r not in sp.resolutions:
+            raise ArchError(f"resolution {self.r} not in space {sp.name} resolutions "
+                            f"({sp.resolutions[0]}..{sp.resolutions[-1]}, {len(sp.resolutions)} values)")
+        return self
+
+    @property
+    def skip_stem(self) -> bool:
+        return self.d[0] == 0
+
+    def active_mask(self, space: "ResNetSpace | str") -> Tuple[bool, ...]:
+        sp = get_resnet_space(space)
+        return tuple(p < b + self.d[s + 1] for s, (b, n) in
+                     enumerate(zip(sp.base_depths, sp.stage_block_counts)) for p in range(n))
+
+    def active_blocks(self, space: "ResNetSpace | str") -> Tuple[int, ...]:
+        return tuple(i for i, a in enumerate(self.active_mask(space)) if a)
+
+    def canonical(self, space: "ResNetSpace | str") -> "ResNetArch":
+        sp = get_resnet_space(space)
+        e = tuple(v if a else sp.expand_choices[0] for v, a in zip(self.e, self.active_mask(sp)))
+        return ResNetArch(self.d, e, self.w, self.r)
+
+    @classmethod
+    def max(cls, space: "ResNetSpace | str", r: int | None = None) -> "ResNetArch":
+        sp = get_resnet_space(space)
+        return cls((max(sp.depth_choices),) * (sp.num_stages + 1),
+                   (max(sp.expand_choices),) * sp.num_blocks,
+                   (len(sp.width_mult_choices) - 1,) * sp.num_widths,
+                   max(sp.resolutions) if r is None else r)
+
+    @classmethod
+    def min(cls, space: "ResNetSpace | str", r: int | None = None) -> "ResNetArch":
+        sp = get_resnet_space(space)
+        return cls((min(sp.depth_choices),) * (sp.num_stages + 1),
+                   (min(sp.expand_choices),) * sp.num_blocks, (0,) * sp.num_widths,
+                   min(sp.resolutions) if r is None else r)
+
+    @classmethod
+    def sample(cls, space: "ResNetSpace | str", rng: np.random.Generator) -> "ResNetArch":
+        """Uniform per dimension (the stem: keep or skip), all randomness from ``rng``."""
+        sp = get_resnet_space(space)
+        dmin, dmax = min(sp.depth_choices), max(sp.depth_choices)
+        d = [dmax if rng.random() < 0.5 else dmin] + \
+            rng.choice(sp.depth_choices, sp.num_stages).tolist()
+        e = rng.choice(sp.expand_choices, sp.num_blocks).tolist()
+        w = rng.integers(len(sp.width_mult_choices), size=sp.num_widths).tolist()
+        r = int(sp.resolutions[int(rng.integers(len(sp.resolutions)))])
+        return cls(d, e, w, r).canonical(sp)
+
+    def to_dict(self) -> dict:
+        return {"d": list(self.d), "e": list(self.e), "w": list(self.w), "r": self.r}
+
+    @classmethod
+    def from_dict(cls, data: Mapping, space: "ResNetSpace | str") -> "ResNetArch":
+        """The reference's ``{"d", "e", "w"}`` dict with ``image_size`` (or ``r``)."""
+        if not isinstance(data, Mapping):
+            raise ArchError(f"an arch must be a JSON object, got {type(data).__name__}")
+        if "arch" in data and isinstance(data["arch"], Mapping):
+            data = data["arch"]
+        missing = [k for k in ("d", "e", "w") if k not in data]
+        if missing:
+            raise ArchError(f"ResNet arch is missing field(s): {', '.join(missing)}")
+        sp = get_resnet_space(space)
+        if "arch" in data and isinstance(data["arch"], Mapping):  # e.g. a report.json
+            data = data["arch"]
+        r = data.get("image_size", data.get("r", max(sp.resolutions)))
+        if isinstance(r, (list, tuple)):
+            r = r[0] if len(r) == 1 else r
+        return cls(data["d"], data["e"], data["w"], r).validate(sp)
+
+    def to_string(self, space: "ResNetSpace | str") -> str:
+        """``r224-d2.2.1.0.2-w2.1.2.0.1.2-e0120.21.012210.0`` (e: expand-choice index of each
+        running block, stages separated by dots)."""
+        sp = get_resnet_space(space)
+        es = []
+        for s in range(sp.num_stages):
+            off, n = sp.stage_offsets[s], sp.base_depths[s] + self.d[s + 1]
+            es.append("".join(str(_index(sp.expand_choices, v)) for v in self.e[off:off + n]))
+        return (f"r{self.r}-d{'.'.join(map(str, self.d))}-w{'.'.join(map(str, self.w))}"
+                f"-e{'.'.join(es)}")
+
+    _STR_RE = re.compile(r"^r(\d+)-d([\d.]+)-w([\d.]+)-e([\d.]+)$")
+
+    @classmethod
+    def from_string(cls, text: str, space: "ResNetSpace | str") -> "ResNetArch":
+        sp = get_resnet_space(space)
+        m = cls._STR_RE.match(text.strip())
+        if not m:
+            raise ArchError(f"cannot parse ResNet arch string {text!r} "
+                            f"(expected r<R>-d<..>-w<..>-e<..>)")
+        d = [int(x) for x in m.group(2).split(".")]
+        w = [int(x) for x in m.group(3).split(".")]
+        est = m.group(4).split(".")
+        if len(d) != sp.num_stages + 1 or len(est) != sp.num_stages:
+            raise ArchError(f"arch string {text!r} must have {sp.num_stages + 1} depths and "
+                            f"{sp.num_stages} expand groups")
+        e = [sp.expand_choices[0]] * sp.num_blocks
+        for s, digits in enumerate(est):
+            n = sp.base_depths[s] + d[s + 1]
+            if len(digits) != n:
+                raise ArchError(f"arch string {text!r}: stage {s} runs {n} blocks but has "
+                                f"{len(digits)} expands")
+            for p, c in enumerate(digits):
+                if int(c) >= len(sp.expand_choices):
+                    raise ArchError(f"arch string {text!r}: expand index {c} out of range")
+                e[sp.stage_offsets[s] + p] = sp.expand_choices[int(c)]
+        return cls(d, e, w, int(m.group(1))).validate(sp)
+
+    @classmethod
+    def parse(cls, text: str, space: "ResNetSpace | str") -> "ResNetArch":
+        """``min``, ``max``, a compact string, inline JSON, or a path to a JSON file."""
+        sp = get_resnet_space(space)
+        t = text.strip()
+        if t in ("min", "max"):
+            return getattr(cls, t)(sp).validate(sp)
+        if cls._STR_RE.match(t):
+            return cls.from_string(t, sp)
+        if not t.startswith("{"):
+            p = Path(t)
+            if not p.is_file():
+                raise ArchError(f"arch {text!r} is not min, max, an arch string, JSON, or an "
+                                f"existing file")
+            try:
+                t = p.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ArchError(f"cannot read arch file {p}: {exc.strerror}") from None
+        try:
+            data = json.loads(t)
+        except json.JSONDecodeError as exc:
+            raise ArchError(f"arch is not valid JSON: {exc}") from None
+        return cls.from_dict(data, sp)
+
+
+def _index(choices: Sequence[float], v: float) -> int:
+    for i, c in enumerate(choices):
+        if abs(c - v) < 1e-9:
+            return i
+    raise ArchError(f"{v} not among {list(choices)}")
+
+
+# ---------------------------------------------------------------------------- layers
+class _SlicedConv(nn.Module):
+    """Conv whose active output/input channels are the leading ones (reference DynamicConv2d;
+    the inner ``conv`` gives the reference's ``conv.conv.weight`` names)."""
+
+    def __init__(self, max_in: int, max_out: int, kernel: int = 1, stride: int = 1):
+        super().__init__()
+        self.conv = nn.Conv2d(max_in, max_out, kernel, stride, kernel // 2, bias=False)
+
+    def forward(self, x: torch.Tensor, out_channels: int) -> torch.Tensor:
+        c = self.conv
+        return F.conv2d(x, c.weight[:out_channels, :x.size(1)], None, c.stride, c.padding)
+
+
+class _DynConvLayer(nn.Module):
+    """conv -> BN -> ReLU with an elastic output width (reference DynamicConvLayer)."""
+
+    def __init__(self, max_in: int, max_out: int, kernel: int, stride: int, bn: dict):
+        super().__init__()
+        self.conv = _SlicedConv(max_in, max_out, kernel, stride)
+        self.bn = ElasticBN(max_out, **bn)
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor, out_channels: int) -> torch.Tensor:
+        return self.act(self.bn(self.conv(x, out_channels)))
+
+
+class _StemResidual(nn.Module):
+    """The skippable stem layer: ``conv`` plus an identity shortcut (reference names)."""
+
+    def __init__(self, conv: nn.Module):
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x: torch.Tensor, out_channels: int) -> torch.Tensor:
+        return self.conv(x, out_channels) + x
+
+
+class _DynBottleneck(nn.Module):
+    """Elastic bottleneck (reference DynamicResNetBottleneckBlock, avgpool_conv shortcut)."""
+
+    def __init__(self, max_in: int, max_out: int, max_mid: int, stride: int, identity: bool,
+                 bn: dict):
+        super().__init__()
+        self.stride = stride
+        self.conv1 = nn.ModuleDict(OrderedDict(conv=_SlicedConv(max_in, max_mid),
+                                               bn=ElasticBN(max_mid, **bn), act=nn.ReLU(True)))
+        self.conv2 = nn.ModuleDict(OrderedDict(conv=_SlicedConv(max_mid, max_mid, 3, stride),
+                                               bn=ElasticBN(max_mid, **bn), act=nn.ReLU(True)))
+        self.conv3 = nn.ModuleDict(OrderedDict(conv=_SlicedConv(max_mid, max_out),
+                                               bn=ElasticBN(max_out, **bn)))
+        self.identity = identity
+        if not identity:
+            self.downsample = nn.ModuleDict(OrderedDict(
+                avg_pool=nn.AvgPool2d(stride, stride, 0, ceil_mode=True),
+                conv=_SlicedConv(max_in, max_out), bn=ElasticBN(max_out, **bn)))
+
+    def forward(self, x: torch.Tensor, mid: int, out: int) -> torch.Tensor:
+        if self.identity:
+            res = x
+        else:
+            ds = self.downsample
+            res = ds["bn"](ds["conv"](ds["avg_pool"](x), out))
+        c1, c2, c3 = self.conv1, self.conv2, self.conv3
+        y = c1["act"](c1["bn"](c1["conv"](x, mid)))
+        y = c2["act"](c2["bn"](c2["conv"](y, mid)))
+        y = c3["bn"](c3["conv"](y, out))
+        return F.relu(y + res)
+
+
+class _Linear(nn.Module):
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.linear = nn.Linear(cin, cout)
+
+
+class _Classifier(nn.Module):
+    """``classifier.linear.linear.*`` as the reference's DynamicLinearLayer names it."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.linear = _Linear(cin, cout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lin = self.linear.linear
+        return F.linear(x, lin.weight[:, :x.size(1)], lin.bias)
+
+
+def _bn(space: ResNetSpace) -> dict:
+    return dict(momentum=space.bn_momentum, eps=space.bn_eps)
+
+
+class ResNetSupernet(nn.Module):
+    """The elastic OFA ResNet supernet; ``forward(x, arch)`` runs ``arch`` (largest if None).
+    State_dict keys and shapes are the reference's, so its checkpoints load as they are."""
+
+    def __init__(self, space: "ResNetSpace | str" = "ofa-resnet50"):
+        super().__init__()
+        sp = get_resnet_space(space)
+        self.space = sp
+        bn = _bn(sp)
+        m0, c0 = max(sp.stem_mid_widths), max(sp.stem_widths)
+        self.input_stem = nn.ModuleList([
+            _DynConvLayer(3, m0, 3, 2, bn),
+            _StemResidual(_DynConvLayer(m0, m0, 3, 1, bn)),
+            _DynConvLayer(m0, c0, 3, 1, bn),
+        ])
+        self.max_pooling = nn.MaxPool2d(3, 2, 1)
+        blocks = []
+        cin = sp.stem_widths
+        for s in range(sp.num_stages):
+            cout = sp.stage_widths(s)
+            max_mid = sp.middle_channels(max(cout), max(sp.expand_choices))
+            for p in range(sp.stage_block_counts[s]):
+                stride = sp.stage_strides[s] if p == 0 else 1
+                # the reference compares the width lists: identity only inside a stage
+                identity = stride == 1 and cin == cout
+                blocks.append(_DynBottleneck(max(cin), max(cout), max_mid, stride, identity, bn))
+                cin = cout
+        self.blocks = nn.ModuleList(blocks)
+        self.classifier = _Classifier(max(cin), sp.num_classes)
+
+    def forward(self, x: torch.Tensor, arch: ResNetArch | None = None) -> torch.Tensor:
+        sp = self.space
+        arch = ResNetArch.max(sp) if arch is None else arch
+        m0, c0 = sp.stem_mid_widths[arch.w[0]], sp.stem_widths[arch.w[1]]
+        x = self.input_stem[0](x, m0)
+        if not arch.skip_stem:
+            x = self.input_stem[1](x, m0)
+        x = self.max_pooling(self.input_stem[2](x, c0))
+        for i in arch.active_blocks(sp):
+            out = sp.stage_widths(_stage_of(sp, i))[arch.w[_stage_of(sp, i) + 2]]
+            x = self.blocks[i](x, sp.middle_channels(out, arch.e[i]), out)
+        return self.classifier(x.mean((2, 3)))
+
+
+def _stage_of(sp: ResNetSpace, block: int) -> int:
+    return int(np.searchsorted(np.asarray(sp.stage_offsets), block, side="right")) - 1
+
+
+# ---------------------------------------------------------------------------- static subnet
+def _conv_bn(cin: int, cout: int, k: int, stride: int, act: bool, bn: dict) -> nn.Sequential:
+    layers = [("conv", nn.Conv2d(cin, cout, k, stride, k // 2, bias=False)),
+              ("bn", nn.BatchNorm2d(cout, **bn))]
+    if act:
+        layers.append(("act", nn.ReLU(inplace=True)))
+    return nn.Sequential(OrderedDict(layers))
+
+
+class _StaticBottleneck(nn.Module):
+    def __init__(self, cin: int, cout: int, mid: int, stride: int, identity: bool, bn: dict):
+        super().__init__()
+        self.conv1 = _conv_bn(cin, mid, 1, 1, True, bn)
+        self.conv2 = _conv_bn(mid, mid, 3, stride, True, bn)
+        self.conv3 = _conv_bn(mid, cout, 1, 1, False, bn)
+        self.downsample = None if identity else nn.Sequential(OrderedDict(
+            avg_pool=nn.AvgPool2d(stride, stride, 0, ceil_mode=True),
+            conv=nn.Conv2d(cin, cout, 1, bias=False), bn=nn.BatchNorm2d(cout, **bn)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        res = x if self.downsample is None else self.downsample(x)
+        return F.relu(self.conv3(self.conv2(self.conv1(x))) + res)
+
+
+class _StaticStemResidual(nn.Module):
+    def __init__(self, conv: nn.Module):
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x) + x
+
+
+class ResNetSubnet(nn.Module):
+    """A static subnet of a :class:`ResNetSupernet`: plain Conv2d/BatchNorm2d/Linear."""
+
+    def __init__(self, space: ResNetSpace, arch: ResNetArch):
+        super().__init__()
+        self.space_name, self.arch = space.name, arch
+        bn = dict(momentum=space.bn_momentum, eps=space.bn_eps)
+        m0, c0 = space.stem_mid_widths[arch.w[0]], space.stem_widths[arch.w[1]]
+        stem: List[nn.Module] = [_conv_bn(3, m0, 3, 2, True, bn)]
+        if not arch.skip_stem:
+            stem.append(_StaticStemResidual(_conv_bn(m0, m0, 3, 1, True, bn)))
+        stem.append(_conv_bn(m0, c0, 3, 1, True, bn))
+        self.input_stem = nn.Sequential(*stem)
+        self.max_pooling = nn.MaxPool2d(3, 2, 1)
+        blocks, cin = [], c0
+        for cout, mid, stride, identity in _block_shapes(space, arch):
+            blocks.append(_StaticBottleneck(cin, cout, mid, stride, identity, bn))
+            cin = cout
+        self.blocks = nn.Sequential(*blocks)
+        self.classifier = nn.Linear(cin, space.num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(self.max_pooling(self.input_stem(x)))
+        return self.classifier(x.mean((2, 3)))
+
+
+def _block_shapes(sp: ResNetSpace, arch: ResNetArch) -> List[Tuple[int, int, int, bool]]:
+    """(out, middle, stride, identity shortcut) of each running block, in order."""
+    out = []
+    for i in arch.active_blocks(sp):
+        s = _stage_of(sp, i)
+        cout = sp.stage_widths(s)[arch.w[s + 2]]
+        first = i == sp.stage_offsets[s]
+        stride = sp.stage_strides[s] if first else 1
+        # the supernet's first block of a stage always has the conv shortcut
+        out.append((cout, sp.middle_channels(cout, arch.e[i]), stride, not first))
+    return out
+
+
+def _copy_bn(dst: nn.BatchNorm2d, src: nn.BatchNorm2d) -> None:
+    f = dst.num_features
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        getattr(dst, name).copy_(getattr(src, name)[:f])
+    dst.num_batches_tracked.copy_(src.num_batches_tracked)
+
+
+@torch.no_grad()
+def extract_resnet_subnet(net: ResNetSupernet, arch: ResNetArch) -> ResNetSubnet:
+    """A plain module computing what ``net(x, arch)`` computes (any input size)."""
+    sp = net.space
+    arch = arch.validate(sp, any_resolution=True)
+    sub = ResNetSubnet(sp, arch)
+
+    def copy_conv(dst_seq, src_conv, src_bn):
+        w = dst_seq.conv.weight
+        w.copy_(src_conv.conv.weight[:w.shape[0], :w.shape[1]])
+        _copy_bn(dst_seq.bn, src_bn.bn)
+
+    stem_src = [net.input_stem[0]] + ([] if arch.skip_stem else [net.input_stem[1].conv]) + \
+        [net.input_stem[2]]
+    for dst, src in zip(sub.input_stem, stem_src):
+        copy_conv(dst.conv if isinstance(dst, _StaticStemResidual) else dst, src.conv, src.bn)
+    for dst, i in zip(sub.blocks, arch.active_blocks(sp)):
+        src = net.blocks[i]
+        for name in ("conv1", "conv2", "conv3"):
+            copy_conv(getattr(dst, name), getattr(src, name)["conv"], getattr(src, name)["bn"])
+        if dst.downsample is not None:
+            copy_conv(dst.downsample, src.downsample["conv"], src.downsample["bn"])
+    lin = net.classifier.linear.linear
+    sub.classifier.weight.copy_(lin.weight[:, :sub.classifier.in_features])
+    sub.classifier.bias.copy_(lin.bias)
+    sub.train(net.training)
+    return sub.to(next(net.parameters()).device)
+
+
+# ---------------------------------------------------------------------------- cost
+def _out(h: int, stride: int) -> int:
+    return (h - 1) // stride + 1
+
+
+def resnet_arch_cost(space: "ResNetSpace | str", arch: ResNetArch) -> Dict[str, int]:
+    """Params and MACs of ``arch`` counted the reference's way (convs and the linear)."""
+    sp = get_resnet_space(space)
+    arch = arch.validate(sp, any_resolution=True)
+    m0, c0 = sp.stem_mid_widths[arch.w[0]], sp.stem_widths[arch.w[1]]
+    h = _out(arch.r, 2)
+    params = 27 * m0 + 2 * m0 + 9 * m0 * c0 + 2 * c0
+    macs = h * h * (27 * m0 + 9 * m0 * c0)
+    if not arch.skip_stem:
+        params += 9 * m0 * m0 + 2 * m0
+        macs += h * h * 9 * m0 * m0
+    h = _out(h, 2)  # max pool
+    cin = c0
+    for cout, mid, stride, identity in _block_shapes(sp, arch):
+        ho = _out(h, stride)
+        params += cin * mid + 9 * mid * mid + mid * cout + 2 * (2 * mid + cout)
+        macs += h * h * cin * mid + ho * ho * (9 * mid * mid + mid * cout)
+        if not identity:
+            params += cin * cout + 2 * cout
+            macs += ho * ho * cin * cout
+        h, cin = ho, cout
+    params += cin * sp.num_classes + sp.num_classes
+    macs += cin * sp.num_classes
+    return {"params": int(params), "macs": int(macs)}
+
+
+def resnet_supernet_params(space: "ResNetSpace | str") -> int:
+    """Every parameter of the supernet is in its largest subnet (no kernel transforms)."""
+    return resnet_arch_cost(space, ResNetArch.max(space))["params"]
+
+
+def resnet_space_stats(space: "ResNetSpace | str") -> dict:
+    """What ``inspect`` reports for a space (same keys as :func:`supernet.cost.space_stats`)."""
+    sp = get_resnet_space(space)
+    lo, hi = ResNetArch.min(sp), ResNetArch.max(sp)
+    per_res = sp.num_subnets(per_resolution=True)
+    return {
+        "space": sp.name,
+        "family": sp.family,
+        "supernet_params": resnet_supernet_params(sp),
+        "num_subnets": {"per_resolution": per_res, "resolutions": len(sp.resolutions),
+                        "total": per_res * len(sp.resolutions)},
+        "min": {"arch": lo.to_dict(), **resnet_arch_cost(sp, lo)},
+        "max": {"arch": hi.to_dict(), **resnet_arch_cost(sp, hi)},
+        "macs_by_resolution": {
+            str(r): {"min": resnet_arch_cost(sp, ResNetArch.min(sp, r))["macs"],
+                     "max": resnet_arch_cost(sp, ResNetArch.max(sp, r))["macs"]}
+            for r in sp.resolutions},
+    }
+
+
+def inspect_resnet(space: "ResNetSpace | str", arch: "str | None" = None,
+                   resolution: "int | None" = None) -> dict:
+    """``inspect``'s document for a ResNet space and optionally one arch (CLI form)."""
+    sp = get_resnet_space(space)
+    data = resnet_space_stats(sp)
+    if arch is not None:
+        a = ResNetArch.parse(arch, sp)
+        if resolution is not None:
+            a = ResNetArch(a.d, a.e, a.w, resolution).validate(sp)
+        data.update({"arch": a.to_dict(), "arch_string": a.to_string(sp),
+                     **resnet_arch_cost(sp, a)})
+    return data
+
+
+# ---------------------------------------------------------------------------- checkpoints
+def remap_resnet_reference_keys(state: Mapping[str, torch.Tensor], own: Mapping) -> Dict[str, torch.Tensor]:
+    """Reference ResNet checkpoint keys -> ours, by the rule of the reference's own
+    ``OFAResNets.load_state_dict``: a key not found as is gets ``.linear.`` -> ``.linear.linear.``,
+    else ``bn.`` -> ``bn.bn.``, else ``conv.weight`` -> ``conv.conv.weight`` (checkpoints saved
+    from static layers); a ``module.`` (DataParallel) prefix is dropped."""
+    out = {}
+    for k, v in state.items():
+        nk = k[len("module."):] if k.startswith("module.") else k
+        if nk not in own:
+            if ".linear." in nk:
+                nk = nk.replace(".linear.", ".linear.linear.")
+            elif "bn." in nk:
+                nk = nk.replace("bn.", "bn.bn.")
+            elif "conv.weight" in nk:
+                nk = nk.replace("conv.weight", "conv.conv.weight")
+        out[nk] = v
+    return out
+
+
+def load_resnet_supernet(path, space: "ResNetSpace | str" = "ofa-resnet50") -> ResNetSupernet:
+    """A :class:`ResNetSupernet` with the weights of a reference checkpoint file (a state_dict,
+    or a dict holding one under ``state_dict``); mismatches are reported by key."""
+    from .checkpoint import CheckpointError, load_state_dict_file
+
+    obj = load_state_dict_file(path)
+    state = obj.get("state_dict", obj) if isinstance(obj.get("state_dict"), Mapping) else obj
+    net = ResNetSupernet(space)
+    own = net.state_dict()
+    state = remap_resnet_reference_keys(state, own)
+    missing = sorted(set(own) - set(state))
+    extra = sorted(set(state) - set(own))
+    bad = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    if missing or extra or bad:
+        parts = [f"{n} {', '.join(v[:3])}{' ...' if len(v) > 3 else ''}"
+                 for n, v in (("missing", missing), ("unexpected", extra), ("wrong shape", bad)) if v]
+        raise CheckpointError(f"{path} does not fit space {net.space.name}: " + "; ".join(parts))
+    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    return net

@@ -1,0 +1,51 @@
+"""``--arch net.config`` on the command line: ``inspect`` recognises the space, ``export``
+writes the config's network (from a reference-layout checkpoint, space taken from the config)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+import torch
+
+from supernet import Supernet, arch_cost
+from supernet.net_config import read_net_config
+
+DATA = Path(__file__).resolve().parent / "data" / "ofa-specialized"
+CPU = DATA / "cpu_lat-10ms_top1-71.1_finetune-25"
+PIXEL1 = DATA / "pixel1_lat-143ms_top1-80.1_finetune-75"
+
+
+def test_inspect_recognises_the_space(run_cli):
+    for d in (CPU, PIXEL1):
+        res = run_cli("inspect", "--arch", d / "net.config", "--json")
+        assert res.exit_code == 0, res.output
+        data = json.loads(res.stdout)
+        sp, arch = read_net_config(d)
+        assert data["space"] == sp.name and data["arch"] == arch.to_dict()
+        assert (data["params"], data["macs"]) == tuple(arch_cost(sp, arch).values())
+    bad = run_cli("inspect", "--space", "ofa-mbv3-w1.2", "--arch", CPU)
+    assert bad.exit_code != 0 and "not ofa-mbv3-w1.2" in bad.output
+    assert len(bad.output.strip().splitlines()) == 1
+
+
+def test_export_writes_the_config_network(run_cli, tmp_path):
+    ckpt = tmp_path / "ofa_proxyless.pth"  # reference layout: a plain state_dict
+    torch.save(Supernet("ofa-proxyless-w1.3").state_dict(), ckpt)
+    out = tmp_path / "exp"
+    res = run_cli("export", "--supernet", ckpt, "--arch", CPU, "--format", "onnx",
+                  "--data", "none", "--out", out, "--json")
+    assert res.exit_code == 0, res.output
+    meta = json.loads(res.stdout)
+    sp, arch = read_net_config(CPU)
+    assert meta["arch"] == arch.to_dict() and meta["params"] == arch_cost(sp, arch)["params"]
+    model = onnx.load(str(out / "model.onnx"))
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims] == [1, 3, 144, 144]
+    init = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    depthwise = [init[n.input[1]] for n in model.graph.node
+                 if n.op_type == "Conv" and init[n.input[1]][1] == 1]
+    cfg = json.loads((CPU / "net.config").read_text())
+    want = [((c["mid_channels"] or c["in_channels"]), 1, c["kernel_size"], c["kernel_size"])
+            for c in (b["mobile_inverted_conv"] for b in cfg["blocks"])]
+    assert depthwise == want
