@@ -440,3 +440,32 @@ def test_mismatched_targets_and_budgets_is_a_usage_error(assets, tmp_path, run_c
                        "--ms", "1", "--ms", "2", "--ms", "3"))
     _one_line(r, 2, "2 targets and 3 budgets")
     assert not (tmp_path / "o").exists()
+
+
+# -- item 5: bench --resume never overwrites a file it cannot resume from ---------------------
+def test_bench_resume_refuses_a_file_it_cannot_resume_from(assets, tmp_path, run_cli):
+    from supernet import ArchConfig, extract_subnet
+    from supernet.export import export_onnx
+
+    sp = get_space(SPACE)
+    arts = tmp_path / "arts"
+    export_onnx(extract_subnet(Supernet(sp), ArchConfig.min(sp)).eval(), (1, 3, 32, 32),
+                arts / "model.onnx")
+    out = tmp_path / "r.json"
+    bench = ["bench", "-a", arts, "-d", "cpu", "--runs", "2", "--warmup", "0", "--threads", "1",
+             "--json", out, "-q"]
+    for text, needle in (('{"results": [', "cannot read"),
+                         ('{"hello": 1}', "not an ofa-deploy bench results file")):
+        out.write_text(text)
+        _one_line(run_cli(*bench, "--resume"), 1, "--resume:", str(out), needle,
+                  "left as it is")
+        assert out.read_text() == text  # untouched
+    r = run_cli(*bench)  # a real file, then resumed with other settings
+    assert r.exit_code == 0, r.output
+    before = out.read_text()
+    _one_line(run_cli(*bench, "--runs", "3", "--resume"), 1,
+              "other settings", "runs=2 there, 3 now")
+    assert out.read_text() == before
+    r = run_cli(*bench, "--resume")  # same settings: resumes
+    assert r.exit_code == 0, r.output
+    assert json.loads(out.read_text())["results"][0]["resumed"] is True
