@@ -33,7 +33,7 @@ import numpy as np
 
 from supernet.arch import ArchConfig
 from supernet.batch import ArchBatch
-from supernet.errors import OfaDeployError
+from supernet.errors import OfaDeployError, first_line
 from supernet.space import Space, get_space
 from supernet.stats import kendall_tau
 
@@ -242,9 +242,6 @@ class ArchEncoder:
         x[rows, nb * nk + blocks * ne + np.where(active, ei, 0)] = active
         x[rows[:, 0], nb * (nk + ne) + slot] = 1.0
         return x
-
-    def encode_archs(self, space: "Space | str", archs: Sequence[ArchConfig]) -> np.ndarray:
-        return self.encode(ArchBatch.from_archs(space, list(archs)))
 
     # -- state -------------------------------------------------------------------------
     def get_state(self) -> dict:
@@ -595,8 +592,7 @@ class AccuracyPredictor:
                        source_format=str(state.get("source_format", "ofa-deploy")),
                        metadata=state.get("metadata") or {}, weights=weights)
         except (KeyError, TypeError, ValueError) as exc:
-            raise PredictorError(f"{source}: weights do not fit: "
-                                 f"{str(exc).splitlines()[0]}") from None
+            raise PredictorError(f"{source}: weights do not fit: {first_line(exc)}") from None
 
     @classmethod
     def from_state(cls, state: Mapping, space: "Space | str | None" = None,
@@ -739,7 +735,7 @@ def _load_npz(p: Path, space, format: str) -> AccuracyPredictor:
             arrays = {k: z[k] for k in z.files}
     except Exception as exc:  # numpy raises several types for a damaged archive
         raise PredictorError(f"cannot read predictor {p}: not a loadable .npz file "
-                             f"({str(exc).strip()[:200] or type(exc).__name__})") from None
+                             f"({first_line(exc, 200)})") from None
     try:
         head = json.loads(str(arrays.pop("header")))
     except (KeyError, ValueError):
@@ -778,9 +774,8 @@ def load_predictor(path: "str | os.PathLike", space: "Space | str | None" = None
     except PredictorError:
         raise
     except Exception as exc:  # torch raises many types for a corrupt or foreign file
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PredictorError(f"cannot read predictor {p}: not a loadable torch file "
-                             f"({first[:200]})") from None
+                             f"({first_line(exc, 200)})") from None
     from .accuracy_resnet import ResNetReferencePredictor, is_resnet_reference_state_dict
 
     if format != "ofa-deploy" and is_resnet_reference_state_dict(obj):
