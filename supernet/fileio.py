@@ -18,6 +18,9 @@ __all__ = ["atomic_write_bytes", "atomic_write_text", "read_yaml", "sha256_file"
 
 
 def atomic_write_bytes(path: "str | os.PathLike", data: bytes) -> Path:
+    """Write ``data`` to ``path`` (creating its directory) through an fsynced temp file in the same
+    directory and ``os.replace``, so readers and a kill see the old file or the new one, never
+    half; returns ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -35,10 +38,13 @@ def atomic_write_bytes(path: "str | os.PathLike", data: bytes) -> Path:
 
 
 def atomic_write_text(path: "str | os.PathLike", text: str) -> Path:
+    """UTF-8 text through :func:`atomic_write_bytes`; returns ``path``."""
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def sha256_file(path: "str | os.PathLike") -> str:
+    """Hex SHA-256 of a file's content, read in 1 MiB chunks so large checkpoints do not fill
+    memory."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
