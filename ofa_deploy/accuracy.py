@@ -154,14 +154,19 @@ class ArchEncoder:
 
     @property
     def num_blocks(self) -> int:
+        """Block slots the encoding has, over all stages (kernel and expand one-hots each have this
+        many groups)."""
         return sum(self.block_counts)
 
     @property
     def num_resolution_slots(self) -> int:
+        """Width of the resolution one-hot: the number of bins, or of listed resolutions."""
         return self.resolution_bins[2] if self.resolution_bins else len(self.resolutions)
 
     @property
     def dim(self) -> int:
+        """Length of one encoded arch: a kernel and an expand one-hot per block slot plus the
+        resolution one-hot."""
         nb = self.num_blocks
         return nb * len(self.kernel_choices) + nb * len(self.expand_choices) + \
             self.num_resolution_slots
@@ -177,10 +182,14 @@ class ArchEncoder:
         return _lookup(self._r_lut, r)
 
     def unsupported_resolutions(self, resolutions: Sequence[int]) -> List[int]:
+        """The sorted, distinct ``resolutions`` this encoding has no slot for (empty when it covers
+        them all)."""
         res = np.asarray(list(resolutions), dtype=np.int64)
         return sorted(set(res[self.resolution_slot(res) < 0].tolist()))
 
     def describe_resolutions(self) -> str:
+        """The resolutions it encodes, for error messages: the listed values, or the bins' range and
+        step."""
         if self.resolution_bins is not None:
             start, step, count = self.resolution_bins
             return f"{start}..{start + step * count - 1} in {count} bins of {step} px"
@@ -245,6 +254,7 @@ class ArchEncoder:
 
     # -- state -------------------------------------------------------------------------
     def get_state(self) -> dict:
+        """JSON-ready dict of the layout; :meth:`from_state` rebuilds an equal encoder from it."""
         return {
             "num_stages": self.num_stages,
             "max_depth": self.max_depth,
@@ -258,6 +268,8 @@ class ArchEncoder:
 
     @classmethod
     def from_state(cls, state: Mapping) -> "ArchEncoder":
+        """Rebuild from :meth:`get_state`'s dict; raises :class:`PredictorError` for unknown,
+        missing or malformed fields."""
         known = {"num_stages", "max_depth", "kernel_choices", "expand_choices", "resolutions",
                  "resolution_bins", "stage_blocks"}
         unknown = sorted(set(state) - known)
@@ -289,6 +301,7 @@ class FitReport:
     seconds: float
 
     def to_dict(self) -> dict:
+        """The fields as a JSON-ready dict."""
         return asdict(self)
 
 
@@ -436,6 +449,8 @@ class AccuracyPredictor:
 
     # -- prediction --------------------------------------------------------------------
     def supported_resolutions(self, candidates: Sequence[int]) -> Tuple[int, ...]:
+        """The ``candidates`` the encoding can represent, in their order; the others would get no
+        resolution feature."""
         bad = set(self.encoder.unsupported_resolutions(candidates))
         return tuple(r for r in candidates if r not in bad)
 
@@ -463,6 +478,7 @@ class AccuracyPredictor:
     __call__ = predict
 
     def predict_one(self, arch: ArchConfig) -> float:
+        """Predicted accuracy (fraction) of one arch."""
         return float(self.predict([arch])[0])
 
     # -- training ----------------------------------------------------------------------

@@ -20,6 +20,9 @@ def _fmt(v: Any, nd: int = 3) -> str:
 
 
 def render_markdown(rep: Mapping[str, Any]) -> str:
+    """report.md's text for one specialization report dict (as :func:`write_report` takes): the
+    metrics table, a warning when the measured latency exceeds the budget, artifacts with their
+    check against torch, and the runtime and command."""
     m = rep.get("measured_latency_ms") or {}
     lines = [
         f"# ofa-deploy specialization: {rep['target']} @ {rep['budget_ms']} ms",
@@ -59,6 +62,8 @@ def render_markdown(rep: Mapping[str, Any]) -> str:
 
 
 def write_report(rep: Mapping[str, Any], out_dir: "str | Path") -> Dict[str, str]:
+    """Write ``report.json`` and ``report.md`` for ``rep`` into ``out_dir`` atomically; returns
+    their paths by kind (``json``, ``markdown``)."""
     out = Path(out_dir)
     atomic_write_text(out / "report.json", json.dumps(rep, indent=2))
     atomic_write_text(out / "report.md", render_markdown(rep))
@@ -77,6 +82,9 @@ def _plt():
 def plot_search(path: "str | Path", *, pop_latency: Sequence[float], pop_accuracy: Sequence[float],
                 budget_ms: float, best: tuple, pareto: Sequence[tuple] = (),
                 title: str = "") -> str:
+    """Save a PNG of the searched population's predicted latency against predicted accuracy, with
+    the budget line, the Pareto front and the winner ``best`` (latency, accuracy); returns
+    ``path``. Imports matplotlib, headless."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4.2), dpi=110)
     ax.scatter(pop_latency, pop_accuracy, s=8, alpha=0.5, label="searched population")
@@ -121,6 +129,9 @@ def plot_pred_vs_measured(path: "str | Path", rows: Sequence[Mapping[str, Any]])
 
 
 def write_summary(reports: List[Mapping[str, Any]], out_dir: "str | Path") -> Dict[str, str]:
+    """Write ``summary.json`` and ``summary.md`` (one row per scenario report: budget, predicted and
+    measured latency and accuracy, MACs, whether within budget) into ``out_dir``; returns their
+    paths by kind."""
     out = Path(out_dir)
     rows = []
     for r in reports:
