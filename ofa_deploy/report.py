@@ -34,6 +34,9 @@ def _fmt(v: Any, nd: int = 3) -> str:
 
 
 def render_markdown(rep: Mapping[str, Any]) -> str:
+    """report.md's text for one specialization report dict (as :func:`write_report` takes): the
+    metrics table, a warning when the measured latency exceeds the budget, artifacts with their
+    check against torch, and the runtime and command."""
     m = rep.get("measured_latency_ms") or {}
     lines = [
         f"# ofa-deploy specialization: {rep['target']} @ {rep['budget_ms']} ms",
@@ -77,6 +80,8 @@ def render_markdown(rep: Mapping[str, Any]) -> str:
 
 
 def write_report(rep: Mapping[str, Any], out_dir: "str | Path") -> Dict[str, str]:
+    """Write ``report.json`` and ``report.md`` for ``rep`` into ``out_dir`` atomically; returns
+    their paths by kind (``json``, ``markdown``)."""
     out = Path(out_dir)
     atomic_write_text(out / "report.json", json.dumps(round_floats(rep), indent=2))
     atomic_write_text(out / "report.md", render_markdown(rep))
@@ -121,8 +126,10 @@ def zoom_range(values: Sequence[float], budget: float, *, pad: float = 0.08,
 def plot_search(path: "str | Path", *, pop_latency: Sequence[float], pop_accuracy: Sequence[float],
                 budget_ms: float, best: tuple, pareto: Sequence[tuple] = (),
                 title: str = "") -> str:
-    """The final population (predicted latency vs accuracy), its Pareto front, the winner,
-    other budgets' winners (``pareto``) and the budget; zoomed to the population."""
+    """Save a PNG of the searched population's predicted latency against predicted accuracy:
+    its Pareto front, the winner ``best`` (latency, accuracy), other budgets' winners
+    (``pareto``) and the budget, zoomed to the population (a far budget is named at the edge);
+    returns ``path``. Imports matplotlib, headless."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4.2), dpi=110)
     xs = [float(v) for v in pop_latency] + [float(best[0])]
@@ -157,7 +164,9 @@ def plot_search(path: "str | Path", *, pop_latency: Sequence[float], pop_accurac
 
 def plot_pred_vs_measured(path: "str | Path", rows: Sequence[Mapping[str, Any]],
                           budgets: Sequence[float] = (), highlight: str | None = None) -> str:
-    """``rows``: dicts with ``label``, ``predicted_ms``, ``measured_ms`` (+ optional
+    """Save a PNG of measured against predicted latency; returns ``path``.
+
+    ``rows``: dicts with ``label``, ``predicted_ms``, ``measured_ms`` (+ optional
     ``p10_ms``/``p90_ms``, and ``kind``: ``"validation"`` for the LUT-validation subnets,
     drawn small and unlabelled). ``budgets`` are drawn as horizontal lines (the measured
     latency must stay under them); ``highlight`` is the label of this report's scenario."""
@@ -205,6 +214,9 @@ def plot_pred_vs_measured(path: "str | Path", rows: Sequence[Mapping[str, Any]],
 
 
 def write_summary(reports: List[Mapping[str, Any]], out_dir: "str | Path") -> Dict[str, str]:
+    """Write ``summary.json`` and ``summary.md`` (one row per scenario report: budget, predicted and
+    measured latency and accuracy, MACs, whether within budget) into ``out_dir``; returns their
+    paths by kind."""
     out = Path(out_dir)
     rows = []
     for r in reports:

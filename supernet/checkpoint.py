@@ -42,6 +42,8 @@ SUPERNETS: Dict[str, callable] = {}
 
 
 def register_supernet(name: str, path_fn) -> None:
+    """Make ``name`` usable wherever a checkpoint path is accepted; ``path_fn()`` is called only
+    when the name is resolved, so it may download or locate the file lazily."""
     SUPERNETS[name] = path_fn
 
 
@@ -116,6 +118,9 @@ def load_reference_state_dict(net: Supernet, state: Mapping, source: str = "stat
 
 def save_supernet(net: Supernet, path: "str | os.PathLike", *, half: bool = False,
                   metadata: Mapping | None = None) -> None:
+    """Write ``net`` atomically as an ofa-deploy checkpoint (format, version, space name and config,
+    ``metadata``, weights); ``half`` stores floating tensors as fp16 to halve the file, and
+    loading casts them back."""
     sd = net.state_dict()
     if half:  # fp16 storage to keep shipped weights small; loading casts back to fp32
         sd = {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}
@@ -130,6 +135,8 @@ def save_supernet(net: Supernet, path: "str | os.PathLike", *, half: bool = Fals
 
 
 def resolve_supernet_path(name_or_path: "str | os.PathLike") -> Path:
+    """The file for a registered supernet name or an existing path; raises :class:`CheckpointError`
+    listing the registered names when it is neither."""
     s = str(name_or_path)
     if s in SUPERNETS:
         return Path(SUPERNETS[s]())

@@ -38,7 +38,9 @@ def shared_file_mode() -> int:
 
 def atomic_write_bytes(path: "str | os.PathLike", data: bytes, *,
                        mode: "int | None" = None) -> Path:
-    """Write ``data`` to ``path`` through a temp file and ``os.replace`` (never half a file).
+    """Write ``data`` to ``path`` (creating its directory) through an fsynced temp file in the
+    same directory and ``os.replace``, so readers and a kill see the old file or the new one,
+    never half; returns ``path``.
 
     ``mode``: the file's permissions; default :func:`shared_file_mode` (0644). Secrets pass
     0o600.
@@ -61,11 +63,13 @@ def atomic_write_bytes(path: "str | os.PathLike", data: bytes, *,
 
 
 def atomic_write_text(path: "str | os.PathLike", text: str, *, mode: "int | None" = None) -> Path:
-    """:func:`atomic_write_bytes` of ``text`` in UTF-8."""
+    """UTF-8 text through :func:`atomic_write_bytes`; returns ``path``."""
     return atomic_write_bytes(path, text.encode("utf-8"), mode=mode)
 
 
 def sha256_file(path: "str | os.PathLike") -> str:
+    """Hex SHA-256 of a file's content, read in 1 MiB chunks so large checkpoints do not fill
+    memory."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):

@@ -72,14 +72,17 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
 
 
 def config_option(fn: Callable) -> Callable:
-    """Add ``--config FILE.yaml`` (keys: the flags' names, e.g. ``ms: 30``, ``target: cpu``)."""
+    """Decorator adding ``--config FILE`` to a command: the YAML file's keys (the flags' names,
+    e.g. ``ms: 30``, ``target: cpu``) become option defaults before the other options are
+    parsed, so flags given on the line win; unknown keys are a usage error."""
     return click.option("--config", type=click.Path(dir_okay=False), callback=_load_config,
                         is_eager=True, expose_value=False,
                         help="YAML file of option values (flags given on the line win).")(fn)
 
 
 def resolved_config(ctx: click.Context) -> dict:
-    """The options this run used, keyed by the flags' names (so the file feeds ``--config``)."""
+    """Every option value of the running command after defaults, ``--config`` and the command
+    line, keyed by the flags' names (so the file feeds ``--config``)."""
     by_name = {p.name: p for p in ctx.command.params}
     return {flag_name(by_name[k]) if k in by_name else k: v for k, v in ctx.params.items()}
 
@@ -182,6 +185,8 @@ def emit(data: Any, as_json: bool, human: Callable[[Any], str]) -> None:
 
 
 def table(rows: Iterable[Iterable[Any]], headers: Iterable[str]) -> str:
+    """``rows`` as a plain-text table under ``headers``: left-aligned columns as wide as their
+    widest cell, a dashed rule under the headers."""
     rows = [[str(c) for c in r] for r in rows]
     headers = [str(h) for h in headers]
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)

@@ -32,6 +32,9 @@ def _top_ops(t: LatencyTable, n: int) -> list:
 
 
 def describe_table(t: LatencyTable, *, interpolate: bool = False, top: int = 10) -> dict:
+    """JSON-ready facts about LUT ``t``: path, space, resolutions, metadata, overhead, entry counts,
+    missing ops, per-resolution latency range (only when complete, or when ``interpolate`` fills
+    the gaps, whose values are listed), and the ``top`` slowest ops."""
     missing = t.missing_ops()
     ranges = None
     if not missing or interpolate:
