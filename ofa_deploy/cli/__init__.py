@@ -33,8 +33,9 @@ class OfaGroup(click.Group):
     """Turns every user-caused error into one line and a non-zero exit, never a traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        """Run the subcommand; an :class:`OfaDeployError` or a file-system error becomes a one-line
-        ClickException, and Ctrl-C exits 130 after printing ``interrupted``."""
+        """Run the subcommand; an :class:`OfaDeployError` (exit code of its kind: 2 for a
+        malformed value, else 1) or any OS error becomes a one-line ClickException, and Ctrl-C
+        exits 130 after printing ``interrupted``."""
         try:
             return super().invoke(ctx)
         except OfaDeployError as exc:
