@@ -98,10 +98,13 @@ class ResNetReferencePredictor:
         return (h @ self.last.T)[:, 0] + self.base_acc
 
     def predict_one(self, arch: ResNetArch) -> float:
+        """Predicted top-1 accuracy (fraction) of one arch."""
         return float(self.predict([arch])[0])
 
 
 def bundled_resnet_predictor_path() -> Path:
+    """Path of the published OFA ResNet50 accuracy predictor bundled in ``ofa_deploy/assets``, the
+    default of :func:`load_resnet_predictor`."""
     return Path(__file__).resolve().parent / "assets" / "ofa-resnet50-imagenet-acc-predictor.pth"
 
 

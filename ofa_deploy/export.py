@@ -3,21 +3,23 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Dict, Sequence
+from typing import Callable, Dict, Iterable, Optional, Sequence
 
 import numpy as np
 import torch
 
 from supernet.errors import OfaDeployError
 from supernet.export import ExportError, check_onnx, export_onnx, onnx_op_types
+from supernet.quantize import QuantizeError, QuantSettings, parse_precision, quantize_onnx
 
-__all__ = ["FORMATS", "parse_formats", "export_artifacts", "check_tflite"]
+__all__ = ["FORMATS", "parse_formats", "export_artifacts", "check_tflite", "check_int8"]
 
 FORMATS = ("onnx", "tflite")
 FILE_NAMES = {"onnx": "model.onnx", "tflite": "model.tflite"}
 
 
 def parse_formats(text: "str | Sequence[str]") -> tuple:
+    """``"onnx,tflite"`` -> ("onnx", "tflite"); an unknown or empty list is a one-line error."""
     items = text.split(",") if isinstance(text, str) else list(text)
     out = []
     for f in (s.strip().lower() for s in items):
@@ -59,21 +61,95 @@ def check_tflite(model: torch.nn.Module, path: "str | Path", input_shape: Sequen
     return diff
 
 
+# An int8 model that disagrees with its float original on most images is broken (wrong
+# calibration data, say), not merely less accurate: refuse it rather than ship it.
+MIN_INT8_AGREEMENT = 0.5
+
+
+def check_int8(model: torch.nn.Module, path: "str | Path", images: np.ndarray) -> dict:
+    """Run an int8 artifact as shipped (``.onnx`` in onnxruntime, ``.tflite`` in LiteRT, one
+    thread) and ``model`` (torch, float) on real ``images``; return the share of images where
+    both pick the same class and the largest absolute logit difference. Raises below
+    :data:`MIN_INT8_AGREEMENT`."""
+    from .evaluate import onnx_runner, tflite_runner
+
+    run = tflite_runner(path) if str(path).endswith(".tflite") else onnx_runner(path, 1)
+    got = run(images).astype(np.float64)
+    model.eval()
+    with torch.no_grad():
+        want = model(torch.from_numpy(images)).numpy()
+    agreement = float(np.mean(got.argmax(1) == want.argmax(1)))
+    if agreement < MIN_INT8_AGREEMENT:
+        raise ExportError(f"{path}: the int8 model picks the float model's class on only "
+                          f"{agreement:.0%} of {len(images)} calibration images")
+    return {"top1_agreement": round(agreement, 4), "max_abs_diff": float(np.max(np.abs(got - want)))}
+
+
+def _check_images(calibration: Callable[[], Iterable[np.ndarray]], limit: int = 64) -> np.ndarray:
+    out, seen = [], 0
+    for batch in calibration():
+        batch = np.asarray(batch, dtype=np.float32)
+        out.append(batch[:limit - seen])
+        seen += len(out[-1])
+        if seen >= limit:
+            break
+    return np.concatenate(out)
+
+
 def export_artifacts(model: torch.nn.Module, input_shape: Sequence[int], out_dir: "str | Path",
-                     formats: Sequence[str] = FORMATS, *, seed: int = 0) -> Dict[str, dict]:
-    """Write ``model.onnx`` / ``model.tflite`` into ``out_dir``, check each against torch on a
-    seeded random input, and return per-format ``path``, ``max_abs_diff``, ``export_seconds``."""
+                     formats: Sequence[str] = FORMATS, *, seed: int = 0, precision: str = "fp32",
+                     calibration: Optional[Callable[[], Iterable[np.ndarray]]] = None,
+                     quant: Optional[QuantSettings] = None) -> Dict[str, dict]:
+    """Write ``model.onnx`` / ``model.tflite`` into ``out_dir``, check each against torch, and
+    return per-format ``path``, ``max_abs_diff``, ``export_seconds``, ``precision``.
+
+    fp32 artifacts are checked on a seeded random input. ``precision="int8"`` quantizes with
+    the runtime's own quantizer, calibrated on ``calibration()`` (a function returning batches
+    N x 3 x H x W of training images, called once per use) and checked on real images
+    (:func:`check_int8`); the result also carries the op histogram, the ops left in float
+    and the quantization settings.
+    """
+    precision = parse_precision(precision)
+    fmts = parse_formats(formats)
+    if precision == "int8":
+        if calibration is None:
+            raise QuantizeError("int8 export needs calibration images of the task's training "
+                                "data (give --data)")
+        quant = quant or QuantSettings()
     out = Path(out_dir)
     model = model.cpu().eval()
     res: Dict[str, dict] = {}
-    for fmt in parse_formats(formats):
+    for fmt in fmts:
         path = out / FILE_NAMES[fmt]
         t0 = time.perf_counter()
-        if fmt == "onnx":
+        if fmt == "onnx" and precision == "int8":
+            float_path = out / ".model.fp32.onnx"
+            try:
+                export_onnx(model, input_shape, float_path)
+                info = quantize_onnx(float_path, path, calibration(), quant)
+            finally:
+                float_path.unlink(missing_ok=True)
+            secs = time.perf_counter() - t0
+            check = check_int8(model, path, _check_images(calibration))
+            diff = check.pop("max_abs_diff")
+            extra = {**check, "op_types": info["op_types"], "float_islands": info["float_islands"],
+                     "quantization": info["quantization"], "calibrated_on": info["calibrated_on"]}
+        elif fmt == "onnx":
             export_onnx(model, input_shape, path)
             secs = time.perf_counter() - t0
             diff = check_onnx(model, path, input_shape, atol=1e-4, seed=seed)
             extra = {"op_types": onnx_op_types(path)}
+        elif precision == "int8":
+            from supernet.export_tflite import export_tflite_int8
+
+            info = export_tflite_int8(model, input_shape, path, calibration(),
+                                      calib_images=quant.calib_images,
+                                      per_channel=quant.per_channel)
+            secs = time.perf_counter() - t0
+            check = check_int8(model, path, _check_images(calibration))
+            diff = check.pop("max_abs_diff")
+            extra = {**check, **info, "quantization": {
+                **quant.get_state(), "format": "pt2e-full-integer", "activations": "int8"}}
         else:
             from supernet.export_tflite import export_tflite
 
@@ -81,6 +157,6 @@ def export_artifacts(model: torch.nn.Module, input_shape: Sequence[int], out_dir
             secs = time.perf_counter() - t0
             diff = check_tflite(model, path, input_shape, atol=1e-3, seed=seed)
             extra = {}
-        res[fmt] = {"path": str(path), "max_abs_diff": diff, "export_seconds": round(secs, 3),
-                    "bytes": path.stat().st_size, **extra}
+        res[fmt] = {"path": str(path), "precision": precision, "max_abs_diff": diff,
+                    "export_seconds": round(secs, 3), "bytes": path.stat().st_size, **extra}
     return res

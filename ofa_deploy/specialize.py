@@ -17,7 +17,7 @@ from luts.store import load_table
 from luts.table import LatencyTable, LUTError
 from profilers.base import DeviceSpec, get_profiler
 from supernet import ArchConfig, Supernet, arch_cost, extract_subnet
-from supernet.errors import OfaDeployError
+from supernet.errors import BadValueError, OfaDeployError
 from supernet.fileio import atomic_write_text, sha256_file
 
 from .search import Constraints, EvolutionConfig, SearchResult, evolution_search, pareto_search
@@ -25,7 +25,7 @@ from .search import Constraints, EvolutionConfig, SearchResult, evolution_search
 log = logging.getLogger(__name__)
 
 __all__ = ["Scenario", "make_scenarios", "resolve_lut", "lut_id", "specialize", "runtime_versions",
-           "subnet_metadata"]
+           "subnet_metadata", "calibrate_subnet"]
 
 LOCAL_BACKENDS = ("ort", "tflite", "cuda")
 
@@ -48,12 +48,12 @@ def make_scenarios(targets: Sequence[str], budgets: Sequence[float],
     many targets."""
     targets, budgets = list(targets), [float(b) for b in budgets]
     if not targets:
-        raise OfaDeployError("give at least one --target")
+        raise BadValueError("give at least one --target")
     if not budgets:
-        raise OfaDeployError("give a latency budget with --ms")
+        raise BadValueError("give a latency budget with --ms")
     for b in budgets:
         if not np.isfinite(b) or b <= 0:
-            raise OfaDeployError(f"--ms must be a positive number of milliseconds, got {b:g}")
+            raise BadValueError(f"--ms must be a positive number of milliseconds, got {b:g}")
     for t in targets:
         DeviceSpec.parse(t)
     if len(targets) == len(budgets):
@@ -63,7 +63,7 @@ def make_scenarios(targets: Sequence[str], budgets: Sequence[float],
     elif len(budgets) == 1:
         pairs = [(t, budgets[0]) for t in targets]
     else:
-        raise OfaDeployError(f"{len(targets)} targets and {len(budgets)} budgets: give one budget "
+        raise BadValueError(f"{len(targets)} targets and {len(budgets)} budgets: give one budget "
                              f"per target, one target with several budgets, or one budget")
     out, seen = [], set()
     for t, b in pairs:
@@ -122,12 +122,20 @@ def runtime_versions() -> Dict[str, str]:
     return vers
 
 
+_INT8_KEYS = ("quantization", "calibrated_on", "top1_agreement", "op_types", "float_islands",
+              "input", "output", "delegate_partitions")
+
+
 def subnet_metadata(space, arch: ArchConfig, artifacts: Dict[str, dict], **extra) -> dict:
     """Metadata that travels with an exported subnet (a test recomputes every number)."""
     cost = arch_cost(space, arch)
-    files = {fmt: {"path": Path(a["path"]).name, "bytes": Path(a["path"]).stat().st_size,
-                   "sha256": sha256_file(Path(a["path"])), "max_abs_diff": a.get("max_abs_diff")}
-             for fmt, a in artifacts.items()}
+    files = {}
+    for fmt, a in artifacts.items():
+        files[fmt] = {"path": Path(a["path"]).name, "bytes": Path(a["path"]).stat().st_size,
+                      "sha256": sha256_file(Path(a["path"])), "max_abs_diff": a.get("max_abs_diff"),
+                      "precision": a.get("precision", "fp32")}
+        # int8 files say how they were made and what runs in float
+        files[fmt].update({k: a[k] for k in _INT8_KEYS if k in a})
     return {"space": space.name, "arch": arch.to_dict(), "arch_string": arch.to_string(space),
             "input_shape": [1, 3, arch.r, arch.r], "params": cost["params"],
             "macs": cost["macs"], "files": files, **extra}
@@ -135,37 +143,60 @@ def subnet_metadata(space, arch: ArchConfig, artifacts: Dict[str, dict], **extra
 
 @dataclass
 class DataContext:
-    """Calibration / evaluation data for a specialization (optional)."""
+    """Calibration / evaluation data for a specialization (optional). ``spec`` is the
+    ``--data`` value it came from (recorded so ``export`` can load the same images)."""
 
     dataset: Any = None
     calib_images: int = 2000
     eval_images: Optional[int] = None
     batch_size: int = 200
+    spec: Optional[str] = None
+
+
+def calibrate_subnet(sub: torch.nn.Module, dataset, r: int, images: int, batch_size: int = 200,
+                     *, spec: Optional[str] = None) -> Dict[str, Any]:
+    """Re-estimate ``sub``'s BN statistics on the first ``images`` held-out training images
+    at resolution ``r`` (no augmentation, no randomness), in channels-last memory order.
+
+    ``specialize`` and ``export`` both calibrate through here, so ``export --arch
+    report.json`` rebuilds the shipped ``model.onnx`` bit for bit: the memory format changes
+    which convolution kernels run, and so the last bits of the statistics. Returns the record
+    of what was used (it goes into report.json as ``bn_calibration``); ``sub`` is modified in
+    place and left in eval mode, contiguous.
+    """
+    from supernet.bn import calibrate_bn, calibration_batches
+    from supernet.training.data import HOLDOUT_SEED
+
+    sub = sub.to(memory_format=torch.channels_last)
+    calibrate_bn(sub, calibration_batches(dataset.holdout, r, images, batch_size,
+                                          channels_last=True))
+    sub.to(memory_format=torch.contiguous_format).eval()
+    return {"data": spec, "dataset": getattr(dataset, "name", None), "split": "holdout",
+            "holdout_seed": HOLDOUT_SEED, "holdout_size": len(dataset.holdout),
+            "images": min(images, len(dataset.holdout)), "order": "first images, in order",
+            "batch_size": batch_size, "resolution": r, "memory_format": "channels_last",
+            "seed": None}
 
 
 def prepare_subnet(net: Supernet, arch: ArchConfig, data: DataContext, *,
                    finetune_epochs: int = 0, seed: int = 0, echo=lambda s: None):
     """Extract ``arch``, re-estimate its BN statistics (and optionally fine-tune); returns the
-    subnet and its measured test accuracy (None without data)."""
-    from supernet.bn import calibrate_bn, calibration_batches
-
+    subnet, its measured test accuracy and test images (None without data) and the record of
+    the BN calibration (:func:`calibrate_subnet`; None without data)."""
     from .evaluate import accuracy_onnx
 
     sub = extract_subnet(net, arch).eval()
     if data.dataset is None:
         echo("no data: the subnet keeps the supernet's BN statistics (pass --data to calibrate)")
-        return sub, None, None
+        return sub, None, None, None
     ds = data.dataset
-    sub = sub.to(memory_format=torch.channels_last)
-    calibrate_bn(sub, calibration_batches(ds.holdout, arch.r, data.calib_images, data.batch_size,
-                                          channels_last=True))
-    sub = sub.to(memory_format=torch.contiguous_format).eval()
+    calib = calibrate_subnet(sub, ds, arch.r, data.calib_images, data.batch_size, spec=data.spec)
     if finetune_epochs > 0:
         _finetune(sub, ds, arch.r, finetune_epochs, seed=seed, batch_size=data.batch_size,
                   echo=echo)
     res = accuracy_onnx(sub, ds.test, arch.r, images=data.eval_images,
                         batch_size=data.batch_size)
-    return sub, res["accuracy"], res["samples"]
+    return sub, res["accuracy"], res["samples"], calib
 
 
 def _finetune(sub: torch.nn.Module, ds, r: int, epochs: int, *, seed: int, batch_size: int,
@@ -231,7 +262,8 @@ def specialize(net: Supernet, predictor, scenarios: List[Scenario], *, out_dir: 
                command: str = "", echo: Callable[[str], None] = print,
                progress: bool = True) -> List[Dict[str, Any]]:
     from .export import export_artifacts
-    from .report import plot_pred_vs_measured, plot_search, write_report, write_summary
+    from .report import (plot_pred_vs_measured, plot_search, round_floats, write_report,
+                         write_summary)
 
     space = net.space
     out = Path(out_dir)
@@ -247,6 +279,12 @@ def specialize(net: Supernet, predictor, scenarios: List[Scenario], *, out_dir: 
             raise OfaDeployError(f"budget {s.budget_ms:g} ms is infeasible on {s.target}: the "
                                  f"fastest subnet of {space.name} takes {lo:.3f} ms by its LUT "
                                  f"(range {lo:.3f} .. {hi:.3f} ms)")
+        if s.budget_ms >= hi:
+            # the user may think the budget is shaping the result; say that it does not
+            echo(f"note: a {s.budget_ms:g} ms budget admits every subnet on {s.target}: by its "
+                 f"LUT the subnets of {space.name} take {lo:.3f} (fastest) to {hi:.3f} ms "
+                 f"(slowest), so the search just picks the most accurate; a budget in that "
+                 f"range trades accuracy for speed")
     results: Dict[Scenario, SearchResult] = {}
     for t in targets:
         group = [s for s in scenarios if s.target == t]
@@ -263,7 +301,7 @@ def specialize(net: Supernet, predictor, scenarios: List[Scenario], *, out_dir: 
         arch = res.arch
         echo(f"[{s.name}] winner {arch.to_string(space)}: predicted "
              f"{res.predicted_accuracy:.4f} acc, {res.latency_ms:.3f} ms")
-        sub, acc, n_eval = prepare_subnet(net, arch, data, finetune_epochs=finetune_epochs,
+        sub, acc, n_eval, calib = prepare_subnet(net, arch, data, finetune_epochs=finetune_epochs,
                                           seed=search_config.seed, echo=echo)
         shape = (1, 3, arch.r, arch.r)
         artifacts = export_artifacts(sub, shape, sdir, formats, seed=search_config.seed)
@@ -292,6 +330,7 @@ def specialize(net: Supernet, predictor, scenarios: List[Scenario], *, out_dir: 
             "macs": res.macs,
             "lut_min_ms": lo,
             "lut_max_ms": hi,
+            "budget_admits_every_subnet": bool(s.budget_ms >= hi),
             "lut_id": tid,
             "lut_path": str(table.path) if table.path else None,
             "lut_meta": {k: table.meta.get(k) for k in ("device", "backend", "threads", "host",
@@ -302,6 +341,8 @@ def specialize(net: Supernet, predictor, scenarios: List[Scenario], *, out_dir: 
                        "config": search_config.get_state(),
                        "resolutions": list(res.resolutions)},
             "finetune_epochs": finetune_epochs,
+            # what `export --arch report.json` needs to rebuild model.onnx bit for bit
+            "bn_calibration": calib,
             "runtime": versions,
             "command": command,
         }
@@ -309,7 +350,7 @@ def specialize(net: Supernet, predictor, scenarios: List[Scenario], *, out_dir: 
                                predicted_latency_ms=res.latency_ms,
                                predicted_accuracy=res.predicted_accuracy,
                                measured_accuracy=acc, supernet=supernet_name)
-        atomic_write_text(sdir / "model.json", json.dumps(meta, indent=2))
+        atomic_write_text(sdir / "model.json", json.dumps(round_floats(meta), indent=2))
         pop = res.population
         pop_lat = table.predict(pop)
         plots = {
@@ -319,22 +360,27 @@ def specialize(net: Supernet, predictor, scenarios: List[Scenario], *, out_dir: 
                                   pareto=[(results[o].latency_ms, results[o].predicted_accuracy)
                                           for o in scenarios if o.target == s.target],
                                   title=f"{s.target} @ {s.budget_ms:g} ms"),
-            "latency": plot_pred_vs_measured(sdir / "latency.png", [{
-                "label": s.name, "predicted_ms": res.latency_ms,
-                "measured_ms": measured["median"], "p10_ms": measured["p10"],
-                "p90_ms": measured["p90"]}]),
+            "latency": str(sdir / "latency.png"),  # drawn below, once all are measured
         }
         rep["plots"] = plots
-        rep["report_files"] = write_report(rep, sdir)
+        rep["report_files"] = {"json": str(sdir / "report.json"),
+                               "markdown": str(sdir / "report.md")}
         if not rep["within_budget"]:
             echo(f"[{s.name}] WARNING: measured {measured['median']:.3f} ms exceeds the "
                  f"{s.budget_ms:g} ms budget (predicted {res.latency_ms:.3f} ms)")
-        reports.append(rep)
-    if not single:
-        write_summary(reports, out)
-        plot_pred_vs_measured(out / "latency.png", [
-            {"label": r["scenario"], "predicted_ms": r["predicted_latency_ms"],
+        reports.append(round_floats(rep))  # what --json prints is what report.json holds
+    # every scenario's latency.png shows all scenarios of the run (its own highlighted) with
+    # its budget: one point alone says little about how far the LUT is off
+    rows = [{"label": r["scenario"], "predicted_ms": r["predicted_latency_ms"],
              "measured_ms": r["measured_latency_ms"]["median"],
              "p10_ms": r["measured_latency_ms"]["p10"], "p90_ms": r["measured_latency_ms"]["p90"]}
-            for r in reports])
+            for r in reports]
+    for r in reports:
+        plot_pred_vs_measured(r["plots"]["latency"], rows, budgets=[r["budget_ms"]],
+                              highlight=r["scenario"])
+        write_report(r, Path(r["report_files"]["json"]).parent)
+    if not single:
+        write_summary(reports, out)
+        plot_pred_vs_measured(out / "latency.png", rows,
+                              budgets=sorted({r["budget_ms"] for r in reports}))
     return reports

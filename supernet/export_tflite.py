@@ -15,8 +15,9 @@ import torch
 
 from .errors import OfaDeployError, first_line
 
-__all__ = ["TFLiteExportError", "export_tflite", "litert_torch_version", "quiet_native_output",
-           "require_litert_torch"]
+__all__ = ["TFLiteExportError", "export_tflite", "export_tflite_int8", "integer_friendly",
+           "litert_torch_version", "quiet_native_output", "require_litert_torch",
+           "tflite_graph_summary"]
 
 
 class TFLiteExportError(OfaDeployError):
@@ -24,6 +25,8 @@ class TFLiteExportError(OfaDeployError):
 
 
 def require_litert_torch():
+    """The imported ``litert_torch`` module; raises :class:`TFLiteExportError` with the install
+    command when it is missing. Imported only on need because it takes seconds."""
     try:
         import litert_torch
     except ImportError as exc:
@@ -125,3 +128,154 @@ def export_tflite(model: torch.nn.Module, input_shape: Sequence[int], path: "str
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+class _Hardsigmoid6(torch.nn.Module):
+    """``relu6(x + 3) / 6``: the same function as ``nn.Hardsigmoid``, spelled in ops that
+    LiteRT has int8 kernels for (litert-torch lowers a quantized hardsigmoid to float ADD/MUL
+    between a dequantize and a quantize, a float island in every squeeze-excite block)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.relu6(x + 3.0) * (1.0 / 6.0)
+
+
+def integer_friendly(model: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy of ``model`` with every ``nn.Hardsigmoid`` replaced by :class:`_Hardsigmoid6`
+    (numerically identical), so that the int8 graph has no float islands."""
+    import copy
+
+    out = copy.deepcopy(model).eval()
+
+    def swap(module: torch.nn.Module) -> None:
+        for name, child in module.named_children():
+            if isinstance(child, torch.nn.Hardsigmoid):
+                setattr(module, name, _Hardsigmoid6())
+            else:
+                swap(child)
+
+    swap(out)
+    return out
+
+
+def _full_integer_quantizer(per_channel: bool):
+    """litert-torch's PT2E quantizer, also annotating the elementwise ops its pattern table
+    misses on torch.export graphs (add, mul, hardswish, relu6, mean), so every op gets int8
+    inputs and outputs."""
+    from litert_torch.quantize.pt2e_quantizer import (PT2EQuantizer,
+                                                      get_symmetric_quantization_config)
+    from litert_torch.quantize.pt2e_quantizer_utils import (get_input_act_qspec,
+                                                            get_output_act_qspec)
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
+
+    aten = torch.ops.aten
+    elementwise = {aten.add.Tensor, aten.mul.Tensor, aten.hardswish.default,
+                   aten.hardswish_.default, aten.hardsigmoid.default, aten.hardsigmoid_.default,
+                   aten.relu.default, aten.relu_.default, aten.relu6.default,
+                   aten.hardtanh.default, aten.mean.dim, aten.adaptive_avg_pool2d.default}
+
+    class FullIntegerQuantizer(PT2EQuantizer):
+        def annotate(self, model):
+            model = super().annotate(model)
+            cfg = self.global_config
+            for node in model.graph.nodes:
+                if node.op != "call_function" or node.target not in elementwise:
+                    continue
+                done = node.meta.get("quantization_annotation")
+                if done is not None and done._annotated:
+                    continue
+                inputs = {a: get_input_act_qspec(cfg) for a in node.args
+                          if isinstance(a, torch.fx.Node)}
+                node.meta["quantization_annotation"] = QuantizationAnnotation(
+                    input_qspec_map=inputs, output_qspec=get_output_act_qspec(cfg),
+                    _annotated=True)
+            return model
+
+    return FullIntegerQuantizer().set_global(
+        get_symmetric_quantization_config(is_per_channel=per_channel, is_dynamic=False))
+
+
+def export_tflite_int8(model: torch.nn.Module, input_shape: Sequence[int],
+                       path: "str | os.PathLike", batches, *, calib_images: int,
+                       per_channel: bool = True, quiet: bool = True) -> dict:
+    """Convert ``model`` to a full-integer .tflite (int8 weights, activations, input and
+    output), calibrated on ``batches`` (N x 3 x H x W arrays of training images).
+
+    PT2E post-training quantization with litert-torch's quantizer: ``torch.export``, observers
+    inserted, calibration images run through, then converted. Returns the op histogram, the ops
+    that still take a float input (``float_islands``; empty for the OFA MobileNetV3 nets) and
+    the input/output quantization (scale, zero point) a caller needs to feed the model.
+    """
+    import numpy as np
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shape = tuple(int(s) for s in input_shape)
+    friendly = integer_friendly(model)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    ctx = quiet_native_output() if quiet else contextlib.nullcontext(None)
+    seen = 0
+    try:
+        with ctx, torch.no_grad():
+            lt = require_litert_torch()
+            from litert_torch.quantize.quant_config import QuantConfig
+            from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+            sample = (torch.zeros(shape),)
+            try:
+                quantizer = _full_integer_quantizer(per_channel)
+                graph = torch.export.export(friendly, sample).module()
+                prepared = prepare_pt2e(graph, quantizer)
+                for batch in batches:
+                    for x in np.asarray(batch, dtype=np.float32):
+                        if seen >= calib_images:
+                            break
+                        prepared(torch.from_numpy(x[None]))
+                        seen += 1
+                    if seen >= calib_images:
+                        break
+                if seen == 0:
+                    raise TFLiteExportError("int8 conversion needs calibration images, and none "
+                                            "were given (pass training data with --data)")
+                converted = convert_pt2e(prepared, fold_quantize=False)
+                edge = lt.convert(converted, sample, quant_config=QuantConfig(
+                    pt2e_quantizer=quantizer))
+                edge.export(str(tmp))
+            except OfaDeployError:
+                raise
+            except Exception as exc:
+                raise TFLiteExportError(f"litert-torch could not make an int8 model: "
+                                        f"{first_line(exc)}") from None
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return {"calibrated_on": seen, **tflite_graph_summary(path)}
+
+
+def tflite_graph_summary(path: "str | os.PathLike") -> dict:
+    """Op histogram of a .tflite, its number of XNNPACK partitions, the ops that take a float
+    input apart from (de)quantize (``float_islands``) and the input/output dtype and
+    quantization (scale, zero point)."""
+    from collections import Counter
+
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(path), num_threads=1)
+    interp.allocate_tensors()  # applies the default (XNNPACK) delegate
+    ops = interp._get_ops_details()  # the public API lists tensors, not operators
+    tensors = {t["index"]: t for t in interp.get_tensor_details()}
+    islands = Counter(op["op_name"] for op in ops
+                      if op["op_name"] not in ("QUANTIZE", "DEQUANTIZE", "DELEGATE")
+                      and any(i >= 0 and tensors[i]["dtype"] == np.float32 for i in op["inputs"]))
+
+    def io(d):
+        scale, zero = d["quantization"]
+        return {"dtype": np.dtype(d["dtype"]).name, "scale": float(scale), "zero_point": int(zero)}
+
+    # Each DELEGATE node is one XNNPACK partition: ops XNNPACK cannot take split the graph,
+    # and every split costs a hand-over between XNNPACK and LiteRT's own kernels.
+    return {"op_types": dict(Counter(op["op_name"] for op in ops if op["op_name"] != "DELEGATE")),
+            "delegate_partitions": sum(op["op_name"] == "DELEGATE" for op in ops),
+            "float_islands": dict(islands), "input": io(interp.get_input_details()[0]),
+            "output": io(interp.get_output_details()[0])}

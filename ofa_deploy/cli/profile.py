@@ -5,7 +5,7 @@ from typing import List, Optional
 
 import click
 
-from ._common import config_option, emit, table
+from ._common import OutputPath, config_option, emit, table
 
 
 def parse_resolutions(value: "str | None", space) -> Optional[List[int]]:
@@ -53,7 +53,7 @@ def _human(d: dict) -> str:
               help="Search space (see `ofa-deploy spaces`).")
 @click.option("--resolutions", default=None, metavar="LIST",
               help="Comma-separated input sizes, or 'all' (default: every size of the space).")
-@click.option("--out", type=click.Path(dir_okay=False), default=None,
+@click.option("--out", type=OutputPath("file"), default=None,
               help="Table file (default: the per-device cache path `specialize` looks in).")
 @click.option("--runs", type=click.IntRange(min=1), default=15, show_default=True,
               help="Timed runs per model per round.")
@@ -63,7 +63,8 @@ def _human(d: dict) -> str:
               help="Passes over all ops; each op keeps its best pass, which filters out "
                    "spells when other processes slowed the machine.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="Runtime threads (default: all usable CPUs). Recorded in the table.")
+              help="Runtime threads (default: those of the table at --out if there is one, "
+                   "else all usable CPUs). Recorded in the table.")
 @click.option("--cpus", default=None, metavar="LIST",
               help="Pin timing to these CPUs, e.g. 0 or 0-3 (host backends).")
 @click.option("--convert-workers", type=click.IntRange(min=0), default=1, show_default=True,
@@ -108,6 +109,12 @@ def profile(device, space_name, resolutions, out, runs, warmup, rounds, threads,
         if flush < 0:
             raise click.BadParameter(f"{flush_mb!r} is not a size in MB or 'auto'",
                                      param_hint="--flush-mb")
+    if threads is None and not fresh:
+        threads = _existing_threads(path)
+        if threads is not None and not (quiet or as_json):
+            # e.g. the table `specialize` built with 1 thread: resume/refine it, not fail
+            click.echo(f"note: {path} exists, built with {threads} thread(s): using them "
+                       f"(--threads N --fresh rebuilds with other settings)", err=True)
     t = build_lut(space, spec, resolutions=res, out=path, runs=runs, warmup=warmup,
                   rounds=rounds, threads=threads, cpus=cpus, cache_dir=cache_dir,
                   progress=not quiet and not as_json, context=not no_context,
@@ -134,3 +141,16 @@ def profile(device, space_name, resolutions, out, runs, warmup, rounds, threads,
         "latency_range": ranges,
     }
     emit(data, as_json, _human)
+
+
+def _existing_threads(path) -> "int | None":
+    """The thread count recorded in the table at ``path``, if one is there."""
+    import json
+    from pathlib import Path
+
+    try:
+        meta = json.loads(Path(path).read_text(encoding="utf-8")).get("meta") or {}
+    except (OSError, ValueError, AttributeError):
+        return None  # no table (or an unreadable one, which build_lut reports)
+    n = meta.get("threads")
+    return n if isinstance(n, int) and n >= 1 else None

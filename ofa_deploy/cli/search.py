@@ -11,7 +11,7 @@ import click
 
 from supernet.errors import OfaDeployError
 
-from ._common import atomic_write_text, config_option, emit, table
+from ._common import OutputPath, atomic_write_text, check_positive, config_option, emit, table
 
 
 def _pct(v: float) -> str:
@@ -90,7 +90,7 @@ def _human(data: dict) -> str:
               help="Independent populations evolved together; the best wins (1 and 100 x 500 "
                    "generations: the OFA reference's search).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--out", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+@click.option("--out", type=OutputPath("file"), default=None, metavar="FILE",
               help="Also write the result (the --json document) to FILE.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @config_option
@@ -117,10 +117,10 @@ def search(space, target, lut, ms, mflops, params_m, predictor, predictor_format
         raise click.UsageError("give a budget: --ms, --mflops and/or --params-m")
     if ms and target is None and lut is None:
         raise click.UsageError("--ms needs a latency table: give --target or --lut")
-    for name, v in (("--ms", min(ms) if ms else None), ("--mflops", mflops),
-                    ("--params-m", params_m)):
-        if v is not None and not v > 0:
-            raise click.BadParameter(f"must be positive, got {v:g}", param_hint=name)
+    for v in ms:
+        check_positive(v, "--ms")
+    check_positive(mflops, "--mflops")
+    check_positive(params_m, "--params-m")
 
     config = EvolutionConfig(population=population, generations=generations, seed=seed,
                              islands=islands)
@@ -162,8 +162,16 @@ def search(space, target, lut, ms, mflops, params_m, predictor, predictor_format
         data["pareto"] = [_entry(r) for r in results]
         data["search_seconds_total"] = results[-1].extra.get(
             "front_seconds", sum(r.wall_seconds for r in results))
-    if out:
-        atomic_write_text(out, json.dumps(data, indent=2) + "\n")
+    from ..report import round_floats
+
+    data = round_floats(data)  # 1.438, not 1.4380000000000002
+    # the result is printed first: a write that fails anyway (disk full) loses nothing
     emit(data, as_json, _human)
-    if out and not as_json:
-        click.echo(f"wrote {out}", err=True)
+    if out:
+        try:
+            atomic_write_text(out, json.dumps(data, indent=2) + "\n")
+        except OSError as exc:
+            raise click.ClickException(f"cannot write --out {out}: {exc.strerror or exc} "
+                                       f"(the result is printed above)") from None
+        if not as_json:
+            click.echo(f"wrote {out}", err=True)

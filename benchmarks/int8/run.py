@@ -1,0 +1,190 @@
+"""Benchmark (issue 13): int8 vs float32 artifacts (ONNX and TFLite): latency, size, accuracy.
+
+Subnets: the bundled default (largest, middle, smallest; Fashion-MNIST weights, BN
+re-calibrated, int8 calibrated on held-out *training* images) and ``ofa-mbv3-w1.0`` (largest
+and smallest at 160 and 224 px; random weights and random calibration images: latency and size
+only, which do not depend on the weights' values).
+
+Every artifact is made by the product's own path (``export_artifacts``, with
+``precision="int8"`` for the int8 one). Latency: one thread through the project's profilers,
+``cpu`` (onnxruntime) for .onnx and ``tflite:cpu`` (LiteRT + XNNPACK) for .tflite; float32 and
+int8 of the same subnet and format are timed interleaved
+(fp32, int8, fp32, int8, ...) in ``--rounds`` rounds of ``--runs`` runs each, and the report
+gives the median over rounds of each round's median with the spread, plus the load average.
+Accuracy: the whole Fashion-MNIST test split (10,000 images) through each shipped file
+(``--acc-images`` to use fewer).
+
+    .venv/bin/python benchmarks/int8/run.py [--rounds 7 --runs 30]
+
+Writes results.json (atomically) and results.md beside this file.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from ofa_deploy.evaluate import accuracy_file  # noqa: E402
+from ofa_deploy.export import export_artifacts  # noqa: E402
+from profilers.base import DeviceSpec  # noqa: E402
+from profilers.measure import cpu_model  # noqa: E402
+from profilers.litert import LiteRTProfiler  # noqa: E402
+from profilers.ort import OrtProfiler  # noqa: E402
+from supernet import ArchConfig, build_supernet, extract_subnet, get_space  # noqa: E402
+from supernet.assets.package_default import subnets as default_subnets  # noqa: E402
+from supernet.bn import calibrate_bn, calibration_batches  # noqa: E402
+from supernet.checkpoint import load_supernet  # noqa: E402
+from supernet.fileio import atomic_write_text  # noqa: E402
+from supernet.quantize import QuantSettings  # noqa: E402
+from supernet.training.data import DataError, load_dataset  # noqa: E402
+
+
+def _cases(calib_images):
+    """(name, subnet module, resolution, calibration function, accuracy source or None)."""
+    try:
+        ds = load_dataset("fashion-mnist")
+    except DataError:
+        ds = None
+    net = load_supernet("default").eval()
+    for label, arch in default_subnets().items():
+        sub = extract_subnet(net, arch).eval()
+        if ds is not None:
+            calibrate_bn(sub, calibration_batches(ds.holdout, arch.r, 2000, 200,
+                                                  channels_last=False))
+            calib = (lambda r=arch.r: (x.numpy() for x in calibration_batches(
+                ds.holdout, r, calib_images, 200, channels_last=False)))
+        else:
+            calib = _random_calibration(arch.r, calib_images)
+        yield f"default {label}", sub, arch.r, calib, (ds.test if ds is not None else None)
+    space = get_space("ofa-mbv3-w1.0")
+    torch.manual_seed(0)
+    big = build_supernet(space).eval()
+    for r in (160, 224):
+        for label, arch in (("largest", ArchConfig.max(space)), ("smallest", ArchConfig.min(space))):
+            arch = arch.with_resolution(r)
+            yield (f"ofa-mbv3-w1.0 {label} @{r}", extract_subnet(big, arch).eval(), r,
+                   _random_calibration(r, calib_images), None)
+
+
+def _random_calibration(r, n):
+    def batches():
+        rng = np.random.default_rng(0)
+        for _ in range(0, n, 32):
+            yield rng.standard_normal((32, 3, r, r)).astype(np.float32)
+    return batches
+
+
+def _partitions(path, fmt):
+    if fmt != "tflite":
+        return {}
+    from supernet.export_tflite import tflite_graph_summary
+
+    return {"delegate_partitions": tflite_graph_summary(path)["delegate_partitions"]}
+
+
+def _interleaved(fmt, paths, shape, rounds, runs, warmup):
+    if fmt == "onnx":
+        prof = OrtProfiler(DeviceSpec.parse("cpu"), threads=1, runs=runs, warmup=warmup)
+    else:
+        prof = LiteRTProfiler(DeviceSpec.parse("tflite:cpu"), threads=1, runs=runs, warmup=warmup)
+    per = {k: [] for k in paths}
+    try:
+        for _ in range(rounds):
+            for k, p in paths.items():
+                per[k].append(prof.measure(str(p), shape).median_ms)
+    finally:
+        prof.close()
+    return {k: {"median_ms": round(statistics.median(v), 4), "min_ms": round(min(v), 4),
+                "max_ms": round(max(v), 4), "round_medians_ms": [round(x, 4) for x in v]}
+            for k, v in per.items()}
+
+
+def main(argv=None):
+    """Export, time and evaluate every case; write results.json and results.md."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--calib-images", type=int, default=256)
+    ap.add_argument("--acc-images", type=int, default=None)
+    ap.add_argument("--formats", default="onnx,tflite")
+    ap.add_argument("--out-dir", type=Path, default=HERE)
+    a = ap.parse_args(argv)
+    a.formats = tuple(a.formats.split(","))
+    rows = []
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="ofa-int8-bench-") as tmp:
+        for i, (name, sub, r, calib, test) in enumerate(_cases(a.calib_images)):
+            shape = (1, 3, r, r)
+            d32, d8 = Path(tmp) / f"{i}-fp32", Path(tmp) / f"{i}-int8"
+            f32 = export_artifacts(sub, shape, d32, a.formats)
+            i8 = export_artifacts(sub, shape, d8, a.formats, precision="int8", calibration=calib,
+                                  quant=QuantSettings(calib_images=a.calib_images))
+            for fmt in a.formats:
+                lat = _interleaved(fmt, {"fp32": f32[fmt]["path"], "int8": i8[fmt]["path"]},
+                                   shape, a.rounds, a.runs, a.warmup)
+                row = {"subnet": name, "format": fmt, "resolution": r,
+                       "fp32": {"bytes": f32[fmt]["bytes"], **lat["fp32"],
+                                **_partitions(f32[fmt]["path"], fmt)},
+                       "int8": {"bytes": i8[fmt]["bytes"], **lat["int8"],
+                                "top1_agreement": i8[fmt]["top1_agreement"],
+                                "float_islands": i8[fmt]["float_islands"],
+                                **_partitions(i8[fmt]["path"], fmt)},
+                       "speedup": round(lat["fp32"]["median_ms"] / lat["int8"]["median_ms"], 3)}
+                if test is not None:
+                    for p in ("fp32", "int8"):
+                        src = (f32 if p == "fp32" else i8)[fmt]["path"]
+                        row[p]["test_accuracy"] = accuracy_file(src, test, r, images=a.acc_images,
+                                                                threads=1)["accuracy"]
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    doc = {"benchmark": "int8",
+           "machine": {"cpu": cpu_model(), "cores": os.cpu_count(),
+                       "python": platform.python_version(),
+                       "loadavg_before": [round(x, 2) for x in load_before],
+                       "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
+           "protocol": {"runtime": "onnx: onnxruntime CPU (cpu profiler); tflite: LiteRT with "
+                                   "XNNPACK (tflite:cpu profiler); 1 thread each",
+                        "rounds": a.rounds, "runs_per_round": a.runs, "warmup": a.warmup,
+                        "order": "fp32/int8 interleaved per round", "estimator":
+                        "median over rounds of the per-round median"},
+           "quantization": QuantSettings(calib_images=a.calib_images).get_state(),
+           "rows": rows}
+    a.out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(a.out_dir / "results.json", json.dumps(doc, indent=2) + "\n")
+    lines = ["| subnet | format | fp32 ms | int8 ms | speed-up | fp32 KB | int8 KB | fp32 acc | "
+             "int8 acc | int8 float islands | XNNPACK partitions fp32/int8 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        f, q = row["fp32"], row["int8"]
+        acc = lambda d: f"{100 * d['test_accuracy']:.2f}" if "test_accuracy" in d else "-"
+        islands = ", ".join(f"{k} {v}" for k, v in q["float_islands"].items()) or "none"
+        lines.append(f"| {row['subnet']} | {row['format']} | {f['median_ms']:.3f} ({f['min_ms']:.3f}-{f['max_ms']:.3f}) "
+                     f"| {q['median_ms']:.3f} ({q['min_ms']:.3f}-{q['max_ms']:.3f}) | "
+                     f"{row['speedup']:.2f}x | {f['bytes'] // 1024:,} | {q['bytes'] // 1024:,} | "
+                     f"{acc(f)} | {acc(q)} | {islands} | "
+                     f"{f.get('delegate_partitions', '-')}/{q.get('delegate_partitions', '-')} |")
+    m = doc["machine"]
+    md = (f"# int8 vs float32 (1 thread)\n\n{m['cpu']}, {m['cores']} cores, "
+          f"load {m['loadavg_before'][0]} -> {m['loadavg_after'][0]}; {a.rounds} interleaved "
+          f"rounds x {a.runs} runs; ms = median of round medians (min-max over rounds).\n\n"
+          + "\n".join(lines) + "\n")
+    atomic_write_text(a.out_dir / "results.md", md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
