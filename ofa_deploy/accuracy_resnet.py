@@ -92,7 +92,12 @@ class ResNetReferencePredictor:
 
     def predict(self, archs: Sequence[ResNetArch]) -> np.ndarray:
         """Predicted accuracy of each arch, shape ``(N,)``."""
-        h = self.encoder.encode(list(archs)).astype(np.float64)
+        return self.predict_features(self.encoder.encode(list(archs)))
+
+    def predict_features(self, x: np.ndarray) -> np.ndarray:
+        """Predicted accuracy from encoded features ``(N, dim)`` (what :meth:`predict` runs
+        after encoding; the search builds them straight from its gene matrix)."""
+        h = np.asarray(x, dtype=np.float64)
         for w, b in self.weights:
             h = np.maximum(h @ w.T + b, 0.0)
         return (h @ self.last.T)[:, 0] + self.base_acc
