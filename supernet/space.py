@@ -361,9 +361,9 @@ def list_spaces() -> Tuple[str, ...]:
 # Spaces of families whose arch record is not ArchConfig (their own module serves them), so
 # that commands built on ArchConfig can say so instead of "unknown space".
 OTHER_SPACES: Dict[str, str] = {
-    "ofa-resnet50": "of the ResNet50 family, served so far by `spaces`, `inspect` and the "
-                    "Python API (supernet.resnet, ofa_deploy.accuracy_resnet); no latency "
-                    "tables, search or export command yet",
+    "ofa-resnet50": "of the ResNet50 family, served so far by `spaces`, `inspect`, `search` "
+                    "(MACs / params budgets) and the Python API (supernet.resnet, "
+                    "ofa_deploy.accuracy_resnet); no latency tables or export command yet",
 }
 
 

@@ -104,7 +104,10 @@ def search(space, target, lut, ms, mflops, params_m, predictor, predictor_format
       ofa-deploy search --space ofa-mbv3-w1.2 --target note10 --ms 15 --ms 25 --ms 40 --json
       ofa-deploy search --space ofa-mbv3-w1.2 --mflops 300 --predictor acc_predictor.pth
 
+      ofa-deploy search --space ofa-resnet50 --mflops 2000 --predictor acc_predictor.pth
+
     Several --ms give a Pareto front. --mflops/--params-m apply to every search.
+    ofa-resnet50 takes MACs / params budgets only (no latency tables for it yet).
     """
     from supernet.space import get_space
 
@@ -112,6 +115,12 @@ def search(space, target, lut, ms, mflops, params_m, predictor, predictor_format
     from ..search import Constraints, EvolutionConfig, pareto_search
 
     # parameter names equal the option names, so --config files use the flags' spelling
+    from supernet.resnet import RESNET_SPACES
+
+    if space in RESNET_SPACES:
+        return _search_resnet(space, target, lut, ms, mflops, params_m, predictor,
+                              predictor_format, resolution, population, generations, islands,
+                              seed, out, as_json)
     space = get_space(space)
     if not ms and mflops is None and params_m is None:
         raise click.UsageError("give a budget: --ms, --mflops and/or --params-m")
@@ -162,6 +171,45 @@ def search(space, target, lut, ms, mflops, params_m, predictor, predictor_format
         data["pareto"] = [_entry(r) for r in results]
         data["search_seconds_total"] = results[-1].extra.get(
             "front_seconds", sum(r.wall_seconds for r in results))
+    _finish(data, out, as_json)
+
+
+def _search_resnet(name, target, lut, ms, mflops, params_m, predictor, predictor_format,
+                   resolution, population, generations, islands, seed, out, as_json) -> None:
+    """``search`` for a ResNet-family space: MACs / params budgets only (no latency tables
+    for this family yet); the same result keys as the MobileNet search."""
+    from ..accuracy import load_predictor
+    from ..accuracy_resnet import ResNetReferencePredictor, bundled_resnet_predictor_path
+    from ..search import Constraints, EvolutionConfig
+    from ..search.resnet import resnet_evolution_search
+
+    if ms or target is not None or lut is not None:
+        raise OfaDeployError(f"space {name} has no latency tables yet: search it with "
+                             f"--mflops and/or --params-m (no --ms, --target or --lut)")
+    if mflops is None and params_m is None:
+        raise click.UsageError("give a budget: --mflops and/or --params-m")
+    check_positive(mflops, "--mflops")
+    check_positive(params_m, "--params-m")
+    config = EvolutionConfig(population=population, generations=generations, seed=seed,
+                             islands=islands)
+    predictor = str(bundled_resnet_predictor_path() if predictor is None else predictor)
+    # loaded without a space, so that another family's file is refused by the check below
+    pred = load_predictor(predictor, None, format=predictor_format)
+    if not isinstance(pred, ResNetReferencePredictor):
+        raise OfaDeployError(f"{predictor} does not predict {name} subnets; give the OFA "
+                             f"ResNet50 reference acc_predictor.pth (or omit --predictor)")
+    res = resnet_evolution_search(
+        name, pred, Constraints(max_macs=None if mflops is None else mflops * 1e6,
+                                max_params=None if params_m is None else params_m * 1e6),
+        config, resolutions=list(resolution) or None)
+    data = {"space": name, "target": None,
+            "predictor": {"path": predictor, "format": pred.source_format},
+            "resolutions": list(res.resolutions), "config": config.get_state(), **_entry(res)}
+    _finish(data, out, as_json)
+
+
+def _finish(data: dict, out, as_json: bool) -> None:
+    """Print the result document (and write it to ``out``)."""
     from ..report import round_floats
 
     data = round_floats(data)  # 1.438, not 1.4380000000000002
