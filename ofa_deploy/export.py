@@ -160,3 +160,24 @@ def export_artifacts(model: torch.nn.Module, input_shape: Sequence[int], out_dir
         res[fmt] = {"path": str(path), "precision": precision, "max_abs_diff": diff,
                     "export_seconds": round(secs, 3), "bytes": path.stat().st_size, **extra}
     return res
+
+
+def resnet_subnet_metadata(space, arch, artifacts: Dict[str, dict], **extra) -> dict:
+    """:func:`~ofa_deploy.specialize.subnet_metadata` for a ResNet-family subnet (a
+    :class:`supernet.resnet.ResNetArch`): the same keys, params and MACs counted by
+    :func:`supernet.resnet.resnet_arch_cost`."""
+    from supernet.fileio import sha256_file
+    from supernet.resnet import resnet_arch_cost
+
+    from .specialize import _INT8_KEYS
+
+    cost = resnet_arch_cost(space, arch)
+    files = {}
+    for fmt, a in artifacts.items():
+        p = Path(a["path"])
+        files[fmt] = {"path": p.name, "bytes": p.stat().st_size, "sha256": sha256_file(p),
+                      "max_abs_diff": a.get("max_abs_diff"), "precision": a.get("precision", "fp32")}
+        files[fmt].update({k: a[k] for k in _INT8_KEYS if k in a})
+    return {"space": space.name, "arch": arch.to_dict(), "arch_string": arch.to_string(space),
+            "input_shape": [1, 3, arch.r, arch.r], "params": cost["params"],
+            "macs": cost["macs"], "files": files, **extra}

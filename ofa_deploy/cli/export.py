@@ -47,7 +47,7 @@ def export_cmd(ctx, supernet_name, space_name, arch, formats, data_spec, calib_i
     from supernet.net_config import net_config_space
     from supernet.quantize import QuantizeError, QuantSettings
 
-    from ..export import export_artifacts, parse_formats
+    from ..export import export_artifacts, parse_formats, resnet_subnet_metadata
     from ..report import round_floats
     from ..specialize import calibrate_subnet, subnet_metadata
 
@@ -72,9 +72,15 @@ def export_cmd(ctx, supernet_name, space_name, arch, formats, data_spec, calib_i
     if space_name is None:  # a net.config names its space: a reference checkpoint needs it
         sp = net_config_space(arch)
         space_name = None if sp is None else sp.name
-    net = load_supernet(supernet_name, space_name).eval()
-    a = ArchConfig.parse(arch, net.space)
-    sub = extract_subnet(net, a).eval()
+    from supernet.resnet import RESNET_SPACES
+
+    resnet = space_name in RESNET_SPACES
+    if resnet:  # its own arch record and supernet; a reference-layout checkpoint file
+        net, a, sub = _resnet_subnet(supernet_name, space_name, arch)
+    else:
+        net = load_supernet(supernet_name, space_name).eval()
+        a = ArchConfig.parse(arch, net.space)
+        sub = extract_subnet(net, a).eval()
     ds = load_data(data_spec, supernet_name, echo)
     bn_record = None
     if ds is not None:
@@ -90,8 +96,9 @@ def export_cmd(ctx, supernet_name, space_name, arch, formats, data_spec, calib_i
     with output_dir_guard(out_dir):
         arts = export_artifacts(sub, (1, 3, a.r, a.r), out_dir, fmts, precision=precision,
                                 calibration=calibration, quant=quant)
-        meta = subnet_metadata(net.space, a, arts, supernet=str(supernet_name),
-                               bn_calibrated=ds is not None, bn_calibration=bn_record)
+        meta = (resnet_subnet_metadata if resnet else subnet_metadata)(
+            net.space, a, arts, supernet=str(supernet_name), bn_calibrated=ds is not None,
+            bn_calibration=bn_record)
         meta = round_floats(meta)
         atomic_write_text(Path(out_dir) / "model.json", json.dumps(meta, indent=2))
     emit(meta, as_json, lambda m: table(
@@ -99,6 +106,19 @@ def export_cmd(ctx, supernet_name, space_name, arch, formats, data_spec, calib_i
         ("format", "file", "bytes", "max |diff| vs torch")) +
         f"\nprecision {precision}" +
         f"\narch {m['arch_string']}: {m['params']:,} params, {m['macs'] / 1e6:.1f}M MACs")
+
+
+def _resnet_subnet(supernet_name: str, space_name: str, arch: str):
+    """``(supernet, arch, subnet)`` of a ResNet-family space from a checkpoint file."""
+    from supernet.checkpoint import CheckpointError
+    from supernet.resnet import ResNetArch, extract_resnet_subnet, load_resnet_supernet
+
+    if supernet_name == "default":
+        raise CheckpointError(f"no {space_name} supernet is bundled: give --supernet FILE (the "
+                              f"reference's ofa_resnet50 checkpoint, or a state_dict of its layout)")
+    net = load_resnet_supernet(supernet_name, space_name).eval()
+    a = ResNetArch.parse(arch, net.space)
+    return net, a, extract_resnet_subnet(net, a).eval()
 
 
 def _specialize_record(arch: str):
