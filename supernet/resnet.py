@@ -16,8 +16,9 @@ expand_ratio_list=[0.2,0.25,0.35], width_mult_list=[0.65,0.8,1.0]):
   identity;
 * global average pool and a linear classifier.
 
-Not yet wired into the search pipeline (LUT ops, cost model, ArchBatch): the registry of
-spaces holds MobileNet-style spaces only; see :data:`RESNET_SPACES`.
+Not in the MobileNet pipeline (LUT ops, ArchBatch; the registry of spaces holds
+MobileNet-style spaces only, see :data:`RESNET_SPACES`); searched by MACs / params with its own
+gene matrix (:mod:`ofa_deploy.search.resnet`) and exported from a checkpoint by ``export``.
 """
 from __future__ import annotations
 
