@@ -26,7 +26,7 @@ from supernet.resnet import ResNetArch, ResNetSpace, get_resnet_space
 
 from .problem import _single_thread_torch
 from .results import SearchResult, _island_report
-from .settings import Constraints, EvolutionConfig, InfeasibleBudgetError, SearchError
+from .settings import Constraints, EvolutionConfig, InfeasibleBudgetError, SearchError, _check_int
 
 __all__ = ["ResNetCostModel", "resnet_evolution_search", "resnet_random_search"]
 
@@ -442,6 +442,7 @@ def resnet_random_search(space: "ResNetSpace | str", predictor, constraints: Con
                          evaluations: int, *, seed: int = 0,
                          resolutions: Sequence[int] | None = None) -> SearchResult:
     """Baseline: score ``evaluations`` distinct random feasible archs and keep the best."""
+    _check_int("evaluations", evaluations, 1)
     prob = _ResNetProblem(space, predictor, constraints, resolutions)
     prob.check_feasible()
     rng = np.random.default_rng(seed)
