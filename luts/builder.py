@@ -380,10 +380,14 @@ def build_lut(space: "Space | str", device: "str | DeviceSpec", *,
     try:
         conv.prefetch(jobs)
         if progress:
-            from tqdm.auto import tqdm
+            from supernet.progress import progress_bar
 
-            bar = tqdm(total=total, initial=done0, unit="op", dynamic_ncols=True,
-                       desc=f"profile {spec} {space.name}", file=sys.stderr)
+            if done0:
+                print(f"resuming {out}: {done0} of {total} timings done", file=sys.stderr)
+            # the bar counts timings: every op once per round (the numbers then add up)
+            bar = progress_bar(total, initial=done0, unit="timing",
+                               desc=f"profile {spec} {space.name}: {len(ops)} ops x "
+                                    f"{rounds} rounds")
         pending = [op.macs for op in ops if rounds_done(op) < rounds]
         ref_macs = float(np.percentile(pending, 75)) if pending else 0.0
         for rnd in range(1, rounds + 1):
@@ -410,7 +414,8 @@ def build_lut(space: "Space | str", device: "str | DeviceSpec", *,
                     monitor = DriftMonitor(
                         lambda a=art, sh=j.shape: profiler.measure(a, sh).median_ms,
                         every_s=drift_every_s, tolerance=drift_tolerance,
-                        on_warn=on_warn or (bar.write if bar is not None else None))
+                        on_warn=on_warn or ((lambda m: bar.write(f"warning: {m}"))
+                                            if bar is not None else None))
                 elif monitor is not None:
                     monitor.check()
                 refresh()

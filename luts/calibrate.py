@@ -220,10 +220,11 @@ def calibrate_lut(table: "LatencyTable | str | os.PathLike",
     if progress:
         import sys
 
-        from tqdm.auto import tqdm
+        from supernet.progress import progress_bar
 
-        bar = tqdm(total=len(archs) * (protocol.rounds + 1), unit="step",
-                   desc=f"calibrate {spec}", file=sys.stderr, dynamic_ncols=True)
+        bar = progress_bar(len(archs) * (protocol.rounds + 1), unit="step", file=sys.stderr,
+                           desc=f"calibrate {spec}: {len(archs)} subnets x (convert + "
+                                f"{protocol.rounds} rounds)")
 
     def step(what, k, n):
         if bar is not None:

@@ -124,10 +124,12 @@ def validate_lut(table: "LatencyTable | str | os.PathLike", device: "str | Devic
     if progress:
         import sys
 
-        from tqdm.auto import tqdm
+        from supernet.progress import progress_bar
 
-        bar = tqdm(total=len(archs) * (protocol.rounds + 1), unit="step",
-                   desc=f"validate {spec}", file=sys.stderr, dynamic_ncols=True)
+        # each subnet is converted once, then timed once per round
+        bar = progress_bar(len(archs) * (protocol.rounds + 1), unit="step", file=sys.stderr,
+                           desc=f"validate {spec}: {len(archs)} subnets x (convert + "
+                                f"{protocol.rounds} rounds)")
 
     def step(what, k, n):
         if bar is not None:

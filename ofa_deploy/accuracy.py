@@ -33,7 +33,7 @@ import numpy as np
 
 from supernet.arch import ArchConfig
 from supernet.batch import ArchBatch
-from supernet.errors import OfaDeployError
+from supernet.errors import OfaDeployError, first_line
 from supernet.space import Space, get_space
 from supernet.stats import kendall_tau
 
@@ -154,14 +154,19 @@ class ArchEncoder:
 
     @property
     def num_blocks(self) -> int:
+        """Block slots the encoding has, over all stages (kernel and expand one-hots each have this
+        many groups)."""
         return sum(self.block_counts)
 
     @property
     def num_resolution_slots(self) -> int:
+        """Width of the resolution one-hot: the number of bins, or of listed resolutions."""
         return self.resolution_bins[2] if self.resolution_bins else len(self.resolutions)
 
     @property
     def dim(self) -> int:
+        """Length of one encoded arch: a kernel and an expand one-hot per block slot plus the
+        resolution one-hot."""
         nb = self.num_blocks
         return nb * len(self.kernel_choices) + nb * len(self.expand_choices) + \
             self.num_resolution_slots
@@ -177,10 +182,14 @@ class ArchEncoder:
         return _lookup(self._r_lut, r)
 
     def unsupported_resolutions(self, resolutions: Sequence[int]) -> List[int]:
+        """The sorted, distinct ``resolutions`` this encoding has no slot for (empty when it covers
+        them all)."""
         res = np.asarray(list(resolutions), dtype=np.int64)
         return sorted(set(res[self.resolution_slot(res) < 0].tolist()))
 
     def describe_resolutions(self) -> str:
+        """The resolutions it encodes, for error messages: the listed values, or the bins' range and
+        step."""
         if self.resolution_bins is not None:
             start, step, count = self.resolution_bins
             return f"{start}..{start + step * count - 1} in {count} bins of {step} px"
@@ -243,11 +252,9 @@ class ArchEncoder:
         x[rows[:, 0], nb * (nk + ne) + slot] = 1.0
         return x
 
-    def encode_archs(self, space: "Space | str", archs: Sequence[ArchConfig]) -> np.ndarray:
-        return self.encode(ArchBatch.from_archs(space, list(archs)))
-
     # -- state -------------------------------------------------------------------------
     def get_state(self) -> dict:
+        """JSON-ready dict of the layout; :meth:`from_state` rebuilds an equal encoder from it."""
         return {
             "num_stages": self.num_stages,
             "max_depth": self.max_depth,
@@ -261,6 +268,8 @@ class ArchEncoder:
 
     @classmethod
     def from_state(cls, state: Mapping) -> "ArchEncoder":
+        """Rebuild from :meth:`get_state`'s dict; raises :class:`PredictorError` for unknown,
+        missing or malformed fields."""
         known = {"num_stages", "max_depth", "kernel_choices", "expand_choices", "resolutions",
                  "resolution_bins", "stage_blocks"}
         unknown = sorted(set(state) - known)
@@ -292,6 +301,7 @@ class FitReport:
     seconds: float
 
     def to_dict(self) -> dict:
+        """The fields as a JSON-ready dict."""
         return asdict(self)
 
 
@@ -439,6 +449,8 @@ class AccuracyPredictor:
 
     # -- prediction --------------------------------------------------------------------
     def supported_resolutions(self, candidates: Sequence[int]) -> Tuple[int, ...]:
+        """The ``candidates`` the encoding can represent, in their order; the others would get no
+        resolution feature."""
         bad = set(self.encoder.unsupported_resolutions(candidates))
         return tuple(r for r in candidates if r not in bad)
 
@@ -466,6 +478,7 @@ class AccuracyPredictor:
     __call__ = predict
 
     def predict_one(self, arch: ArchConfig) -> float:
+        """Predicted accuracy (fraction) of one arch."""
         return float(self.predict([arch])[0])
 
     # -- training ----------------------------------------------------------------------
@@ -595,8 +608,7 @@ class AccuracyPredictor:
                        source_format=str(state.get("source_format", "ofa-deploy")),
                        metadata=state.get("metadata") or {}, weights=weights)
         except (KeyError, TypeError, ValueError) as exc:
-            raise PredictorError(f"{source}: weights do not fit: "
-                                 f"{str(exc).splitlines()[0]}") from None
+            raise PredictorError(f"{source}: weights do not fit: {first_line(exc)}") from None
 
     @classmethod
     def from_state(cls, state: Mapping, space: "Space | str | None" = None,
@@ -739,7 +751,7 @@ def _load_npz(p: Path, space, format: str) -> AccuracyPredictor:
             arrays = {k: z[k] for k in z.files}
     except Exception as exc:  # numpy raises several types for a damaged archive
         raise PredictorError(f"cannot read predictor {p}: not a loadable .npz file "
-                             f"({str(exc).strip()[:200] or type(exc).__name__})") from None
+                             f"({first_line(exc, 200)})") from None
     try:
         head = json.loads(str(arrays.pop("header")))
     except (KeyError, ValueError):
@@ -778,9 +790,8 @@ def load_predictor(path: "str | os.PathLike", space: "Space | str | None" = None
     except PredictorError:
         raise
     except Exception as exc:  # torch raises many types for a corrupt or foreign file
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PredictorError(f"cannot read predictor {p}: not a loadable torch file "
-                             f"({first[:200]})") from None
+                             f"({first_line(exc, 200)})") from None
     from .accuracy_resnet import ResNetReferencePredictor, is_resnet_reference_state_dict
 
     if format != "ofa-deploy" and is_resnet_reference_state_dict(obj):

@@ -92,16 +92,24 @@ class ResNetReferencePredictor:
 
     def predict(self, archs: Sequence[ResNetArch]) -> np.ndarray:
         """Predicted accuracy of each arch, shape ``(N,)``."""
-        h = self.encoder.encode(list(archs)).astype(np.float64)
+        return self.predict_features(self.encoder.encode(list(archs)))
+
+    def predict_features(self, x: np.ndarray) -> np.ndarray:
+        """Predicted accuracy from encoded features ``(N, dim)`` (what :meth:`predict` runs
+        after encoding; the search builds them straight from its gene matrix)."""
+        h = np.asarray(x, dtype=np.float64)
         for w, b in self.weights:
             h = np.maximum(h @ w.T + b, 0.0)
         return (h @ self.last.T)[:, 0] + self.base_acc
 
     def predict_one(self, arch: ResNetArch) -> float:
+        """Predicted top-1 accuracy (fraction) of one arch."""
         return float(self.predict([arch])[0])
 
 
 def bundled_resnet_predictor_path() -> Path:
+    """Path of the published OFA ResNet50 accuracy predictor bundled in ``ofa_deploy/assets``, the
+    default of :func:`load_resnet_predictor`."""
     return Path(__file__).resolve().parent / "assets" / "ofa-resnet50-imagenet-acc-predictor.pth"
 
 

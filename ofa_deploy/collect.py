@@ -23,6 +23,8 @@ __all__ = ["arch_for_index", "read_records", "done_indices", "collect", "parse_s
 
 def arch_for_index(space, seed: int, index: int,
                    resolutions: Optional[Sequence[int]] = None) -> ArchConfig:
+    """Arch number ``index`` of the collection with ``seed``: a function of (seed, index) alone, so
+    shards and workers draw the same arch for one index."""
     return ArchConfig.sample(space, np.random.default_rng([seed, index]), resolutions=resolutions)
 
 
@@ -48,10 +50,13 @@ def read_records(path: "str | os.PathLike") -> List[dict]:
 
 
 def done_indices(records: Iterable[dict], seed: int) -> set:
+    """Indices of the records already collected with ``seed`` (records of other seeds are different
+    archs and do not count)."""
     return {int(r["index"]) for r in records if r.get("seed") == seed and "index" in r}
 
 
 def parse_shard(text: str) -> Tuple[int, int]:
+    """``"K/N"`` as (K, N) with 0 <= K < N; raises :class:`OfaDeployError` for anything else."""
     try:
         k, n = (int(x) for x in text.split("/"))
     except ValueError:

@@ -13,7 +13,7 @@ from supernet import ArchConfig, extract_subnet
 from supernet.bn import calibrate_bn, calibration_batches, eval_batches
 from supernet.export import export_onnx
 
-__all__ = ["accuracy_onnx", "accuracy_onnx_file", "accuracy_tflite_file", "evaluate_arch"]
+__all__ = ["accuracy_file", "accuracy_onnx", "evaluate_arch", "onnx_runner", "tflite_runner"]
 
 
 def accuracy_onnx(model: torch.nn.Module, source, resolution: int, *, images: Optional[int] = None,
@@ -24,49 +24,33 @@ def accuracy_onnx(model: torch.nn.Module, source, resolution: int, *, images: Op
     os.close(fd)
     try:
         export_onnx(model, (1, 3, resolution, resolution), path, dynamic_batch=True)
-        return accuracy_onnx_file(path, source, resolution, images=images,
-                                  batch_size=batch_size, threads=threads)
+        return accuracy_file(path, source, resolution, images=images, batch_size=batch_size,
+                             threads=threads)
     finally:
         os.unlink(path)
 
 
-def accuracy_onnx_file(path: "str | os.PathLike", source, resolution: int, *,
-                       images: Optional[int] = None, batch_size: int = 250,
-                       threads: Optional[int] = None) -> dict:
-    """Top-1 accuracy and mean cross-entropy of an ONNX file as shipped (an int8 artifact
-    included) on the first ``images`` of ``source``; a file with a fixed batch of one is run
-    image by image."""
+def onnx_runner(path: "str | os.PathLike", threads: Optional[int] = None):
+    """A function that runs an ONNX file as shipped (onnxruntime, CPU) on a float32 batch
+    N x 3 x H x W and returns its logits; a file with a fixed batch of one is run image by image."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.intra_op_num_threads = threads or torch.get_num_threads()
+    opts.inter_op_num_threads = 1
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     inp = sess.get_inputs()[0]
-    fixed_one = inp.shape[0] == 1
-    correct = total = 0
-    loss_sum = 0.0
-    for x, y in eval_batches(source, resolution, batch_size, limit=images, channels_last=False):
-        arr = x.numpy()
-        if fixed_one:
-            logits = np.concatenate([sess.run(None, {inp.name: arr[i:i + 1]})[0]
-                                     for i in range(len(arr))])
-        else:
-            logits = sess.run(None, {inp.name: arr})[0]
-        out = torch.from_numpy(logits).float()
-        correct += int((out.argmax(1) == y).sum())
-        loss_sum += float(torch.nn.functional.cross_entropy(out, y, reduction="sum"))
-        total += int(y.numel())
-    if total == 0:
-        raise ValueError("evaluation set is empty")
-    return {"accuracy": correct / total, "samples": total, "loss": loss_sum / total}
+    if inp.shape[0] != 1:
+        return lambda batch: sess.run(None, {inp.name: batch})[0]
+    return lambda batch: np.concatenate([sess.run(None, {inp.name: batch[i:i + 1]})[0]
+                                         for i in range(len(batch))])
 
 
-def accuracy_tflite_file(path: "str | os.PathLike", source, resolution: int, *,
-                         images: Optional[int] = None, batch_size: int = 250) -> dict:
-    """Top-1 accuracy and mean cross-entropy of a .tflite as shipped, run by LiteRT on one
-    thread image by image; an int8 model gets its input quantized and its output dequantized
-    with the file's own scale and zero point."""
+def tflite_runner(path: "str | os.PathLike"):
+    """A function that runs a .tflite as shipped (LiteRT, one thread, image by image) on a
+    float32 batch and returns float logits; an int8 model gets its input quantized and its
+    output dequantized with the file's own scale and zero point, as an app would."""
     from ai_edge_litert.interpreter import Interpreter
 
     interp = Interpreter(model_path=str(path), num_threads=1)
@@ -75,11 +59,10 @@ def accuracy_tflite_file(path: "str | os.PathLike", source, resolution: int, *,
     in_scale, in_zero = inp["quantization"]
     out_scale, out_zero = outp["quantization"]
     integer_in = np.issubdtype(inp["dtype"], np.integer)
-    correct = total = 0
-    loss_sum = 0.0
-    for x, y in eval_batches(source, resolution, batch_size, limit=images, channels_last=False):
+
+    def run(batch: np.ndarray) -> np.ndarray:
         logits = []
-        for img in x.numpy():
+        for img in batch:
             a = img[None]
             if integer_in:
                 lim = np.iinfo(inp["dtype"])
@@ -88,7 +71,21 @@ def accuracy_tflite_file(path: "str | os.PathLike", source, resolution: int, *,
             interp.invoke()
             out = interp.get_tensor(outp["index"]).astype(np.float32)
             logits.append((out - out_zero) * out_scale if out_scale else out)
-        out = torch.from_numpy(np.concatenate(logits))
+        return np.concatenate(logits)
+
+    return run
+
+
+def accuracy_file(path: "str | os.PathLike", source, resolution: int, *,
+                  images: Optional[int] = None, batch_size: int = 250,
+                  threads: Optional[int] = None) -> dict:
+    """Top-1 accuracy and mean cross-entropy of a shipped artifact (``.onnx`` or ``.tflite``,
+    int8 included) on the first ``images`` of ``source``."""
+    run = tflite_runner(path) if str(path).endswith(".tflite") else onnx_runner(path, threads)
+    correct = total = 0
+    loss_sum = 0.0
+    for x, y in eval_batches(source, resolution, batch_size, limit=images, channels_last=False):
+        out = torch.from_numpy(run(x.numpy())).float()
         correct += int((out.argmax(1) == y).sum())
         loss_sum += float(torch.nn.functional.cross_entropy(out, y, reduction="sum"))
         total += int(y.numel())

@@ -12,7 +12,7 @@ from supernet.errors import OfaDeployError
 from supernet.export import ExportError, check_onnx, export_onnx, onnx_op_types
 from supernet.quantize import QuantizeError, QuantSettings, parse_precision, quantize_onnx
 
-__all__ = ["FORMATS", "parse_formats", "export_artifacts", "check_tflite", "check_int8_onnx"]
+__all__ = ["FORMATS", "parse_formats", "export_artifacts", "check_tflite", "check_int8"]
 
 FORMATS = ("onnx", "tflite")
 FILE_NAMES = {"onnx": "model.onnx", "tflite": "model.tflite"}
@@ -66,50 +66,15 @@ def check_tflite(model: torch.nn.Module, path: "str | Path", input_shape: Sequen
 MIN_INT8_AGREEMENT = 0.5
 
 
-def check_int8_onnx(model: torch.nn.Module, path: "str | Path", images: np.ndarray) -> dict:
-    """Run an int8 ONNX file (onnxruntime, one thread) and ``model`` (torch, float) on real
-    ``images``; return the share of images where both pick the same class and the largest
-    absolute logit difference. Raises below :data:`MIN_INT8_AGREEMENT`."""
-    import onnxruntime as ort
+def check_int8(model: torch.nn.Module, path: "str | Path", images: np.ndarray) -> dict:
+    """Run an int8 artifact as shipped (``.onnx`` in onnxruntime, ``.tflite`` in LiteRT, one
+    thread) and ``model`` (torch, float) on real ``images``; return the share of images where
+    both pick the same class and the largest absolute logit difference. Raises below
+    :data:`MIN_INT8_AGREEMENT`."""
+    from .evaluate import onnx_runner, tflite_runner
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    got = np.concatenate([sess.run(None, {name: x[None]})[0] for x in images])
-    model.eval()
-    with torch.no_grad():
-        want = model(torch.from_numpy(images)).numpy()
-    agreement = float(np.mean(got.argmax(1) == want.argmax(1)))
-    if agreement < MIN_INT8_AGREEMENT:
-        raise ExportError(f"{path}: the int8 model picks the float model's class on only "
-                          f"{agreement:.0%} of {len(images)} calibration images")
-    return {"top1_agreement": round(agreement, 4),
-            "max_abs_diff": float(np.max(np.abs(got.astype(np.float64) - want)))}
-
-
-def check_int8_tflite(model: torch.nn.Module, path: "str | Path", images: np.ndarray) -> dict:
-    """The int8 .tflite (LiteRT, one thread; int8 input and output, quantized and dequantized
-    here with the file's own scale and zero point) against ``model`` in float on real
-    ``images``: top-1 agreement and the largest absolute logit difference."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    interp = Interpreter(model_path=str(path), num_threads=1)
-    interp.allocate_tensors()
-    inp, outp = interp.get_input_details()[0], interp.get_output_details()[0]
-    in_scale, in_zero = inp["quantization"]
-    out_scale, out_zero = outp["quantization"]
-    info = np.iinfo(inp["dtype"])
-    got = []
-    for x in images:
-        q = np.clip(np.round(x[None] / in_scale) + in_zero, info.min, info.max)
-        interp.set_tensor(inp["index"], q.astype(inp["dtype"]))
-        interp.invoke()
-        y = interp.get_tensor(outp["index"]).astype(np.float64)
-        got.append((y - out_zero) * out_scale if out_scale else y)
-    got = np.concatenate(got)
+    run = tflite_runner(path) if str(path).endswith(".tflite") else onnx_runner(path, 1)
+    got = run(images).astype(np.float64)
     model.eval()
     with torch.no_grad():
         want = model(torch.from_numpy(images)).numpy()
@@ -141,7 +106,7 @@ def export_artifacts(model: torch.nn.Module, input_shape: Sequence[int], out_dir
     fp32 artifacts are checked on a seeded random input. ``precision="int8"`` quantizes with
     the runtime's own quantizer, calibrated on ``calibration()`` (a function returning batches
     N x 3 x H x W of training images, called once per use) and checked on real images
-    (:func:`check_int8_onnx`); the result also carries the op histogram, the ops left in float
+    (:func:`check_int8`); the result also carries the op histogram, the ops left in float
     and the quantization settings.
     """
     precision = parse_precision(precision)
@@ -165,7 +130,7 @@ def export_artifacts(model: torch.nn.Module, input_shape: Sequence[int], out_dir
             finally:
                 float_path.unlink(missing_ok=True)
             secs = time.perf_counter() - t0
-            check = check_int8_onnx(model, path, _check_images(calibration))
+            check = check_int8(model, path, _check_images(calibration))
             diff = check.pop("max_abs_diff")
             extra = {**check, "op_types": info["op_types"], "float_islands": info["float_islands"],
                      "quantization": info["quantization"], "calibrated_on": info["calibrated_on"]}
@@ -181,7 +146,7 @@ def export_artifacts(model: torch.nn.Module, input_shape: Sequence[int], out_dir
                                       calib_images=quant.calib_images,
                                       per_channel=quant.per_channel)
             secs = time.perf_counter() - t0
-            check = check_int8_tflite(model, path, _check_images(calibration))
+            check = check_int8(model, path, _check_images(calibration))
             diff = check.pop("max_abs_diff")
             extra = {**check, **info, "quantization": {
                 **quant.get_state(), "format": "pt2e-full-integer", "activations": "int8"}}
@@ -195,3 +160,24 @@ def export_artifacts(model: torch.nn.Module, input_shape: Sequence[int], out_dir
         res[fmt] = {"path": str(path), "precision": precision, "max_abs_diff": diff,
                     "export_seconds": round(secs, 3), "bytes": path.stat().st_size, **extra}
     return res
+
+
+def resnet_subnet_metadata(space, arch, artifacts: Dict[str, dict], **extra) -> dict:
+    """:func:`~ofa_deploy.specialize.subnet_metadata` for a ResNet-family subnet (a
+    :class:`supernet.resnet.ResNetArch`): the same keys, params and MACs counted by
+    :func:`supernet.resnet.resnet_arch_cost`."""
+    from supernet.fileio import sha256_file
+    from supernet.resnet import resnet_arch_cost
+
+    from .specialize import _INT8_KEYS
+
+    cost = resnet_arch_cost(space, arch)
+    files = {}
+    for fmt, a in artifacts.items():
+        p = Path(a["path"])
+        files[fmt] = {"path": p.name, "bytes": p.stat().st_size, "sha256": sha256_file(p),
+                      "max_abs_diff": a.get("max_abs_diff"), "precision": a.get("precision", "fp32")}
+        files[fmt].update({k: a[k] for k in _INT8_KEYS if k in a})
+    return {"space": space.name, "arch": arch.to_dict(), "arch_string": arch.to_string(space),
+            "input_shape": [1, 3, arch.r, arch.r], "params": cost["params"],
+            "macs": cost["macs"], "files": files, **extra}

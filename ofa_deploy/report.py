@@ -2,13 +2,27 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Sequence
 
 from supernet.fileio import atomic_write_text
 
 __all__ = ["write_report", "render_markdown", "plot_search", "plot_pred_vs_measured",
-           "write_summary"]
+           "write_summary", "round_floats", "pareto_front", "zoom_range"]
+
+
+def round_floats(obj: Any, sig: int = 7) -> Any:
+    """``obj`` with every float rounded to ``sig`` significant digits, so JSON people read
+    says ``1.438``, not ``1.4380000000000002`` (a sum of table entries). Seven digits keep
+    every value within 5e-7 of the computed one, far below any timing's noise."""
+    if isinstance(obj, float):
+        return float(f"{obj:.{sig}g}") if math.isfinite(obj) else obj
+    if isinstance(obj, Mapping):
+        return {k: round_floats(v, sig) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [round_floats(v, sig) for v in obj]
+    return obj
 
 
 def _fmt(v: Any, nd: int = 3) -> str:
@@ -20,6 +34,9 @@ def _fmt(v: Any, nd: int = 3) -> str:
 
 
 def render_markdown(rep: Mapping[str, Any]) -> str:
+    """report.md's text for one specialization report dict (as :func:`write_report` takes): the
+    metrics table, a warning when the measured latency exceeds the budget, artifacts with their
+    check against torch, and the runtime and command."""
     m = rep.get("measured_latency_ms") or {}
     lines = [
         f"# ofa-deploy specialization: {rep['target']} @ {rep['budget_ms']} ms",
@@ -42,6 +59,10 @@ def render_markdown(rep: Mapping[str, Any]) -> str:
         f"| MACs | {rep['macs']:,} |",
         "",
     ]
+    if rep.get("budget_admits_every_subnet"):
+        lines += [f"The budget admits every subnet: by the LUT they take "
+                  f"{_fmt(rep['lut_min_ms'])} .. {_fmt(rep['lut_max_ms'])} ms, so the winner is "
+                  f"simply the most accurate one.", ""]
     if rep.get("within_budget") is False:
         lines += [f"**The measured latency exceeds the budget** by "
                   f"{_fmt(m.get('median', 0) - rep['budget_ms'], 2)} ms: the LUT predicted "
@@ -81,8 +102,10 @@ def render_markdown(rep: Mapping[str, Any]) -> str:
 
 
 def write_report(rep: Mapping[str, Any], out_dir: "str | Path") -> Dict[str, str]:
+    """Write ``report.json`` and ``report.md`` for ``rep`` into ``out_dir`` atomically; returns
+    their paths by kind (``json``, ``markdown``)."""
     out = Path(out_dir)
-    atomic_write_text(out / "report.json", json.dumps(rep, indent=2))
+    atomic_write_text(out / "report.json", json.dumps(round_floats(rep), indent=2))
     atomic_write_text(out / "report.md", render_markdown(rep))
     return {"json": str(out / "report.json"), "markdown": str(out / "report.md")}
 
@@ -96,17 +119,61 @@ def _plt():
     return plt
 
 
+def pareto_front(latency: Sequence[float], accuracy: Sequence[float]) -> List[tuple]:
+    """The non-dominated (latency, accuracy) points, fastest first: no other point is both at
+    least as fast and more accurate."""
+    front: List[tuple] = []
+    best = -math.inf
+    for x, y in sorted(zip(map(float, latency), map(float, accuracy)), key=lambda p: (p[0], -p[1])):
+        if y > best:
+            front.append((x, y))
+            best = y
+    return front
+
+
+def zoom_range(values: Sequence[float], budget: float, *, pad: float = 0.08,
+               reach: float = 2.0) -> tuple:
+    """Axis limits ``(lo, hi, budget_shown)`` that fit ``values`` (padded); the budget is
+    drawn inside when it lies within ``reach`` x the data's span above it, otherwise it would
+    squeeze every point into a corner, so it is named at the edge instead."""
+    lo, hi = float(min(values)), float(max(values))
+    span = max(hi - lo, 1e-3 * max(abs(hi), 1e-9))
+    shown = budget <= hi + reach * span
+    if shown:
+        hi = max(hi, budget)
+        lo = min(lo, budget)
+    return lo - pad * span, hi + pad * span, shown
+
+
 def plot_search(path: "str | Path", *, pop_latency: Sequence[float], pop_accuracy: Sequence[float],
                 budget_ms: float, best: tuple, pareto: Sequence[tuple] = (),
                 title: str = "") -> str:
+    """Save a PNG of the searched population's predicted latency against predicted accuracy:
+    its Pareto front, the winner ``best`` (latency, accuracy), other budgets' winners
+    (``pareto``) and the budget, zoomed to the population (a far budget is named at the edge);
+    returns ``path``. Imports matplotlib, headless."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4.2), dpi=110)
+    xs = [float(v) for v in pop_latency] + [float(best[0])]
+    lo, hi, shown = zoom_range(xs, budget_ms)
     ax.scatter(pop_latency, pop_accuracy, s=8, alpha=0.5, label="searched population")
-    if pareto:
-        px, py = zip(*sorted(pareto))
-        ax.plot(px, py, "o-", color="tab:orange", label="Pareto front")
-    ax.axvline(budget_ms, color="tab:red", ls="--", lw=1, label=f"budget {budget_ms:g} ms")
+    front = pareto_front(pop_latency, pop_accuracy)
+    if front:
+        fx, fy = zip(*front)
+        ax.step(fx, fy, where="post", color="tab:orange", lw=1.5, label="Pareto front")
+    others = [p for p in pareto if tuple(p) != tuple(best) and lo <= p[0] <= hi]
+    if others:
+        ox, oy = zip(*sorted(others))
+        ax.scatter(ox, oy, marker="D", s=30, color="tab:purple", label="other budgets' winners",
+                   zorder=4)
+    if shown:
+        ax.axvline(budget_ms, color="tab:red", ls="--", lw=1, label=f"budget {budget_ms:g} ms")
+    else:
+        ax.annotate(f"budget {budget_ms:g} ms (off the right edge: every subnet here fits)",
+                    xy=(0.99, 0.02), xycoords="axes fraction", ha="right", fontsize=8,
+                    color="tab:red")
     ax.scatter([best[0]], [best[1]], marker="*", s=160, color="tab:green", label="winner", zorder=5)
+    ax.set_xlim(lo, hi)
     ax.set_xlabel("predicted latency (ms)")
     ax.set_ylabel("predicted accuracy")
     ax.set_title(title)
@@ -117,20 +184,46 @@ def plot_search(path: "str | Path", *, pop_latency: Sequence[float], pop_accurac
     return str(path)
 
 
-def plot_pred_vs_measured(path: "str | Path", rows: Sequence[Mapping[str, Any]]) -> str:
-    """``rows``: dicts with ``label``, ``predicted_ms``, ``measured_ms`` (+ optional p10/p90)."""
+def plot_pred_vs_measured(path: "str | Path", rows: Sequence[Mapping[str, Any]],
+                          budgets: Sequence[float] = (), highlight: str | None = None) -> str:
+    """Save a PNG of measured against predicted latency; returns ``path``.
+
+    ``rows``: dicts with ``label``, ``predicted_ms``, ``measured_ms`` (+ optional
+    ``p10_ms``/``p90_ms``, and ``kind``: ``"validation"`` for the LUT-validation subnets,
+    drawn small and unlabelled). ``budgets`` are drawn as horizontal lines (the measured
+    latency must stay under them); ``highlight`` is the label of this report's scenario."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5, 4.2), dpi=110)
-    xs = [r["predicted_ms"] for r in rows]
-    ys = [r["measured_ms"] for r in rows]
-    err = None
-    if all("p10_ms" in r and "p90_ms" in r for r in rows):
-        err = [[y - r["p10_ms"] for y, r in zip(ys, rows)], [r["p90_ms"] - y for y, r in zip(ys, rows)]]
-    ax.errorbar(xs, ys, yerr=err, fmt="o")
-    for x, y, r in zip(xs, ys, rows):
-        ax.annotate(r.get("label", ""), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    hi = max(xs + ys) * 1.1 if xs else 1
-    ax.plot([0, hi], [0, hi], "k--", lw=1, label="y = x")
+    val = [r for r in rows if r.get("kind") == "validation"]
+    main = [r for r in rows if r.get("kind") != "validation"]
+    if val:
+        ax.scatter([r["predicted_ms"] for r in val], [r["measured_ms"] for r in val], s=10,
+                   alpha=0.5, color="tab:gray", label="validation subnets")
+    for r in main:
+        err = None
+        if "p10_ms" in r and "p90_ms" in r:
+            err = [[r["measured_ms"] - r["p10_ms"]], [r["p90_ms"] - r["measured_ms"]]]
+        mine = highlight is not None and r.get("label") == highlight
+        ax.errorbar([r["predicted_ms"]], [r["measured_ms"]], yerr=err, fmt="*" if mine else "o",
+                    ms=11 if mine else 6, color="tab:green" if mine else "tab:blue")
+        ax.annotate(r.get("label", ""), (r["predicted_ms"], r["measured_ms"]), fontsize=7,
+                    xytext=(3, 3), textcoords="offset points")
+    vals = [r[k] for r in rows for k in ("predicted_ms", "measured_ms")] + \
+        [r["p90_ms"] for r in rows if "p90_ms" in r]
+    top = max(vals) if vals else 1.0
+    hidden = []
+    for b in sorted(set(budgets)):
+        if b <= 2.0 * top:
+            ax.axhline(b, color="tab:red", ls="--", lw=1, label=f"budget {b:g} ms")
+            top = max(top, b)
+        else:
+            hidden.append(b)
+    if hidden:
+        ax.annotate("budget " + ", ".join(f"{b:g}" for b in hidden) + " ms: far above",
+                    xy=(0.99, 0.02), xycoords="axes fraction", ha="right", fontsize=8,
+                    color="tab:red")
+    hi = top * 1.1
+    ax.plot([0, hi], [0, hi], "k:", lw=1, label="measured = predicted")
     ax.set_xlim(0, hi)
     ax.set_ylim(0, hi)
     ax.set_xlabel("predicted latency (ms)")
@@ -143,6 +236,9 @@ def plot_pred_vs_measured(path: "str | Path", rows: Sequence[Mapping[str, Any]])
 
 
 def write_summary(reports: List[Mapping[str, Any]], out_dir: "str | Path") -> Dict[str, str]:
+    """Write ``summary.json`` and ``summary.md`` (one row per scenario report: budget, predicted and
+    measured latency and accuracy, MACs, whether within budget) into ``out_dir``; returns their
+    paths by kind."""
     out = Path(out_dir)
     rows = []
     for r in reports:
@@ -151,7 +247,7 @@ def write_summary(reports: List[Mapping[str, Any]], out_dir: "str | Path") -> Di
                                            "predicted_latency_ms", "predicted_accuracy",
                                            "measured_accuracy", "params", "macs",
                                            "within_budget")} | {"measured_median_ms": m.get("median")})
-    atomic_write_text(out / "summary.json", json.dumps({"scenarios": rows}, indent=2))
+    atomic_write_text(out / "summary.json", json.dumps(round_floats({"scenarios": rows}), indent=2))
     md = ["| scenario | target | budget ms | predicted ms | measured ms | pred. acc | meas. acc "
           "| MACs | within budget |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:

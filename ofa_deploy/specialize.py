@@ -29,7 +29,7 @@ from profilers.base import DeviceSpec, get_profiler
 from profilers.protocol import MeasurementProtocol, cv_of, measure_pooled, noise_warning, \
     require_comparable
 from supernet import ArchConfig, Supernet, arch_cost, extract_subnet
-from supernet.errors import OfaDeployError
+from supernet.errors import BadValueError, OfaDeployError
 from supernet.fileio import atomic_write_text, sha256_file
 
 from .search import (Constraints, EvolutionConfig, SearchError, SearchResult, evolution_search,
@@ -38,7 +38,7 @@ from .search import (Constraints, EvolutionConfig, SearchError, SearchResult, ev
 log = logging.getLogger(__name__)
 
 __all__ = ["Scenario", "make_scenarios", "resolve_lut", "lut_id", "specialize", "runtime_versions",
-           "subnet_metadata"]
+           "subnet_metadata", "calibrate_subnet"]
 
 LOCAL_BACKENDS = ("ort", "tflite", "cuda")
 
@@ -61,12 +61,12 @@ def make_scenarios(targets: Sequence[str], budgets: Sequence[float],
     many targets."""
     targets, budgets = list(targets), [float(b) for b in budgets]
     if not targets:
-        raise OfaDeployError("give at least one --target")
+        raise BadValueError("give at least one --target")
     if not budgets:
-        raise OfaDeployError("give a latency budget with --ms")
+        raise BadValueError("give a latency budget with --ms")
     for b in budgets:
         if not np.isfinite(b) or b <= 0:
-            raise OfaDeployError(f"--ms must be a positive number of milliseconds, got {b:g}")
+            raise BadValueError(f"--ms must be a positive number of milliseconds, got {b:g}")
     for t in targets:
         DeviceSpec.parse(t)
     if len(targets) == len(budgets):
@@ -76,7 +76,7 @@ def make_scenarios(targets: Sequence[str], budgets: Sequence[float],
     elif len(budgets) == 1:
         pairs = [(t, budgets[0]) for t in targets]
     else:
-        raise OfaDeployError(f"{len(targets)} targets and {len(budgets)} budgets: give one budget "
+        raise BadValueError(f"{len(targets)} targets and {len(budgets)} budgets: give one budget "
                              f"per target, one target with several budgets, or one budget")
     out, seen = [], set()
     for t, b in pairs:
@@ -160,37 +160,60 @@ def subnet_metadata(space, arch: ArchConfig, artifacts: Dict[str, dict], **extra
 
 @dataclass
 class DataContext:
-    """Calibration / evaluation data for a specialization (optional)."""
+    """Calibration / evaluation data for a specialization (optional). ``spec`` is the
+    ``--data`` value it came from (recorded so ``export`` can load the same images)."""
 
     dataset: Any = None
     calib_images: int = 2000
     eval_images: Optional[int] = None
     batch_size: int = 200
+    spec: Optional[str] = None
+
+
+def calibrate_subnet(sub: torch.nn.Module, dataset, r: int, images: int, batch_size: int = 200,
+                     *, spec: Optional[str] = None) -> Dict[str, Any]:
+    """Re-estimate ``sub``'s BN statistics on the first ``images`` held-out training images
+    at resolution ``r`` (no augmentation, no randomness), in channels-last memory order.
+
+    ``specialize`` and ``export`` both calibrate through here, so ``export --arch
+    report.json`` rebuilds the shipped ``model.onnx`` bit for bit: the memory format changes
+    which convolution kernels run, and so the last bits of the statistics. Returns the record
+    of what was used (it goes into report.json as ``bn_calibration``); ``sub`` is modified in
+    place and left in eval mode, contiguous.
+    """
+    from supernet.bn import calibrate_bn, calibration_batches
+    from supernet.training.data import HOLDOUT_SEED
+
+    sub = sub.to(memory_format=torch.channels_last)
+    calibrate_bn(sub, calibration_batches(dataset.holdout, r, images, batch_size,
+                                          channels_last=True))
+    sub.to(memory_format=torch.contiguous_format).eval()
+    return {"data": spec, "dataset": getattr(dataset, "name", None), "split": "holdout",
+            "holdout_seed": HOLDOUT_SEED, "holdout_size": len(dataset.holdout),
+            "images": min(images, len(dataset.holdout)), "order": "first images, in order",
+            "batch_size": batch_size, "resolution": r, "memory_format": "channels_last",
+            "seed": None}
 
 
 def prepare_subnet(net: Supernet, arch: ArchConfig, data: DataContext, *,
                    finetune_epochs: int = 0, seed: int = 0, echo=lambda s: None):
     """Extract ``arch``, re-estimate its BN statistics (and optionally fine-tune); returns the
-    subnet and its measured test accuracy (None without data)."""
-    from supernet.bn import calibrate_bn, calibration_batches
-
+    subnet, its measured test accuracy and test images (None without data) and the record of
+    the BN calibration (:func:`calibrate_subnet`; None without data)."""
     from .evaluate import accuracy_onnx
 
     sub = extract_subnet(net, arch).eval()
     if data.dataset is None:
         echo("no data: the subnet keeps the supernet's BN statistics (pass --data to calibrate)")
-        return sub, None, None
+        return sub, None, None, None
     ds = data.dataset
-    sub = sub.to(memory_format=torch.channels_last)
-    calibrate_bn(sub, calibration_batches(ds.holdout, arch.r, data.calib_images, data.batch_size,
-                                          channels_last=True))
-    sub = sub.to(memory_format=torch.contiguous_format).eval()
+    calib = calibrate_subnet(sub, ds, arch.r, data.calib_images, data.batch_size, spec=data.spec)
     if finetune_epochs > 0:
         _finetune(sub, ds, arch.r, finetune_epochs, seed=seed, batch_size=data.batch_size,
                   echo=echo)
     res = accuracy_onnx(sub, ds.test, arch.r, images=data.eval_images,
                         batch_size=data.batch_size)
-    return sub, res["accuracy"], res["samples"]
+    return sub, res["accuracy"], res["samples"], calib
 
 
 def _finetune(sub: torch.nn.Module, ds, r: int, epochs: int, *, seed: int, batch_size: int,
@@ -296,7 +319,8 @@ def specialize(net: Supernet, predictor, scenarios: List[Scenario], *, out_dir: 
     which measured figure must fit the budget; ``drift`` re-times the table's reference ops
     first and rescales it to today's speed. Returns one report dict per scenario."""
     from .export import export_artifacts
-    from .report import plot_pred_vs_measured, plot_search, write_report, write_summary
+    from .report import (plot_pred_vs_measured, plot_search, round_floats, write_report,
+                         write_summary)
 
     if latency_quantile not in (50, 90):
         raise OfaDeployError(f"--latency-quantile must be 50 or 90, got {latency_quantile}")
@@ -338,6 +362,12 @@ def specialize(net: Supernet, predictor, scenarios: List[Scenario], *, out_dir: 
                                  f"fastest subnet of {space.name} takes {lo * qf[s.target]:.3f} "
                                  f"ms (p{latency_quantile}) by its LUT (range {lo:.3f} .. "
                                  f"{hi:.3f} ms)")
+        if s.budget_ms >= hi * qf[s.target]:
+            # the user may think the budget is shaping the result; say that it does not
+            echo(f"note: a {s.budget_ms:g} ms budget admits every subnet on {s.target}: by its "
+                 f"LUT the subnets of {space.name} take {lo:.3f} (fastest) to {hi:.3f} ms "
+                 f"(slowest), so the search just picks the most accurate; a budget in that "
+                 f"range trades accuracy for speed")
     results: Dict[Scenario, SearchResult] = {}
     for t in targets:
         group = [s for s in scenarios if s.target == t]
@@ -358,7 +388,8 @@ def specialize(net: Supernet, predictor, scenarios: List[Scenario], *, out_dir: 
         eff = s.budget_ms / qf[s.target]
         lo, hi = table.min_max()
         history: List[Dict[str, Any]] = []
-        done: Dict[str, tuple] = {}  # arch string -> (result, sub, acc, n_eval, artifacts, m)
+        # arch string -> (result, sub, acc, n_eval, bn calibration, artifacts, measurement)
+        done: Dict[str, tuple] = {}
         for k in range(1, max_rounds + 1):
             if k > 1:
                 cons = Constraints(max_latency_ms=eff, max_macs=None if s.mflops is None
@@ -374,17 +405,17 @@ def specialize(net: Supernet, predictor, scenarios: List[Scenario], *, out_dir: 
             echo(f"[{s.name}] round {k}: winner {key}: predicted {res.predicted_accuracy:.4f} "
                  f"acc, {res.latency_ms:.3f} ms (effective budget {eff:.3f} ms)")
             if key in done:
-                sub, acc, n_eval, artifacts, measured = done[key][1:]
+                sub, acc, n_eval, calib, artifacts, measured = done[key][1:]
             else:
-                sub, acc, n_eval = prepare_subnet(net, arch, data,
-                                                  finetune_epochs=finetune_epochs,
-                                                  seed=search_config.seed, echo=echo)
+                sub, acc, n_eval, calib = prepare_subnet(net, arch, data,
+                                                         finetune_epochs=finetune_epochs,
+                                                         seed=search_config.seed, echo=echo)
                 shape = (1, 3, arch.r, arch.r)
                 artifacts = export_artifacts(sub, shape, sdir, formats, seed=search_config.seed)
                 measured = (measure_artifact(s.target, artifacts, sub, shape,
                                              protocol=protocol)
                             if protocol is not None else None)
-            done[key] = (res, sub, acc, n_eval, artifacts, measured)
+            done[key] = (res, sub, acc, n_eval, calib, artifacts, measured)
             fig = None if measured is None else (
                 measured["p90"] if latency_quantile == 90 else measured["median"])
             history.append({
@@ -411,7 +442,7 @@ def specialize(net: Supernet, predictor, scenarios: List[Scenario], *, out_dir: 
         pick = (max(ok, key=lambda h: (h["predicted_accuracy"], -h["round"])) if ok else
                 min(history, key=lambda h: (h["measured_ms"] if h["measured_ms"] is not None
                                             else h["predicted_latency_ms"])))
-        res, sub, acc, n_eval, artifacts, measured = done[pick["arch_string"]]
+        res, sub, acc, n_eval, calib, artifacts, measured = done[pick["arch_string"]]
         arch = res.arch
         shape = (1, 3, arch.r, arch.r)
         if pick is not history[-1] and history[-1]["arch_string"] != pick["arch_string"]:
@@ -458,6 +489,7 @@ def specialize(net: Supernet, predictor, scenarios: List[Scenario], *, out_dir: 
             "macs": res.macs,
             "lut_min_ms": lo,
             "lut_max_ms": hi,
+            "budget_admits_every_subnet": bool(s.budget_ms >= hi),
             "lut_id": tid,
             "lut_path": str(table.path) if table.path else None,
             "lut_meta": {k: table.meta.get(k) for k in ("device", "backend", "threads", "host",
@@ -468,6 +500,8 @@ def specialize(net: Supernet, predictor, scenarios: List[Scenario], *, out_dir: 
                        "config": search_config.get_state(),
                        "resolutions": list(res.resolutions)},
             "finetune_epochs": finetune_epochs,
+            # what `export --arch report.json` needs to rebuild model.onnx bit for bit
+            "bn_calibration": calib,
             "runtime": versions,
             "command": command,
         }
@@ -475,7 +509,7 @@ def specialize(net: Supernet, predictor, scenarios: List[Scenario], *, out_dir: 
                                predicted_latency_ms=res.latency_ms,
                                predicted_accuracy=res.predicted_accuracy,
                                measured_accuracy=acc, supernet=supernet_name)
-        atomic_write_text(sdir / "model.json", json.dumps(meta, indent=2))
+        atomic_write_text(sdir / "model.json", json.dumps(round_floats(meta), indent=2))
         pop = res.population
         pop_lat = table.predict(pop)
         plots = {
@@ -485,30 +519,31 @@ def specialize(net: Supernet, predictor, scenarios: List[Scenario], *, out_dir: 
                                   pareto=[(results[o].latency_ms, results[o].predicted_accuracy)
                                           for o in scenarios if o.target == s.target],
                                   title=f"{s.target} @ {s.budget_ms:g} ms"),
+            "latency": str(sdir / "latency.png"),  # drawn below, once all are measured
         }
-        if measured is not None:
-            plots["latency"] = plot_pred_vs_measured(sdir / "latency.png", [{
-                "label": s.name, "predicted_ms": res.latency_ms,
-                "measured_ms": measured["median"], "p10_ms": measured["p10"],
-                "p90_ms": measured["p90"]}])
         rep["plots"] = plots
-        rep["report_files"] = write_report(rep, sdir)
+        rep["report_files"] = {"json": str(sdir / "report.json"),
+                               "markdown": str(sdir / "report.md")}
         for w in rep["warnings"]:
             echo(f"[{s.name}] warning: {w}")
         if rep["within_budget"] is False:
             echo(f"[{s.name}] WARNING: measured p{latency_quantile} {fig:.3f} ms exceeds the "
                  f"{s.budget_ms:g} ms budget after {len(history)} round(s) (predicted "
                  f"{res.latency_ms:.3f} ms)")
-        reports.append(rep)
+        reports.append(round_floats(rep))  # what --json prints is what report.json holds
+    # every scenario's latency.png shows all scenarios of the run (its own highlighted) with
+    # its budget: one point alone says little about how far the LUT is off
+    rows = [{"label": r["scenario"], "predicted_ms": r["predicted_latency_ms"],
+             "measured_ms": r["measured_latency_ms"]["median"],
+             "p10_ms": r["measured_latency_ms"]["p10"], "p90_ms": r["measured_latency_ms"]["p90"]}
+            for r in reports]
+    for r in reports:
+        plot_pred_vs_measured(r["plots"]["latency"], rows, budgets=[r["budget_ms"]],
+                              highlight=r["scenario"])
+        write_report(r, Path(r["report_files"]["json"]).parent)
     if not single:
         write_summary(reports, out)
-        measured_reps = [r for r in reports if r["measured_latency_ms"]["median"] is not None]
-        if measured_reps:
-            plot_pred_vs_measured(out / "latency.png", [
-                {"label": r["scenario"], "predicted_ms": r["predicted_latency_ms"],
-                 "measured_ms": r["measured_latency_ms"]["median"],
-                 "p10_ms": r["measured_latency_ms"]["p10"],
-                 "p90_ms": r["measured_latency_ms"]["p90"]}
-                for r in measured_reps])
+        plot_pred_vs_measured(out / "latency.png", rows,
+                              budgets=sorted({r["budget_ms"] for r in reports}))
     return reports
 

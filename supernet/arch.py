@@ -90,13 +90,18 @@ class ArchConfig:
         return self
 
     def active_mask(self, space: "Space | str") -> Tuple[bool, ...]:
+        """One boolean per elastic block of ``space``: True where the block runs (its position in
+        the stage is below the stage's depth ``d``)."""
         space = get_space(space)
         return tuple(p < self.d[s] for s, p in zip(space.block_stages, space.block_positions))
 
     def active_blocks(self, space: "Space | str") -> Tuple[int, ...]:
+        """Indices (into ``ks``/``e``) of the blocks that run, in network order."""
         return tuple(i for i, a in enumerate(self.active_mask(space)) if a)
 
     def canonical(self, space: "Space | str") -> "ArchConfig":
+        """The same network with the kernel and expand of skipped blocks reset to the space's first
+        choice, so that two archs describing one network compare and hash equal."""
         space = get_space(space)
         mask = self.active_mask(space)
         k0, e0 = space.kernel_choices[0], space.expand_choices[0]
@@ -108,11 +113,14 @@ class ArchConfig:
         )
 
     def with_resolution(self, r: int) -> "ArchConfig":
+        """A copy with input resolution ``r`` (pixels); not validated against the space."""
         return ArchConfig(self.ks, self.e, self.d, r)
 
     # -- construction ------------------------------------------------------------------
     @classmethod
     def max(cls, space: "Space | str", r: int | None = None) -> "ArchConfig":
+        """The largest subnet: largest kernel and expand in every block, deepest stages, and the
+        largest resolution of ``space`` unless ``r`` is given."""
         space = get_space(space)
         return cls(
             ks=(max(space.kernel_choices),) * space.num_blocks,
@@ -123,6 +131,8 @@ class ArchConfig:
 
     @classmethod
     def min(cls, space: "Space | str", r: int | None = None) -> "ArchConfig":
+        """The smallest subnet: smallest kernel and expand in every block, shallowest stages, and
+        the smallest resolution of ``space`` unless ``r`` is given."""
         space = get_space(space)
         return cls(
             ks=(min(space.kernel_choices),) * space.num_blocks,
@@ -157,6 +167,7 @@ class ArchConfig:
 
     # -- (de)serialisation -------------------------------------------------------------
     def to_dict(self) -> dict:
+        """JSON-ready ``{"ks", "e", "d", "r"}`` dict of lists; :meth:`from_dict` reads it back."""
         return {"ks": list(self.ks), "e": list(self.e), "d": list(self.d), "r": self.r}
 
     @classmethod
@@ -197,10 +208,13 @@ class ArchConfig:
         return arch.validate(space) if space is not None else arch
 
     def to_json(self) -> str:
+        """The :meth:`to_dict` form as a JSON string."""
         return json.dumps(self.to_dict())
 
     @classmethod
     def from_json(cls, text: str, space: "Space | str | None" = None) -> "ArchConfig":
+        """Parse a JSON object in any form :meth:`from_dict` reads; raises :class:`ArchError` for
+        invalid JSON, and validates against ``space`` when one is given."""
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -222,6 +236,8 @@ class ArchConfig:
 
     @classmethod
     def from_string(cls, text: str, space: "Space | str") -> "ArchConfig":
+        """Parse the compact :meth:`to_string` form (kernels and expands listed only for the blocks
+        that run); raises :class:`ArchError` naming the stage that does not fit ``space``."""
         space = get_space(space)
         m = cls._STR_RE.match(text.strip())
         if not m:

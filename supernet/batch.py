@@ -29,11 +29,14 @@ class ArchBatch:
 
     @property
     def active(self) -> np.ndarray:
+        """(N, blocks) booleans: True where a block runs under its row's stage depth."""
         pos = np.asarray(self.space.block_positions)  # position of each block in its stage
         depth = self.d[:, np.asarray(self.space.block_stages, dtype=np.intp)]  # its stage's depth
         return pos[None, :] < depth
 
     def canonical(self) -> "ArchBatch":
+        """A copy with skipped blocks' kernel and expand set to the space's first choice (see
+        :meth:`ArchConfig.canonical`)."""
         act = self.active
         ks = np.where(act, self.ks, self.space.kernel_choices[0])
         e = np.where(act, self.e, self.space.expand_choices[0])
@@ -41,6 +44,8 @@ class ArchBatch:
 
     @classmethod
     def from_archs(cls, space: "Space | str", archs: Sequence[ArchConfig]) -> "ArchBatch":
+        """Stack ``archs`` into canonical arrays (an empty list gives zero-row arrays of the space's
+        widths); archs are not validated."""
         space = get_space(space)
         archs = list(archs)
         if not archs:
@@ -57,6 +62,7 @@ class ArchBatch:
         ).canonical()
 
     def to_archs(self) -> List[ArchConfig]:
+        """One :class:`ArchConfig` per row, in order."""
         return [ArchConfig(tuple(k), tuple(e), tuple(d), int(r))
                 for k, e, d, r in zip(self.ks.tolist(), self.e.tolist(), self.d.tolist(),
                                       self.r.tolist())]
@@ -67,6 +73,8 @@ class ArchBatch:
 
     @classmethod
     def concat(cls, batches: Iterable["ArchBatch"]) -> "ArchBatch":
+        """Rows of all ``batches`` in order; they must share one space (the first one's is kept) and
+        the iterable must not be empty."""
         batches = list(batches)
         sp = batches[0].space
         return cls(sp, *(np.concatenate([getattr(b, f) for b in batches]) for f in ("ks", "e", "d", "r")))
@@ -74,6 +82,9 @@ class ArchBatch:
     @classmethod
     def sample(cls, space: "Space | str", n: int, rng: np.random.Generator, *,
                resolutions: Sequence[int] | None = None) -> "ArchBatch":
+        """``n`` uniform archs (fixed-depth stages take their one depth), canonical; all randomness
+        comes from ``rng``, in a different order from :meth:`ArchConfig.sample`, so the two do
+        not draw the same archs for one seed."""
         space = get_space(space)
         res = np.asarray(space.resolutions if resolutions is None else resolutions, dtype=np.int64)
         ks = rng.choice(np.asarray(space.kernel_choices), size=(n, space.num_blocks))

@@ -73,10 +73,15 @@ def eval_batches(source, resolution: int, batch_size: int, *, limit: int | None 
 
 
 def calibration_batches(source, resolution: int, images: int, batch_size: int, **kw):
+    """Input tensors only (labels dropped) of the first ``images`` images of ``source`` at
+    ``resolution``, unaugmented, for re-estimating BN statistics; ``kw`` goes to
+    :func:`eval_batches`."""
     return (x for x, _ in eval_batches(source, resolution, batch_size, limit=images, **kw))
 
 
 def autocast_for(device: "torch.device | str", enabled: bool):
+    """A zero-argument factory of the context to run the forward pass in: fp16 autocast on CUDA when
+    ``enabled``, else a no-op context (autocast is not used on CPU)."""
     dev = torch.device(device)
     if enabled and dev.type == "cuda":
         return lambda: torch.autocast("cuda", dtype=torch.float16)

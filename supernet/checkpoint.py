@@ -42,6 +42,8 @@ SUPERNETS: Dict[str, callable] = {}
 
 
 def register_supernet(name: str, path_fn) -> None:
+    """Make ``name`` usable wherever a checkpoint path is accepted; ``path_fn()`` is called only
+    when the name is resolved, so it may download or locate the file lazily."""
     SUPERNETS[name] = path_fn
 
 
@@ -62,7 +64,13 @@ def load_state_dict_file(path: "str | os.PathLike") -> dict:
             data = fh.read()
         obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt files
-        raise CheckpointError(f"cannot read checkpoint {p}: {first_line(exc, 200)}") from None
+        # torch's first sentence names the problem; what follows is advice for its developers
+        # (cut mid-sentence at 200 characters it read as a broken message)
+        first = first_line(exc, 0).split(". ")[0].rstrip(".")
+        if len(first) > 200:
+            first = first[:200].rsplit(" ", 1)[0] + " ..."
+        raise CheckpointError(f"cannot read checkpoint {p}: {first} (is the file complete? "
+                              f"a truncated or partly copied file reads like this)") from None
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"checkpoint {p} holds a {type(obj).__name__}, not a dict")
     return dict(obj)
@@ -110,6 +118,9 @@ def load_reference_state_dict(net: Supernet, state: Mapping, source: str = "stat
 
 def save_supernet(net: Supernet, path: "str | os.PathLike", *, half: bool = False,
                   metadata: Mapping | None = None) -> None:
+    """Write ``net`` atomically as an ofa-deploy checkpoint (format, version, space name and config,
+    ``metadata``, weights); ``half`` stores floating tensors as fp16 to halve the file, and
+    loading casts them back."""
     sd = net.state_dict()
     if half:  # fp16 storage to keep shipped weights small; loading casts back to fp32
         sd = {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}
@@ -124,6 +135,8 @@ def save_supernet(net: Supernet, path: "str | os.PathLike", *, half: bool = Fals
 
 
 def resolve_supernet_path(name_or_path: "str | os.PathLike") -> Path:
+    """The file for a registered supernet name or an existing path; raises :class:`CheckpointError`
+    listing the registered names when it is neither."""
     s = str(name_or_path)
     if s in SUPERNETS:
         return Path(SUPERNETS[s]())

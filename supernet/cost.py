@@ -11,16 +11,22 @@ __all__ = ["arch_params", "arch_macs", "arch_cost", "supernet_params", "space_st
 
 
 def arch_cost(space: "Space | str", arch: ArchConfig) -> Dict[str, int]:
+    """``{"params", "macs"}`` of ``arch`` at its resolution ``arch.r`` (any size, not only the
+    space's), counted from the op list as the reference counts them; raises :class:`ArchError`
+    for an arch that does not fit ``space``."""
     space = get_space(space)
     ops = arch_ops(space, arch.validate(space, any_resolution=True))  # costs exist at any size
     return {"params": sum(o.params for o in ops), "macs": sum(o.macs for o in ops)}
 
 
 def arch_params(space: "Space | str", arch: ArchConfig) -> int:
+    """Parameter count of ``arch`` (see :func:`arch_cost`)."""
     return arch_cost(space, arch)["params"]
 
 
 def arch_macs(space: "Space | str", arch: ArchConfig) -> int:
+    """Multiply-accumulates of one forward pass of ``arch`` on one image at ``arch.r`` (see
+    :func:`arch_cost`)."""
     return arch_cost(space, arch)["macs"]
 
 
@@ -33,6 +39,8 @@ def supernet_params(space: "Space | str") -> int:
 
 
 def space_stats(space: "Space | str") -> dict:
+    """JSON-ready summary of a space: supernet parameters, subnet counts, the smallest and largest
+    subnets with their costs, and their MACs at every resolution."""
     space = get_space(space)
     lo, hi = ArchConfig.min(space), ArchConfig.max(space)
     lo_cost, hi_cost = arch_cost(space, lo), arch_cost(space, hi)

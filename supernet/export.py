@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from .errors import OfaDeployError, first_line
+from .fileio import shared_file_mode
 
 __all__ = ["ExportError", "export_onnx", "check_onnx", "onnx_op_types", "INPUT_NAME",
            "OUTPUT_NAME"]
@@ -127,6 +128,7 @@ def export_onnx(model: nn.Module, input_shape: Sequence[int], path: "str | os.Pa
         if leftovers:  # weights spilled to a side file: the result would not be one file
             raise ExportError(f"ONNX export of {type(model).__name__} wrote external data "
                               f"({', '.join(p.name for p in leftovers)}); expected one file")
+        os.chmod(tmp, shared_file_mode())  # mkstemp made it 0600; models are shared
         os.replace(tmp, path)
     except OfaDeployError:
         raise

@@ -25,6 +25,8 @@ class TFLiteExportError(OfaDeployError):
 
 
 def require_litert_torch():
+    """The imported ``litert_torch`` module; raises :class:`TFLiteExportError` with the install
+    command when it is missing. Imported only on need because it takes seconds."""
     try:
         import litert_torch
     except ImportError as exc:

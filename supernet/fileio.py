@@ -14,14 +14,42 @@ from typing import Any, Callable, Optional
 
 from .errors import first_line
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "read_yaml", "sha256_file", "utc_now"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "read_yaml", "sha256_file",
+           "shared_file_mode", "utc_now"]
 
 
-def atomic_write_bytes(path: "str | os.PathLike", data: bytes) -> Path:
+def shared_file_mode() -> int:
+    """The mode ``open(path, "w")`` would give a new file: 0o666 less the umask (0644 with
+    the usual umask 022). Temp files from :func:`tempfile.mkstemp` are 0600, which would make
+    reports and models that users share unreadable to their colleagues.
+
+    The umask is read from /proc (Linux); setting and restoring it with ``os.umask`` would be
+    a process-wide side effect, racy with threads. Elsewhere 022 is assumed.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o644
+
+
+def atomic_write_bytes(path: "str | os.PathLike", data: bytes, *,
+                       mode: "int | None" = None) -> Path:
+    """Write ``data`` to ``path`` (creating its directory) through an fsynced temp file in the
+    same directory and ``os.replace``, so readers and a kill see the old file or the new one,
+    never half; returns ``path``.
+
+    ``mode``: the file's permissions; default :func:`shared_file_mode` (0644). Secrets pass
+    0o600.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, shared_file_mode() if mode is None else mode)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -34,11 +62,14 @@ def atomic_write_bytes(path: "str | os.PathLike", data: bytes) -> Path:
     return path
 
 
-def atomic_write_text(path: "str | os.PathLike", text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: "str | os.PathLike", text: str, *, mode: "int | None" = None) -> Path:
+    """UTF-8 text through :func:`atomic_write_bytes`; returns ``path``."""
+    return atomic_write_bytes(path, text.encode("utf-8"), mode=mode)
 
 
 def sha256_file(path: "str | os.PathLike") -> str:
+    """Hex SHA-256 of a file's content, read in 1 MiB chunks so large checkpoints do not fill
+    memory."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):

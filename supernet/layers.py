@@ -28,6 +28,8 @@ __all__ = [
 
 
 def build_act(name: str | None) -> nn.Module:
+    """The activation module for a space's activation name (``None`` gives identity; ``relu``,
+    ``relu6``, ``h_swish``); raises ValueError for any other name."""
     if name is None:
         return nn.Identity()
     if name == "relu":
@@ -40,6 +42,8 @@ def build_act(name: str | None) -> nn.Module:
 
 
 def crop_range(size: int, sub: int) -> tuple[int, int]:
+    """Start and end (exclusive) indices of the centred ``sub``-wide window in a ``size``-wide
+    kernel; both sizes are odd."""
     c, d = size // 2, sub // 2
     return c - d, c + d + 1
 
@@ -62,9 +66,14 @@ class ElasticDWConv(nn.Module):
             self.register_parameter(f"{big}to{small}_matrix", nn.Parameter(torch.eye(small * small)))
 
     def transform_matrix(self, big: int, small: int) -> torch.Tensor:
+        """The learned (small*small, small*small) matrix that maps the centre crop of a ``big``
+        kernel to a ``small`` one."""
         return getattr(self, f"{big}to{small}_matrix")
 
     def active_weight(self, channels: int, kernel: int) -> torch.Tensor:
+        """(channels, 1, kernel, kernel) depthwise weights for the leading ``channels``: the largest
+        kernel cropped down one kernel choice at a time, each step through its transformation
+        matrix; raises ValueError for a kernel not among the choices."""
         if kernel not in self.kernel_choices:
             raise ValueError(f"kernel {kernel} not in {self.kernel_choices}")
         w = self.conv.weight[:channels]
@@ -76,6 +85,8 @@ class ElasticDWConv(nn.Module):
         return w
 
     def forward(self, x: torch.Tensor, kernel: int) -> torch.Tensor:
+        """Depthwise ``kernel``-sized conv (same padding, this layer's stride) over the channels of
+        ``x`` (N, C, H, W), C at most the maximum; gives (N, C, H/stride, W/stride)."""
         c = x.size(1)
         return F.conv2d(x, self.active_weight(c, kernel), None, self.stride, kernel // 2, 1, c)
 
@@ -88,18 +99,24 @@ class ElasticConv2d(nn.Module):
         self.conv = nn.Conv2d(max_in, max_out, 1, bias=False)
 
     def active_weight(self, out_channels: int, in_channels: int) -> torch.Tensor:
+        """The (out_channels, in_channels, 1, 1) leading slice of the full weight."""
         return self.conv.weight[:out_channels, :in_channels]
 
     def forward(self, x: torch.Tensor, out_channels: int) -> torch.Tensor:
+        """1x1 conv of ``x`` (N, C_in, H, W) to its leading ``out_channels`` outputs: (N,
+        out_channels, H, W)."""
         return F.conv2d(x, self.active_weight(out_channels, x.size(1)))
 
 
 class ElasticBN(nn.Module):
+    """BatchNorm2d whose active features are the leading ones, taken from the width of each input."""
     def __init__(self, max_features: int, momentum: float = 0.1, eps: float = 1e-5):
         super().__init__()
         self.bn = nn.BatchNorm2d(max_features, momentum=momentum, eps=eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Batch-normalise ``x`` (N, C, H, W) with the first C features' parameters and running
+        statistics; in training mode those statistics update in place in the full buffers."""
         f = x.size(1)
         bn = self.bn
         if f == bn.num_features:
@@ -121,12 +138,16 @@ def _se_fc(channels: int, mid: int) -> nn.Sequential:
 
 
 class ElasticSE(nn.Module):
+    """Squeeze-and-excitation whose active channels are the input's leading ones; the middle width
+    is ``mid_fn(channels)``, so it shrinks with the block's expand ratio."""
     def __init__(self, max_channels: int, mid_fn):
         super().__init__()
         self.mid_fn = mid_fn  # middle width as a function of active channels
         self.fc = _se_fc(max_channels, mid_fn(max_channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (N, C, H, W) scaled per channel by the hard-sigmoid gate computed from its spatial
+        mean; same shape out."""
         c = x.size(1)
         m = self.mid_fn(c)
         y = x.mean((2, 3), keepdim=True)
@@ -138,6 +159,8 @@ class ElasticSE(nn.Module):
 
 # ---------------------------------------------------------------------------- static
 class ConvBNAct(nn.Module):
+    """Static conv (same padding), optional BatchNorm, and activation, with the reference's
+    ``conv``/``bn``/``act`` names."""
     def __init__(self, cin: int, cout: int, kernel: int = 1, stride: int = 1, *, groups: int = 1,
                  act: str | None = None, bn: bool = True, bias: bool = False,
                  bn_momentum: float = 0.1, bn_eps: float = 1e-5):
@@ -148,6 +171,8 @@ class ConvBNAct(nn.Module):
         self.act = build_act(act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Conv, then BN when present, then the activation; (N, cin, H, W) to (N, cout, H/stride,
+        W/stride)."""
         x = self.conv(x)
         if hasattr(self, "bn"):
             x = self.bn(x)
@@ -155,11 +180,14 @@ class ConvBNAct(nn.Module):
 
 
 class StaticSE(nn.Module):
+    """Squeeze-and-excitation of fixed width, as extracted from an :class:`ElasticSE`."""
     def __init__(self, channels: int, mid: int):
         super().__init__()
         self.fc = _se_fc(channels, mid)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (N, C, H, W) scaled per channel by the hard-sigmoid gate computed from its spatial
+        mean; same shape out."""
         return x * self.fc(x.mean((2, 3), keepdim=True))
 
 
@@ -183,6 +211,8 @@ class StaticMBConv(nn.Module):
         self.point_linear = ConvBNAct(mid, cout, 1, act=None, **bnkw)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Optional 1x1 expansion, depthwise conv with optional SE, and linear 1x1 projection: (N,
+        cin, H, W) to (N, cout, H/stride, W/stride)."""
         if self.inverted_bottleneck is not None:
             x = self.inverted_bottleneck(x)
         x = self.depth_conv(x)  # conv, bn, act only: the SE hangs off depth_conv by name
@@ -200,5 +230,7 @@ class ResidualBlock(nn.Module):
         self.skip = skip
 
     def forward(self, x: torch.Tensor, *args) -> torch.Tensor:
+        """``conv(x, *args)`` (``args`` carry an elastic block's choices), plus ``x`` when the block
+        has an identity shortcut."""
         y = self.conv(x, *args)
         return y + x if self.skip else y

@@ -37,6 +37,9 @@ class ElasticMBConv(nn.Module):
             conv=ElasticConv2d(max_mid, cout), bn=ElasticBN(cout, **bn)))
 
     def forward(self, x: torch.Tensor, kernel: int, expand: int) -> torch.Tensor:
+        """The block at ``kernel`` and expand ratio ``expand`` (middle width from the input's
+        channels): (N, cin, H, W) to (N, cout, H/stride, W/stride), without the shortcut
+        (:class:`ResidualBlock` adds it)."""
         mid = self.space.middle_channels(x.size(1), expand)
         ib, dw, pl = self.inverted_bottleneck, self.depth_conv, self.point_linear
         x = ib["act"](ib["bn"](ib["conv"](x, mid)))
@@ -46,6 +49,8 @@ class ElasticMBConv(nn.Module):
         return pl["bn"](pl["conv"](x, self.cout))
 
     def extract(self, kernel: int, expand: int) -> StaticMBConv:
+        """A :class:`StaticMBConv` holding copies of the weights, BN statistics and SE slices this
+        block uses at ``kernel`` and ``expand``, so it computes the same output."""
         sp = self.space
         mid = sp.middle_channels(self.cin, expand)
         se_mid = sp.se_channels(mid) if self.use_se else None
@@ -191,6 +196,8 @@ class Supernet(_Head):
         self._max_arch = ArchConfig.max(space)
 
     def forward(self, x: torch.Tensor, arch: ArchConfig | None = None) -> torch.Tensor:
+        """Logits (N, classes) of subnet ``arch`` (the largest when None) for images ``x`` (N, 3, H,
+        W); only the blocks ``arch.d`` keeps run."""
         arch = self._max_arch if arch is None else arch
         x = self.blocks[0](self.first_conv(x))
         for i in arch.active_blocks(self.space):
@@ -199,9 +206,13 @@ class Supernet(_Head):
 
     @property
     def elastic_blocks(self) -> List[ElasticMBConv]:
+        """The elastic blocks in network order (the fixed first block excluded), one per entry of
+        ``ArchConfig.ks``."""
         return [blk.conv for blk in self.blocks[1:]]
 
     def sort_channels(self, expand_stage: int = 0) -> None:
+        """Sort every elastic block's middle channels by importance (see
+        :meth:`ElasticMBConv.sort_channels`), before the expand-shrinking stages of training."""
         for blk in self.elastic_blocks:
             blk.sort_channels(expand_stage)
 
@@ -217,6 +228,7 @@ class Subnet(_Head):
         self.blocks = nn.ModuleList([_first_block(space)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (N, classes) for images ``x`` (N, 3, H, W)."""
         x = self.first_conv(x)
         for blk in self.blocks:
             x = blk(x)
@@ -224,6 +236,8 @@ class Subnet(_Head):
 
 
 def build_supernet(space: "Space | str") -> Supernet:
+    """A freshly initialised (untrained) :class:`Supernet` for ``space``; load weights with
+    :func:`~supernet.checkpoint.load_supernet` instead."""
     return Supernet(space)
 
 

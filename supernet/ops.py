@@ -43,11 +43,15 @@ class OpKey:
 
     @property
     def out_h(self) -> int:
+        """Output height and width: 1 for pooling and the layers after it, else the input size
+        divided by the stride, rounded up."""
         if self.kind in ("pool", "feature_mix", "classifier"):
             return 1
         return conv_out(self.h, self.stride)
 
     def to_string(self) -> str:
+        """Stable text form of every field (e.g. ``block-h56-i24-o24-m72-k5-s1-se0-relu-skip1``),
+        the key LUT files store; :meth:`from_string` reads it back."""
         return (f"{self.kind}-h{self.h}-i{self.cin}-o{self.cout}-m{self.mid}-k{self.kernel}"
                 f"-s{self.stride}-se{self.se}-{self.act or 'none'}-skip{int(self.skip)}")
 
@@ -55,6 +59,7 @@ class OpKey:
 
     @classmethod
     def from_string(cls, text: str) -> "OpKey":
+        """Parse :meth:`to_string`'s form; raises ValueError for any other text."""
         m = cls._RE.match(text)
         if not m:
             raise ValueError(f"not an op key: {text!r}")
@@ -69,6 +74,8 @@ class OpKey:
     # -- analytic cost (reference convention: MACs of convs, linears and SE only) -------
     @property
     def params(self) -> int:
+        """Parameters of the op (conv and linear weights, biases, BN scale and shift), counted as
+        the reference counts them."""
         k, ci, co, m, se = self.kernel, self.cin, self.cout, self.mid, self.se
         if self.kind == "stem":
             return ci * co * k * k + 2 * co
@@ -88,6 +95,8 @@ class OpKey:
 
     @property
     def macs(self) -> int:
+        """Multiply-accumulates of the op on one image, counting convs, linears and SE layers only
+        (the reference's convention: BN, activations and pooling are free)."""
         k, ci, co, m, se = self.kernel, self.cin, self.cout, self.mid, self.se
         hi, ho = self.h * self.h, self.out_h * self.out_h
         if self.kind == "stem":
@@ -205,6 +214,8 @@ class OpGrid:
         self._e_lut[list(space.expand_choices)] = np.arange(ne)
 
     def resolution_index(self, r) -> "np.ndarray":
+        """Index into ``resolutions`` of each value of ``r`` (scalar or array); raises
+        :class:`OfaDeployError` naming the resolutions the grid does not cover."""
         r = np.asarray(r, dtype=np.int64)
         res = np.asarray(self.resolutions)
         idx = np.clip(np.searchsorted(res, r), 0, len(res) - 1)

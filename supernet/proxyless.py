@@ -90,4 +90,6 @@ def _ofa_proxyless(width_mult: float, name: str) -> Space:
 
 @register_space
 def ofa_proxyless_w13() -> Space:
+    """The OFA ProxylessNAS space at width multiplier 1.3 (``ofa-proxyless-w1.3``), as the
+    reference's ``ofa_proxyless_d234_e346_k357_w1.3`` supernet."""
     return _ofa_proxyless(1.3, "ofa-proxyless-w1.3")

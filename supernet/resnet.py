@@ -16,8 +16,9 @@ expand_ratio_list=[0.2,0.25,0.35], width_mult_list=[0.65,0.8,1.0]):
   identity;
 * global average pool and a linear classifier.
 
-Not yet wired into the search pipeline (LUT ops, cost model, ArchBatch): the registry of
-spaces holds MobileNet-style spaces only; see :data:`RESNET_SPACES`.
+Not in the MobileNet pipeline (LUT ops, ArchBatch; the registry of spaces holds
+MobileNet-style spaces only, see :data:`RESNET_SPACES`); searched by MACs / params with its own
+gene matrix (:mod:`ofa_deploy.search.resnet`) and exported from a checkpoint by ``export``.
 """
 from __future__ import annotations
 
@@ -66,6 +67,7 @@ class ResNetSpace:
     # -- derived ---------------------------------------------------------------------
     @property
     def num_stages(self) -> int:
+        """Number of bottleneck stages (4 for ResNet50)."""
         return len(self.base_depths)
 
     @property
@@ -80,19 +82,24 @@ class ResNetSpace:
         return tuple(make_divisible(c // 2, self.channel_divisible) for c in self.stem_widths)
 
     def stage_widths(self, stage: int) -> Tuple[int, ...]:
+        """Output widths of stage ``stage``'s blocks, one per width multiplier, rounded to
+        ``channel_divisible``."""
         return tuple(make_divisible(self.base_stage_widths[stage] * w, self.channel_divisible)
                      for w in self.width_mult_choices)
 
     @property
     def stage_block_counts(self) -> Tuple[int, ...]:
+        """Blocks the supernet holds per stage: the base depth plus the largest extra depth."""
         return tuple(b + max(self.depth_choices) for b in self.base_depths)
 
     @property
     def stage_offsets(self) -> Tuple[int, ...]:
+        """Index of each stage's first block in the flat block list (and in ``ResNetArch.e``)."""
         return tuple(int(v) for v in np.cumsum((0,) + self.stage_block_counts[:-1]))
 
     @property
     def num_blocks(self) -> int:
+        """Blocks in the supernet, over all stages (the length of ``ResNetArch.e``)."""
         return sum(self.stage_block_counts)
 
     @property
@@ -101,9 +108,13 @@ class ResNetSpace:
         return self.num_stages + 2
 
     def middle_channels(self, out_channels: int, expand: float) -> int:
+        """Bottleneck width of a block with ``out_channels`` outputs at expand ratio ``expand``,
+        rounded to ``channel_divisible``."""
         return make_divisible(round(out_channels * expand), self.channel_divisible)
 
     def num_subnets(self, per_resolution: bool = True) -> int:
+        """Distinct subnets (expand ratios of skipped blocks not counted) at one resolution, or over
+        all resolutions when ``per_resolution`` is False."""
         nw, ne = len(self.width_mult_choices), len(self.expand_choices)
         n = 2 * nw * nw  # stem skip or not, two stem widths
         for b in self.base_depths:
@@ -111,6 +122,8 @@ class ResNetSpace:
         return n if per_resolution else n * len(self.resolutions)
 
     def summary(self) -> str:
+        """One human-readable line: widths, expand and depth choices, block counts, resolutions,
+        classes."""
         res = self.resolutions
         return (f"{self.description}; widths x{self.width_mult_choices} of "
                 f"{self.stem_base_width}/{'/'.join(map(str, self.base_stage_widths))}; "
@@ -130,6 +143,8 @@ RESNET_SPACES: Dict[str, ResNetSpace] = {
 
 
 def get_resnet_space(name: "str | ResNetSpace") -> ResNetSpace:
+    """The registered ResNet space of that name (a :class:`ResNetSpace` passes through); raises
+    :class:`ArchError` listing the known names."""
     if isinstance(name, ResNetSpace):
         return name
     try:
@@ -162,6 +177,8 @@ class ResNetArch:
                             f"d={self.d!r} e={self.e!r} w={self.w!r} r={self.r!r}") from None
 
     def validate(self, space: "ResNetSpace | str", *, any_resolution: bool = False) -> "ResNetArch":
+        """Return ``self`` if the arch fits ``space``, else raise :class:`ArchError` naming the
+        field; ``any_resolution`` accepts input sizes outside the space's search range."""
         sp = get_resnet_space(space)
         if len(self.d) != sp.num_stages + 1:
             raise ArchError(f"d has {len(self.d)} entries, space {sp.name} needs "
@@ -194,23 +211,30 @@ class ResNetArch:
 
     @property
     def skip_stem(self) -> bool:
+        """True when the input stem's residual conv is skipped (``d[0] == 0``)."""
         return self.d[0] == 0
 
     def active_mask(self, space: "ResNetSpace | str") -> Tuple[bool, ...]:
+        """One boolean per supernet block: True where the block runs under its stage's depth."""
         sp = get_resnet_space(space)
         return tuple(p < b + self.d[s + 1] for s, (b, n) in
                      enumerate(zip(sp.base_depths, sp.stage_block_counts)) for p in range(n))
 
     def active_blocks(self, space: "ResNetSpace | str") -> Tuple[int, ...]:
+        """Indices (into ``e``) of the blocks that run, in network order."""
         return tuple(i for i, a in enumerate(self.active_mask(space)) if a)
 
     def canonical(self, space: "ResNetSpace | str") -> "ResNetArch":
+        """The same network with skipped blocks' expand reset to the first choice, so equal networks
+        compare equal."""
         sp = get_resnet_space(space)
         e = tuple(v if a else sp.expand_choices[0] for v, a in zip(self.e, self.active_mask(sp)))
         return ResNetArch(self.d, e, self.w, self.r)
 
     @classmethod
     def max(cls, space: "ResNetSpace | str", r: int | None = None) -> "ResNetArch":
+        """The largest subnet: stem kept, deepest stages, largest expand and widths; the largest
+        resolution unless ``r`` is given."""
         sp = get_resnet_space(space)
         return cls((max(sp.depth_choices),) * (sp.num_stages + 1),
                    (max(sp.expand_choices),) * sp.num_blocks,
@@ -219,6 +243,8 @@ class ResNetArch:
 
     @classmethod
     def min(cls, space: "ResNetSpace | str", r: int | None = None) -> "ResNetArch":
+        """The smallest subnet: stem skipped, shallowest stages, smallest expand and widths; the
+        smallest resolution unless ``r`` is given."""
         sp = get_resnet_space(space)
         return cls((min(sp.depth_choices),) * (sp.num_stages + 1),
                    (min(sp.expand_choices),) * sp.num_blocks, (0,) * sp.num_widths,
@@ -237,6 +263,7 @@ class ResNetArch:
         return cls(d, e, w, r).canonical(sp)
 
     def to_dict(self) -> dict:
+        """JSON-ready ``{"d", "e", "w", "r"}`` dict of lists; :meth:`from_dict` reads it back."""
         return {"d": list(self.d), "e": list(self.e), "w": list(self.w), "r": self.r}
 
     @classmethod
@@ -272,6 +299,8 @@ class ResNetArch:
 
     @classmethod
     def from_string(cls, text: str, space: "ResNetSpace | str") -> "ResNetArch":
+        """Parse :meth:`to_string`'s compact form and validate it against ``space``; raises
+        :class:`ArchError` naming the part that does not fit."""
         sp = get_resnet_space(space)
         m = cls._STR_RE.match(text.strip())
         if not m:
@@ -450,6 +479,8 @@ class ResNetSupernet(nn.Module):
         self.classifier = _Classifier(max(cin), sp.num_classes)
 
     def forward(self, x: torch.Tensor, arch: ResNetArch | None = None) -> torch.Tensor:
+        """Logits (N, classes) of subnet ``arch`` (the largest when None) for images ``x`` (N, 3, H,
+        W)."""
         sp = self.space
         arch = ResNetArch.max(sp) if arch is None else arch
         m0, c0 = sp.stem_mid_widths[arch.w[0]], sp.stem_widths[arch.w[1]]
@@ -522,6 +553,7 @@ class ResNetSubnet(nn.Module):
         self.classifier = nn.Linear(cin, space.num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (N, classes) for images ``x`` (N, 3, H, W)."""
         x = self.blocks(self.max_pooling(self.input_stem(x)))
         return self.classifier(x.mean((2, 3)))
 

@@ -66,6 +66,8 @@ class BlockSpec:
 
     @property
     def identity_skip(self) -> bool:
+        """True when the block adds an identity shortcut: stride 1 and equal input and output
+        widths."""
         return self.stride == 1 and self.in_channels == self.out_channels
 
 
@@ -191,10 +193,12 @@ class Space:
     # -- derived structure -------------------------------------------------------------
     @property
     def num_stages(self) -> int:
+        """Number of elastic stages (the fixed first block is not one)."""
         return len(self.stage_widths)
 
     @property
     def max_depth(self) -> int:
+        """The largest elastic depth choice."""
         return max(self.depth_choices)
 
     def stage_depth_choices(self, stage: int) -> Tuple[int, ...]:
@@ -245,6 +249,7 @@ class Space:
 
     @property
     def blocks(self) -> Tuple[BlockSpec, ...]:
+        """A :class:`BlockSpec` for every elastic block of the supernet, in network order."""
         out = []
         cin = self.first_block_width
         for s in range(self.num_stages):
@@ -266,22 +271,31 @@ class Space:
 
     @property
     def first_block_skip(self) -> bool:
+        """True when the fixed first block has an identity shortcut (its width equals the stem's)."""
         return self.stem_width == self.first_block_width
 
     @property
     def downsample(self) -> int:
+        """Total stride from input to the last block's feature map (stem stride times stage
+        strides)."""
         f = self.stem_stride
         for s in self.stage_strides:
             f *= s
         return f
 
     def middle_channels(self, in_channels: int, expand: int) -> int:
+        """Width inside a block with ``in_channels`` inputs at expand ratio ``expand``, rounded to
+        ``channel_divisible``."""
         return make_divisible(round(in_channels * expand), self.channel_divisible)
 
     def max_middle_channels(self, in_channels: int) -> int:
+        """Middle width at the largest expand ratio: the width the supernet's weights are allocated
+        at."""
         return self.middle_channels(in_channels, max(self.expand_choices))
 
     def se_channels(self, middle: int) -> int:
+        """Hidden width of the squeeze-and-excitation of a block with ``middle`` middle channels
+        (``middle // se_reduction``, rounded to ``channel_divisible``)."""
         return make_divisible(middle // self.se_reduction, self.channel_divisible)
 
     def num_subnets(self, per_resolution: bool = True) -> int:
@@ -293,6 +307,7 @@ class Space:
         return n if per_resolution else n * len(self.resolutions)
 
     def summary(self) -> str:
+        """One human-readable line: widths, kernel, expand and depth choices, resolutions, classes."""
         res = self.resolutions
         res_s = f"{res[0]}..{res[-1]} ({len(res)})" if len(res) > 1 else str(res[0])
         return (
@@ -306,11 +321,15 @@ class Space:
 
     # -- state -------------------------------------------------------------------------
     def get_state(self) -> dict:
+        """JSON-ready dict of every field (tuples as lists); :meth:`from_state` rebuilds an equal
+        space from it."""
         d = dataclasses.asdict(self)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     @classmethod
     def from_state(cls, state: dict) -> "Space":
+        """Rebuild a space from :meth:`get_state`'s dict; raises ValueError naming unknown fields or
+        any field the space's checks reject."""
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(state) - set(fields))
         if unknown:
@@ -342,9 +361,9 @@ def list_spaces() -> Tuple[str, ...]:
 # Spaces of families whose arch record is not ArchConfig (their own module serves them), so
 # that commands built on ArchConfig can say so instead of "unknown space".
 OTHER_SPACES: Dict[str, str] = {
-    "ofa-resnet50": "of the ResNet50 family, served so far by `spaces`, `inspect` and the "
-                    "Python API (supernet.resnet, ofa_deploy.accuracy_resnet); no latency "
-                    "tables, search or export command yet",
+    "ofa-resnet50": "of the ResNet50 family, served so far by `spaces`, `inspect`, `search` "
+                    "(MACs / params budgets), `export` (from a checkpoint file) and the Python "
+                    "API (supernet.resnet, ofa_deploy.accuracy_resnet); no latency tables yet",
 }
 
 
@@ -390,11 +409,15 @@ def _ofa_mbv3(width_mult: float, resolutions: Tuple[int, ...], name: str) -> Spa
 
 @register_space
 def ofa_mbv3_w10() -> Space:
+    """The reference OFA MobileNetV3 space at width 1.0 (``ofa-mbv3-w1.0``), resolutions 128..224 in
+    steps of 4."""
     return _ofa_mbv3(1.0, tuple(range(128, 225, 4)), "ofa-mbv3-w1.0")
 
 
 @register_space
 def ofa_mbv3_w12() -> Space:
+    """The reference OFA MobileNetV3 space at width 1.2 (``ofa-mbv3-w1.2``), resolutions 160..224 in
+    steps of 4."""
     return _ofa_mbv3(1.2, tuple(range(160, 225, 4)), "ofa-mbv3-w1.2")
 
 
@@ -402,6 +425,8 @@ def ofa_mbv3_w12() -> Space:
 def ofa_mbv3_tiny() -> Space:
     # Same topology as the ImageNet spaces, narrower, and a stride-1 stem so that 32..64 px
     # inputs (Fashion-MNIST upscaled) still end at 2x2..4x4 before pooling.
+    """``ofa-mbv3-tiny``: the MobileNetV3 topology, narrow, 10 classes, 32..64 px inputs: the
+    default space for Fashion-MNIST training on a CPU."""
     return Space(
         name="ofa-mbv3-tiny",
         description="OFA MobileNetV3 topology for small CPU work (Fashion-MNIST default)",

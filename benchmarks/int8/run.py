@@ -37,7 +37,7 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from ofa_deploy.evaluate import accuracy_onnx_file, accuracy_tflite_file  # noqa: E402
+from ofa_deploy.evaluate import accuracy_file  # noqa: E402
 from ofa_deploy.export import export_artifacts  # noqa: E402
 from profilers.base import DeviceSpec  # noqa: E402
 from profilers.measure import cpu_model  # noqa: E402
@@ -145,12 +145,10 @@ def main(argv=None):
                                 **_partitions(i8[fmt]["path"], fmt)},
                        "speedup": round(lat["fp32"]["median_ms"] / lat["int8"]["median_ms"], 3)}
                 if test is not None:
-                    acc = accuracy_onnx_file if fmt == "onnx" else accuracy_tflite_file
-                    kw = {"threads": 1} if fmt == "onnx" else {}
                     for p in ("fp32", "int8"):
                         src = (f32 if p == "fp32" else i8)[fmt]["path"]
-                        row[p]["test_accuracy"] = acc(src, test, r, images=a.acc_images,
-                                                      **kw)["accuracy"]
+                        row[p]["test_accuracy"] = accuracy_file(src, test, r, images=a.acc_images,
+                                                                threads=1)["accuracy"]
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     doc = {"benchmark": "int8",

@@ -50,16 +50,28 @@ def _check_baseline_protocol(path: "str | os.PathLike", protocol: MeasurementPro
 
 def _resumable(path: Optional[Path], settings: Mapping[str, Any]
                ) -> Dict[Tuple[str, str, str], Dict[str, Any]]:
-    """Measured results of an earlier run into ``path`` taken with the same settings."""
+    """Measured results of an earlier run into ``path`` taken with the same settings.
+
+    A file that cannot be resumed from (not JSON, not a bench file, other settings) is an
+    error: this run would otherwise overwrite it, losing results the user asked to keep.
+    """
     if path is None or not path.is_file():
         return {}
+    keep = "it was left as it is: move it away, or run without --resume to replace it"
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        rows, meta = data["results"], data["meta"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return {}
-    if not isinstance(meta, Mapping) or any(meta.get(k) != v for k, v in settings.items()):
-        return {}
+    except (OSError, ValueError) as exc:
+        raise BenchError(f"--resume: cannot read {path} ({first_line(exc, 120)}); {keep}") from None
+    meta = data.get("meta") if isinstance(data, Mapping) else None
+    rows = data.get("results") if isinstance(data, Mapping) else None
+    if not isinstance(meta, Mapping) or not isinstance(rows, list) or \
+            meta.get("format") not in (None, FORMAT_NAME):
+        raise BenchError(f"--resume: {path} is not an ofa-deploy bench results file; {keep}")
+    differ = [f"{k}={meta.get(k)!r} there, {v!r} now" for k, v in settings.items()
+              if meta.get(k) != v]
+    if differ:
+        raise BenchError(f"--resume: {path} was measured with other settings "
+                         f"({'; '.join(differ)}), so none of it can be reused; {keep}")
     out = {}
     for r in rows:
         if (isinstance(r, Mapping) and r.get("status") in ("ok", "regressed")

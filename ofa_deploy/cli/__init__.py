@@ -34,12 +34,18 @@ class OfaGroup(click.Group):
     """Turns every user-caused error into one line and a non-zero exit, never a traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        """Run the subcommand; an :class:`OfaDeployError` (exit code of its kind: 2 for a
+        malformed value, else 1) or any OS error becomes a one-line ClickException, and Ctrl-C
+        exits 130 after printing ``interrupted``."""
         try:
             return super().invoke(ctx)
         except OfaDeployError as exc:
-            raise click.ClickException(str(exc)) from None
-        except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
-            raise click.ClickException(f"{exc.strerror}: {exc.filename}") from None
+            err = click.ClickException(str(exc))
+            err.exit_code = getattr(exc, "exit_code", 1)  # 2: a malformed value, as click's
+            raise err from None
+        except OSError as exc:  # every OS error: one line, never a traceback
+            where = f": {exc.filename}" if exc.filename else ""
+            raise click.ClickException(f"{exc.strerror or exc}{where}") from None
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)

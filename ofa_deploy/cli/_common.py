@@ -1,8 +1,12 @@
 """Helpers every command shares: ``--config`` defaults, resolved-config files, tables and ``--json``."""
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -13,6 +17,36 @@ from supernet.fileio import atomic_write_text  # noqa: F401  (re-exported for co
 from supernet.fileio import read_yaml
 
 # -- shared helpers for commands -------------------------------------------------------------
+def flag_name(param: click.Parameter) -> str:
+    """The name a user types for ``param``: its first long flag without dashes (``--ms`` ->
+    ``ms``, ``--calib-images`` -> ``calib-images``), else its parameter name."""
+    for opt in getattr(param, "opts", []):
+        if opt.startswith("--"):
+            return opt[2:]
+    return param.name
+
+
+def _config_keys(command: click.Command) -> dict:
+    """Every key a ``--config`` file may use -> its parameter: the flags' names (what users
+    type, and what ``config.yaml`` files are written with) and, for files written before the
+    flags' names were used, the internal parameter names. ``-`` and ``_`` are the same."""
+    keys = {}
+    for p in command.params:
+        if not isinstance(p, click.Option):
+            continue
+        keys.setdefault(p.name, p)
+        for opt in p.opts + p.secondary_opts:
+            if opt.startswith("--"):
+                keys[opt[2:].replace("-", "_")] = p
+    return keys
+
+
+def _example_key(command: click.Command) -> str:
+    names = [flag_name(p) for p in command.params
+             if isinstance(p, click.Option) and p.name not in ("config", "help")]
+    return names[0] if names else "option"
+
+
 def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None):
     """``--config FILE.yaml``: its keys become the command's defaults (defaults < file < flags)."""
     if not value:
@@ -22,26 +56,35 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
     if not isinstance(data, Mapping):
         raise click.BadParameter(f"{value} must hold a mapping of option names to values",
                                  param_hint="--config")
-    names = {p.name for p in ctx.command.params}
+    params = _config_keys(ctx.command)
     cfg = {}
     for key, val in data.items():
-        k = str(key).replace("-", "_")
-        if k not in names or k == "config":
+        param = params.get(str(key).replace("-", "_"))
+        if param is None or param.name == "config":
             raise click.BadParameter(f"{value}: unknown option {key!r} for "
-                                     f"'{ctx.command.name}'", param_hint="--config")
-        cfg[k] = val
+                                     f"'{ctx.command.name}' (use the flags' names, e.g. "
+                                     f"{_example_key(ctx.command)!r})", param_hint="--config")
+        if getattr(param, "multiple", False) and not isinstance(val, (list, tuple)):
+            val = [val]  # `ms: 30` for a repeatable flag means one value
+        cfg[param.name] = val
     ctx.default_map = {**(ctx.default_map or {}), **cfg}
     return value
 
 
 def config_option(fn: Callable) -> Callable:
+    """Decorator adding ``--config FILE`` to a command: the YAML file's keys (the flags' names,
+    e.g. ``ms: 30``, ``target: cpu``) become option defaults before the other options are
+    parsed, so flags given on the line win; unknown keys are a usage error."""
     return click.option("--config", type=click.Path(dir_okay=False), callback=_load_config,
                         is_eager=True, expose_value=False,
                         help="YAML file of option values (flags given on the line win).")(fn)
 
 
 def resolved_config(ctx: click.Context) -> dict:
-    return {k: v for k, v in ctx.params.items()}
+    """Every option value of the running command after defaults, ``--config`` and the command
+    line, keyed by the flags' names (so the file feeds ``--config``)."""
+    by_name = {p.name: p for p in ctx.command.params}
+    return {flag_name(by_name[k]) if k in by_name else k: v for k, v in ctx.params.items()}
 
 
 def save_resolved_config(ctx: click.Context, out_dir: "str | os.PathLike") -> Path:
@@ -56,6 +99,83 @@ def save_resolved_config(ctx: click.Context, out_dir: "str | os.PathLike") -> Pa
     return path
 
 
+def output_path_problem(path: "str | os.PathLike", kind: str = "file") -> "str | None":
+    """Why ``path`` cannot be written as a ``kind`` ("file" or "dir") output, or None.
+
+    Checked before any work starts, so a bad ``--out`` costs a second, not a run: an existing
+    path of the other kind, a path under a file, a folder this user cannot create files in
+    (found by creating and removing a probe file, which also catches read-only and virtual
+    file systems such as /proc, where permission bits say nothing).
+    """
+    p = Path(path)
+    if p.exists():
+        if kind == "file" and p.is_dir():
+            return f"{path} is a directory (give a file name)"
+        if kind == "dir" and not p.is_dir():
+            return f"{path} exists and is not a directory"
+        if kind == "file" and not os.access(p, os.W_OK):
+            return f"{path} is not writable"
+    anc = p if (kind == "dir" and p.is_dir()) else p.parent
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir():
+        return f"{path} is under {anc}, which is a file"
+    try:
+        fd, probe = tempfile.mkstemp(dir=anc, prefix=".ofa-deploy-write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        return f"cannot create files in {anc}: {exc.strerror or exc}"
+    return None
+
+
+class OutputPath(click.ParamType):
+    """A ``click`` type for output files/folders: :func:`output_path_problem` at parse time."""
+
+    name = "path"
+
+    def __init__(self, kind: str = "file"):
+        self.kind = kind
+
+    def convert(self, value, param, ctx):
+        problem = output_path_problem(value, self.kind)
+        if problem:
+            self.fail(problem, param, ctx)
+        return os.fspath(value)
+
+
+def check_positive(value: "float | None", flag: str) -> None:
+    """Budgets are positive, finite numbers; anything else is a usage error naming the flag."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise click.BadParameter(f"must be positive and finite, got {value:g}",
+                                 param_hint=flag)
+
+
+INCOMPLETE = "INCOMPLETE.txt"
+
+
+@contextlib.contextmanager
+def output_dir_guard(out_dir: "str | os.PathLike"):
+    """Leave no half-made output folder behind: if the body fails (or is interrupted), a
+    folder this run created is removed; a folder that already existed gets ``INCOMPLETE.txt``
+    saying that this run failed and why (its other files may be from the failed run)."""
+    out = Path(out_dir)
+    existed = out.exists()
+    with contextlib.suppress(OSError):
+        (out / INCOMPLETE).unlink()
+    try:
+        yield out
+    except BaseException as exc:
+        if not existed:
+            shutil.rmtree(out, ignore_errors=True)
+        elif out.is_dir():
+            with contextlib.suppress(OSError):
+                (out / INCOMPLETE).write_text(
+                    f"This run failed; files here may be from it and incomplete.\n"
+                    f"{type(exc).__name__}: {exc}\n", encoding="utf-8")
+        raise
+
+
 def emit(data: Any, as_json: bool, human: Callable[[Any], str]) -> None:
     """``--json`` prints machine-readable JSON; otherwise a table for people."""
     if as_json:
@@ -65,6 +185,8 @@ def emit(data: Any, as_json: bool, human: Callable[[Any], str]) -> None:
 
 
 def table(rows: Iterable[Iterable[Any]], headers: Iterable[str]) -> str:
+    """``rows`` as a plain-text table under ``headers``: left-aligned columns as wide as their
+    widest cell, a dashed rule under the headers."""
     rows = [[str(c) for c in r] for r in rows]
     headers = [str(h) for h in headers]
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from ._common import config_option, table
+from ._common import OutputPath, config_option, table
 
 
 @click.command()
@@ -27,11 +27,11 @@ from ._common import config_option, table
               metavar="PCT", help="Allowed slowdown against the baseline, in percent.")
 @click.option("--min-delta-ms", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Ignore slowdowns smaller than this many ms (jitter on tiny models).")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+@click.option("--json", "json_path", type=OutputPath("file"), default=None,
               help="Write results here (rewritten atomically after each result).")
-@click.option("--junit", "junit_path", type=click.Path(dir_okay=False), default=None,
+@click.option("--junit", "junit_path", type=OutputPath("file"), default=None,
               help="Write JUnit XML (regression = failure, device error = error).")
-@click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False), default=None,
+@click.option("--markdown", "markdown_path", type=OutputPath("file"), default=None,
               help="Write a Markdown summary (e.g. for $GITHUB_STEP_SUMMARY).")
 @click.option("--resume", is_flag=True,
               help="Keep measured results already in the --json file; measure the rest.")

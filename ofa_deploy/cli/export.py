@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ._common import atomic_write_text, emit, load_data, table
+from ._common import OutputPath, atomic_write_text, emit, load_data, output_dir_guard, table
 
 
 @click.command("export")
@@ -29,32 +29,62 @@ from ._common import atomic_write_text, emit, load_data, table
               help="int8: static post-training quantization (ONNX QDQ, onnxruntime's quantizer), "
                    "calibrated on --calib-images training images; needs --data.")
 @click.option("--out", "out_dir", default="runs/export", show_default=True,
-              type=click.Path(file_okay=False))
+              type=OutputPath("dir"))
 @click.option("--json", "as_json", is_flag=True)
-def export_cmd(supernet_name, space_name, arch, formats, data_spec, calib_images, precision,
+@click.pass_context
+def export_cmd(ctx, supernet_name, space_name, arch, formats, data_spec, calib_images, precision,
                out_dir, as_json) -> None:
     """Export any subnet as model.onnx / model.tflite (each checked against torch) plus
-    model.json metadata (arch, params, MACs, sizes, hashes)."""
+    model.json metadata (arch, params, MACs, sizes, hashes).
+
+    With --arch runs/X/report.json, the supernet and the BN calibration (data, images, order)
+    recorded by `specialize` are used unless given here, so model.onnx comes out bit for bit
+    the same as the one specialize wrote.
+    """
     from supernet import ArchConfig, extract_subnet
-    from supernet.bn import calibrate_bn, calibration_batches
+    from supernet.bn import calibration_batches
     from supernet.checkpoint import load_supernet
     from supernet.net_config import net_config_space
     from supernet.quantize import QuantizeError, QuantSettings
 
-    from ..export import export_artifacts, parse_formats
-    from ..specialize import subnet_metadata
+    from ..export import export_artifacts, parse_formats, resnet_subnet_metadata
+    from ..report import round_floats
+    from ..specialize import calibrate_subnet, subnet_metadata
 
+    echo = lambda s: click.echo(s, err=True)
     fmts = parse_formats(formats)
+    given = lambda name: ctx.get_parameter_source(name) not in (
+        click.core.ParameterSource.DEFAULT, click.core.ParameterSource.DEFAULT_MAP)
+    rec = _specialize_record(arch)
+    if rec is not None:
+        if not given("supernet_name") and rec.get("supernet"):
+            supernet_name = rec["supernet"]
+        calib = rec.get("bn_calibration")
+        if not given("data_spec"):
+            data_spec = "none" if calib is None else calib.get("data") or data_spec
+        if calib is not None and not given("calib_images"):
+            calib_images = int(calib["images"])
+        if rec.get("finetune_epochs"):
+            echo(f"note: {arch} was fine-tuned ({rec['finetune_epochs']} epochs) after "
+                 f"extraction; this export is not, so its weights differ from that run's model")
+        echo(f"as recorded in {arch}: supernet {supernet_name}, BN calibration "
+             + ("none" if data_spec == "none" else f"on {calib_images} images of {data_spec}"))
     if space_name is None:  # a net.config names its space: a reference checkpoint needs it
         sp = net_config_space(arch)
         space_name = None if sp is None else sp.name
-    net = load_supernet(supernet_name, space_name).eval()
-    a = ArchConfig.parse(arch, net.space)
-    sub = extract_subnet(net, a).eval()
-    ds = load_data(data_spec, supernet_name, lambda s: click.echo(s, err=True))
+    from supernet.resnet import RESNET_SPACES
+
+    resnet = space_name in RESNET_SPACES
+    if resnet:  # its own arch record and supernet; a reference-layout checkpoint file
+        net, a, sub = _resnet_subnet(supernet_name, space_name, arch)
+    else:
+        net = load_supernet(supernet_name, space_name).eval()
+        a = ArchConfig.parse(arch, net.space)
+        sub = extract_subnet(net, a).eval()
+    ds = load_data(data_spec, supernet_name, echo)
+    bn_record = None
     if ds is not None:
-        calibrate_bn(sub, calibration_batches(ds.holdout, a.r, calib_images, 200,
-                                              channels_last=False))
+        bn_record = calibrate_subnet(sub, ds, a.r, calib_images, spec=data_spec)
     calibration = quant = None
     if precision == "int8":
         if ds is None:
@@ -63,13 +93,43 @@ def export_cmd(supernet_name, space_name, arch, formats, data_spec, calib_images
         quant = QuantSettings(calib_images=calib_images)
         calibration = lambda: (x.numpy() for x in calibration_batches(  # noqa: E731
             ds.holdout, a.r, calib_images, 200, channels_last=False))
-    arts = export_artifacts(sub, (1, 3, a.r, a.r), out_dir, fmts, precision=precision,
-                            calibration=calibration, quant=quant)
-    meta = subnet_metadata(net.space, a, arts, supernet=str(supernet_name),
-                           bn_calibrated=ds is not None)
-    atomic_write_text(Path(out_dir) / "model.json", json.dumps(meta, indent=2))
+    with output_dir_guard(out_dir):
+        arts = export_artifacts(sub, (1, 3, a.r, a.r), out_dir, fmts, precision=precision,
+                                calibration=calibration, quant=quant)
+        meta = (resnet_subnet_metadata if resnet else subnet_metadata)(
+            net.space, a, arts, supernet=str(supernet_name), bn_calibrated=ds is not None,
+            bn_calibration=bn_record)
+        meta = round_floats(meta)
+        atomic_write_text(Path(out_dir) / "model.json", json.dumps(meta, indent=2))
     emit(meta, as_json, lambda m: table(
         [(f, v["path"], f"{v['bytes']:,}", f"{v['max_abs_diff']:.2e}") for f, v in m["files"].items()],
         ("format", "file", "bytes", "max |diff| vs torch")) +
         f"\nprecision {precision}" +
         f"\narch {m['arch_string']}: {m['params']:,} params, {m['macs'] / 1e6:.1f}M MACs")
+
+
+def _resnet_subnet(supernet_name: str, space_name: str, arch: str):
+    """``(supernet, arch, subnet)`` of a ResNet-family space from a checkpoint file."""
+    from supernet.checkpoint import CheckpointError
+    from supernet.resnet import ResNetArch, extract_resnet_subnet, load_resnet_supernet
+
+    if supernet_name == "default":
+        raise CheckpointError(f"no {space_name} supernet is bundled: give --supernet FILE (the "
+                              f"reference's ofa_resnet50 checkpoint, or a state_dict of its layout)")
+    net = load_resnet_supernet(supernet_name, space_name).eval()
+    a = ResNetArch.parse(arch, net.space)
+    return net, a, extract_resnet_subnet(net, a).eval()
+
+
+def _specialize_record(arch: str):
+    """The report.json of a specialize run when ``--arch`` names one, else None."""
+    p = Path(arch)
+    if not (arch.endswith(".json") and p.is_file()):
+        return None
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # ArchConfig.parse reports what is wrong with the file
+    if isinstance(data, dict) and "bn_calibration" in data:
+        return data
+    return None

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ._common import emit, table
+from ._common import OutputPath, emit, table
 
 if TYPE_CHECKING:
     from luts.table import LatencyTable
@@ -32,6 +32,9 @@ def _top_ops(t: LatencyTable, n: int) -> list:
 
 
 def describe_table(t: LatencyTable, *, interpolate: bool = False, top: int = 10) -> dict:
+    """JSON-ready facts about LUT ``t``: path, space, resolutions, metadata, overhead, entry counts,
+    missing ops, per-resolution latency range (only when complete, or when ``interpolate`` fills
+    the gaps, whose values are listed), and the ``top`` slowest ops."""
     missing = t.missing_ops()
     ranges = None
     if not missing or interpolate:
@@ -57,13 +60,38 @@ def describe_table(t: LatencyTable, *, interpolate: bool = False, top: int = 10)
     }
 
 
+def _meta_value(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    if isinstance(v, (list, tuple)):
+        text = ", ".join(_meta_value(x) for x in v)
+    else:
+        text = str(v)
+    # one table row stays one screen line; --json has everything
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _meta_rows(meta: dict, prefix: str = "") -> list:
+    """Metadata as (key, value) rows; nested records (drift, profiler) become dotted keys,
+    one row per field, instead of a raw dict a thousand characters wide."""
+    rows = []
+    for k, v in sorted(meta.items()):
+        if v is None:
+            continue
+        if isinstance(v, dict):
+            rows += _meta_rows(v, f"{prefix}{k}.")
+        else:
+            rows.append((f"{prefix}{k}", _meta_value(v)))
+    return rows
+
+
 def _human(d: dict) -> str:
     skip = {"space", "resolutions", "stats_note"}
     rows = [("table", d["path"] or "-"), ("space", d["space"]),
             ("resolutions", ", ".join(map(str, d["resolutions"])))]
     # the bulky records get one-line summaries (the JSON form has them whole)
     skip |= {"noise", "reference_ops", "protocol", "calibration"}
-    rows += [(k, v) for k, v in sorted(d["meta"].items()) if k not in skip and v is not None]
+    rows += _meta_rows({k: v for k, v in d["meta"].items() if k not in skip})
     m = d["meta"]
     if m.get("protocol"):
         from profilers.protocol import MeasurementProtocol
@@ -133,7 +161,7 @@ def _parse_meta(_ctx, _param, values):
 @lut.command("import-reference")
 @click.argument("directory", type=click.Path(exists=True, file_okay=False))
 @click.option("--space", "space_name", required=True, help="Space the tables were measured for.")
-@click.option("--out", "out", required=True, type=click.Path(dir_okay=False),
+@click.option("--out", "out", required=True, type=OutputPath("file"),
               help="Where to write the table (JSON).")
 @click.option("--device", default=None, help="Device name recorded in the metadata.")
 @click.option("--meta", "meta", multiple=True, callback=_parse_meta, metavar="KEY=VALUE",
@@ -156,7 +184,7 @@ def import_reference(directory, space_name, out, device, meta, as_json) -> None:
 
 @lut.command("export-reference")
 @click.argument("target", metavar="FILE|NAME")
-@click.option("--out", "out", required=True, type=click.Path(file_okay=False),
+@click.option("--out", "out", required=True, type=OutputPath("dir"),
               help="Directory for the {r}_lookup_table.yaml files.")
 @click.option("--space", "space_name", default=None, help="Space of the table.")
 def export_reference(target, out, space_name) -> None:

@@ -5,7 +5,7 @@ import json
 
 import click
 
-from ._common import atomic_write_text, emit, table
+from ._common import OutputPath, atomic_write_text, emit, table
 from .profile import parse_resolutions
 
 
@@ -59,9 +59,9 @@ def _human(d: dict) -> str:
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Runtime threads (must be the table's: another count measures something "
                    "else and is refused).")
-@click.option("--plot", type=click.Path(dir_okay=False), default=None, metavar="FILE.png",
+@click.option("--plot", type=OutputPath("file"), default=None, metavar="FILE.png",
               help="Write a predicted-vs-measured scatter plot.")
-@click.option("--out", type=click.Path(dir_okay=False), default=None, metavar="FILE.json",
+@click.option("--out", type=OutputPath("file"), default=None, metavar="FILE.json",
               help="Also write the full JSON result to this file.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")

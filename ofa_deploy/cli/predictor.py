@@ -8,7 +8,7 @@ import click
 
 from supernet.errors import OfaDeployError
 
-from ._common import emit, table
+from ._common import OutputPath, emit, table
 
 
 @click.group()
@@ -36,7 +36,7 @@ def _parse_res(text, space):
 @click.option("--space", "space_name", default=None, help="For reference-layout checkpoints.")
 @click.option("--data", "data_spec", required=True, help="fashion-mnist[:DIR], imagefolder:PATH, synthetic")
 @click.option("--samples", required=True, type=click.IntRange(1), help="Archs to evaluate in all.")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="JSON-lines file (appended).")
+@click.option("--out", required=True, type=OutputPath("file"), help="JSON-lines file (appended).")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0))
 @click.option("--resolutions", default=None, help="Comma list (default: all of the space).")
 @click.option("--calib-images", default=1000, show_default=True, type=click.IntRange(1))
@@ -82,18 +82,21 @@ def collect(supernet_name, space_name, data_spec, samples, out, seed, resolution
         net = load_supernet(supernet_name, space_name).eval()
         res = _parse_res(resolutions, net.space)
         ds = load_dataset(data_spec)
-        from tqdm import tqdm
+        from supernet.progress import progress_bar
 
-        bar = tqdm(total=None, desc=f"collect {k}/{n}", disable=as_json, unit="arch")
+        bar = progress_bar(None, desc=f"collect shard {k}/{n}", unit="arch") if not as_json \
+            else None
 
         def prog(done, total):
-            bar.total = total
-            bar.n = done
-            bar.refresh()
+            if bar is not None:
+                bar.total = total
+                bar.n = done
+                bar.refresh()
 
         run(net, ds, out, samples=samples, seed=seed, shard=(k, n), resolutions=res,
             calib_images=calib_images, eval_images=eval_images, progress=prog)
-        bar.close()
+        if bar is not None:
+            bar.close()
     recs = read_records(out)
     accs = np.array([r["accuracy"] for r in recs]) if recs else np.zeros(0)
     summary = {"file": str(out), "records": len(recs),
@@ -106,7 +109,7 @@ def collect(supernet_name, space_name, data_spec, samples, out, seed, resolution
 @predictor.command()
 @click.option("--data", "data_file", required=True, type=click.Path(dir_okay=False, exists=True),
               help="JSON-lines file from `predictor collect`.")
-@click.option("--out", required=True, type=click.Path(dir_okay=False))
+@click.option("--out", required=True, type=OutputPath("file"))
 @click.option("--space", "space_name", default=None, help="Default: from the records.")
 @click.option("--hidden", default="400,400,400", show_default=True)
 @click.option("--epochs", default=300, show_default=True, type=click.IntRange(1))

@@ -5,7 +5,7 @@ from typing import List, Optional
 
 import click
 
-from ._common import config_option, emit, table
+from ._common import OutputPath, config_option, emit, table
 
 
 def parse_resolutions(value: "str | None", space) -> Optional[List[int]]:
@@ -60,7 +60,7 @@ def _human(d: dict) -> str:
               help="Search space (see `ofa-deploy spaces`).")
 @click.option("--resolutions", default=None, metavar="LIST",
               help="Comma-separated input sizes, or 'all' (default: every size of the space).")
-@click.option("--out", type=click.Path(dir_okay=False), default=None,
+@click.option("--out", type=OutputPath("file"), default=None,
               help="Table file (default: the per-device cache path `specialize` looks in).")
 @click.option("--runs", type=click.IntRange(min=1), default=None,
               help="Timed runs per model per round (default: the measurement protocol's, 10).")
@@ -70,8 +70,9 @@ def _human(d: dict) -> str:
               help="Interleaved passes over all ops, every run pooled into one median "
                    "(default: the protocol's, 5).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="Runtime threads (default: the protocol's, 1). Recorded in the table; "
-                   "validate, specialize and bench measure with the same.")
+              help="Runtime threads (default: those of the table at --out if there is one, "
+                   "else the measurement protocol's, 1). Recorded in the table; validate, "
+                   "specialize and bench measure with the same.")
 @click.option("--cache", "cache_policy", type=click.Choice(["warm", "cold"]), default="warm",
               show_default=True,
               help="warm: steady state, as an app running the model repeatedly sees it; "
@@ -124,6 +125,12 @@ def profile(device, space_name, resolutions, out, runs, warmup, rounds, threads,
         if flush < 0:
             raise click.BadParameter(f"{flush_mb!r} is not a size in MB or 'auto'",
                                      param_hint="--flush-mb")
+    if threads is None and not fresh:
+        threads = _existing_threads(path)
+        if threads is not None and not (quiet or as_json):
+            # e.g. the table `specialize` built with 1 thread: resume/refine it, not fail
+            click.echo(f"note: {path} exists, built with {threads} thread(s): using them "
+                       f"(--threads N --fresh rebuilds with other settings)", err=True)
     t = build_lut(space, spec, resolutions=res, out=path, runs=runs, warmup=warmup,
                   rounds=rounds, threads=threads, cache=cache_policy, cpus=cpus,
                   cache_dir=cache_dir,
@@ -168,3 +175,16 @@ def profile(device, space_name, resolutions, out, runs, warmup, rounds, threads,
                                     "candidates")},
     }
     emit(data, as_json, _human)
+
+
+def _existing_threads(path) -> "int | None":
+    """The thread count recorded in the table at ``path``, if one is there."""
+    import json
+    from pathlib import Path
+
+    try:
+        meta = json.loads(Path(path).read_text(encoding="utf-8")).get("meta") or {}
+    except (OSError, ValueError, AttributeError):
+        return None  # no table (or an unreadable one, which build_lut reports)
+    n = meta.get("threads")
+    return n if isinstance(n, int) and n >= 1 else None

@@ -11,7 +11,7 @@ import click
 
 from supernet.errors import OfaDeployError
 
-from ._common import atomic_write_text, config_option, emit, table
+from ._common import OutputPath, atomic_write_text, check_positive, config_option, emit, table
 
 
 def _pct(v: float) -> str:
@@ -90,7 +90,7 @@ def _human(data: dict) -> str:
               help="Independent populations evolved together; the best wins (1 and 100 x 500 "
                    "generations: the OFA reference's search).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--out", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+@click.option("--out", type=OutputPath("file"), default=None, metavar="FILE",
               help="Also write the result (the --json document) to FILE.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @config_option
@@ -104,7 +104,10 @@ def search(space, target, lut, ms, mflops, params_m, predictor, predictor_format
       ofa-deploy search --space ofa-mbv3-w1.2 --target note10 --ms 15 --ms 25 --ms 40 --json
       ofa-deploy search --space ofa-mbv3-w1.2 --mflops 300 --predictor acc_predictor.pth
 
+      ofa-deploy search --space ofa-resnet50 --mflops 2000 --predictor acc_predictor.pth
+
     Several --ms give a Pareto front. --mflops/--params-m apply to every search.
+    ofa-resnet50 takes MACs / params budgets only (no latency tables for it yet).
     """
     from supernet.space import get_space
 
@@ -112,15 +115,21 @@ def search(space, target, lut, ms, mflops, params_m, predictor, predictor_format
     from ..search import Constraints, EvolutionConfig, pareto_search
 
     # parameter names equal the option names, so --config files use the flags' spelling
+    from supernet.resnet import RESNET_SPACES
+
+    if space in RESNET_SPACES:
+        return _search_resnet(space, target, lut, ms, mflops, params_m, predictor,
+                              predictor_format, resolution, population, generations, islands,
+                              seed, out, as_json)
     space = get_space(space)
     if not ms and mflops is None and params_m is None:
         raise click.UsageError("give a budget: --ms, --mflops and/or --params-m")
     if ms and target is None and lut is None:
         raise click.UsageError("--ms needs a latency table: give --target or --lut")
-    for name, v in (("--ms", min(ms) if ms else None), ("--mflops", mflops),
-                    ("--params-m", params_m)):
-        if v is not None and not v > 0:
-            raise click.BadParameter(f"must be positive, got {v:g}", param_hint=name)
+    for v in ms:
+        check_positive(v, "--ms")
+    check_positive(mflops, "--mflops")
+    check_positive(params_m, "--params-m")
 
     config = EvolutionConfig(population=population, generations=generations, seed=seed,
                              islands=islands)
@@ -162,8 +171,55 @@ def search(space, target, lut, ms, mflops, params_m, predictor, predictor_format
         data["pareto"] = [_entry(r) for r in results]
         data["search_seconds_total"] = results[-1].extra.get(
             "front_seconds", sum(r.wall_seconds for r in results))
-    if out:
-        atomic_write_text(out, json.dumps(data, indent=2) + "\n")
+    _finish(data, out, as_json)
+
+
+def _search_resnet(name, target, lut, ms, mflops, params_m, predictor, predictor_format,
+                   resolution, population, generations, islands, seed, out, as_json) -> None:
+    """``search`` for a ResNet-family space: MACs / params budgets only (no latency tables
+    for this family yet); the same result keys as the MobileNet search."""
+    from ..accuracy import load_predictor
+    from ..accuracy_resnet import ResNetReferencePredictor, bundled_resnet_predictor_path
+    from ..search import Constraints, EvolutionConfig
+    from ..search.resnet import resnet_evolution_search
+
+    if ms or target is not None or lut is not None:
+        raise OfaDeployError(f"space {name} has no latency tables yet: search it with "
+                             f"--mflops and/or --params-m (no --ms, --target or --lut)")
+    if mflops is None and params_m is None:
+        raise click.UsageError("give a budget: --mflops and/or --params-m")
+    check_positive(mflops, "--mflops")
+    check_positive(params_m, "--params-m")
+    config = EvolutionConfig(population=population, generations=generations, seed=seed,
+                             islands=islands)
+    predictor = str(bundled_resnet_predictor_path() if predictor is None else predictor)
+    # loaded without a space, so that another family's file is refused by the check below
+    pred = load_predictor(predictor, None, format=predictor_format)
+    if not isinstance(pred, ResNetReferencePredictor):
+        raise OfaDeployError(f"{predictor} does not predict {name} subnets; give the OFA "
+                             f"ResNet50 reference acc_predictor.pth (or omit --predictor)")
+    res = resnet_evolution_search(
+        name, pred, Constraints(max_macs=None if mflops is None else mflops * 1e6,
+                                max_params=None if params_m is None else params_m * 1e6),
+        config, resolutions=list(resolution) or None)
+    data = {"space": name, "target": None,
+            "predictor": {"path": predictor, "format": pred.source_format},
+            "resolutions": list(res.resolutions), "config": config.get_state(), **_entry(res)}
+    _finish(data, out, as_json)
+
+
+def _finish(data: dict, out, as_json: bool) -> None:
+    """Print the result document (and write it to ``out``)."""
+    from ..report import round_floats
+
+    data = round_floats(data)  # 1.438, not 1.4380000000000002
+    # the result is printed first: a write that fails anyway (disk full) loses nothing
     emit(data, as_json, _human)
-    if out and not as_json:
-        click.echo(f"wrote {out}", err=True)
+    if out:
+        try:
+            atomic_write_text(out, json.dumps(data, indent=2) + "\n")
+        except OSError as exc:
+            raise click.ClickException(f"cannot write --out {out}: {exc.strerror or exc} "
+                                       f"(the result is printed above)") from None
+        if not as_json:
+            click.echo(f"wrote {out}", err=True)

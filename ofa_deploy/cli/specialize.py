@@ -6,8 +6,8 @@ import sys
 
 import click
 
-from ._common import (config_option, emit, load_data, load_predictor_for, save_resolved_config,
-                      table)
+from ._common import (OutputPath, check_positive, config_option, emit, load_data,
+                      load_predictor_for, output_dir_guard, save_resolved_config, table)
 
 
 @click.command()
@@ -57,7 +57,7 @@ from ._common import (config_option, emit, load_data, load_predictor_for, save_r
 @click.option("--max-rounds", type=click.IntRange(1), default=3, show_default=True,
               help="Search -> export -> measure rounds of the closed loop.")
 @click.option("--out", "out_dir", default="runs/specialize", show_default=True,
-              type=click.Path(file_okay=False))
+              type=OutputPath("dir"))
 @click.option("--json", "as_json", is_flag=True, help="Print the report(s) as JSON.")
 @click.pass_context
 def specialize(ctx, targets, budgets, mflops, supernet_name, space_name, lut_path,
@@ -84,6 +84,9 @@ def specialize(ctx, targets, budgets, mflops, supernet_name, space_name, lut_pat
     from ..specialize import specialize as run
 
     echo = (lambda s: click.echo(s, err=True))
+    for b in budgets:  # usage errors exit 2 here as in `search`
+        check_positive(b, "--ms")
+    check_positive(mflops, "--mflops")
     scenarios = make_scenarios(targets, budgets, mflops)
     fmts = parse_formats(formats)
     config = EvolutionConfig(population=population, generations=generations, seed=seed,
@@ -92,14 +95,17 @@ def specialize(ctx, targets, budgets, mflops, supernet_name, space_name, lut_pat
     net.eval()
     predictor = load_predictor_for(predictor_path, predictor_format, net.space)
     ds = load_data(data_spec, supernet_name, echo)
-    save_resolved_config(ctx, out_dir)
+    spec = None if ds is None else (data_spec or "fashion-mnist")  # recorded for `export`
     command = " ".join(shlex.quote(a) for a in ["ofa-deploy", *sys.argv[1:]])
-    reports = run(net, predictor, scenarios, out_dir=out_dir, search_config=config,
-                  data=DataContext(ds, calib_images, eval_images), formats=fmts,
-                  lut_path=lut_path, threads=threads, runs=runs, warmup=warmup,
-                  finetune_epochs=finetune_epochs, supernet_name=str(supernet_name),
-                  command=command, echo=echo, progress=not as_json,
-                  latency_quantile=int(latency_quantile), max_rounds=max_rounds)
+    with output_dir_guard(out_dir):
+        reports = run(net, predictor, scenarios, out_dir=out_dir, search_config=config,
+                      data=DataContext(ds, calib_images, eval_images, spec=spec),
+                      formats=fmts,
+                      lut_path=lut_path, threads=threads, runs=runs, warmup=warmup,
+                      finetune_epochs=finetune_epochs, supernet_name=str(supernet_name),
+                      command=command, echo=echo, progress=not as_json,
+                      latency_quantile=int(latency_quantile), max_rounds=max_rounds)
+        save_resolved_config(ctx, out_dir)
 
     def human(reps):
         rows = []

@@ -5,7 +5,7 @@ import os
 
 import click
 
-from ._common import DATA_HELP, torch_device
+from ._common import OutputPath, DATA_HELP, torch_device
 
 # Kept in step with supernet.training.config.PHASES by a test; spelled out so --help needs no
 # import of the trainer.
@@ -15,7 +15,7 @@ PHASE_NAMES = ("teacher", "kernel", "depth", "expand", "full")
 @click.command()
 @click.option("--space", "space_name", required=True, help="Search space (see `ofa-deploy spaces`).")
 @click.option("--data", "data_spec", required=True, metavar="SPEC", help=DATA_HELP)
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+@click.option("--out", "out_dir", required=True, type=OutputPath("dir"),
               help="Run directory (checkpoints, logs, metrics, final supernet.pt).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
               help="YAML overriding fields of the space's default training config "

@@ -108,13 +108,29 @@ def _evolve_lockstep(problem: _Problem, cons: List[Constraints], config: Evoluti
     p = config.mutate_prob
     pr = p if config.resolution_mutate_prob is None else config.resolution_mutate_prob
     tried = passed = 1.0
+    live, n_live = np.ones(G, dtype=bool), K
     for _gen in range(config.generations):
+        if config.prune_at and _gen and _gen % config.prune_at == 0 and n_live > config.keep_islands:
+            # successive halving: per budget only the better half of the live islands (by
+            # their best arch so far) go on; stable ranking keeps ties deterministic
+            n_live = max(config.keep_islands, (n_live + 1) // 2)
+            rank = np.argsort(-np.where(live.reshape(K, B), best.reshape(K, B), -np.inf),
+                              axis=0, kind="stable")
+            live = np.zeros((K, B), dtype=bool)
+            np.put_along_axis(live, rank[:n_live], True, axis=0)
+            live = live.reshape(G)
+            keep_rows = live[gid]
+            pool, gid, scores = pool[keep_rows], gid[keep_rows], scores[keep_rows]
+            groups = np.nonzero(live)[0]
+            slot_gid = np.repeat(groups, N)
+            is_mut = np.tile(np.arange(N) < config.num_mutations, len(groups))
+            migrates = migrates & live[:-1] & live[1:]
         # parents: the best P of each group (rows sorted by group, then score)
         order = np.lexsort((-scores, gid))
         sg = gid[order]
         starts = np.searchsorted(sg, np.arange(G))
         # migration: a budget's best joins the next looser budget's pool if better there
-        tops = order[starts]
+        tops = order[np.minimum(starts, len(order) - 1)]  # (a pruned group has no rows)
         up = np.nonzero(migrates & (scores[tops[:-1]] > scores[tops[1:]]))[0]
         if len(up):
             cand, cg = pool[tops[up]], up + 1
@@ -132,8 +148,8 @@ def _evolve_lockstep(problem: _Problem, cons: List[Constraints], config: Evoluti
         counts = np.bincount(pg, minlength=G)
         offs = np.concatenate([[0], np.cumsum(counts)[:-1]])
         cnt, off = counts[slot_gid], offs[slot_gid]
-        a = parents[off + (rng.random(G * N) * cnt).astype(np.int64)]
-        b = parents[off + (rng.random(G * N) * cnt).astype(np.int64)]
+        a = parents[off + (rng.random(len(slot_gid)) * cnt).astype(np.int64)]
+        b = parents[off + (rng.random(len(slot_gid)) * cnt).astype(np.int64)]
 
         kids, done, t, f = _fill_slots(problem, a, b, is_mut, rng, p, pr, passed / tried,
                                        config.retry_rounds,

@@ -27,7 +27,7 @@ class SearchResult:
     macs: int
     params: int
     history: List[float]  # best predicted accuracy after generation i (0: initial population)
-    population: ArchBatch  # final population, best first
+    population: ArchBatch  # final population, best first (a list of ResNetArch for ResNet spaces)
     population_scores: np.ndarray
     wall_seconds: float
     evaluations: int  # distinct archs the predictor scored

@@ -61,6 +61,11 @@ class EvolutionConfig:
     # independent populations (restarts) of ``population`` archs each, evolved in lock-step
     # (one predictor pass for all of them) on the same budget; the best over them wins
     islands: int = 3
+    # successive halving of the islands: every ``prune_at`` generations (0: never) only the
+    # better half of the live islands (by best arch so far, per budget) go on evolving, down
+    # to ``keep_islands``; the pruned islands' generations are saved, not respent
+    prune_at: int = 0
+    keep_islands: int = 1
 
     def __post_init__(self) -> None:
         _check_int("population", self.population, 2)
@@ -73,6 +78,8 @@ class EvolutionConfig:
         _check_int("seed", self.seed, 0)
         _check_int("retry_rounds", self.retry_rounds, 1)
         _check_int("islands", self.islands, 1)
+        _check_int("prune_at", self.prune_at, 0)
+        _check_int("keep_islands", self.keep_islands, 1)
         if not isinstance(self.local_search, bool):
             raise SearchError(f"local_search must be true or false, got {self.local_search!r}")
         if self.num_parents < 1:

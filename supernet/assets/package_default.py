@@ -36,11 +36,15 @@ CHECK = {"images": 500, "calib_images": 500}
 
 
 def subnets() -> dict:
+    """The largest, a middle and the smallest subnet of the space, by name: the three the model card
+    describes."""
     return {"largest": ArchConfig.max(SPACE), "middle": ArchConfig.from_string(MIDDLE, SPACE),
             "smallest": ArchConfig.min(SPACE)}
 
 
 def evaluate(arch: str, extra=()) -> dict:
+    """The JSON result of ``ofa-deploy eval`` on the packaged weights for compact arch string
+    ``arch`` (``extra``: further CLI options); raises CalledProcessError when the CLI fails."""
     cmd = [sys.executable, "-m", "ofa_deploy", "eval", "--supernet", str(WEIGHTS), "--arch",
            arch, "--data", "fashion-mnist", "--json", *extra]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
@@ -48,6 +52,7 @@ def evaluate(arch: str, extra=()) -> dict:
 
 
 def main(argv=None) -> None:
+    """Write the fp16 weights with their model card and the accuracy file for the run in ``--run``."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", required=True, type=Path, help="run dir holding supernet.pt")
     ap.add_argument("--recipe", action="append", default=[], help="one line of how it was made")

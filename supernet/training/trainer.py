@@ -436,12 +436,10 @@ class Trainer:
         log_every = self.cfg.data["log_every"]
         bar = None
         if self.progress and self.dist.is_main:
-            from tqdm import tqdm
+            from ..progress import progress_bar
 
-            tty = sys.stderr.isatty()
-            bar = tqdm(total=steps, initial=self.pos["step"], desc=f"{st.name:<9}", unit="step",
-                       mininterval=0.5 if tty else 30.0, file=sys.stderr, dynamic_ncols=True,
-                       leave=True)
+            bar = progress_bar(steps, initial=self.pos["step"], desc=f"{st.name:<9}",
+                               unit="step", file=sys.stderr, mininterval=0.5, leave=True)
         win = self._win
         win.update(images=0, t=time.time())
         try:

@@ -93,7 +93,7 @@ def test_devices_lists_registered_phones_with_their_state(run_cli, phones):
     assert got["adb:gone"]["state"] == "offline" and "cannot reach" in got["adb:gone"]["reason"]
 
     r = run_cli("devices")
-    rows = {ln.split()[0]: ln.split()[2] for ln in r.stdout.splitlines()[2:]}
+    rows = {ln.split()[0]: ln.split()[2] for ln in r.stdout.split("\n\n")[0].splitlines()[2:]}
     assert rows == {"cpu": "online", "adb:phone": "online", "adb:locked": "unauthorized",
                     "adb:gone": "offline"}
 

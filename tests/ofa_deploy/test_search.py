@@ -435,3 +435,47 @@ def test_front_with_islands_gives_every_budget_the_same_search(note10, mlp_predi
         rnd = random_search(W12, mlp_predictor, Constraints(max_latency_ms=b), 1000,
                             latency_table=note10)
         assert r.predicted_accuracy > rnd.predicted_accuracy
+
+
+# -- successive halving of the islands -----------------------------------------------------
+HALVING = EvolutionConfig(population=16, generations=8, islands=4, seed=2, prune_at=3,
+                          keep_islands=1)
+
+
+def test_halving_prunes_islands_feasibly_and_deterministically(note10, mlp_predictor):
+    cons = Constraints(max_latency_ms=20.0)
+    rec = _RecordingPredictor(mlp_predictor)
+    res = evolution_search(W12, rec, cons, HALVING, latency_table=note10)
+    # every candidate scored (before and after pruning, and the local search's) fits
+    lat = np.concatenate([note10.predict(b) for b in rec.batches])
+    assert len(lat) >= res.evaluations and (lat <= 20.0 + 1e-9).all()
+    # the generations' batches shrink: 4 islands, then 2 (at generation 3), then 1 (at 6)
+    gen_rows = [len(b) for b in rec.batches[1:1 + HALVING.generations]]
+    assert max(gen_rows[:3]) <= 4 * 16 and max(gen_rows[3:6]) <= 2 * 16
+    assert max(gen_rows[6:]) <= 16 and min(gen_rows[:3]) > 2 * 16
+    full = evolution_search(W12, mlp_predictor, cons,
+                            EvolutionConfig(**{**HALVING.get_state(), "prune_at": 0}),
+                            latency_table=note10)
+    assert res.evaluations < full.evaluations
+    # every island is still reported; the winner is at least each one's best
+    assert len(res.extra["island_best"]) == 4
+    assert res.predicted_accuracy >= max(res.extra["island_best"]) - 1e-12
+    assert res.extra["local_optimum"] is True
+    again = evolution_search(W12, mlp_predictor, cons, HALVING, latency_table=note10)
+    assert again.arch == res.arch and again.extra["island_best"] == res.extra["island_best"]
+    with pytest.raises(SearchError, match="prune_at must be >= 0"):
+        EvolutionConfig(prune_at=-1)
+    with pytest.raises(SearchError, match="keep_islands must be >= 1"):
+        EvolutionConfig(keep_islands=0)
+
+
+def test_halving_front_keeps_every_budget_feasible_and_monotone(note10, mlp_predictor):
+    budgets = [18.0, 25.0, 35.0]
+    rec = _RecordingPredictor(mlp_predictor)
+    res = pareto_search(W12, rec, budgets, HALVING, latency_table=note10)
+    accs = [r.predicted_accuracy for r in res]
+    assert all(b >= a for a, b in zip(accs, accs[1:]))
+    for r, b in zip(res, budgets):
+        assert r.latency_ms <= b and len(r.extra["island_best"]) == 4
+    lat = np.concatenate([note10.predict(b) for b in rec.batches])
+    assert (lat <= max(budgets) + 1e-9).all()

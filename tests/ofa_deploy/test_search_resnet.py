@@ -1,0 +1,138 @@
+"""Search over ofa-resnet50: exact vectorized costs and features, feasibility of every
+candidate, determinism per seed, better than random sampling, and the CLI (bundled predictor)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from ofa_deploy.accuracy_resnet import load_resnet_predictor
+from ofa_deploy.search import Constraints, EvolutionConfig, InfeasibleBudgetError, SearchError
+from ofa_deploy.search.resnet import (ResNetCostModel, _ResNetProblem, resnet_evolution_search,
+                                      resnet_random_search)
+from supernet.resnet import ResNetArch, resnet_arch_cost
+
+SPACE = "ofa-resnet50"
+SMALL = EvolutionConfig(population=40, generations=15, islands=1, seed=0, local_search=False)
+
+
+@pytest.fixture(scope="module")
+def pred():
+    return load_resnet_predictor()  # the copy bundled in ofa_deploy/assets
+
+
+def _ref_costs(archs):
+    return np.array([[resnet_arch_cost(SPACE, a)[k] for k in ("macs", "params")] for a in archs])
+
+
+def test_vectorized_costs_and_features_are_exact(pred):
+    prob = _ResNetProblem(SPACE, pred, Constraints(max_macs=2e9), None)
+    g = prob.uniform(400, np.random.default_rng(3))
+    g = np.concatenate([g, np.zeros((1, g.shape[1]), g.dtype), (prob.cost.ranges - 1)[None].astype(g.dtype)])
+    archs = prob.cost.archs(g)
+    assert archs[-2] == ResNetArch.min(SPACE).canonical(SPACE)
+    assert archs[-1] == ResNetArch.max(SPACE)
+    np.testing.assert_array_equal(prob.cost.costs(g), _ref_costs(archs))
+    np.testing.assert_allclose(prob.score(g), pred.predict(archs), rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(prob.cost.genes_of(archs), prob.cost.canonical(g))
+    # equal networks (differing only in skipped blocks' expand) share a key, others do not
+    keys = prob.cost.keys(g)
+    assert keys == prob.cost.keys(prob.cost.canonical(g))
+    assert len(set(keys)) == len({a.to_string(SPACE) for a in archs})
+
+
+def test_every_scored_candidate_meets_the_budget(pred, monkeypatch):
+    scored = []
+    orig = _ResNetProblem.score
+
+    def spy(self, genes):
+        scored.append(genes.copy())
+        return orig(self, genes)
+
+    monkeypatch.setattr(_ResNetProblem, "score", spy)
+    cfg = EvolutionConfig(population=30, generations=8, islands=2, seed=1)
+    res = resnet_evolution_search(SPACE, pred, Constraints(max_macs=1.2e9, max_params=15e6), cfg)
+    cost = ResNetCostModel(SPACE, res.resolutions)
+    g = np.concatenate(scored)
+    assert len(g) >= res.evaluations > cfg.population
+    c = _ref_costs(cost.archs(g))
+    assert (c[:, 0] <= 1.2e9).all() and (c[:, 1] <= 15e6).all()
+    assert res.macs == resnet_arch_cost(SPACE, res.arch)["macs"] <= 1.2e9
+    assert res.params == resnet_arch_cost(SPACE, res.arch)["params"] <= 15e6
+    assert res.predicted_accuracy == pytest.approx(pred.predict_one(res.arch), abs=1e-12)
+    assert res.extra["local_optimum"] is True
+
+
+def test_deterministic_per_seed(pred):
+    runs = [resnet_evolution_search(SPACE, pred, Constraints(max_macs=2e9),
+                                    EvolutionConfig(population=30, generations=6, seed=s))
+            for s in (5, 5, 6)]
+    a, b, c = (r.to_dict(with_history=True) for r in runs)
+    for d in (a, b, c):
+        d.pop("search_seconds")
+    assert a == b
+    assert a["history"] != c["history"] or a["evaluations"] != c["evaluations"]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_beats_random_sampling_of_equal_evaluations(pred, seed):
+    cfg = EvolutionConfig(population=40, generations=15, islands=1, seed=seed, local_search=False)
+    evo = resnet_evolution_search(SPACE, pred, Constraints(max_macs=2e9), cfg)
+    rnd = resnet_random_search(SPACE, pred, Constraints(max_macs=2e9), evo.evaluations, seed=seed)
+    assert rnd.evaluations == evo.evaluations
+    assert evo.predicted_accuracy > rnd.predicted_accuracy
+
+
+def test_refusals(pred):
+    with pytest.raises(InfeasibleBudgetError, match=r"smallest subnet of ofa-resnet50 has 315\.08M MACs"):
+        resnet_evolution_search(SPACE, pred, Constraints(max_macs=300e6), SMALL)
+    with pytest.raises(InfeasibleBudgetError, match="params budget 1M is infeasible"):
+        resnet_evolution_search(SPACE, pred, Constraints(max_params=1e6), SMALL)
+    with pytest.raises(SearchError, match="no latency tables yet"):
+        resnet_evolution_search(SPACE, pred, Constraints(max_latency_ms=20), SMALL)
+    with pytest.raises(SearchError, match="cannot be scored"):
+        _ResNetProblem(SPACE, type("P", (), {"predict_features": pred.predict_features,
+                                             "encoder": type(pred.encoder)(SPACE, (224,))})(),
+                       Constraints(max_macs=2e9), [128])
+    res = resnet_evolution_search(SPACE, pred, Constraints(max_macs=2e9), SMALL,
+                                  resolutions=[160, 224])
+    assert res.arch.r in (160, 224) and res.resolutions == (160, 224)
+
+
+def test_cli_search_json(run_cli, tmp_path):
+    out = tmp_path / "best.json"
+    res = run_cli("search", "--space", SPACE, "--mflops", "2000", "--population", "30",
+                  "--generations", "6", "--json", "--out", out)
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    for key in ("arch", "arch_string", "predicted_accuracy", "predicted_latency_ms", "macs",
+                "params", "search_seconds", "evaluations", "constraints", "islands"):
+        assert key in data, key
+    assert data["predicted_latency_ms"] is None
+    assert data["predictor"]["format"] == "ofa-reference-resnet50"
+    assert data["constraints"]["max_macs"] == 2e9
+    a = ResNetArch.from_string(data["arch_string"], SPACE)
+    assert a == ResNetArch.from_dict(data["arch"], SPACE)
+    assert resnet_arch_cost(SPACE, a) == {"macs": data["macs"], "params": data["params"]}
+    assert data["macs"] <= 2e9
+    assert json.loads(out.read_text()) == data
+
+
+@pytest.mark.parametrize("args, needle", [
+    (("--mflops", "2000", "--ms", "20", "--target", "cpu"), "no latency tables yet"),
+    (("--mflops", "100"), "smallest subnet of ofa-resnet50 has 315.08M MACs"),
+    (("--mflops", "2000", "--predictor", "ofa_deploy/assets/ofa-mbv3-w1.2-imagenet-acc-predictor.pth"),
+     "does not predict ofa-resnet50 subnets"),
+])
+def test_cli_refusals_are_one_line(run_cli, args, needle):
+    res = run_cli("search", "--space", SPACE, *args)
+    assert res.exit_code != 0
+    text = res.output.strip()
+    assert len(text.splitlines()) == 1 and "Traceback" not in text, text
+    assert needle in text, text
+
+
+def test_cli_without_budget_is_a_usage_error(run_cli):
+    res = run_cli("search", "--space", SPACE)
+    assert res.exit_code == 2 and "give a budget: --mflops and/or --params-m" in res.output
