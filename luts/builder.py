@@ -56,7 +56,7 @@ from .table import LatencyTable, LUTError
 
 # converter_tag, export_artifact, require_converter, OpModelCache, METHOD_VERSION and
 # FORMAT_SUFFIX live in luts.convert; they stay importable from here for existing callers.
-__all__ = ["build_lut", "export_artifact", "require_converter", "raw_path", "best_of",
+__all__ = ["build_lut", "export_artifact", "require_converter", "raw_path",
            "network_bytes", "converter_tag", "OpModelCache", "check_resolutions",
            "METHOD_VERSION", "FORMAT_SUFFIX"]
 
@@ -83,12 +83,6 @@ def _diff_stats(s: LatencyStats, base_ms: float, base_std: float = 0.0) -> Laten
     p10 = min(med, max(0.0, s.p10_ms - base_ms))
     p90 = max(med, s.p90_ms - base_ms)
     return LatencyStats(med, p10, p90, float(np.hypot(s.std_ms, base_std)), s.runs)
-
-
-def best_of(old: Optional[LatencyStats], new: LatencyStats) -> LatencyStats:
-    """Keep the round with the lower median: the least-disturbed estimate (the usual
-    best-of-repeats rule of benchmarking; interference only ever adds time)."""
-    return new if old is None or new.median_ms < old.median_ms else old
 
 
 _COMPAT_KEYS = ("device", "method", "method_version", "threads", "artifact_format", "seed",
