@@ -20,7 +20,7 @@ import torch
 
 from supernet.resnet import ResNetArch, ResNetSpace, get_resnet_space
 
-from .accuracy import PredictorError
+from .arch_encoding import PredictorError
 
 __all__ = ["RESNET_PREDICTOR_IMAGE_SIZES", "ResNetArchEncoder", "ResNetReferencePredictor",
            "is_resnet_reference_state_dict", "load_resnet_predictor",
