@@ -18,7 +18,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from supernet.resnet import ResNetArch, ResNetSpace, get_resnet_space
+from supernet.resnet_space import ResNetArch, ResNetSpace, get_resnet_space
 
 from .arch_encoding import PredictorError
 

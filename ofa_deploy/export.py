@@ -167,7 +167,7 @@ def resnet_subnet_metadata(space, arch, artifacts: Dict[str, dict], **extra) -> 
     :class:`supernet.resnet.ResNetArch`): the same keys, params and MACs counted by
     :func:`supernet.resnet.resnet_arch_cost`."""
     from supernet.fileio import sha256_file
-    from supernet.resnet import resnet_arch_cost
+    from supernet.resnet_space import resnet_arch_cost
 
     from .specialize import _INT8_KEYS
 

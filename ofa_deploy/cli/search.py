@@ -115,7 +115,7 @@ def search(space, target, lut, ms, mflops, params_m, predictor, predictor_format
     from ..search import Constraints, EvolutionConfig, pareto_search
 
     # parameter names equal the option names, so --config files use the flags' spelling
-    from supernet.resnet import RESNET_SPACES
+    from supernet.resnet_space import RESNET_SPACES
 
     if space in RESNET_SPACES:
         return _search_resnet(space, target, lut, ms, mflops, params_m, predictor,
