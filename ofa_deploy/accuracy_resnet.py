@@ -18,9 +18,9 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from supernet.resnet import ResNetArch, ResNetSpace, get_resnet_space
+from supernet.resnet_space import ResNetArch, ResNetSpace, get_resnet_space
 
-from .accuracy import PredictorError
+from .arch_encoding import PredictorError
 
 __all__ = ["RESNET_PREDICTOR_IMAGE_SIZES", "ResNetArchEncoder", "ResNetReferencePredictor",
            "is_resnet_reference_state_dict", "load_resnet_predictor",

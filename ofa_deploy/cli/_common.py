@@ -230,7 +230,7 @@ def load_data(spec: str | None, supernet_name: str, echo):
 
 def load_predictor_for(path, fmt, space):
     """``--predictor`` if given, else the predictor bundled for the space (clear error if none)."""
-    from ..accuracy import bundled_predictor_path, load_predictor
+    from ..predictor_files import bundled_predictor_path, load_predictor
 
     if path is None:
         path = bundled_predictor_path(space)

@@ -72,7 +72,7 @@ def export_cmd(ctx, supernet_name, space_name, arch, formats, data_spec, calib_i
     if space_name is None:  # a net.config names its space: a reference checkpoint needs it
         sp = net_config_space(arch)
         space_name = None if sp is None else sp.name
-    from supernet.resnet import RESNET_SPACES
+    from supernet.resnet_space import RESNET_SPACES
 
     resnet = space_name in RESNET_SPACES
     if resnet:  # its own arch record and supernet; a reference-layout checkpoint file

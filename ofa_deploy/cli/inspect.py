@@ -36,7 +36,7 @@ def inspect(space_name, arch, resolution, supernet, target, top, as_json) -> Non
     from supernet import ArchConfig, arch_cost, get_space, space_stats
     from supernet.checkpoint import load_supernet
     from supernet.net_config import net_config_space
-    from supernet.resnet import RESNET_SPACES, inspect_resnet
+    from supernet.resnet_space import RESNET_SPACES, inspect_resnet
 
     if space_name is None and supernet is None and arch is not None:
         space_name = net_config_space(arch)

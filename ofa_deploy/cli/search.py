@@ -111,11 +111,11 @@ def search(space, target, lut, ms, mflops, params_m, predictor, predictor_format
     """
     from supernet.space import get_space
 
-    from ..accuracy import bundled_predictor_path, load_predictor
+    from ..predictor_files import bundled_predictor_path, load_predictor
     from ..search import Constraints, EvolutionConfig, pareto_search
 
     # parameter names equal the option names, so --config files use the flags' spelling
-    from supernet.resnet import RESNET_SPACES
+    from supernet.resnet_space import RESNET_SPACES
 
     if space in RESNET_SPACES:
         return _search_resnet(space, target, lut, ms, mflops, params_m, predictor,
@@ -178,7 +178,7 @@ def _search_resnet(name, target, lut, ms, mflops, params_m, predictor, predictor
                    resolution, population, generations, islands, seed, out, as_json) -> None:
     """``search`` for a ResNet-family space: MACs / params budgets only (no latency tables
     for this family yet); the same result keys as the MobileNet search."""
-    from ..accuracy import load_predictor
+    from ..predictor_files import load_predictor
     from ..accuracy_resnet import ResNetReferencePredictor, bundled_resnet_predictor_path
     from ..search import Constraints, EvolutionConfig
     from ..search.resnet import resnet_evolution_search

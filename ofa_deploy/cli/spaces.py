@@ -10,7 +10,7 @@ from ._common import emit
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def spaces(as_json: bool) -> None:
     """List the registered search spaces with a one-line summary each."""
-    from supernet.resnet import RESNET_SPACES
+    from supernet.resnet_space import RESNET_SPACES
     from supernet.space import get_space, list_spaces
 
     data = []

@@ -22,7 +22,7 @@ from typing import List, Sequence, Tuple
 
 import numpy as np
 
-from supernet.resnet import ResNetArch, ResNetSpace, get_resnet_space
+from supernet.resnet_space import ResNetArch, ResNetSpace, get_resnet_space
 
 from .problem import _single_thread_torch
 from .results import SearchResult, _island_report

@@ -246,7 +246,7 @@ def test_newer_version_is_refused(tmp_path):
 
 
 def test_bundled_predictor_lookup(tmp_path, monkeypatch):
-    import ofa_deploy.accuracy as acc
+    import ofa_deploy.predictor_files as acc
 
     for name in ("ofa-mbv3-tiny", "ofa-mbv3-w1.2"):  # both ship with the package
         assert bundled_predictor_path(name).is_file()
@@ -254,7 +254,7 @@ def test_bundled_predictor_lookup(tmp_path, monkeypatch):
             [ArchConfig.max(name)]).shape == (1,)
     assert bundled_predictor_path("ofa-mbv3-w1.0") is None
     monkeypatch.setattr(acc, "BUNDLED_PREDICTORS", {"ofa-mbv3-tiny": "x.pth"})
-    monkeypatch.setattr(acc, "__file__", str(tmp_path / "accuracy.py"))
+    monkeypatch.setattr(acc, "__file__", str(tmp_path / "predictor_files.py"))
     assert bundled_predictor_path("ofa-mbv3-tiny") is None
     (tmp_path / "assets").mkdir()
     (tmp_path / "assets" / "x.pth").write_bytes(b"")

@@ -111,7 +111,7 @@ def test_bundled_reference_predictor_is_the_default_for_w12(run_cli):
 
 
 def test_errors_are_one_line(run_cli, predictor_file, tmp_path, monkeypatch):
-    import ofa_deploy.accuracy as acc
+    import ofa_deploy.predictor_files as acc
 
     monkeypatch.setattr(acc, "BUNDLED_PREDICTORS", {})
     _one_line_error(run_cli("search", "--space", W12, "--target", "note10", "--ms", "30",

@@ -1,0 +1,126 @@
+"""Benchmark (issue 13): how much accuracy int8 costs, per subnet, and how to predict it.
+
+For random subnets of the bundled default (plus its largest, middle and smallest), each is
+BN-calibrated, exported fp32 and int8 (ONNX QDQ, the product's ``export_artifacts`` path,
+calibrated on held-out training images) and both shipped files are evaluated on the whole
+Fashion-MNIST test split. The drop (fp32 - int8 accuracy) is then predicted on held-out
+subnets (alternating split) by: no drop (the float predictor as is), a constant (the mean drop
+of the fitting half), and a least-squares line in (MACs, resolution). The model with the lowest
+held-out mean absolute error is the one a search should use.
+
+    nice -n 19 .venv/bin/python benchmarks/int8/accuracy_drop.py [--subnets 24]
+
+Resumable: every subnet's result is appended to drop_records.jsonl as it is measured, and a
+re-run skips the archs already there. Writes accuracy_drop.json and accuracy_drop.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+from ofa_deploy.evaluate import accuracy_file  # noqa: E402
+from ofa_deploy.export import export_artifacts  # noqa: E402
+from profilers.measure import cpu_model  # noqa: E402
+from supernet import ArchConfig, arch_cost, extract_subnet  # noqa: E402
+from supernet.assets.package_default import subnets as default_subnets  # noqa: E402
+from supernet.bn import calibrate_bn, calibration_batches  # noqa: E402
+from supernet.checkpoint import load_supernet  # noqa: E402
+from supernet.fileio import atomic_write_text  # noqa: E402
+from supernet.quantize import QuantSettings  # noqa: E402
+from supernet.training.data import load_dataset  # noqa: E402
+
+
+def _archs(space, n, seed):
+    named = list(default_subnets().values())
+    rng = np.random.default_rng(seed)
+    return named + [ArchConfig.sample(space, rng) for _ in range(n)]
+
+
+def _measure(net, ds, arch, calib_images, tmp):
+    sub = extract_subnet(net, arch).eval()
+    calibrate_bn(sub, calibration_batches(ds.holdout, arch.r, 2000, 200, channels_last=False))
+    shape = (1, 3, arch.r, arch.r)
+    calib = lambda: (x.numpy() for x in calibration_batches(  # noqa: E731
+        ds.holdout, arch.r, calib_images, 200, channels_last=False))
+    f32 = export_artifacts(sub, shape, Path(tmp) / "f", ("onnx",))["onnx"]["path"]
+    i8 = export_artifacts(sub, shape, Path(tmp) / "q", ("onnx",), precision="int8",
+                          calibration=calib, quant=QuantSettings(calib_images=calib_images))
+    acc32 = accuracy_file(f32, ds.test, arch.r, threads=1)["accuracy"]
+    acc8 = accuracy_file(i8["onnx"]["path"], ds.test, arch.r, threads=1)["accuracy"]
+    return acc32, acc8
+
+
+def _fit_and_score(records):
+    drop = np.array([r["fp32"] - r["int8"] for r in records])
+    feats = np.array([[1.0, r["macs"] / 1e6, r["r"]] for r in records])
+    fit, held = np.arange(len(records)) % 2 == 0, np.arange(len(records)) % 2 == 1
+    models = {"no drop": np.zeros(held.sum()), "constant": np.full(held.sum(), drop[fit].mean())}
+    coef, *_ = np.linalg.lstsq(feats[fit], drop[fit], rcond=None)
+    models["linear (MACs, resolution)"] = feats[held] @ coef
+    return {name: {"held_out_mae_points": round(100 * float(np.mean(np.abs(pred - drop[held]))), 3)}
+            for name, pred in models.items()}, drop
+
+
+def main(argv=None):
+    """Measure every subnet (resuming), fit the drop models, write the results."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--subnets", type=int, default=24, help="random subnets besides the named 3")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--calib-images", type=int, default=256)
+    ap.add_argument("--out-dir", type=Path, default=HERE)
+    a = ap.parse_args(argv)
+    a.out_dir.mkdir(parents=True, exist_ok=True)
+    log = a.out_dir / "drop_records.jsonl"
+    done = {}
+    if log.exists():
+        for line in log.read_text().splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                done[rec["arch"]] = rec
+    net = load_supernet("default").eval()
+    space = net.space
+    ds = load_dataset("fashion-mnist")
+    records = []
+    for arch in _archs(space, a.subnets, a.seed):
+        key = arch.to_string(space)
+        if key not in done:
+            with tempfile.TemporaryDirectory(prefix="ofa-int8-drop-") as tmp:
+                acc32, acc8 = _measure(net, ds, arch, a.calib_images, tmp)
+            done[key] = {"arch": key, "r": arch.r, "macs": arch_cost(space, arch)["macs"],
+                         "fp32": acc32, "int8": acc8}
+            with open(log, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(done[key]) + "\n")
+            print(json.dumps(done[key]), flush=True)
+        records.append(done[key])
+    scores, drop = _fit_and_score(records)
+    doc = {"benchmark": "int8 accuracy drop", "space": space.name, "subnets": len(records),
+           "machine": {"cpu": cpu_model(), "cores": os.cpu_count()},
+           "quantization": QuantSettings(calib_images=a.calib_images).get_state(),
+           "drop_points": {"mean": round(100 * float(drop.mean()), 3),
+                           "min": round(100 * float(drop.min()), 3),
+                           "max": round(100 * float(drop.max()), 3)},
+           "models": scores, "records": records}
+    atomic_write_text(a.out_dir / "accuracy_drop.json", json.dumps(doc, indent=2) + "\n")
+    rows = "\n".join(f"| {k} | {v['held_out_mae_points']:.3f} |" for k, v in scores.items())
+    d = doc["drop_points"]
+    md = (f"# int8 accuracy drop ({space.name}, Fashion-MNIST test split, ONNX QDQ)\n\n"
+          f"{len(records)} subnets; drop fp32 - int8 in points: mean {d['mean']:.3f}, "
+          f"min {d['min']:.3f}, max {d['max']:.3f}.\n\n"
+          "| drop model | held-out MAE (points) |\n|---|---|\n" + rows + "\n")
+    atomic_write_text(a.out_dir / "accuracy_drop.md", md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
