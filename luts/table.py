@@ -28,6 +28,10 @@ p90_factor``. The correction is linear, so the calibrated grid stays a per-op gr
 search prices populations exactly as fast. :attr:`LatencyTable.speed_scale` (set by
 :func:`luts.drift.check_drift` before a table is used, never saved) rescales everything to
 the machine's speed of the day. :meth:`predict` and :meth:`grid` apply both by default.
+
+The module is a little over 500 lines: the format (entries, meta, protocol, calibration), its
+validation and the vectorised prediction over a grid are one record's code; where tables
+live is in :mod:`luts.store`, how they are built in :mod:`luts.builder`.
 """
 from __future__ import annotations
 

@@ -9,6 +9,10 @@ budget the search uses is tightened by the observed ratio and the search runs ag
 under 0.9 x budget while slower (more accurate) subnets exist, the effective budget is loosened
 the same way. At most ``max_rounds`` rounds; the report lists each, and the winner is the
 round with the best predicted accuracy among those measured within budget (else the fastest).
+
+The module is a little over 500 lines because the loop's steps (scenario, search round,
+extraction and calibration, export, measurement, report) share one scenario record and one
+error-handling path; export, reports and measurement backends live in their own modules.
 """
 from __future__ import annotations
 
@@ -51,6 +55,7 @@ class Scenario:
 
     @property
     def name(self) -> str:
+        """Folder name of the scenario: device slug, budget and MACs cap, e.g. ``cpu-15ms``."""
         b = f"{self.budget_ms:g}ms"
         return f"{DeviceSpec.parse(self.target).slug}-{b}" + (f"-{self.mflops:g}M" if self.mflops else "")
 
@@ -120,6 +125,8 @@ def lut_id(table: LatencyTable) -> str:
 
 
 def runtime_versions() -> Dict[str, str]:
+    """Versions of Python, torch, numpy, the runtimes and converters behind a report's
+    numbers (recorded in report.json, so two reports can be told apart)."""
     vers = {"python": platform.python_version(), "torch": torch.__version__,
             "numpy": np.__version__, "platform": platform.platform()}
     for mod, name in (("onnxruntime", "onnxruntime"), ("onnx", "onnx"),

@@ -138,6 +138,7 @@ class OutputPath(click.ParamType):
         self.kind = kind
 
     def convert(self, value, param, ctx):
+        """The path itself, or a usage error naming why it cannot be written."""
         problem = output_path_problem(value, self.kind)
         if problem:
             self.fail(problem, param, ctx)
