@@ -73,11 +73,30 @@ def random_supernet(space, seed: int):
 def measure_subnets(table: LatencyTable, archs: Sequence[ArchConfig], profiler: Profiler,
                     protocol: MeasurementProtocol, *, seed: int = 0,
                     work_dir: "str | os.PathLike | None" = None,
-                    on_step: Optional[Callable[[str, int, int], None]] = None
-                    ) -> List[LatencyStats]:
+                    on_step: Optional[Callable[[str, int, int], None]] = None,
+                    progress: "str | None" = None) -> List[LatencyStats]:
     """Extract each arch from a random supernet, export it exactly as ``specialize`` ships it
     (no BN folding by hand: the runtime folds it, as it does for the shipped file) and time
-    all of them under ``protocol``, interleaved."""
+    all of them under ``protocol``, interleaved. ``progress`` (a label such as ``"validate
+    cpu"``) shows a progress bar on stderr, one step per conversion and per timing round."""
+    if progress is not None and on_step is None:
+        import sys
+
+        from supernet.progress import progress_bar
+
+        bar = progress_bar(len(archs) * (protocol.rounds + 1), unit="step", file=sys.stderr,
+                           desc=f"{progress}: {len(archs)} subnets x (convert + "
+                                f"{protocol.rounds} rounds)")
+
+        def step(what, k, n):
+            bar.set_postfix_str(what, refresh=False)
+            bar.update(1)
+
+        try:
+            return measure_subnets(table, archs, profiler, protocol, seed=seed,
+                                   work_dir=work_dir, on_step=step)
+        finally:
+            bar.close()
     from supernet.model import extract_subnet
 
     from .convert import export_artifact
@@ -216,32 +235,13 @@ def calibrate_lut(table: "LatencyTable | str | os.PathLike",
     table.speed_scale = 1.0
     table.calibration = None
     op_sum = table.predict(archs, calibrated=False)
-    bar = None
-    if progress:
-        import sys
+    stats = measure_subnets(table, archs, profiler, protocol, seed=seed, work_dir=work_dir,
+                            progress=f"calibrate {spec}" if progress else None)
+    # the reference ops, timed now: later drift checks compare with the speed the
+    # calibration saw
+    from .drift import check_drift
 
-        from supernet.progress import progress_bar
-
-        bar = progress_bar(len(archs) * (protocol.rounds + 1), unit="step", file=sys.stderr,
-                           desc=f"calibrate {spec}: {len(archs)} subnets x (convert + "
-                                f"{protocol.rounds} rounds)")
-
-    def step(what, k, n):
-        if bar is not None:
-            bar.set_postfix_str(what, refresh=False)
-            bar.update(1)
-
-    try:
-        stats = measure_subnets(table, archs, profiler, protocol, seed=seed, work_dir=work_dir,
-                                on_step=step)
-        # the reference ops, timed now: later drift checks compare with the speed the
-        # calibration saw
-        from .drift import check_drift
-
-        refs = check_drift(table, profiler, protocol, apply=False, networks=False)
-    finally:
-        if bar is not None:
-            bar.close()
+    refs = check_drift(table, profiler, protocol, apply=False, networks=False)
     cal = fit_calibration(op_sum, [s.median_ms for s in stats], [a.r for a in archs],
                           table.resolutions, [s.p90_ms for s in stats])
     cvs = [cv_of(s) for s in stats]

@@ -120,28 +120,8 @@ def validate_lut(table: "LatencyTable | str | os.PathLike", device: "str | Devic
         warnings_.append(drift_info["warning"])
     predicted = table.predict(archs, quantile=quantile)
     uncal = table.predict(archs, calibrated=False)
-    bar = None
-    if progress:
-        import sys
-
-        from supernet.progress import progress_bar
-
-        # each subnet is converted once, then timed once per round
-        bar = progress_bar(len(archs) * (protocol.rounds + 1), unit="step", file=sys.stderr,
-                           desc=f"validate {spec}: {len(archs)} subnets x (convert + "
-                                f"{protocol.rounds} rounds)")
-
-    def step(what, k, n):
-        if bar is not None:
-            bar.set_postfix_str(what, refresh=False)
-            bar.update(1)
-
-    try:
-        stats = measure_subnets(table, archs, profiler, protocol, seed=seed, work_dir=work_dir,
-                                on_step=step)
-    finally:
-        if bar is not None:
-            bar.close()
+    stats = measure_subnets(table, archs, profiler, protocol, seed=seed, work_dir=work_dir,
+                            progress=f"validate {spec}" if progress else None)
     rows: List[Dict[str, Any]] = []
     for i, (arch, pred, raw, s) in enumerate(zip(archs, predicted, uncal, stats)):
         measured = s.p90_ms if quantile == 90 else s.median_ms

@@ -6,35 +6,15 @@ import json
 
 import click
 import pytest
-import torch
 import yaml
 from click.testing import CliRunner
 
 from luts.table import LatencyTable
-from ofa_deploy.accuracy import AccuracyPredictor, ArchEncoder
 from ofa_deploy.cli._common import config_option, save_resolved_config
 from profilers.base import LatencyStats
 from supernet import Supernet, enumerate_ops, get_space
-from supernet.checkpoint import save_supernet
 
 SPACE = "ofa-mbv3-tiny"
-
-
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    """A random tiny supernet, a MACs-proportional LUT and a random predictor on disk."""
-    d = tmp_path_factory.mktemp("first-hour")
-    sp = get_space(SPACE)
-    torch.manual_seed(0)  # test-local weights only
-    save_supernet(Supernet(sp), d / "net.pt")
-    res = (32, 40)
-    t = LatencyTable(sp, res, meta={"device": "ort:cpu", "threads": 1})
-    for op in enumerate_ops(sp, res):
-        v = op.macs / 2e7 + 0.01
-        t.add(op, LatencyStats(v, v * 0.9, v * 1.1, 0.0, 5))
-    t.save(d / "lut.json")
-    AccuracyPredictor(ArchEncoder.for_space(sp), (16,), space=sp, seed=1).save(d / "pred.pt")
-    return d
 
 
 def _spec(assets, out, *extra):

@@ -10,33 +10,14 @@ import pytest
 import torch
 
 from luts.table import LatencyTable
-from ofa_deploy.accuracy import AccuracyPredictor, ArchEncoder, load_predictor
+from ofa_deploy.accuracy import load_predictor
 from ofa_deploy.collect import arch_for_index, read_records
 from ofa_deploy.search import EvolutionConfig
 from ofa_deploy.specialize import Scenario, _search, lut_id, make_scenarios
-from profilers.base import LatencyStats
-from supernet import (ArchConfig, OfaDeployError, Supernet, arch_cost, enumerate_ops,
+from supernet import (ArchConfig, OfaDeployError, Supernet, arch_cost,
                       extract_subnet, get_space)
-from supernet.checkpoint import save_supernet
 
 SPACE = "ofa-mbv3-tiny"
-
-
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    """A random tiny supernet, a MACs-proportional LUT and a random predictor on disk."""
-    d = tmp_path_factory.mktemp("spec")
-    sp = get_space(SPACE)
-    torch.manual_seed(0)  # test-local weights only; the code under test takes explicit seeds
-    save_supernet(Supernet(sp), d / "net.pt")
-    res = (32, 40)
-    t = LatencyTable(sp, res, meta={"device": "ort:cpu", "threads": 1})
-    for op in enumerate_ops(sp, res):
-        v = op.macs / 2e7 + 0.01
-        t.add(op, LatencyStats(v, v * 0.9, v * 1.1, 0.0, 5))
-    t.save(d / "lut.json")
-    AccuracyPredictor(ArchEncoder.for_space(sp), (16,), space=sp, seed=1).save(d / "pred.pt")
-    return d
 
 
 def _spec_args(assets, out, *extra):
