@@ -106,6 +106,19 @@ def _resolve_resolutions(space: Space, predictor, latency_table, resolutions) ->
     return tuple(res)
 
 
+def _unseen_rows(keys, seen: set, limit: int) -> List[int]:
+    """Indices of the first ``limit`` keys not in ``seen`` (added to it): the initial sample
+    scores no arch twice."""
+    take: List[int] = []
+    for i, k in enumerate(keys):
+        if len(take) >= limit:
+            break
+        if k not in seen:
+            seen.add(k)
+            take.append(i)
+    return take
+
+
 class _Problem:
     """One space + predictor + cost model + constraints: samples, prices and scores genes."""
 
@@ -241,13 +254,7 @@ class _Problem:
             else:
                 g = self.uniform(2 * (n - count) + 8, rng)
                 g = g[self.repair(g, rng)]
-            take = []
-            for i, k in enumerate(self.cost.keys(g)):
-                if count + len(take) >= n:
-                    break
-                if k not in seen:
-                    seen.add(k)
-                    take.append(i)
+            take = _unseen_rows(self.cost.keys(g), seen, n - count)
             if take:
                 got.append(g[take])
                 count += len(take)

@@ -24,7 +24,7 @@ import numpy as np
 
 from supernet.resnet_space import ResNetArch, ResNetSpace, get_resnet_space
 
-from .problem import _single_thread_torch
+from .problem import _single_thread_torch, _unseen_rows
 from .results import SearchResult, _island_report
 from .settings import Constraints, EvolutionConfig, InfeasibleBudgetError, SearchError, _check_int
 
@@ -277,28 +277,24 @@ class _ResNetProblem:
                     g[bad] = np.where(m, 0, g[bad])
                     ok[bad] = self.feasible(g[bad])
             g = g[ok]
-            take = []
-            for i, k in enumerate(self.cost.keys(g)):
-                if count + len(take) >= n:
-                    break
-                if k not in seen:
-                    seen.add(k)
-                    take.append(i)
+            take = _unseen_rows(self.cost.keys(g), seen, n - count)
             if take:
                 got.append(g[take])
                 count += len(take)
         return np.concatenate(got)
 
-    def vary(self, a: np.ndarray, b: np.ndarray, is_mut: np.ndarray, rng: np.random.Generator,
-             p: float, pr: float) -> np.ndarray:
-        """Mutants of ``a`` (each gene resampled with ``p``, the resolution with ``pr``) where
-        ``is_mut``; uniform crossovers of ``a`` and ``b`` elsewhere."""
-        u = rng.random(a.shape)
-        probs = np.full(a.shape[1], p)
-        probs[self.cost.res_gene] = pr
-        mut = is_mut[:, None]
-        out = np.where((u < 0.5) & ~mut, b, a)
-        rows, cols = np.nonzero((rng.random(a.shape) < probs) & mut)
+    def vary(self, first: np.ndarray, second: np.ndarray, mutate_rows: np.ndarray,
+             rng: np.random.Generator, mutate_prob: float, res_mutate_prob: float
+             ) -> np.ndarray:
+        """Mutants of ``first`` (each gene resampled with ``mutate_prob``, the resolution with
+        ``res_mutate_prob``) where ``mutate_rows``; uniform crossovers of ``first`` and
+        ``second`` elsewhere (the same names and draws as the MobileNet problem's ``vary``)."""
+        u = rng.random(first.shape)
+        probs = np.full(first.shape[1], mutate_prob)
+        probs[self.cost.res_gene] = res_mutate_prob
+        mut = mutate_rows[:, None]
+        out = np.where((u < 0.5) & ~mut, second, first)
+        rows, cols = np.nonzero((rng.random(first.shape) < probs) & mut)
         out[rows, cols] = (rng.random(len(rows)) * self.cost.ranges[cols]).astype(out.dtype)
         return out
 
@@ -309,15 +305,15 @@ def _children(prob: _ResNetProblem, parents: np.ndarray, cfg: EvolutionConfig,
     to ``retry_rounds`` rounds, and takes its first feasible one; a slot still open stays
     empty (bounded, unlike the reference's ``while True``)."""
     n, k = cfg.population, 4
-    p = cfg.mutate_prob
-    pr = p if cfg.resolution_mutate_prob is None else cfg.resolution_mutate_prob
+    mutate_prob = cfg.mutate_prob
+    res_prob = mutate_prob if cfg.resolution_mutate_prob is None else cfg.resolution_mutate_prob
     a = parents[rng.integers(len(parents), size=n)]
     b = parents[rng.integers(len(parents), size=n)]
-    is_mut = np.arange(n) < cfg.num_mutations
+    mutate_rows = np.arange(n) < cfg.num_mutations
     kids, done, todo = np.empty_like(a), np.zeros(n, bool), np.arange(n)
     for _ in range(cfg.retry_rounds):
         rows = np.concatenate([todo] * k)
-        cand = prob.vary(a[rows], b[rows], is_mut[rows], rng, p, pr)
+        cand = prob.vary(a[rows], b[rows], mutate_rows[rows], rng, mutate_prob, res_prob)
         ok = prob.feasible(cand).reshape(k, len(todo))
         first = ok.argmax(axis=0)
         hit = ok[first, np.arange(len(todo))]
