@@ -414,6 +414,7 @@ class LatencyTable:
         for r in rows:
             by_kind[r["kind"]] = by_kind.get(r["kind"], 0.0) + r["predicted_ms"]
         return {"arch_string": arch.to_string(self.space), "r": arch.r,
+                "precision": self.precision,
                 "predicted_ms": pred, "predicted_p90_ms": self.predict_one(arch, quantile=90),
                 "op_sum_ms": sum(ms for _, ms in ops), "ops": len(ops),
                 "runtime_overhead_ms": f * self.overhead_ms, "calibration_offset_ms": offset,
