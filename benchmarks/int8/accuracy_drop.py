@@ -41,6 +41,26 @@ from supernet.quantize import QuantSettings  # noqa: E402
 from supernet.training.data import load_dataset  # noqa: E402
 
 
+def machine_info():
+    """What the numbers depend on beyond the code: the CPU (model name and its AVX flags, since
+    onnxruntime's int8 kernels differ between AVX2, AVX-512 and VNNI), core count, onnxruntime
+    version, and load average; recorded so numbers from different CPUs are never confused."""
+    import onnxruntime
+    from profilers.measure import loadavg
+    flags = []
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.lower().startswith("flags"):
+                    flags = sorted(f for f in line.split(":", 1)[1].split()
+                                   if f.startswith("avx") or "vnni" in f)
+                    break
+    except OSError:
+        pass
+    return {"cpu": cpu_model(), "cpu_flags_avx": flags, "cores": os.cpu_count(),
+            "onnxruntime": onnxruntime.__version__, "loadavg": loadavg()}
+
+
 def _archs(space, n, seed):
     named = list(default_subnets().values())
     rng = np.random.default_rng(seed)
@@ -88,6 +108,7 @@ def main(argv=None):
             if line.strip():
                 rec = json.loads(line)
                 done[rec["arch"]] = rec
+    machine = machine_info()
     net = load_supernet("default").eval()
     space = net.space
     ds = load_dataset("fashion-mnist")
@@ -105,7 +126,7 @@ def main(argv=None):
         records.append(done[key])
     scores, drop = _fit_and_score(records)
     doc = {"benchmark": "int8 accuracy drop", "space": space.name, "subnets": len(records),
-           "machine": {"cpu": cpu_model(), "cores": os.cpu_count()},
+           "machine": machine,
            "quantization": QuantSettings(calib_images=a.calib_images).get_state(),
            "drop_points": {"mean": round(100 * float(drop.mean()), 3),
                            "min": round(100 * float(drop.min()), 3),
