@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -41,6 +40,7 @@ import numpy as np  # noqa: E402
 from ofa_deploy.export import export_artifacts  # noqa: E402
 from profilers.base import DeviceSpec  # noqa: E402
 from profilers.litert import LiteRTProfiler  # noqa: E402
+from profilers.litert import _version as prof_version  # noqa: E402
 from profilers.measure import loadavg, time_callable  # noqa: E402
 from profilers.protocol import MeasurementProtocol  # noqa: E402
 from supernet.quantize import QuantSettings  # noqa: E402
@@ -197,7 +197,7 @@ def main(argv=None):
     from accuracy_drop import machine_info
 
     protocol = MeasurementProtocol(runs=a.runs, warmup=a.warmup, rounds=a.rounds, threads=1)
-    machine = machine_info()
+    machine = {**machine_info(), "ai_edge_litert": prof_version()}
     results = []
     with tempfile.TemporaryDirectory(prefix="ofa-int8-ops-") as tmp:
         for i, (name, sub, r, calib) in enumerate(_cases(a.cases.split(","), a.calib_images)):
@@ -237,8 +237,9 @@ def main(argv=None):
 def render_md(doc, top=10):
     """The markdown report of a tflite_ops.json document."""
     m = doc["machine"]
-    out = [f"# TFLite per-op time, fp32 vs int8 (LiteRT + XNNPACK, 1 thread)\n",
-           f"{m['cpu']} ({', '.join(m['cpu_flags_avx'])}), {m['cores']} cores, load "
+    litert = f", ai-edge-litert {m['ai_edge_litert']}" if "ai_edge_litert" in m else ""
+    out = ["# TFLite per-op time, fp32 vs int8 (LiteRT + XNNPACK, 1 thread)\n",
+           f"{m['cpu']} ({', '.join(m['cpu_flags_avx'])}), {m['cores']} cores{litert}, load "
            f"{(m.get('loadavg') or ['?'])[0]} -> {(m.get('loadavg_after') or ['?'])[0]}; "
            f"{doc['protocol']['rounds']} rounds x {doc['protocol']['runs']} runs, pooled median. "
            "Each op timed as a one-op model; `xnnpack` = how many of that type XNNPACK took.\n"]
