@@ -97,17 +97,15 @@ def measure_subnets(table: LatencyTable, archs: Sequence[ArchConfig], profiler: 
                                    work_dir=work_dir, on_step=step)
         finally:
             bar.close()
-    from supernet.model import extract_subnet
-
     from .convert import export_artifact
 
     fmt = profiler.artifact_format
-    net = random_supernet(table.space, seed)
+    # the family's extraction from one random supernet (weights do not change latency)
+    subnets = table.family.random_subnets(table.space, archs, seed)
     tmp = Path(tempfile.mkdtemp(prefix="ofa-lut-subnets-", dir=work_dir))
     try:
         items: List[Tuple[Any, Tuple[int, ...]]] = []
-        for i, arch in enumerate(archs):
-            sub = extract_subnet(net, arch).eval()
+        for i, (arch, sub) in enumerate(zip(archs, subnets)):
             shape = (1, 3, arch.r, arch.r)
             items.append((sub if fmt == "torch" else
                           export_artifact(sub, shape, tmp / f"net{i}.{fmt}", fmt), shape))

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Dict
 
 from profilers.base import DeviceSpec, DeviceSpecError
-from supernet.space import Space, get_space, list_spaces
+from supernet.op_families import all_space_names, resolve_space
+from supernet.space import Space
 
 from .table import LatencyTable, LUTError
 
@@ -46,7 +47,7 @@ def _device_slug(device: "DeviceSpec | str") -> str:
 
 def default_lut_path(device: "DeviceSpec | str", space_name: "str | Space") -> Path:
     """``cache_dir()/luts/<device slug>/<space>.json``."""
-    name = space_name.name if isinstance(space_name, Space) else str(space_name)
+    name = str(getattr(space_name, "name", space_name))
     return cache_dir() / "luts" / _device_slug(device) / f"{name}.json"
 
 
@@ -64,7 +65,7 @@ def builtin_table_path(name: str) -> Path:
 
 def _check_space(t: LatencyTable, space) -> LatencyTable:
     if space is not None:
-        want = get_space(space).name
+        want = resolve_space(space)[1].name
         if t.space.name != want:
             raise LUTError(f"latency table ({t._describe()}) is for space {t.space.name}, not "
                            f"{want}")
@@ -90,13 +91,13 @@ def load_table(name_or_path: "str | os.PathLike", *, space: "Space | str | None"
                        f"({', '.join(BUILTIN_TABLES)}) or a device spec (cpu, tflite:cpu, "
                        f"cuda:0, adb:NAME)") from None
     if space is not None:
-        sp = get_space(space).name
+        sp = resolve_space(space)[1].name
         path = default_lut_path(dev, sp)
         if path.is_file():
             return _check_space(LatencyTable.load(path), sp)
         raise LUTError(f"no latency table for device {dev} and space {sp} (looked for {path}); "
                        f"build it with `ofa-deploy profile --device {dev} --space {sp}`")
-    found = [(n, default_lut_path(dev, n)) for n in list_spaces()]
+    found = [(n, default_lut_path(dev, n)) for n in all_space_names()]
     found = [(n, pth) for n, pth in found if pth.is_file()]
     if len(found) == 1:
         return LatencyTable.load(found[0][1])

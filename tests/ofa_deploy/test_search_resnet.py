@@ -89,7 +89,7 @@ def test_refusals(pred):
         resnet_evolution_search(SPACE, pred, Constraints(max_macs=300e6), SMALL)
     with pytest.raises(InfeasibleBudgetError, match="params budget 1M is infeasible"):
         resnet_evolution_search(SPACE, pred, Constraints(max_params=1e6), SMALL)
-    with pytest.raises(SearchError, match="no latency tables yet"):
+    with pytest.raises(SearchError, match="latency budget for space ofa-resnet50 needs a latency table"):
         resnet_evolution_search(SPACE, pred, Constraints(max_latency_ms=20), SMALL)
     with pytest.raises(SearchError, match="cannot be scored"):
         _ResNetProblem(SPACE, type("P", (), {"predict_features": pred.predict_features,
@@ -120,7 +120,8 @@ def test_cli_search_json(run_cli, tmp_path):
 
 
 @pytest.mark.parametrize("args, needle", [
-    (("--mflops", "2000", "--ms", "20", "--target", "cpu"), "no latency tables yet"),
+    (("--mflops", "2000", "--ms", "20", "--target", "note10"),
+     "is for space ofa-mbv3-w1.2, not ofa-resnet50"),
     (("--mflops", "100"), "smallest subnet of ofa-resnet50 has 315.08M MACs"),
     (("--mflops", "2000", "--predictor", "ofa_deploy/assets/ofa-mbv3-w1.2-imagenet-acc-predictor.pth"),
      "does not predict ofa-resnet50 subnets"),
@@ -135,4 +136,4 @@ def test_cli_refusals_are_one_line(run_cli, args, needle):
 
 def test_cli_without_budget_is_a_usage_error(run_cli):
     res = run_cli("search", "--space", SPACE)
-    assert res.exit_code == 2 and "give a budget: --mflops and/or --params-m" in res.output
+    assert res.exit_code == 2 and "give a budget: --ms, --mflops and/or --params-m" in res.output
