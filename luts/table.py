@@ -3,8 +3,10 @@
 A table maps every op shape a space can run (:class:`~supernet.ops.OpKey`) to measured
 :class:`~profilers.base.LatencyStats`. A subnet's predicted latency is the sum of the median
 latencies of its ops plus ``overhead_ms`` (what a whole network costs beyond its ops: input
-copy, interpreter dispatch), evaluated for whole populations at once through an
-:class:`~supernet.ops.OpGrid`.
+copy, interpreter dispatch), evaluated for whole populations at once through the space
+family's grid (:mod:`supernet.op_families`: an :class:`~supernet.ops.OpGrid` for MobileNet
+spaces, a :class:`~supernet.resnet_ops.ResNetOpGrid` for ResNet ones, whose bottleneck ops also
+depend on the previous stage's width).
 
 Most tables measure each op shape once (``entries``). Tables imported from the reference
 measured every op inside the network of each input resolution, so a shape that occurs at two
@@ -269,9 +271,9 @@ class LatencyTable:
         return float(p90s.sum() / tot) if tot > 0 else 1.0
 
     def grid(self, *, interpolate: bool = False, quantile: int = 50,
-             calibrated: bool = True) -> OpGrid:
-        """Predicted latency per op laid out for vectorised scoring; ``overhead_ms`` is added
-        to the fixed part, so it counts once per network, and the calibration (unless
+             calibrated: bool = True) -> "OpGrid":
+        """Predicted latency per op laid out for vectorised scoring (the family's grid: an
+        :class:`OpGrid` for MobileNet spaces); ``overhead_ms`` is added once per network, and the calibration (unless
         ``calibrated=False``) and :attr:`speed_scale` are applied (both are linear). Missing
         ops raise :class:`LUTError` naming the op, unless ``interpolate``: then each is
         estimated from the nearest measured op of the same kind scaled by MACs, and listed in
