@@ -109,3 +109,14 @@ def test_profile_cli_builds_a_resnet_table(table_path, run_cli, tmp_path, tmp_pa
     res = run_cli("profile", "--device", "cpu", "--space", TINY.name, "--resolutions",
                   "48", "--out", tmp_path / "u.json")
     assert res.exit_code == 2 and "not in space resnet-tiny-lut-test" in res.output
+
+
+def test_committed_ofa_resnet50_table_is_complete():
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks/resnet_lut/cpu-ofa-resnet50-128.json"
+    t = LatencyTable.load(path)
+    assert t.space.name == "ofa-resnet50" and t.resolutions == (128,)
+    assert t.missing_ops() == [] and len(t.entries) == 162 and t.calibration is not None
+    lo, hi = t.min_max()
+    assert 0 < lo < t.predict_one(ResNetArch.max("ofa-resnet50", 128)) == pytest.approx(hi)
