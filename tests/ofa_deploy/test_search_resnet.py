@@ -220,3 +220,19 @@ def test_cli_search_with_a_latency_table(run_cli, lut128):
         a = ResNetArch.from_string(e["arch_string"], SPACE)
         assert e["predicted_latency_ms"] == pytest.approx(t.predict_one(a), rel=1e-6)
         assert e["predicted_latency_ms"] <= budget and e["macs"] <= 3e9
+
+
+def test_cli_inspect_and_lut_predict_with_a_resnet_table(run_cli, lut128):
+    t, path = lut128
+    want = t.predict_one(ResNetArch.max(SPACE, 128))
+    res = run_cli("inspect", "--space", SPACE, "--arch", "max", "--resolution", "128",
+                  "--target", path, "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["latency"]["predicted_ms"] == pytest.approx(want)
+    res = run_cli("lut", "predict", "--lut", path, "--arch", "max", "--resolution", "128",
+                  "--json")
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["predicted_ms"] == pytest.approx(want) and data["ops"] == 21
+    res = run_cli("inspect", "--space", SPACE, "--arch", "max", "--target", path)
+    assert res.exit_code == 1 and "resolution 256 not in the latency table" in res.output
