@@ -75,7 +75,8 @@ def measure_subnets(table: LatencyTable, archs: Sequence[ArchConfig], profiler: 
                     work_dir: "str | os.PathLike | None" = None,
                     on_step: Optional[Callable[[str, int, int], None]] = None,
                     progress: "str | None" = None) -> List[LatencyStats]:
-    """Extract each arch from a random supernet, export it exactly as ``specialize`` ships it
+    """Extract each arch (an arch of the table's family, through the family's extraction) from
+    a random supernet, export it exactly as ``specialize`` ships it
     (no BN folding by hand: the runtime folds it, as it does for the shipped file) and time
     all of them under ``protocol``, interleaved. ``progress`` (a label such as ``"validate
     cpu"``) shows a progress bar on stderr, one step per conversion and per timing round."""

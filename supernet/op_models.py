@@ -20,8 +20,8 @@ from .layers import ConvBNAct, ResidualBlock, StaticMBConv
 from .ops import OpKey
 from .space import Space
 
-__all__ = ["build_op_model", "mobilenet_op_model", "build_context_model", "context_name", "op_input_shape",
-           "OverheadModel", "overhead_input_shape", "fold_batchnorm", "randomize_"]
+__all__ = ["build_op_model", "mobilenet_op_model", "build_context_model", "context_name",
+           "op_input_shape", "OverheadModel", "overhead_input_shape", "fold_batchnorm", "randomize_"]
 
 
 class _Pool(nn.Module):
