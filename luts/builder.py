@@ -1,9 +1,9 @@
 """Build a latency table by timing every op a space can run on one device.
 
 Method
-    Every distinct op (the space family's ``enumerate_ops``, :mod:`supernet.op_families`)
-    becomes a small standalone model (:mod:`supernet.op_models`), is converted to the
-    backend's format and timed. By default an op is timed behind a *context* producer (a depthwise 1x1 conv on its input) and the
+    Every distinct op (its family's ``enumerate_ops``) becomes a small standalone model
+    (:mod:`supernet.op_models`), is converted to the backend's format and timed. By default an
+    op is timed behind a *context* producer (a depthwise 1x1 conv on its input) and the
     producer alone is timed too; the entry is the difference. That difference is the op as it
     runs inside a network: the runtime's layout conversions at graph edges telescope along a
     chain of ops, fusions with the producer happen as they do in a network, and the fixed cost
