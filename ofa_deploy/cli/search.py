@@ -86,12 +86,12 @@ def _human(data: dict) -> str:
 @click.option("--population", type=int, default=None,
               help="Archs per island.  [default: 200]")
 @click.option("--generations", type=int, default=None,
-              help="  [default: 70; ofa-resnet50: 80]")
+              help="  [default: 65; ofa-resnet50: 80]")
 @click.option("--islands", type=int, default=None,
               help="Independent populations evolved together; the best wins (1 and 100 x 500 "
-                   "generations: the OFA reference's search). By default 6, the better 3 "
-                   "(per budget) going on after 25 generations; ofa-resnet50: 3, none "
-                   "dropped.  [default: 6]")
+                   "generations: the OFA reference's search). By default 8, halved to the "
+                   "better 4 (per budget) after 20 generations and to 3 after 40; "
+                   "ofa-resnet50: 3, none dropped.  [default: 8]")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=OutputPath("file"), default=None, metavar="FILE",
               help="Also write the result (the --json document) to FILE.")

@@ -514,10 +514,10 @@ def test_structure_floor_is_exact_and_initial_samples_stay_feasible(note10):
     assert (again == s).all()
 
 
-def test_default_config_halves_six_islands_and_resnet_keeps_its_own():
+def test_default_config_halves_eight_islands_and_resnet_keeps_its_own():
     cfg = EvolutionConfig()
-    assert (cfg.islands, cfg.population, cfg.generations) == (6, 200, 70)
-    assert (cfg.prune_at, cfg.keep_islands) == (25, 3)
+    assert (cfg.islands, cfg.population, cfg.generations) == (8, 200, 65)
+    assert (cfg.prune_at, cfg.keep_islands) == (20, 3)
     from ofa_deploy.cli.search import RESNET_DEFAULT
 
     assert RESNET_DEFAULT["prune_at"] == 0
