@@ -93,10 +93,11 @@ def make_scenarios(targets: Sequence[str], budgets: Sequence[float],
 
 
 def resolve_lut(target: str, space, *, lut_path: Optional[str] = None, build: bool = True,
-                threads: Optional[int] = None, progress: bool = True,
-                echo: Callable[[str], None] = lambda s: None) -> LatencyTable:
+                threads: Optional[int] = None, estimator: Optional[str] = None,
+                progress: bool = True, echo: Callable[[str], None] = lambda s: None) -> LatencyTable:
     """The target's table: ``--lut``, a built-in, the profile cache; for a local target a
-    missing table is built now (and cached), for a phone the error names the profile command."""
+    missing table is built now (and cached; with ``threads`` and ``estimator`` where given),
+    for a phone the error names the profile command."""
     if lut_path is not None:
         return load_table(lut_path, space=space)
     try:
@@ -112,7 +113,7 @@ def resolve_lut(target: str, space, *, lut_path: Optional[str] = None, build: bo
     threads = 1 if threads is None else threads
     echo(f"no latency table for {spec} / {space.name} yet: profiling it now with {threads} "
          f"thread(s) (cached for next time; --threads to change)")
-    table = build_lut(space, spec, threads=threads, progress=progress)
+    table = build_lut(space, spec, threads=threads, estimator=estimator, progress=progress)
     from luts.calibrate import calibrate_lut
 
     echo("calibrating the new table on 20 whole subnets (the export path specialize ships)")
@@ -285,13 +286,15 @@ def _retarget(eff: float, budget: float, figure: float) -> float:
 
 def target_protocol(table: LatencyTable, threads: Optional[int] = None,
                     runs: Optional[int] = None, warmup: Optional[int] = None,
-                    rounds: Optional[int] = None) -> MeasurementProtocol:
+                    rounds: Optional[int] = None, estimator: Optional[str] = None
+                    ) -> MeasurementProtocol:
     """The protocol ``specialize`` measures with: the table's, with the precision settings
-    given; a thread count other than the table's is refused (it measures something else)."""
+    given; a thread count or estimator other than the table's is refused (it measures
+    something else)."""
     from luts.calibrate import table_protocol
 
     base = table_protocol(table)
-    p = base.with_(threads=threads, runs=runs, warmup=warmup, rounds=rounds)
+    p = base.with_(threads=threads, runs=runs, warmup=warmup, rounds=rounds, estimator=estimator)
     require_comparable(base, p, "the latency table", "this measurement")
     return p
 
@@ -316,13 +319,15 @@ def specialize(net: Supernet, predictor, scenarios: List[Scenario], *, out_dir: 
                search_config: EvolutionConfig, data: DataContext, formats: Sequence[str],
                lut_path: Optional[str] = None, threads: Optional[int] = None,
                runs: Optional[int] = None, warmup: Optional[int] = None,
-               rounds: Optional[int] = None, finetune_epochs: int = 0,
+               rounds: Optional[int] = None, estimator: Optional[str] = None,
+               finetune_epochs: int = 0,
                supernet_name: str = "", command: str = "", echo: Callable[[str], None] = print,
                progress: bool = True, latency_quantile: int = 50, max_rounds: int = 3,
                drift: bool = True) -> List[Dict[str, Any]]:
     """Search, export and measure the best subnet of every scenario (see the module
     docstring for the closed loop). ``runs``/``warmup``/``rounds`` change the precision of
-    the measurement protocol (default: the table's); ``latency_quantile`` (50 or 90) says
+    the measurement protocol (default: the table's); ``estimator`` must be the table's (a
+    missing local table is built with it); ``latency_quantile`` (50 or 90) says
     which measured figure must fit the budget; ``drift`` re-times the table's reference ops
     first and rescales it to today's speed. Returns one report dict per scenario."""
     from .export import export_artifacts
@@ -339,13 +344,13 @@ def specialize(net: Supernet, predictor, scenarios: List[Scenario], *, out_dir: 
     if lut_path is not None and len(targets) > 1:
         raise OfaDeployError("--lut names one table: use it with a single --target")
     # every table is resolved (and every budget checked) before any slow work starts
-    tables = {t: resolve_lut(t, space, lut_path=lut_path, threads=threads, progress=progress,
-                             echo=echo) for t in targets}
+    tables = {t: resolve_lut(t, space, lut_path=lut_path, threads=threads, estimator=estimator,
+                             progress=progress, echo=echo) for t in targets}
     protocols: Dict[str, Optional[MeasurementProtocol]] = {}
     drifts: Dict[str, Any] = {}
     for t in targets:
         local = DeviceSpec.parse(t).backend in LOCAL_BACKENDS
-        protocols[t] = target_protocol(tables[t], threads, runs, warmup, rounds)
+        protocols[t] = target_protocol(tables[t], threads, runs, warmup, rounds, estimator)
         if local and drift:
             from luts.drift import check_drift
 

@@ -6,8 +6,8 @@ import sys
 
 import click
 
-from ._common import (OutputPath, check_positive, config_option, emit, load_data,
-                      load_predictor_for, output_dir_guard, save_resolved_config, table)
+from ._common import (OutputPath, check_positive, config_option, emit, estimator_option,
+                      load_data, load_predictor_for, output_dir_guard, save_resolved_config, table)
 
 
 @click.command()
@@ -51,6 +51,8 @@ from ._common import (OutputPath, check_positive, config_option, emit, load_data
               help="Timed runs per round (default: the LUT's measurement protocol).")
 @click.option("--warmup", default=None, type=click.IntRange(0),
               help="Untimed runs per round (default: the LUT's measurement protocol).")
+@estimator_option("Default: the LUT's; another than the LUT's is refused (a missing local "
+                  "LUT is profiled with it).")
 @click.option("--latency-quantile", type=click.Choice(["50", "90"]), default="50",
               show_default=True,
               help="Which measured figure must fit the budget: the median (50) or p90 (90).")
@@ -63,7 +65,7 @@ from ._common import (OutputPath, check_positive, config_option, emit, load_data
 def specialize(ctx, targets, budgets, mflops, supernet_name, space_name, lut_path,
                predictor_path, predictor_format, data_spec, calib_images, eval_images,
                finetune_epochs, formats, population, generations, islands, seed, threads, runs,
-               warmup, latency_quantile, max_rounds, out_dir, as_json) -> None:
+               warmup, estimator, latency_quantile, max_rounds, out_dir, as_json) -> None:
     """Search the best subnet for each (target, budget), then export and measure it.
 
     \b
@@ -111,6 +113,7 @@ def specialize(ctx, targets, budgets, mflops, supernet_name, space_name, lut_pat
                       data=DataContext(ds, calib_images, eval_images, spec=spec),
                       formats=fmts,
                       lut_path=lut_path, threads=threads, runs=runs, warmup=warmup,
+                      estimator=estimator,
                       finetune_epochs=finetune_epochs, supernet_name=str(supernet_name),
                       command=command, echo=echo, progress=not as_json,
                       latency_quantile=int(latency_quantile), max_rounds=max_rounds)
