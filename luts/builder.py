@@ -256,8 +256,8 @@ def build_lut(space: "Space | str", device: "str | DeviceSpec", *,
     ``protocol`` (default :class:`~profilers.protocol.MeasurementProtocol` with ``runs``,
     ``warmup``, ``rounds``, ``threads``, ``cpus``, ``cache`` and ``estimator`` where given):
     how every model is timed; ``rounds`` passes over all ops, every run kept (the estimator
-    makes an entry of them; resuming under another estimator is refused). Rerunning a complete build
-    with more rounds refines it. ``cache_dir``: root of the op-model cache (default
+    makes an entry of them; resuming under another estimator is refused). Rerunning a
+    complete build with more rounds refines it. ``cache_dir``: root of the op-model cache (default
     ``cache_dir()/ops``). ``profiler``: an already-made profiler (tests); otherwise one is made
     from ``device`` and the protocol. ``flush_bytes`` (host CPU backends, ``cache="cold"``
     only): bytes written to evict caches before each timed run; ``"auto"`` is

@@ -220,7 +220,8 @@ def _reference_networks(archs: Sequence[ArchConfig], stats: Sequence[LatencyStat
 def calibrate_lut(table: "LatencyTable | str | os.PathLike",
                   device: "str | DeviceSpec | None" = None, *, samples: int = 20,
                   seed: int = 0, protocol: Optional[MeasurementProtocol] = None,
-                  estimator: Optional[str] = None, profiler: Optional[Profiler] = None, save: bool = True,
+                  estimator: Optional[str] = None, profiler: Optional[Profiler] = None,
+                  save: bool = True,
                   progress: bool = False, work_dir: "str | os.PathLike | None" = None,
                   echo: Callable[[str], None] = lambda s: None) -> LatencyTable:
     """Time ``samples`` random whole subnets on ``device`` (default: the table's) under the

@@ -94,7 +94,8 @@ def make_scenarios(targets: Sequence[str], budgets: Sequence[float],
 
 def resolve_lut(target: str, space, *, lut_path: Optional[str] = None, build: bool = True,
                 threads: Optional[int] = None, estimator: Optional[str] = None,
-                progress: bool = True, echo: Callable[[str], None] = lambda s: None) -> LatencyTable:
+                progress: bool = True, echo: Callable[[str], None] = lambda s: None
+                ) -> LatencyTable:
     """The target's table: ``--lut``, a built-in, the profile cache; for a local target a
     missing table is built now (and cached; with ``threads`` and ``estimator`` where given),
     for a phone the error names the profile command."""
@@ -294,7 +295,8 @@ def target_protocol(table: LatencyTable, threads: Optional[int] = None,
     from luts.calibrate import table_protocol
 
     base = table_protocol(table)
-    p = base.with_(threads=threads, runs=runs, warmup=warmup, rounds=rounds, estimator=estimator)
+    p = base.with_(threads=threads, runs=runs, warmup=warmup, rounds=rounds,
+                   estimator=estimator)
     require_comparable(base, p, "the latency table", "this measurement")
     return p
 

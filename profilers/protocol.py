@@ -43,8 +43,8 @@ import numpy as np
 from .base import LatencyStats, ProfilerError
 
 __all__ = ["MeasurementProtocol", "ProtocolMismatch", "require_comparable", "measure_pooled",
-           "noise_warning", "cv_of", "estimate", "ESTIMATORS", "DEFAULT_ESTIMATOR", "CACHE_POLICIES",
-           "DEFAULT_MAX_CV"]
+           "estimate", "noise_warning", "cv_of", "ESTIMATORS", "DEFAULT_ESTIMATOR",
+           "CACHE_POLICIES", "DEFAULT_MAX_CV"]
 
 ESTIMATORS = ("median-pooled", "best-round-median")
 DEFAULT_ESTIMATOR = "median-pooled"

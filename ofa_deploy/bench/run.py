@@ -256,7 +256,8 @@ def run_bench(artifacts: Sequence[Artifact], devices: Sequence[DeviceSpec], *,
               runs: Optional[int] = None, warmup: Optional[int] = None,
               threads: Optional[int] = None, rounds: Optional[int] = None,
               cache: Optional[str] = None, estimator: Optional[str] = None,
-              protocol: Optional[MeasurementProtocol] = None, baseline: "str | os.PathLike | None" = None, tolerance_pct: float = 10.0,
+              protocol: Optional[MeasurementProtocol] = None,
+              baseline: "str | os.PathLike | None" = None, tolerance_pct: float = 10.0,
               min_delta_ms: float = 0.0, json_path: "str | os.PathLike | None" = None,
               resume: bool = False,
               on_result: Optional[Callable[[BenchResult, int, int], None]] = None,
@@ -265,8 +266,8 @@ def run_bench(artifacts: Sequence[Artifact], devices: Sequence[DeviceSpec], *,
 
     Every measurement follows ``protocol`` (default: the shared
     :class:`~profilers.protocol.MeasurementProtocol` with ``runs``, ``warmup``, ``threads``,
-    ``rounds``, ``cache`` and ``estimator`` where given), so bench numbers compare with a table's,
-    ``lut validate``'s and ``specialize``'s; a baseline measured under another protocol is
+    ``rounds``, ``cache`` and ``estimator`` where given), so bench numbers compare with a
+    table's, ``lut validate``'s and ``specialize``'s; a baseline measured under another protocol is
     refused. ``json_path`` is rewritten atomically after each result. ``resume`` reuses
     measured results already in ``json_path`` for the same (artifact name, sha256, device)
     and protocol.
