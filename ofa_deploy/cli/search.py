@@ -90,17 +90,17 @@ def _human(data: dict) -> str:
               help="Independent populations evolved together; the best wins (1 and 100 x 500 "
                    "generations: the OFA reference's search).")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=OutputPath("file"), default=None, metavar="FILE",
+              help="Also write the result (the --json document) to FILE.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--init-arch", "init_arch", multiple=True, metavar="ARCH",
               help="Start the search from this subnet too (repeatable): an arch string, JSON "
                    "or JSON file (e.g. a report.json or search --out), min/max, or a reference "
                    "net.config (file or directory). One over a budget is skipped there with a "
                    "warning; one at a resolution the search cannot score is an error.")
-@click.option("--out", type=OutputPath("file"), default=None, metavar="FILE",
-              help="Also write the result (the --json document) to FILE.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @config_option
 def search(space, target, lut, ms, mflops, params_m, predictor, predictor_format, resolution,
-           population, generations, islands, seed, init_arch, out, as_json) -> None:
+           population, generations, islands, seed, out, as_json, init_arch) -> None:
     """Find the subnet with the best predicted accuracy within a budget.
 
     \b
@@ -141,7 +141,6 @@ def search(space, target, lut, ms, mflops, params_m, predictor, predictor_format
 
     config = EvolutionConfig(population=population, generations=generations, seed=seed,
                              islands=islands)
-    seeds = _init_archs(init_arch, space)
 
     table_obj, target_label = None, target
     if lut is not None or target is not None:
@@ -161,6 +160,7 @@ def search(space, target, lut, ms, mflops, params_m, predictor, predictor_format
         predictor = str(bundled)
     pred = load_predictor(predictor, space, format=predictor_format)
 
+    seeds = _init_archs(init_arch, space)
     base = Constraints(max_macs=None if mflops is None else mflops * 1e6,
                        max_params=None if params_m is None else params_m * 1e6)
     budgets = [float(b) for b in dict.fromkeys(ms)] or [base]
@@ -191,30 +191,6 @@ def search(space, target, lut, ms, mflops, params_m, predictor, predictor_format
         data["search_seconds_total"] = results[-1].extra.get(
             "front_seconds", sum(r.wall_seconds for r in results))
     _finish(data, out, as_json)
-
-
-def _init_archs(texts, space) -> list:
-    """``(text, ArchConfig)`` of every --init-arch, parsed as ``--arch`` is elsewhere (a
-    net.config at any resolution: the search refuses one it cannot score, naming it)."""
-    from supernet.arch import ArchConfig, ArchError
-
-    out = []
-    for t in texts:
-        try:
-            out.append((t, ArchConfig.parse(t, space)))
-        except ArchError as exc:
-            raise ArchError(f"--init-arch {t}: {exc}") from None
-    return out
-
-
-def _warn_unseeded(seeds: list, results) -> None:
-    """One warning line per --init-arch that some budget could not start from (over it)."""
-    for i, (text, _a) in enumerate(seeds):
-        over = [r.constraints.describe() for r in results
-                if i in r.extra.get("seeds_over_budget", ())]
-        if over:
-            click.echo(f"warning: --init-arch {text} is over the budget ({'; '.join(over)}); "
-                       f"not seeded there", err=True)
 
 
 def _search_resnet(name, target, lut, ms, mflops, params_m, predictor, predictor_format,
@@ -282,3 +258,27 @@ def _finish(data: dict, out, as_json: bool) -> None:
                                        f"(the result is printed above)") from None
         if not as_json:
             click.echo(f"wrote {out}", err=True)
+
+
+def _init_archs(texts, space) -> list:
+    """``(text, ArchConfig)`` of every --init-arch, parsed as ``--arch`` is elsewhere (a
+    net.config at any resolution: the search refuses one it cannot score, naming it)."""
+    from supernet.arch import ArchConfig, ArchError
+
+    out = []
+    for t in texts:
+        try:
+            out.append((t, ArchConfig.parse(t, space)))
+        except ArchError as exc:
+            raise ArchError(f"--init-arch {t}: {exc}") from None
+    return out
+
+
+def _warn_unseeded(seeds: list, results) -> None:
+    """One warning line per --init-arch that some budget could not start from (over it)."""
+    for i, (text, _a) in enumerate(seeds):
+        over = [r.constraints.describe() for r in results
+                if i in r.extra.get("seeds_over_budget", ())]
+        if over:
+            click.echo(f"warning: --init-arch {text} is over the budget ({'; '.join(over)}); "
+                       f"not seeded there", err=True)

@@ -42,8 +42,7 @@ def pareto_search(space: "Space | str", predictor, budgets: Sequence["Constraint
     island of the next looser budget when it fits there and is better (the other islands stay
     independent restarts), and a last pass does the same for the winners, so a looser budget
     never ends worse than a tighter one. One budget is exactly :func:`evolution_search`. ``wall_seconds`` of each result is its share of the total, which
-    ``extra["front_seconds"]`` holds. ``seed_archs`` seed every budget as in
-    :func:`evolution_search` (each budget reports the seeds over it)."""
+    ``extra["front_seconds"]`` holds."""
     config = EvolutionConfig() if config is None else config
     if not isinstance(config, EvolutionConfig):
         raise SearchError("config must be an EvolutionConfig")
@@ -52,7 +51,9 @@ def pareto_search(space: "Space | str", predictor, budgets: Sequence["Constraint
         raise SearchError("no budgets given")
     cons.sort(key=lambda c: tuple(c.limits()))
     problem = _Problem(space, predictor, cons[0], latency_table, resolutions)
-    seeds = _seed_genes(problem, seed_archs)  # before any search: a bad seed is refused early
+    # seed_archs start every budget they fit, as evolution_search's do (each budget lists
+    # the seeds over it); checked before any search, so a bad seed is refused at once
+    seeds = _seed_genes(problem, seed_archs)
     for c in cons:
         problem.set_constraints(c)
         problem.check_feasible()
