@@ -22,7 +22,7 @@ from .arch import ArchConfig, ArchError
 from .space import Space, get_space, list_spaces
 
 __all__ = ["NET_CONFIG_FAMILIES", "is_net_config", "read_net_config", "arch_from_net_config",
-           "net_config_space", "resolve_arch"]
+           "net_config_space", "net_config_file", "resolve_arch"]
 
 # net.config "name" -> our family
 NET_CONFIG_FAMILIES = {"MobileNetV3": "mbv3", "ProxylessNASNets": "proxyless"}
@@ -215,6 +215,26 @@ def net_config_space(text: str) -> Optional[Space]:
             return None  # not ours to report: the arch parser names the problem
         return read_net_config(p)[0] if is_net_config(data) else None
     return None
+
+
+def net_config_file(text: str) -> Optional[Path]:
+    """The ``net.config`` file an arch given as the CLI takes it names (the file itself, or
+    the one in a directory); None for any other arch (inline JSON included: it has no file).
+    Its directory's name is the specialized network's name in the reference's release
+    (``ofa_specialized/<name>/net.config``)."""
+    t = text.strip()
+    if t.startswith("{"):
+        return None
+    try:
+        p = Path(t)
+        if p.is_dir():
+            p = p / "net.config"
+        if not p.is_file():
+            return None
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return p if is_net_config(data) else None
 
 
 def resolve_arch(text: str, space: "Space | str | None" = None) -> Tuple[Space, ArchConfig]:

@@ -49,3 +49,22 @@ def test_export_writes_the_config_network(run_cli, tmp_path):
     want = [((c["mid_channels"] or c["in_channels"]), 1, c["kernel_size"], c["kernel_size"])
             for c in (b["mobile_inverted_conv"] for b in cfg["blocks"])]
     assert depthwise == want
+    # named as the reference names it, and bench labels the artifact with that name
+    saved = json.loads((out / "model.json").read_text())
+    assert saved["name"] == meta["name"] == CPU.name
+    assert Path(saved["source"]) == CPU / "net.config"
+    from ofa_deploy.bench import collect_artifacts
+
+    (art,) = collect_artifacts([out])
+    assert (art.name, art.label) == ("model.onnx", CPU.name)
+
+
+def test_net_config_file_names_only_net_configs(tmp_path):
+    from supernet.net_config import net_config_file
+
+    assert net_config_file(str(CPU)) == CPU / "net.config"
+    assert net_config_file(str(CPU / "net.config")) == CPU / "net.config"
+    other = tmp_path / "arch.json"
+    other.write_text(json.dumps({"arch": read_net_config(CPU)[1].to_dict()}))
+    for text in ("min", str(other), (CPU / "net.config").read_text(), str(tmp_path / "no")):
+        assert net_config_file(text) is None

@@ -35,7 +35,8 @@ from ._common import OutputPath, atomic_write_text, emit, load_data, output_dir_
 def export_cmd(ctx, supernet_name, space_name, arch, formats, data_spec, calib_images, precision,
                out_dir, as_json) -> None:
     """Export any subnet as model.onnx / model.tflite (each checked against torch) plus
-    model.json metadata (arch, params, MACs, sizes, hashes).
+    model.json metadata (arch, params, MACs, sizes, hashes; for a net.config also its name,
+    the directory's, and its path as source: `bench` labels the artifacts with that name).
 
     With --arch runs/X/report.json, the supernet and the BN calibration (data, images, order)
     recorded by `specialize` are used unless given here, so model.onnx comes out bit for bit
@@ -44,7 +45,7 @@ def export_cmd(ctx, supernet_name, space_name, arch, formats, data_spec, calib_i
     from supernet import ArchConfig, extract_subnet
     from supernet.bn import calibration_batches
     from supernet.checkpoint import load_supernet
-    from supernet.net_config import net_config_space
+    from supernet.net_config import net_config_file, net_config_space
     from supernet.quantize import QuantizeError, QuantSettings
 
     from ..export import export_artifacts, parse_formats, resnet_subnet_metadata
@@ -99,6 +100,10 @@ def export_cmd(ctx, supernet_name, space_name, arch, formats, data_spec, calib_i
         meta = (resnet_subnet_metadata if resnet else subnet_metadata)(
             net.space, a, arts, supernet=str(supernet_name), bn_calibrated=ds is not None,
             bn_calibration=bn_record)
+        source = net_config_file(arch)
+        if source is not None:  # named as the reference names it; bench shows that name
+            meta["name"] = source.resolve().parent.name
+            meta["source"] = str(source)
         meta = round_floats(meta)
         atomic_write_text(Path(out_dir) / "model.json", json.dumps(meta, indent=2))
     emit(meta, as_json, lambda m: table(
