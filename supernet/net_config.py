@@ -29,8 +29,12 @@ NET_CONFIG_FAMILIES = {"MobileNetV3": "mbv3", "ProxylessNASNets": "proxyless"}
 
 
 def is_net_config(data: Any) -> bool:
-    """Whether ``data`` (parsed JSON) looks like a reference ``net.config``."""
-    return isinstance(data, Mapping) and "blocks" in data and "first_conv" in data
+    """Whether ``data`` (parsed JSON) looks like a reference ``net.config`` (a MobileNet's or,
+    with an ``input_stem``, a ResNet's)."""
+    from .net_config_resnet import is_resnet_net_config
+
+    return (isinstance(data, Mapping) and "blocks" in data and "first_conv" in data) \
+        or is_resnet_net_config(data)
 
 
 def _load_json(path: Path, what: str) -> Any:
@@ -126,7 +130,17 @@ def arch_from_net_config(cfg: Mapping, space: "Space | str | None" = None, *,
                          image_size: Optional[int] = None, source: str = "net.config"
                          ) -> Tuple[Space, ArchConfig]:
     """Space and arch of a parsed ``net.config``; ``space`` (optional) must be the one the
-    config's widths identify. ``image_size`` defaults to the space's largest resolution."""
+    config's widths identify. ``image_size`` defaults to the space's largest resolution. A
+    ResNet's config gives a :class:`~supernet.resnet_space.ResNetSpace` and
+    :class:`~supernet.resnet_space.ResNetArch` (:mod:`supernet.net_config_resnet`)."""
+    from .net_config_resnet import is_resnet_net_config, resnet_arch_from_net_config
+
+    if is_resnet_net_config(cfg):
+        found, arch = resnet_arch_from_net_config(cfg, image_size=image_size, source=source)
+        name = getattr(space, "name", space)
+        if name is not None and name != found.name:
+            raise ArchError(f"{source} describes a subnet of space {found.name}, not {name}")
+        return found, arch
     if not is_net_config(cfg):
         raise ArchError(f"{source} is not a net.config (no 'blocks' and 'first_conv')")
     if not isinstance(cfg["blocks"], list) or len(cfg["blocks"]) < 2:
