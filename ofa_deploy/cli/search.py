@@ -124,11 +124,9 @@ def search(space, target, lut, ms, mflops, params_m, predictor, predictor_format
     from supernet.resnet_space import RESNET_SPACES
 
     if space in RESNET_SPACES:
-        if init_arch:
-            raise click.UsageError(f"--init-arch is not supported for {space} yet")
         return _search_resnet(space, target, lut, ms, mflops, params_m, predictor,
                               predictor_format, resolution, population, generations, islands,
-                              seed, out, as_json)
+                              seed, out, as_json, init_arch)
     space = get_space(space)
     if not ms and mflops is None and params_m is None:
         raise click.UsageError("give a budget: --ms, --mflops and/or --params-m")
@@ -194,13 +192,16 @@ def search(space, target, lut, ms, mflops, params_m, predictor, predictor_format
 
 
 def _search_resnet(name, target, lut, ms, mflops, params_m, predictor, predictor_format,
-                   resolution, population, generations, islands, seed, out, as_json) -> None:
+                   resolution, population, generations, islands, seed, out, as_json,
+                   init_arch=()) -> None:
     """``search`` for a ResNet-family space (its own gene layout and cost grids); the same
     result keys as the MobileNet search, several --ms evolved one after another."""
     from ..predictor_files import load_predictor
     from ..accuracy_resnet import ResNetReferencePredictor, bundled_resnet_predictor_path
     from ..search import Constraints, EvolutionConfig
     from ..search.resnet import resnet_evolution_search
+    from ..search import SearchError
+    from ..search.evolution import SeedArchError
 
     if not ms and mflops is None and params_m is None:
         raise click.UsageError("give a budget: --ms, --mflops and/or --params-m")
@@ -225,18 +226,26 @@ def _search_resnet(name, target, lut, ms, mflops, params_m, predictor, predictor
     if not isinstance(pred, ResNetReferencePredictor):
         raise OfaDeployError(f"{predictor} does not predict {name} subnets; give the OFA "
                              f"ResNet50 reference acc_predictor.pth (or omit --predictor)")
+    seeds = _init_archs(init_arch, name, resnet=True)
     results = []
     for budget in [float(b) for b in dict.fromkeys(ms)] or [None]:
         cons = Constraints(max_latency_ms=budget,
                            max_macs=None if mflops is None else mflops * 1e6,
                            max_params=None if params_m is None else params_m * 1e6)
-        results.append(resnet_evolution_search(name, pred, cons, config,
-                                               resolutions=list(resolution) or None,
-                                               latency_table=table_obj))
+        try:
+            results.append(resnet_evolution_search(name, pred, cons, config,
+                                                   resolutions=list(resolution) or None,
+                                                   latency_table=table_obj,
+                                                   seed_archs=[a for _, a in seeds] or None))
+        except SeedArchError as exc:  # named by the flag's value, not the seed's position
+            raise SearchError(f"--init-arch {seeds[exc.index][0]} {exc.reason}") from None
+    _warn_unseeded(seeds, results)
     res = results[-1]
     data = {"space": name, "target": target_label,
             "predictor": {"path": predictor, "format": pred.source_format},
             "resolutions": list(res.resolutions), "config": config.get_state(), **_entry(res)}
+    if seeds:
+        data["init_archs"] = [{"source": t, "arch_string": a.to_string(name)} for t, a in seeds]
     if len(results) > 1:
         data["pareto"] = [_entry(r) for r in results]
         data["search_seconds_total"] = sum(r.wall_seconds for r in results)
@@ -260,15 +269,17 @@ def _finish(data: dict, out, as_json: bool) -> None:
             click.echo(f"wrote {out}", err=True)
 
 
-def _init_archs(texts, space) -> list:
-    """``(text, ArchConfig)`` of every --init-arch, parsed as ``--arch`` is elsewhere (a
-    net.config at any resolution: the search refuses one it cannot score, naming it)."""
+def _init_archs(texts, space, resnet: bool = False) -> list:
+    """``(text, arch)`` of every --init-arch, parsed as ``--arch`` is elsewhere (a net.config
+    at any resolution: the search refuses one it cannot score, naming it)."""
     from supernet.arch import ArchConfig, ArchError
+    from supernet.resnet_space import ResNetArch
 
+    parse = ResNetArch.parse if resnet else ArchConfig.parse
     out = []
     for t in texts:
         try:
-            out.append((t, ArchConfig.parse(t, space)))
+            out.append((t, parse(t, space)))
         except ArchError as exc:
             raise ArchError(f"--init-arch {t}: {exc}") from None
     return out

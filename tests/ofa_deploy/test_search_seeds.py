@@ -3,6 +3,8 @@ skipped and reported, a seed at a resolution the search cannot score is refused.
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -100,3 +102,29 @@ def test_front_seeds_every_budget_it_fits():
     assert [r.extra["seeds_over_budget"] for r in res] == [[1], []]
     assert [r.extra["seeds_used"] for r in res] == [1, 2]
     assert res[1].arch == big
+
+
+RESNET_CONFIGS = Path(__file__).resolve().parents[1] / "data" / "ofa-resnet50-netconfig"
+
+
+def test_resnet_search_takes_init_archs(run_cli, tmp_path):
+    base = ("search", "--space", "ofa-resnet50", "--mflops", "2000", "--islands", "1", "--json")
+    out = tmp_path / "best.json"
+    strong = run_cli(*base, "--population", "40", "--generations", "15", "--out", out)
+    assert strong.exit_code == 0, strong.output
+    best = json.loads(strong.stdout)
+    short = ("--population", "8", "--generations", "0")
+    cold = json.loads(run_cli(*base, *short).stdout)
+    assert cold["predicted_accuracy"] < best["predicted_accuracy"]  # else this proves nothing
+    big = RESNET_CONFIGS / "resnet50_max_r224"  # over 2000M MACs
+    res = run_cli(*base, *short, "--init-arch", out, "--init-arch", big)
+    assert res.exit_code == 0, res.output
+    warm = json.loads(res.stdout)
+    assert warm["predicted_accuracy"] >= best["predicted_accuracy"]
+    assert (warm["seeds_used"], warm["seeds_over_budget"]) == (1, [1])
+    assert res.stderr.strip().splitlines() == [
+        f"warning: --init-arch {big} is over the budget (MACs <= 2000M); not seeded there"]
+    off = RESNET_CONFIGS / "resnet50_mixed_r288"
+    bad = run_cli(*base, *short, "--init-arch", off)
+    assert bad.exit_code != 0 and len(bad.output.strip().splitlines()) == 1
+    assert f"--init-arch {off} has resolution 288" in bad.output and "256]" in bad.output
