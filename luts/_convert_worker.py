@@ -47,7 +47,7 @@ def main(argv=None) -> int:
         req = json.loads(line)
         try:
             job = _Job(req["what"], tuple(req["shape"]), req["space"], int(req["seed"]),
-                       bool(req["context"]))
+                       bool(req["context"]), str(req.get("precision", "fp32")))
             path = _convert(job, req["fmt"], req["path"])
             reply = {"ok": True, "path": path}
         except Exception as exc:  # reported to the parent, which raises it with context

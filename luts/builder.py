@@ -50,9 +50,9 @@ from supernet.ops import OpKey, enumerate_ops
 from supernet.space import Space, get_space
 
 from .convert import (FORMAT_SUFFIX, METHOD_VERSION, OpModelCache, _Converter, _Job,
-                      converter_tag, export_artifact, require_converter)
+                      converter_tag, export_artifact, op_quant_settings, require_converter)
 from .store import cache_dir as default_cache_dir, default_lut_path
-from .table import LatencyTable, LUTError
+from .table import LatencyTable, LUTError, _parse_precision
 
 # converter_tag, export_artifact, require_converter, OpModelCache, METHOD_VERSION and
 # FORMAT_SUFFIX live in luts.convert; they stay importable from here for existing callers.
@@ -86,7 +86,9 @@ def _diff_stats(s: LatencyStats, base_ms: float, base_std: float = 0.0) -> Laten
 
 
 _COMPAT_KEYS = ("device", "method", "method_version", "threads", "artifact_format", "seed",
-                "runs", "warmup", "flush_bytes", "cache")
+                "runs", "warmup", "flush_bytes", "cache", "precision")
+# what a key means when a table written before it existed lacks it
+_COMPAT_DEFAULTS = {"precision": "fp32"}
 
 # Backends that time on this host's CPU, where cache flushing between runs applies.
 HOST_BACKENDS = ("ort", "tflite")
@@ -126,9 +128,10 @@ def network_bytes(space: Space, resolutions: Sequence[int], samples: int = 256) 
 
 def _check_resume(old_meta: dict, meta: dict, path: Path) -> None:
     for k in _COMPAT_KEYS:
-        if old_meta.get(k) != meta.get(k):
-            raise LUTError(f"{path} was built with {k}={old_meta.get(k)!r}, this build has "
-                           f"{k}={meta.get(k)!r}; pass --fresh to rebuild it, or another --out")
+        old, new = (m.get(k, _COMPAT_DEFAULTS.get(k)) for m in (old_meta, meta))
+        if old != new:
+            raise LUTError(f"{path} was built with {k}={old!r}, this build has "
+                           f"{k}={new!r}; pass --fresh to rebuild it, or another --out")
 
 
 RAW_SCHEMA = "ofa-deploy-lut-raw"
@@ -213,6 +216,7 @@ def build_lut(space: "Space | str", device: "str | DeviceSpec", *,
               cpus: "str | Sequence[int] | None" = None, fresh: bool = False, seed: int = 0,
               drift_every_s: float = 30.0, drift_tolerance: float = 0.05,
               flush_bytes: "int | str | None" = "auto", profiler: Optional[Profiler] = None,
+              precision: str = "fp32",
               on_op: Optional[Callable[[OpKey, LatencyStats], None]] = None,
               on_warn: Optional[Callable[[str], None]] = None) -> LatencyTable:
     """Time every op of ``space`` at ``resolutions`` on ``device`` and write the table to
@@ -226,7 +230,12 @@ def build_lut(space: "Space | str", device: "str | DeviceSpec", *,
     from ``device`` and the protocol. ``flush_bytes`` (host CPU backends, ``cache="cold"``
     only): bytes written to evict caches before each timed run; ``"auto"`` is
     :func:`network_bytes`, the bytes a typical subnet moves, so a model sees the caches as
-    the rest of a network leaves them. ``on_op(op, entry)`` is
+    the rest of a network leaves them. ``precision`` (``"fp32"``/``"int8"``): int8 times
+    every op model quantized the way the shipped int8 artifacts are
+    (:func:`supernet.quantize.export_int8`: ONNX static QDQ, full-integer TFLite; calibrated on
+    seeded random inputs of the op's shape), cached apart from fp32 op models; the table
+    records it as ``meta["precision"]`` and its default file is
+    ``default_lut_path(device, space, precision)``. ``on_op(op, entry)`` is
     called after each op is saved; ``on_warn(message)`` receives drift warnings (default: the
     progress bar, else a :class:`~profilers.measure.DriftWarning`). Returns the complete
     table; its ``path`` is ``out``.
@@ -235,10 +244,11 @@ def build_lut(space: "Space | str", device: "str | DeviceSpec", *,
     space = get_space(space)
     res = check_resolutions(space, resolutions)
     spec = DeviceSpec.parse(device)
+    precision = _parse_precision(precision)
     for name, v, lo in (("runs", runs, 1), ("warmup", warmup, 0), ("rounds", rounds, 1)):
         if v is not None and v < lo:
             raise LUTError(f"need runs >= 1, warmup >= 0 and rounds >= 1 (got {name}={v})")
-    out = Path(out) if out is not None else default_lut_path(spec, space.name)
+    out = Path(out) if out is not None else default_lut_path(spec, space.name, precision)
     if out.is_dir():
         raise LUTError(f"--out {out} is a directory; give a .json file path")
     if protocol is None:
@@ -260,20 +270,26 @@ def build_lut(space: "Space | str", device: "str | DeviceSpec", *,
     if profiler is None:
         profiler = get_profiler(spec, **protocol.profiler_kwargs(spec.backend))
     fmt = profiler.artifact_format
+    if precision != "fp32" and fmt not in FORMAT_SUFFIX:
+        raise LUTError(f"device {spec} runs {fmt} models, which have no {precision} form here; "
+                       f"{precision} tables are for cpu (onnx), tflite:cpu and adb:* (tflite)")
     require_converter(fmt)
     cache = OpModelCache(Path(cache_dir) if cache_dir is not None
-                         else default_cache_dir() / "ops", fmt) if fmt != "torch" else None
+                         else default_cache_dir() / "ops", fmt, precision) \
+        if fmt != "torch" else None
     desc = profiler.describe()
     meta = {
         "device": str(spec), "backend": spec.backend, "artifact_format": fmt,
         "method": "context-difference" if context else "isolated-minus-overhead",
         "method_version": METHOD_VERSION, "threads": profiler.threads, "runs": profiler.runs,
-        "warmup": profiler.warmup, "seed": seed, "converter": converter_tag(fmt),
+        "warmup": profiler.warmup, "seed": seed, "precision": precision,
+        "converter": converter_tag(fmt, precision),
         "flush_bytes": desc.get("flush_cache_bytes"), "cache": protocol.cache,
         # where the op models live: the drift check re-times the reference ops from there
         "op_cache_root": str(Path(cache_dir) if cache_dir is not None
                              else default_cache_dir() / "ops"),
         "protocol": protocol.get_state(),
+        **({"quantization": op_quant_settings().get_state()} if precision == "int8" else {}),
         "profiler": desc, "stats_note": (
             "median/p10/p90 of every run of `rounds` interleaved rounds, pooled; entries are "
             "the op inside a network (context model + op minus context model), so they exclude "
@@ -311,14 +327,14 @@ def build_lut(space: "Space | str", device: "str | DeviceSpec", *,
     from supernet.op_models import context_name, op_input_shape, overhead_input_shape
 
     ops = enumerate_ops(space, res)
-    op_job = {op: _Job(op.to_string(), op_input_shape(op), space.name, seed, context)
+    op_job = {op: _Job(op.to_string(), op_input_shape(op), space.name, seed, context, precision)
               for op in ops}
     ctx_job = {}
     if context:
         for j in op_job.values():
             ctx_job.setdefault(j.shape, _Job(context_name(j.shape), j.shape, space.name, seed,
-                                             False))
-    over_job = _Job("overhead", overhead_input_shape(), space.name, seed, False)
+                                             False, precision))
+    over_job = _Job("overhead", overhead_input_shape(), space.name, seed, False, precision)
 
     table = LatencyTable(space, res, meta={**old_meta, **meta})
 
@@ -472,6 +488,7 @@ def _reference_ops(raw: "_Raw", ops: Sequence[OpKey], op_job: Dict[OpKey, _Job],
     for i in picks:
         j = op_job[cand[i]]
         out.append({"what": j.what, "shape": list(j.shape), "space": j.space, "seed": j.seed,
-                    "context": j.context, "median_ms": raw.stats[j.what].median_ms})
+                    "context": j.context, "precision": j.precision,
+                    "median_ms": raw.stats[j.what].median_ms})
     return out
 

@@ -77,7 +77,8 @@ def measure_subnets(table: LatencyTable, archs: Sequence[ArchConfig], profiler: 
                     progress: "str | None" = None) -> List[LatencyStats]:
     """Extract each arch from a random supernet, export it exactly as ``specialize`` ships it
     (no BN folding by hand: the runtime folds it, as it does for the shipped file) and time
-    all of them under ``protocol``, interleaved. ``progress`` (a label such as ``"validate
+    all of them under ``protocol``, interleaved; an int8 table's subnets are exported int8
+    (:func:`~luts.convert.export_artifact` with its precision). ``progress`` (a label such as ``"validate
     cpu"``) shows a progress bar on stderr, one step per conversion and per timing round."""
     if progress is not None and on_step is None:
         import sys
@@ -102,6 +103,10 @@ def measure_subnets(table: LatencyTable, archs: Sequence[ArchConfig], profiler: 
     from .convert import export_artifact
 
     fmt = profiler.artifact_format
+    precision = table.precision
+    if precision != "fp32" and fmt == "torch":
+        raise LUTError(f"the table is {precision}; {profiler.spec} runs torch models, which "
+                       f"have no {precision} form here")
     net = random_supernet(table.space, seed)
     tmp = Path(tempfile.mkdtemp(prefix="ofa-lut-subnets-", dir=work_dir))
     try:
@@ -109,8 +114,12 @@ def measure_subnets(table: LatencyTable, archs: Sequence[ArchConfig], profiler: 
         for i, arch in enumerate(archs):
             sub = extract_subnet(net, arch).eval()
             shape = (1, 3, arch.r, arch.r)
+            # int8 tables time int8 subnets, quantized by the conversion int8 artifacts ship
+            # with (supernet.quantize.export_int8) but calibrated on seeded random images:
+            # calibration moves the scales, not the kernels, so the latency is the same.
             items.append((sub if fmt == "torch" else
-                          export_artifact(sub, shape, tmp / f"net{i}.{fmt}", fmt), shape))
+                          export_artifact(sub, shape, tmp / f"net{i}.{fmt}", fmt,
+                                          precision=precision, seed=seed + i), shape))
             if on_step is not None:
                 on_step("converting", i + 1, len(archs))
         return measure_pooled(profiler, items, protocol,
@@ -246,7 +255,8 @@ def calibrate_lut(table: "LatencyTable | str | os.PathLike",
                           table.resolutions, [s.p90_ms for s in stats])
     cvs = [cv_of(s) for s in stats]
     cal.update({
-        "device": str(spec), "protocol": protocol.get_state(), "seed": seed,
+        "device": str(spec), "precision": table.precision, "protocol": protocol.get_state(),
+        "seed": seed,
         "archs": [a.to_string(table.space) for a in archs],
         "rows": [{"arch": a.to_string(table.space), "r": a.r, "op_sum_ms": float(p),
                   "measured_ms": s.median_ms, "measured_p90_ms": s.p90_ms,

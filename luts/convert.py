@@ -49,8 +49,35 @@ METHOD_VERSION = 3
 FORMAT_SUFFIX = {"onnx": ".onnx", "tflite": ".tflite"}
 
 
-def converter_tag(fmt: str) -> str:
-    """Identifies the converter that writes ``fmt`` files (a cache-directory name)."""
+# How int8 op models and subnets are quantized for timing: the shipped artifacts' settings
+# (supernet.quantize.QuantSettings defaults) with fewer calibration inputs. The inputs are
+# seeded random tensors: calibration picks the scales of an int8 model, never its kernels, so
+# a latency needs neither real images nor many of them (and each costs a calibration run).
+OP_CALIB_INPUTS = 8
+
+
+def op_quant_settings():
+    """The :class:`~supernet.quantize.QuantSettings` int8 op models and timed subnets use."""
+    from supernet.quantize import QuantSettings
+
+    return QuantSettings(calib_images=OP_CALIB_INPUTS)
+
+
+def _quant_tag(fmt: str) -> str:
+    q = op_quant_settings()
+    tag = f"int8-{q.activations}-{'pc' if q.per_channel else 'pt'}-{q.calibration}" \
+          f"{q.calib_images}"
+    if fmt == "onnx":
+        # onnxruntime's quantizer writes the QDQ graph: its version changes the op models
+        from importlib.metadata import version
+
+        tag += f"-ort{version('onnxruntime')}"
+    return tag
+
+
+def converter_tag(fmt: str, precision: str = "fp32") -> str:
+    """Identifies the converter that writes ``fmt`` files at ``precision`` (a cache-directory
+    name: int8 op models, quantized, never share a directory with fp32 ones)."""
     import torch
 
     tv = torch.__version__.split("+")[0]
@@ -64,14 +91,38 @@ def converter_tag(fmt: str) -> str:
         tag = f"torch{tv}"
     else:
         raise LUTError(f"unknown artifact format {fmt!r}")
+    if precision != "fp32":
+        if precision != "int8" or fmt == "torch":
+            raise LUTError(f"no {precision} op models for artifact format {fmt!r}")
+        tag += "-" + _quant_tag(fmt)
     return re.sub(r"[^A-Za-z0-9_.\-]+", "_", f"{tag}-m{METHOD_VERSION}")
 
 
 def export_artifact(model, input_shape: Sequence[int], path: "str | os.PathLike",
-                    fmt: str) -> Path:
-    """Write ``model`` in ``fmt`` (``onnx``/``tflite``), atomically. Op models and the
-    subnets a table is validated against go through this one function, so they are
-    converted the same way."""
+                    fmt: str, *, precision: str = "fp32", seed: int = 0) -> Path:
+    """Write ``model`` in ``fmt`` (``onnx``/``tflite``) at ``precision``, atomically. Op models
+    and the subnets a table is validated against go through this one function, so they are
+    converted the same way. int8 goes through :func:`supernet.quantize.export_int8`, the
+    conversion the shipped int8 artifacts get, calibrated on seeded random inputs of
+    ``input_shape`` (``seed``; see :data:`OP_CALIB_INPUTS`)."""
+    if precision == "int8":
+        from supernet.quantize import export_int8, random_calibration
+
+        if fmt not in FORMAT_SUFFIX:
+            raise LUTError(f"cannot export to artifact format {fmt!r}")
+        q = op_quant_settings()
+        path = Path(path)
+        # a temporary name, renamed when complete: a killed conversion leaves no partial file
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+        try:
+            export_int8(model, input_shape, tmp, fmt,
+                        random_calibration(input_shape, q.calib_images, seed), q)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
+    if precision != "fp32":
+        raise LUTError(f"unknown precision {precision!r}; choose from fp32, int8")
     if fmt == "onnx":
         from supernet.export import export_onnx
 
@@ -104,6 +155,7 @@ class _Job:
     space: str
     seed: int
     context: bool
+    precision: str = "fp32"
 
 
 def _build_model(job: _Job):
@@ -121,19 +173,25 @@ def _convert(job: _Job, fmt: str, path: str) -> str:
     """Worker entry point (module-level so a spawned process can import it)."""
     if os.path.exists(path):  # another build converted it meanwhile
         return path
-    export_artifact(_build_model(job), job.shape, path, fmt)
+    export_artifact(_build_model(job), job.shape, path, fmt, precision=job.precision,
+                    seed=job.seed)
     return path
 
 
 class OpModelCache:
-    """Converted op models on disk: ``root/<format>/<converter tag>/<name><suffix>``."""
+    """Converted op models on disk: ``root/<format>/<converter tag>/<name><suffix>``; the tag
+    names the precision (:func:`converter_tag`), so fp32 and int8 op models never mix."""
 
-    def __init__(self, root: "str | os.PathLike", fmt: str):
+    def __init__(self, root: "str | os.PathLike", fmt: str, precision: str = "fp32"):
         self.fmt = fmt
-        self.dir = Path(root) / fmt / converter_tag(fmt)
+        self.precision = precision
+        self.dir = Path(root) / fmt / converter_tag(fmt, precision)
 
     def path(self, job: _Job) -> Path:
         """Where the converted model of ``job`` is (or will be) cached."""
+        if job.precision != self.precision:
+            raise LUTError(f"op model {job.what} is {job.precision}; this cache holds "
+                           f"{self.precision} op models")
         name = job.what if job.what.startswith(("ctx-", "overhead")) else (
             job.what + ("-ctx" if job.context else ""))
         return self.dir / f"{name}-seed{job.seed}{FORMAT_SUFFIX[self.fmt]}"
@@ -285,7 +343,8 @@ class _Converter:
         for j in todo:
             self.futures[j] = self.pool.submit({
                 "what": j.what, "shape": list(j.shape), "space": j.space, "seed": j.seed,
-                "context": j.context, "fmt": self.fmt, "path": str(self.cache.path(j))})
+                "context": j.context, "precision": j.precision, "fmt": self.fmt,
+                "path": str(self.cache.path(j))})
 
     def get(self, job: _Job):
         if self.fmt == "torch":

@@ -41,11 +41,13 @@ def reference_artifacts(table: LatencyTable, fmt: str,
     if cache_dir is None:
         root = table.meta.get("op_cache_root")
         cache_dir = root if root and Path(root).is_dir() else default_cache_dir() / "ops"
-    cache = None if fmt == "torch" else OpModelCache(Path(cache_dir), fmt)
+    # the table's precision: an int8 table's references are int8 op models, re-timed as such
+    precision = table.precision
+    cache = None if fmt == "torch" else OpModelCache(Path(cache_dir), fmt, precision)
     out = []
     for r in refs:
         job = _Job(str(r["what"]), tuple(int(x) for x in r["shape"]), str(r["space"]),
-                   int(r["seed"]), bool(r["context"]))
+                   int(r["seed"]), bool(r["context"]), precision)
         if cache is None:
             out.append(_build_model(job))
         else:

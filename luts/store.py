@@ -11,7 +11,7 @@ from typing import Dict
 from profilers.base import DeviceSpec, DeviceSpecError
 from supernet.space import Space, get_space, list_spaces
 
-from .table import LatencyTable, LUTError
+from .table import LatencyTable, LUTError, _parse_precision, check_precision
 
 __all__ = ["BUILTIN_TABLES", "builtin_table_path", "cache_dir", "default_lut_path", "load_table"]
 
@@ -44,10 +44,13 @@ def _device_slug(device: "DeviceSpec | str") -> str:
         return re.sub(r"[^A-Za-z0-9_.\-]+", "-", str(device)).strip("-") or "device"
 
 
-def default_lut_path(device: "DeviceSpec | str", space_name: "str | Space") -> Path:
-    """``cache_dir()/luts/<device slug>/<space>.json``."""
+def default_lut_path(device: "DeviceSpec | str", space_name: "str | Space",
+                     precision: str = "fp32") -> Path:
+    """``cache_dir()/luts/<device slug>/<space>.json`` (fp32, the name tables always had) or
+    ``<space>-int8.json``: one device keeps a table of each precision side by side."""
     name = space_name.name if isinstance(space_name, Space) else str(space_name)
-    return cache_dir() / "luts" / _device_slug(device) / f"{name}.json"
+    suffix = "" if _parse_precision(precision) == "fp32" else f"-{precision}"
+    return cache_dir() / "luts" / _device_slug(device) / f"{name}{suffix}.json"
 
 
 def builtin_table_path(name: str) -> Path:
@@ -71,16 +74,28 @@ def _check_space(t: LatencyTable, space) -> LatencyTable:
     return t
 
 
-def load_table(name_or_path: "str | os.PathLike", *, space: "Space | str | None" = None
-               ) -> LatencyTable:
+def load_table(name_or_path: "str | os.PathLike", *, space: "Space | str | None" = None,
+               precision: "str | None" = None, what: str = "the target") -> LatencyTable:
     """A built-in target name (``note10``), a table file, or a device spec (``cpu``,
-    ``adb:pixel``...) whose profiled table exists at :func:`default_lut_path`."""
+    ``adb:pixel``...) whose profiled table exists at :func:`default_lut_path`.
+
+    ``precision`` (``"fp32"``/``"int8"``): the precision the caller prices; a device spec then
+    finds that precision's table, and a file or built-in of the other precision is a one-line
+    LUTError (:func:`~luts.table.check_precision`, naming ``what``). None: any precision
+    (a device spec then finds the fp32 table)."""
+    t = _find_table(name_or_path, space, precision)
+    return check_precision(t, precision, what=what)
+
+
+def _find_table(name_or_path, space, precision) -> LatencyTable:
     text = str(name_or_path)
     if text in BUILTIN_TABLES:
         return _check_space(LatencyTable.load(builtin_table_path(text)), space)
     p = Path(text).expanduser()
     if p.is_file() or p.is_dir():
         return _check_space(LatencyTable.load(p), space)
+    prec = "fp32" if precision is None else _parse_precision(precision)
+    flag = "" if prec == "fp32" else f" --precision {prec}"
     if text.endswith(".json") or os.sep in text or "/" in text:
         raise LUTError(f"latency table not found: {text}")
     try:
@@ -91,18 +106,19 @@ def load_table(name_or_path: "str | os.PathLike", *, space: "Space | str | None"
                        f"cuda:0, adb:NAME)") from None
     if space is not None:
         sp = get_space(space).name
-        path = default_lut_path(dev, sp)
+        path = default_lut_path(dev, sp, prec)
         if path.is_file():
             return _check_space(LatencyTable.load(path), sp)
-        raise LUTError(f"no latency table for device {dev} and space {sp} (looked for {path}); "
-                       f"build it with `ofa-deploy profile --device {dev} --space {sp}`")
-    found = [(n, default_lut_path(dev, n)) for n in list_spaces()]
+        raise LUTError(f"no {prec} latency table for device {dev} and space {sp} (looked for "
+                       f"{path}); build it with `ofa-deploy profile --device {dev} --space "
+                       f"{sp}{flag}`")
+    found = [(n, default_lut_path(dev, n, prec)) for n in list_spaces()]
     found = [(n, pth) for n, pth in found if pth.is_file()]
     if len(found) == 1:
         return LatencyTable.load(found[0][1])
     if not found:
-        raise LUTError(f"no latency table for device {dev} (looked in "
+        raise LUTError(f"no {prec} latency table for device {dev} (looked in "
                        f"{cache_dir() / 'luts' / dev.slug}); build one with "
-                       f"`ofa-deploy profile --device {dev} --space SPACE`")
+                       f"`ofa-deploy profile --device {dev} --space SPACE{flag}`")
     raise LUTError(f"device {dev} has tables for several spaces "
                    f"({', '.join(n for n, _ in found)}); choose one with --space")

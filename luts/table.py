@@ -15,7 +15,8 @@ those live in ``resolution_entries[r]`` and override ``entries`` for networks at
 File format (JSON, one object)::
 
     {"schema": "ofa-deploy-lut", "schema_version": 1,
-     "meta": {"space": ..., "resolutions": [...], "device": ..., "backend": ..., ...},
+     "meta": {"space": ..., "resolutions": [...], "device": ..., "backend": ...,
+              "precision": "fp32" | "int8", ...},     # precision absent: fp32
      "overhead_ms": 0.0,
      "entries": {"<OpKey string>": {"median_ms", "p10_ms", "p90_ms", "std_ms", "runs"}},
      "resolution_entries": {"<r>": {"<OpKey string>": {...}}},     # optional
@@ -52,7 +53,7 @@ from supernet.fileio import atomic_write_text
 from supernet.ops import OpGrid, OpKey, arch_ops, enumerate_ops
 from supernet.space import Space, SpaceError, get_space
 
-__all__ = ["SCHEMA", "SCHEMA_VERSION", "LUTError", "LatencyTable"]
+__all__ = ["SCHEMA", "SCHEMA_VERSION", "LUTError", "LatencyTable", "PRECISIONS", "check_precision"]
 
 # Where tables live (cache directory, built-in tables, name lookup) is luts.store; these names
 # were defined here first and stay importable from luts.table.
@@ -76,6 +77,36 @@ SCHEMA_VERSION = 1
 
 class LUTError(OfaDeployError):
     """A latency table that is missing, unreadable, inconsistent with its space, or lacks an op."""
+
+
+# Numeric precisions a table can describe (the same names as supernet.quantize.PRECISIONS; not
+# imported from there so that reading a table never imports the quantizer).
+PRECISIONS = ("fp32", "int8")
+
+
+def _parse_precision(value, source: str = "precision") -> str:
+    p = str(value).strip().lower()
+    if p not in PRECISIONS:
+        raise LUTError(f"{source}: unknown precision {value!r}; choose from {', '.join(PRECISIONS)}")
+    return p
+
+
+def check_precision(table: "LatencyTable", precision: "str | None", *,
+                    what: str = "the target") -> "LatencyTable":
+    """Return ``table`` if it was measured at ``precision`` (None: any); else raise a one-line
+    LUTError. An int8 network runs different kernels from an fp32 one (integer convolutions,
+    quantize/dequantize at float islands), so a table of one precision never prices the other.
+    ``what`` names who wants ``precision`` in the message (e.g. ``"--precision int8"``)."""
+    if precision is None:
+        return table
+    want = _parse_precision(precision)
+    have = table.precision
+    if have != want:
+        name = str(table.path) if table.path is not None else table._describe()
+        raise LUTError(f"latency table {name} is {have}, {what} wants {want}: a table measured "
+                       f"at one precision never prices the other; profile an {want} table "
+                       f"(`ofa-deploy profile --precision {want}`)")
+    return table
 
 
 def _stats_sane(s: LatencyStats) -> str | None:
@@ -163,6 +194,12 @@ class LatencyTable:
 
     def _describe(self) -> str:
         return f"device {self.meta.get('device', '?')}, space {self.space.name}"
+
+    @property
+    def precision(self) -> str:
+        """``"fp32"`` or ``"int8"``: the precision of the op models the table timed
+        (``meta["precision"]``; tables written before int8 tables existed are fp32)."""
+        return _parse_precision(self.meta.get("precision") or "fp32", "latency table meta")
 
     def ops(self, resolution: int | None = None) -> List[OpKey]:
         """The ops subnets run at ``resolution`` (all of the table's resolutions if None)."""
@@ -377,6 +414,7 @@ class LatencyTable:
         for r in rows:
             by_kind[r["kind"]] = by_kind.get(r["kind"], 0.0) + r["predicted_ms"]
         return {"arch_string": arch.to_string(self.space), "r": arch.r,
+                "precision": self.precision,
                 "predicted_ms": pred, "predicted_p90_ms": self.predict_one(arch, quantile=90),
                 "op_sum_ms": sum(ms for _, ms in ops), "ops": len(ops),
                 "runtime_overhead_ms": f * self.overhead_ms, "calibration_offset_ms": offset,
@@ -479,6 +517,8 @@ class LatencyTable:
             overhead = float(state.get("overhead_ms", 0.0))
         except (TypeError, ValueError):
             raise LUTError(f"{source}: overhead_ms must be a number") from None
+        if meta.get("precision") is not None:
+            _parse_precision(meta["precision"], f"{source}: meta 'precision'")
         t = cls(space, res, meta=meta, entries=entries, overhead_ms=overhead,
                 resolution_entries=rents)
         cal = state.get("calibration")

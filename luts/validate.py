@@ -20,7 +20,7 @@ from supernet.arch import ArchConfig
 from supernet.stats import kendall_tau
 
 from .convert import require_converter
-from .table import LatencyTable, LUTError
+from .table import LatencyTable, LUTError, check_precision
 
 __all__ = ["validate_lut", "kendall_tau", "summarize", "plot_validation", "sample_archs"]
 
@@ -68,7 +68,7 @@ def validate_lut(table: "LatencyTable | str | os.PathLike", device: "str | Devic
                  plot: "str | os.PathLike | None" = None,
                  progress: bool = True, profiler: Optional[Profiler] = None,
                  work_dir: "str | os.PathLike | None" = None, drift: bool = True,
-                 quantile: int = 50) -> Dict[str, Any]:
+                 quantile: int = 50, precision: Optional[str] = None) -> Dict[str, Any]:
     """Time ``samples`` random subnets end to end on ``device``, compare with the table.
 
     The subnets are exported and timed exactly as ``specialize`` exports and measures its
@@ -80,7 +80,11 @@ def validate_lut(table: "LatencyTable | str | os.PathLike", device: "str | Devic
     ``table.speed_scale``). Archs the calibration was fitted on are never drawn. Returns a
     JSON-able dict: ``samples``, ``mape``, ``within_10pct``, ``kendall_tau`` (and a few more
     summary numbers), ``uncalibrated`` (the same for the plain op sums), ``rows`` (one per
-    subnet), ``warnings`` and ``meta`` (with the protocol).
+    subnet), ``warnings`` and ``meta`` (with the protocol and the precision).
+
+    Subnets are exported at the table's precision (int8 tables: int8 subnets, see
+    :func:`~luts.calibrate.measure_subnets`); ``precision``, when given, must be the table's
+    (:func:`~luts.table.check_precision`).
     """
     from profilers.protocol import cv_of, noise_warning, require_comparable
 
@@ -91,6 +95,7 @@ def validate_lut(table: "LatencyTable | str | os.PathLike", device: "str | Devic
         raise LUTError(f"--samples must be at least 2, got {samples}")
     if not isinstance(table, LatencyTable):
         table = LatencyTable.load(table)
+    check_precision(table, precision, what="this validation")
     missing = table.missing_ops()
     if missing:
         raise LUTError(f"latency table ({table._describe()}) is incomplete: {len(missing)} ops "
@@ -146,6 +151,7 @@ def validate_lut(table: "LatencyTable | str | os.PathLike", device: "str | Devic
         "median_cv": float(np.median(cvs)),
         "meta": {"device": str(spec), "table": str(table.path) if table.path else None,
                  "table_device": tm.get("device"), "space": space.name,
+                 "precision": table.precision,
                  "resolutions": sorted({a.r for a in archs}), "seed": seed,
                  "rounds": protocol.rounds, "protocol": protocol.get_state(),
                  "quantile": quantile, "overhead_ms": table.overhead_ms,

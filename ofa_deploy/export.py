@@ -10,7 +10,7 @@ import torch
 
 from supernet.errors import OfaDeployError
 from supernet.export import ExportError, check_onnx, export_onnx, onnx_op_types
-from supernet.quantize import QuantizeError, QuantSettings, parse_precision, quantize_onnx
+from supernet.quantize import QuantizeError, QuantSettings, export_int8, parse_precision
 
 __all__ = ["FORMATS", "parse_formats", "export_artifacts", "check_tflite", "check_int8"]
 
@@ -126,12 +126,7 @@ def export_artifacts(model: torch.nn.Module, input_shape: Sequence[int], out_dir
         path = out / FILE_NAMES[fmt]
         t0 = time.perf_counter()
         if fmt == "onnx" and precision == "int8":
-            float_path = out / ".model.fp32.onnx"
-            try:
-                export_onnx(model, input_shape, float_path)
-                info = quantize_onnx(float_path, path, calibration(), quant)
-            finally:
-                float_path.unlink(missing_ok=True)
+            info = export_int8(model, input_shape, path, "onnx", calibration(), quant)
             secs = time.perf_counter() - t0
             check = check_int8(model, path, _check_images(calibration), min_agreement=min_agreement)
             diff = check.pop("max_abs_diff")
@@ -143,16 +138,11 @@ def export_artifacts(model: torch.nn.Module, input_shape: Sequence[int], out_dir
             diff = check_onnx(model, path, input_shape, atol=1e-4, seed=seed)
             extra = {"op_types": onnx_op_types(path)}
         elif precision == "int8":
-            from supernet.export_tflite import export_tflite_int8
-
-            info = export_tflite_int8(model, input_shape, path, calibration(),
-                                      calib_images=quant.calib_images,
-                                      per_channel=quant.per_channel)
+            info = export_int8(model, input_shape, path, "tflite", calibration(), quant)
             secs = time.perf_counter() - t0
             check = check_int8(model, path, _check_images(calibration), min_agreement=min_agreement)
             diff = check.pop("max_abs_diff")
-            extra = {**check, **info, "quantization": {
-                **quant.get_state(), "format": "pt2e-full-integer", "activations": "int8"}}
+            extra = {**check, **info}
         else:
             from supernet.export_tflite import export_tflite
 

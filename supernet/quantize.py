@@ -24,7 +24,7 @@ import numpy as np
 from .errors import OfaDeployError, first_line
 
 __all__ = ["PRECISIONS", "QuantizeError", "QuantSettings", "quantize_onnx", "float_islands",
-           "parse_precision"]
+           "parse_precision", "export_int8", "random_calibration"]
 
 PRECISIONS = ("fp32", "int8")
 _ACTIVATION_TYPES = ("uint8", "int8")
@@ -172,6 +172,45 @@ def quantize_onnx(float_path: "str | os.PathLike", out_path: "str | os.PathLike"
         os.replace(staged, out_path)
     return {"quantization": settings.get_state(), "calibrated_on": len(samples),
             "op_types": _op_types(out_path), "float_islands": float_islands(out_path)}
+
+
+def export_int8(model, input_shape, path: "str | os.PathLike", fmt: str,
+                batches: Iterable[np.ndarray], settings: QuantSettings = QuantSettings()) -> dict:
+    """Write ``model`` as an int8 ``fmt`` file (``onnx``: float export then :func:`quantize_onnx`
+    QDQ; ``tflite``: full-integer :func:`~supernet.export_tflite.export_tflite_int8`),
+    calibrated on ``batches``. The one int8 conversion behind the shipped artifacts
+    (:func:`ofa_deploy.export.export_artifacts`) and the int8 latency tables' op models and
+    subnets, so a table times what ships. Returns the converter's summary (op histogram, float
+    islands, calibration count; ``quantization``: the settings as recorded)."""
+    path = Path(path)
+    if fmt == "onnx":
+        from .export import export_onnx
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        float_path = path.with_name(f".{path.stem}.{os.getpid()}.fp32.onnx")
+        try:
+            export_onnx(model, input_shape, float_path)
+            return quantize_onnx(float_path, path, batches, settings)
+        finally:
+            float_path.unlink(missing_ok=True)
+    if fmt == "tflite":
+        from .export_tflite import export_tflite_int8
+
+        info = export_tflite_int8(model, input_shape, path, batches,
+                                  calib_images=settings.calib_images,
+                                  per_channel=settings.per_channel)
+        return {**info, "quantization": {**settings.get_state(), "format": "pt2e-full-integer",
+                                         "activations": "int8"}}
+    raise QuantizeError(f"no int8 conversion to artifact format {fmt!r}")
+
+
+def random_calibration(input_shape, n: int, seed: int) -> List[np.ndarray]:
+    """``n`` seeded standard-normal inputs of ``input_shape`` (batch 1 each), as calibration
+    batches. Fit for latency only: the ranges they calibrate change the scales of an int8
+    model, never which kernels it runs, so timing needs no real images (accuracy does)."""
+    rng = np.random.default_rng(seed)
+    shape = (1,) + tuple(int(s) for s in input_shape[1:])
+    return [rng.standard_normal(shape, dtype=np.float32) for _ in range(int(n))]
 
 
 def _op_types(path: Path) -> Dict[str, int]:

@@ -31,7 +31,7 @@ lanes), ``compare`` (baseline matching, regressions), ``run`` (the lane workers)
 (the result records), ``report`` (JSON, JUnit, Markdown, table rows).
 """
 from .artifacts import (ARTIFACT_SUFFIXES, REPORT_NAME, Artifact, collect_artifacts,
-                        read_input_shape)
+                        read_input_shape, read_precision)
 from .compare import compare_latency, load_baseline, match_baseline
 from .devices import lane_of, resolve_devices
 from .errors import BenchError
@@ -52,6 +52,7 @@ __all__ = [
     "BenchReport",
     "collect_artifacts",
     "read_input_shape",
+    "read_precision",
     "resolve_devices",
     "lane_of",
     "load_baseline",

@@ -13,7 +13,7 @@ from supernet.fileio import sha256_file
 
 from .errors import BenchError
 
-__all__ = ["ARTIFACT_SUFFIXES", "REPORT_NAME", "Artifact", "read_input_shape",
+__all__ = ["ARTIFACT_SUFFIXES", "REPORT_NAME", "Artifact", "read_input_shape", "read_precision",
            "collect_artifacts"]
 
 ARTIFACT_SUFFIXES = {".onnx": "onnx", ".tflite": "tflite"}
@@ -31,6 +31,9 @@ class Artifact:
     format: str
     input_shape: Tuple[int, ...]
     report: Optional[Dict[str, Any]] = field(default=None, compare=False, hash=False)
+    # "fp32" or "int8": from the sibling model.json when it describes the file, else read
+    # from the graph (quantize nodes / int8 tensors)
+    precision: str = field(default="fp32", compare=False, hash=False)
 
     @property
     def identity(self) -> Tuple[str, str]:
@@ -130,11 +133,55 @@ def _read_report(model_path: Path) -> Optional[Dict[str, Any]]:
             if isinstance(v, (str, int, float, bool)) or v is None}
 
 
+def _recorded_precision(model_path: Path, sha256: str) -> Optional[str]:
+    """The precision the sibling ``model.json`` (written by ``export``/``specialize``) records
+    for this very file (same name and hash), if it does."""
+    mp = model_path.with_name("model.json")
+    try:
+        files = json.loads(mp.read_text(encoding="utf-8")).get("files") or {}
+    except (OSError, ValueError, AttributeError):
+        return None
+    for rec in files.values() if isinstance(files, Mapping) else ():
+        if (isinstance(rec, Mapping) and rec.get("path") == model_path.name
+                and rec.get("sha256") in (None, sha256) and rec.get("precision")):
+            return str(rec["precision"])
+    return None
+
+
+def read_precision(path: "str | os.PathLike") -> str:
+    """``"int8"`` for a quantized model (ONNX with QuantizeLinear/DequantizeLinear or QLinear*
+    nodes; TFLite with int8/uint8 activations or weights), else ``"fp32"``."""
+    path = Path(path)
+    fmt = ARTIFACT_SUFFIXES.get(path.suffix.lower())
+    try:
+        if fmt == "onnx":
+            import onnx
+
+            ops = {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
+            quant = bool(ops & {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}) \
+                or any(o.startswith("QLinear") for o in ops)
+        elif fmt == "tflite":
+            import numpy as np
+
+            dtypes = {np.dtype(d["dtype"]) for d in
+                      _tflite_interpreter_cls()(model_path=str(path)).get_tensor_details()}
+            quant = bool(dtypes & {np.dtype(np.int8), np.dtype(np.uint8)})
+        else:
+            return "fp32"
+    except BenchError:
+        raise
+    except Exception:  # read_input_shape already reported an unreadable file
+        return "fp32"
+    return "int8" if quant else "fp32"
+
+
 def _load_artifact(path: Path, root: Path) -> Artifact:
     fmt = ARTIFACT_SUFFIXES[path.suffix.lower()]
+    sha = sha256_file(path)
+    shape = read_input_shape(path)
     return Artifact(path=path, root=root, name=path.relative_to(root).as_posix(),
-                    sha256=sha256_file(path), format=fmt, input_shape=read_input_shape(path),
-                    report=_read_report(path))
+                    sha256=sha, format=fmt, input_shape=shape, report=_read_report(path),
+                    precision=_recorded_precision(path, sha) or read_precision(path))
 
 
 def _scan_dir(root: Path) -> List[Path]:

@@ -80,9 +80,13 @@ def match_baseline(artifacts: Sequence[Artifact], devices: Sequence[DeviceSpec],
     for key in keys:
         if key not in matched:
             take(key, "sha256", lambda b, k=key: b.get("sha256") == k[1])
+    # a re-exported file matched by name alone must be of the same precision: an int8 file
+    # under an fp32 file's name is another model, not a regression or a speed-up of it
+    precision = {(a.name, a.sha256): a.precision for a in artifacts}
     for key in keys:
         if key not in matched and name_count[(key[0], key[2])] == 1:
-            take(key, "name", lambda b, k=key: b["artifact"] == k[0])
+            take(key, "name", lambda b, k=key: b["artifact"] == k[0] and (
+                b.get("precision") or "fp32") == precision[(k[0], k[1])])
     left = [b for i, b in enumerate(baseline) if i not in claimed
             and b["device"] in {str(d) for d in devices}]
     return matched, left

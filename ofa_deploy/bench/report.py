@@ -124,8 +124,7 @@ def markdown_summary(report: BenchReport) -> str:
         lines += tbl(["artifact", "device", "error"],
                      [[f"`{r.artifact.name}`", r.device, r.reason or ""] for r in err])
     lines += ["### Results", ""]
-    lines += tbl(["artifact", "device", "median ms", "p10–p90 ms", "baseline ms", "change",
-                  "status"], [_row(r) for r in report.results])
+    lines += tbl(list(RESULT_HEADERS), [_row(r) for r in report.results])
     if report.unmatched_baseline:
         lines += ["Baseline entries with no result this run: "
                   + ", ".join(f"`{b['artifact']}` on {b['device']}"
@@ -138,7 +137,7 @@ def _row(r: BenchResult) -> List[str]:
     status = r.status if r.status in ("ok", "regressed") else f"{r.status}: {r.reason}"
     if b.get("match") in ("sha256", "name"):
         status += f" (baseline by {b['match']})"
-    return [r.artifact.name, r.device, fmt_ms(s.median_ms if s else None),
+    return [r.artifact.name, r.artifact.precision, r.device, fmt_ms(s.median_ms if s else None),
             f"{fmt_ms(s.p10_ms)}–{fmt_ms(s.p90_ms)}" if s else "-",
             fmt_ms(b.get("median_ms")), fmt_pct(b.get("delta_pct")), status]
 
@@ -148,8 +147,8 @@ def result_rows(report: BenchReport) -> List[List[str]]:
     return [_row(r) for r in report.results]
 
 
-RESULT_HEADERS = ("artifact", "device", "median ms", "p10–p90 ms", "baseline ms", "change",
-                  "status")
+RESULT_HEADERS = ("artifact", "precision", "device", "median ms", "p10–p90 ms", "baseline ms",
+                  "change", "status")
 
 
 def write_markdown(path: "str | os.PathLike", report: BenchReport) -> None:

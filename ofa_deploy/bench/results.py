@@ -59,6 +59,7 @@ class BenchResult:
             # run-to-run variation of this measurement (robust CV, profilers.protocol.cv_of)
             "cv": cv_of(s) if s and s.median_ms > 0 else None,
             "format": a.format,
+            "precision": a.precision,
             "input_shape": list(a.input_shape),
             "path": str(a.path),
             "root": str(a.root),

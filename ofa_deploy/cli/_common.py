@@ -177,6 +177,15 @@ def output_dir_guard(out_dir: "str | os.PathLike"):
         raise
 
 
+PRECISION_CHOICES = ("fp32", "int8")
+
+
+def precision_option(help: str, default: "str | None" = None) -> Callable:
+    """``--precision fp32|int8`` (case-insensitive), the same choice on every command."""
+    return click.option("--precision", default=default, show_default=default is not None,
+                        type=click.Choice(PRECISION_CHOICES, case_sensitive=False), help=help)
+
+
 def emit(data: Any, as_json: bool, human: Callable[[Any], str]) -> None:
     """``--json`` prints machine-readable JSON; otherwise a table for people."""
     if as_json:

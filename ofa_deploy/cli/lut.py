@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ._common import OutputPath, emit, table
+from ._common import OutputPath, emit, precision_option, table
 
 if TYPE_CHECKING:
     from luts.table import LatencyTable
@@ -45,6 +45,7 @@ def describe_table(t: LatencyTable, *, interpolate: bool = False, top: int = 10)
     return {
         "path": str(t.path) if t.path else None,
         "space": t.space.name,
+        "precision": t.precision,
         "resolutions": list(t.resolutions),
         "meta": t.meta,
         "overhead_ms": t.overhead_ms,
@@ -86,8 +87,8 @@ def _meta_rows(meta: dict, prefix: str = "") -> list:
 
 
 def _human(d: dict) -> str:
-    skip = {"space", "resolutions", "stats_note"}
-    rows = [("table", d["path"] or "-"), ("space", d["space"]),
+    skip = {"space", "resolutions", "stats_note", "precision"}
+    rows = [("table", d["path"] or "-"), ("space", d["space"]), ("precision", d["precision"]),
             ("resolutions", ", ".join(map(str, d["resolutions"])))]
     # the bulky records get one-line summaries (the JSON form has them whole)
     skip |= {"noise", "reference_ops", "protocol", "calibration"}
@@ -136,15 +137,18 @@ def _human(d: dict) -> str:
               help="Estimate missing ops from the nearest measured op (scaled by MACs).")
 @click.option("--top", type=click.IntRange(0, None), default=10, show_default=True,
               help="How many of the most expensive ops to list.")
+@precision_option("Which cached device table (default fp32); a table file of another "
+                  "precision is refused.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
-def show(target, space_name, interpolate, top, as_json) -> None:
+def show(target, space_name, interpolate, top, precision, as_json) -> None:
     """Metadata, coverage, latency range per resolution and dearest ops of a table.
 
     TARGET is a table file, a built-in table name, or a device spec with a cached table.
     """
     from luts.store import load_table
 
-    t = load_table(target, space=space_name)
+    t = load_table(target, space=space_name, precision=precision and precision.lower(),
+                   what=f"--precision {precision}")
     emit(describe_table(t, interpolate=interpolate, top=top), as_json, _human)
 
 

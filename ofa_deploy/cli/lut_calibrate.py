@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import click
 
-from ._common import emit, table
+from ._common import emit, precision_option, table
 
 
 def explain_human(d: dict) -> str:
     """Table view of :meth:`luts.table.LatencyTable.explain` output."""
     head = table([
-        ("arch", d["arch_string"]), ("predicted", f"{d['predicted_ms']:.3f} ms"),
+        ("arch", d["arch_string"]), ("precision", d.get("precision", "fp32")),
+        ("predicted", f"{d['predicted_ms']:.3f} ms"),
         ("predicted p90", f"{d['predicted_p90_ms']:.3f} ms"),
         ("op sum (measured)", f"{d['op_sum_ms']:.3f} ms over {d['ops']} ops"),
         ("runtime overhead", f"{d['runtime_overhead_ms']:.4f} ms"),
@@ -33,13 +34,16 @@ def explain_human(d: dict) -> str:
 @click.option("--space", "space_name", default=None, help="Space (to pick a cached table).")
 @click.option("--top", type=click.IntRange(min=1), default=10, show_default=True,
               help="Costliest ops to list.")
+@precision_option("Which cached device table (default fp32); a table file of another "
+                  "precision is refused.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
-def predict(lut_path, arch, resolution, space_name, top, as_json) -> None:
+def predict(lut_path, arch, resolution, space_name, top, precision, as_json) -> None:
     """Predicted latency of ARCH (calibrated, with p90) and its per-op breakdown."""
     from luts.table import load_table
     from supernet import ArchConfig
 
-    t = load_table(lut_path, space=space_name)
+    t = load_table(lut_path, space=space_name, precision=precision and precision.lower(),
+                   what=f"--precision {precision}")
     a = ArchConfig.parse(arch, t.space)
     if resolution is not None:
         a = a.with_resolution(resolution).validate(t.space)
@@ -56,9 +60,11 @@ def predict(lut_path, arch, resolution, space_name, top, as_json) -> None:
 @click.option("--samples", type=click.IntRange(min=4), default=20, show_default=True,
               help="Random whole subnets to time.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@precision_option("Which cached device table (default fp32); a table file of another "
+                  "precision is refused. Subnets are timed at the table's precision.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def calibrate(lut_path, device, space_name, samples, seed, quiet, as_json) -> None:
+def calibrate(lut_path, device, space_name, samples, seed, precision, quiet, as_json) -> None:
     """Time random whole subnets through the export path specialize ships, under the table's
     measurement protocol, and store the best-generalising correction of the op sums.
 
@@ -69,7 +75,8 @@ def calibrate(lut_path, device, space_name, samples, seed, quiet, as_json) -> No
     from luts.calibrate import calibrate_lut
     from luts.table import load_table
 
-    t = load_table(lut_path, space=space_name)
+    t = load_table(lut_path, space=space_name, precision=precision and precision.lower(),
+                   what=f"--precision {precision}")
     t = calibrate_lut(t, device, samples=samples, seed=seed, progress=not quiet and not as_json,
                       echo=lambda s: click.echo(s, err=True))
     cal = t.calibration
@@ -77,7 +84,8 @@ def calibrate(lut_path, device, space_name, samples, seed, quiet, as_json) -> No
     data["path"] = str(t.path) if t.path else None
 
     def human(d: dict) -> str:
-        rows = [("table", d["path"] or "-"), ("model", d["model"]),
+        rows = [("table", d["path"] or "-"), ("precision", d.get("precision", "fp32")),
+                ("model", d["model"]),
                 ("scale", ", ".join(f"{r}: x{s:.3f}" for r, s in d["scale"].items())),
                 ("offset", f"{d['overhead_ms']:+.4f} ms per network"),
                 ("p90 factor", f"x{d['p90_factor']:.3f}"),

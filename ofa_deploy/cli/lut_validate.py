@@ -5,7 +5,7 @@ import json
 
 import click
 
-from ._common import OutputPath, atomic_write_text, emit, table
+from ._common import OutputPath, atomic_write_text, emit, precision_option, table
 from .profile import parse_resolutions
 
 
@@ -19,6 +19,7 @@ def _human(d: dict) -> str:
     m = d["meta"]
     head = table([
         ("device", m["device"]), ("space", m["space"]), ("table", m["table"] or "-"),
+        ("precision", m["precision"]),
         ("samples", d["samples"]), ("MAPE", f"{d['mape']:.1%}"),
         ("within ±10%", f"{d['within_10pct']:.0%}"), ("within ±5%", f"{d['within_5pct']:.0%}"),
         ("Kendall tau", f"{d['kendall_tau']:.3f}"), ("mean error", f"{d['mean_rel_err']:+.1%}"),
@@ -59,6 +60,9 @@ def _human(d: dict) -> str:
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Runtime threads (must be the table's: another count measures something "
                    "else and is refused).")
+@precision_option("Precision of the subnets timed (default: the table's). With a device "
+                  "spec as --lut it picks that precision's cached table; a table of the "
+                  "other precision is refused.")
 @click.option("--plot", type=OutputPath("file"), default=None, metavar="FILE.png",
               help="Write a predicted-vs-measured scatter plot.")
 @click.option("--out", type=OutputPath("file"), default=None, metavar="FILE.json",
@@ -66,7 +70,7 @@ def _human(d: dict) -> str:
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 def validate(lut_path, device, space_name, samples, seed, resolutions, runs, warmup, rounds,
-             threads, plot, out, quiet, as_json) -> None:
+             threads, precision, plot, out, quiet, as_json) -> None:
     """Measure random full subnets end to end and compare with the table's predictions.
 
     Reports MAPE, the fraction within ±10%, Kendall's tau, and one row per subnet.
@@ -75,7 +79,9 @@ def validate(lut_path, device, space_name, samples, seed, resolutions, runs, war
     from luts.table import LUTError
     from luts.validate import validate_lut
 
-    t = load_table(lut_path, space=space_name)
+    precision = precision.lower() if precision else None
+    t = load_table(lut_path, space=space_name, precision=precision,
+                   what=f"--precision {precision}")
     if device is None:
         device = t.meta.get("device")
         if not device:
@@ -85,7 +91,7 @@ def validate(lut_path, device, space_name, samples, seed, resolutions, runs, war
         raise click.BadParameter("plot file must end in .png, .svg or .pdf", param_hint="--plot")
     result = validate_lut(t, device, samples=samples, seed=seed, runs=runs, warmup=warmup,
                           rounds=rounds, threads=threads, resolutions=res, plot=plot,
-                          progress=not quiet and not as_json)
+                          progress=not quiet and not as_json, precision=precision)
     for w in result["warnings"]:
         click.echo(f"warning: {w}", err=True)
     if out is not None:

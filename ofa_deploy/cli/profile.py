@@ -5,7 +5,7 @@ from typing import List, Optional
 
 import click
 
-from ._common import OutputPath, config_option, emit, table
+from ._common import OutputPath, config_option, emit, precision_option, table
 
 
 def parse_resolutions(value: "str | None", space) -> Optional[List[int]]:
@@ -32,6 +32,7 @@ def parse_resolutions(value: "str | None", space) -> Optional[List[int]]:
 
 def _human(d: dict) -> str:
     rows = [("table", d["path"]), ("device", d["device"]), ("space", d["space"]),
+            ("precision", d["precision"]),
             ("resolutions", ", ".join(map(str, d["resolutions"]))), ("ops", d["ops"]),
             ("timed this run", d["op_timings_this_run"]),
             ("models converted / from cache",
@@ -92,6 +93,10 @@ def _human(d: dict) -> str:
 @click.option("--flush-mb", default="auto", show_default=True, metavar="MB|auto",
               help="With --cache cold: bytes flushed before each timed run (CPU backends); "
                    "'auto' = the bytes a typical subnet moves.")
+@precision_option("int8: time every op quantized the way `export --precision int8` ships "
+                  "it (ONNX QDQ / full-integer TFLite, calibrated on seeded random inputs); "
+                  "the table is kept apart from the fp32 one (default file <space>-int8.json).",
+                  default="fp32")
 @click.option("--fresh", is_flag=True, help="Ignore an existing (partial) table at --out.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of op-model weights.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
@@ -99,7 +104,7 @@ def _human(d: dict) -> str:
 @config_option
 def profile(device, space_name, resolutions, out, runs, warmup, rounds, threads, cache_policy,
             calib_samples, cpus,
-            convert_workers, cache_dir, no_context, flush_mb, fresh, seed, quiet,
+            convert_workers, cache_dir, no_context, flush_mb, precision, fresh, seed, quiet,
             as_json) -> None:
     """Time every op a space can run on DEVICE and write its latency table.
 
@@ -115,7 +120,8 @@ def profile(device, space_name, resolutions, out, runs, warmup, rounds, threads,
     spec = DeviceSpec.parse(device)
     space = get_space(space_name)
     res = parse_resolutions(resolutions, space)
-    path = out if out is not None else default_lut_path(spec, space.name)
+    precision = precision.lower()
+    path = out if out is not None else default_lut_path(spec, space.name, precision)
     flush: "int | str" = "auto"
     if str(flush_mb).strip().lower() != "auto":
         try:
@@ -136,6 +142,7 @@ def profile(device, space_name, resolutions, out, runs, warmup, rounds, threads,
                   cache_dir=cache_dir,
                   progress=not quiet and not as_json, context=not no_context,
                   convert_workers=convert_workers, fresh=fresh, seed=seed, flush_bytes=flush,
+                  precision=precision,
                   on_warn=(lambda msg: click.echo(f"warning: {msg}", err=True))
                   if quiet or as_json else None)
     if calib_samples > 0:
@@ -155,7 +162,8 @@ def profile(device, space_name, resolutions, out, runs, warmup, rounds, threads,
         ranges.append({"resolution": r, "min_ms": lo, "max_ms": hi})
     data = {
         "path": str(path), "progress_file": str(raw_path(path)), "device": str(spec),
-        "space": space.name, "resolutions": list(t.resolutions), "ops": len(t.entries),
+        "space": space.name, "precision": t.precision, "resolutions": list(t.resolutions),
+        "ops": len(t.entries),
         "op_timings_this_run": m.get("op_timings_this_run"),
         "models_converted": m.get("models_converted"),
         "models_from_cache": m.get("models_from_cache"), "threads": m.get("threads"),
