@@ -38,6 +38,7 @@ def _one_line_error(r):
     return msg
 
 
+@pytest.mark.slow  # the full-integer TFLite conversion (PT2E) takes most of a minute
 def test_int8_specialize_ships_measured_int8_files(assets, tmp_path, run_cli):
     import onnx
 
