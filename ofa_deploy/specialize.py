@@ -429,6 +429,11 @@ def specialize(net: Supernet, predictor, scenarios: List[Scenario], *, out_dir: 
     if "int8" in precisions and data.dataset is None:
         raise QuantizeError("--precision int8 needs calibration images: give --data (training "
                             "images; the test split is never used)")
+    for s_ in scenarios:
+        if s_.precision == "int8" and DeviceSpec.parse(s_.target).backend == "cuda":
+            # the CUDA profiler times the torch module, which has no int8 form here
+            raise OfaDeployError(f"--precision int8 on {s_.target}: CUDA targets run torch "
+                                 f"models, which have no int8 form here; use cpu or tflite:cpu")
     if lut_path is not None and len(precisions) > 1:
         raise OfaDeployError("--lut names one table of one precision: use it with a single "
                              "--precision")

@@ -132,6 +132,10 @@ def test_int8_error_paths(assets, tmp_path, run_cli):
     assert "one precision" in msg
     msg = _one_line_error(run_cli(*_args(assets, tmp_path / "e", "--precision", "int4")))
     assert "int4" in msg
+    # a CUDA target times torch modules: no int8 form
+    args = _args(assets, tmp_path / "f", "--lut", lut8, "--precision", "int8")
+    args[args.index("cpu")] = "cuda:0"
+    assert "CUDA targets" in _one_line_error(run_cli(*args))
 
 
 def test_builtin_fp32_table_refuses_int8():
