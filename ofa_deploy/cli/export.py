@@ -37,8 +37,8 @@ def export_cmd(ctx, supernet_name, space_name, arch, formats, data_spec, calib_i
     """Export any subnet as model.onnx / model.tflite (each checked against torch) plus
     model.json metadata (arch, params, MACs, sizes, hashes).
 
-    With --arch runs/X/report.json, the supernet and the BN calibration (data, images, order)
-    recorded by `specialize` are used unless given here, so model.onnx comes out bit for bit
+    With --arch runs/X/report.json, the supernet, the precision and the BN calibration (data,
+    images, order) recorded by `specialize` are used unless given here, so model.onnx comes out bit for bit
     the same as the one specialize wrote.
     """
     from supernet import ArchConfig, extract_subnet
@@ -64,6 +64,8 @@ def export_cmd(ctx, supernet_name, space_name, arch, formats, data_spec, calib_i
             data_spec = "none" if calib is None else calib.get("data") or data_spec
         if calib is not None and not given("calib_images"):
             calib_images = int(calib["images"])
+        if not given("precision") and rec.get("precision"):
+            precision = rec["precision"]  # an int8 specialization rebuilds its int8 files
         if rec.get("finetune_epochs"):
             echo(f"note: {arch} was fine-tuned ({rec['finetune_epochs']} epochs) after "
                  f"extraction; this export is not, so its weights differ from that run's model")

@@ -79,16 +79,15 @@ def specialize(ctx, targets, budgets, mflops, supernet_name, space_name, lut_pat
     ofa-deploy specialize --target cpu --ms 15
     ofa-deploy specialize --target cpu --ms 5 --ms 10 --ms 20      # Pareto front, one dir each
     ofa-deploy specialize --target cpu --target adb:pixel --ms 10 --ms 40
+    ofa-deploy specialize --target cpu --ms 2 --precision fp32,int8   # fp32 vs int8
 
     The target's latency table comes from --lut, a built-in target, or the profile cache; a
     missing table of a local target (cpu, tflite:cpu, cuda) is built on the fly. Writes
     model.onnx, model.tflite, model.json, report.json, report.md and plots into --out (one
     sub-directory per scenario plus summary.md when there are several).
 
-    \b
-    ofa-deploy specialize --target cpu --ms 2 --precision fp32,int8
-    --precision fp32,int8 runs each (target, budget) at both precisions (dirs cpu-2ms and
-    cpu-2ms-int8); each report.json has "precision" and a "by_precision" section (predicted
+    --precision fp32,int8 runs each (target, budget) at both precisions (dirs ort-cpu-2ms
+    and ort-cpu-2ms-int8); each report.json has "precision" and a "by_precision" section (predicted
     and measured latency, test accuracy, file size per format, side by side), also in
     report.md and summary.md. An int8 search needs an int8 table (`ofa-deploy profile
     --precision int8`; a local target builds it on the fly).
