@@ -75,7 +75,9 @@ def test_builds_a_complete_table_with_every_op(ort_table, op_cache):
     shapes = {(o.kind in ("feature_mix", "classifier"), o.cin, o.h) for o in ops}
     files = sorted((op_cache / "onnx" / converter_tag("onnx")).glob("*.onnx"))
     assert len(files) == len(ops) + len(shapes) + 1
-    assert m["models_converted"] == len(files)
+    # another test module may have filled the shared cache first: every file is either
+    # converted by this build or taken from the cache, never both
+    assert m["models_converted"] + m["models_from_cache"] == len(files)
     raw = json.loads(raw_path(out).read_text())
     assert raw["rounds"][ops[0].to_string()] == 1
 
