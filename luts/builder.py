@@ -105,9 +105,11 @@ def _activation_elems(op: OpKey) -> int:
     return n
 
 
-def network_bytes(space: Space, resolutions: Sequence[int], samples: int = 256) -> int:
+def network_bytes(space: Space, resolutions: Sequence[int], samples: int = 256,
+                  elem_bytes: int = 4) -> int:
     """Bytes a typical subnet of ``space`` moves per inference (weights plus the activations
-    its ops read and write, float32; mean over seeded random subnets), clamped to between
+    its ops read and write, ``elem_bytes`` each: 4 for float32, 1 for int8; mean over seeded
+    random subnets), clamped to between
     twice the L2 and twice the L3 cache. That is what passes through the caches between two
     runs of one op inside a network, so what an op model's timed runs are preceded by (see
     :class:`~profilers.measure.CacheFlusher`): a small network leaves an op's weights in L3, a
@@ -120,7 +122,7 @@ def network_bytes(space: Space, resolutions: Sequence[int], samples: int = 256) 
     total = []
     for _ in range(samples):
         ops = arch_ops(space, ArchConfig.sample(space, rng, resolutions=resolutions))
-        total.append(4 * sum(op.params + _activation_elems(op) for op in ops))
+        total.append(elem_bytes * sum(op.params + _activation_elems(op) for op in ops))
     lo = 2 * (cache_size(2) or 1024 ** 2)
     hi = max(lo, 2 * (cache_size(3) or 32 * 1024 ** 2))
     return int(min(max(float(np.mean(total)), lo), hi))
@@ -264,7 +266,8 @@ def build_lut(space: "Space | str", device: "str | DeviceSpec", *,
             # phones and GPUs: the device's own thread setting (the registry's), not 1
             protocol = dataclasses.replace(protocol, threads=None)
         if protocol.cache == "cold" and spec.backend in HOST_BACKENDS:
-            fb = network_bytes(space, res) if flush_bytes in ("auto", None) else int(flush_bytes)
+            fb = (network_bytes(space, res, elem_bytes=1 if precision == "int8" else 4)
+                  if flush_bytes in ("auto", None) else int(flush_bytes))
             protocol = protocol.with_(flush_bytes=fb)
     rounds = protocol.rounds
     if profiler is None:

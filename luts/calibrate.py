@@ -78,8 +78,9 @@ def measure_subnets(table: LatencyTable, archs: Sequence[ArchConfig], profiler: 
     """Extract each arch from a random supernet, export it exactly as ``specialize`` ships it
     (no BN folding by hand: the runtime folds it, as it does for the shipped file) and time
     all of them under ``protocol``, interleaved; an int8 table's subnets are exported int8
-    (:func:`~luts.convert.export_artifact` with its precision). ``progress`` (a label such as ``"validate
-    cpu"``) shows a progress bar on stderr, one step per conversion and per timing round."""
+    (:func:`~luts.convert.export_artifact` with its precision). ``progress`` (a label such as
+    ``"validate cpu"``) shows a progress bar on stderr, one step per conversion and per timing
+    round."""
     if progress is not None and on_step is None:
         import sys
 

@@ -53,7 +53,8 @@ from supernet.fileio import atomic_write_text
 from supernet.ops import OpGrid, OpKey, arch_ops, enumerate_ops
 from supernet.space import Space, SpaceError, get_space
 
-__all__ = ["SCHEMA", "SCHEMA_VERSION", "LUTError", "LatencyTable", "PRECISIONS", "check_precision"]
+__all__ = ["SCHEMA", "SCHEMA_VERSION", "LUTError", "LatencyTable", "PRECISIONS",
+           "check_precision"]
 
 # Where tables live (cache directory, built-in tables, name lookup) is luts.store; these names
 # were defined here first and stay importable from luts.table.
@@ -87,7 +88,8 @@ PRECISIONS = ("fp32", "int8")
 def _parse_precision(value, source: str = "precision") -> str:
     p = str(value).strip().lower()
     if p not in PRECISIONS:
-        raise LUTError(f"{source}: unknown precision {value!r}; choose from {', '.join(PRECISIONS)}")
+        raise LUTError(f"{source}: unknown precision {value!r}; choose from "
+                       f"{', '.join(PRECISIONS)}")
     return p
 
 
