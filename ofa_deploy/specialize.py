@@ -210,6 +210,8 @@ class DataContext:
     spec: Optional[str] = None
     # an int8 file choosing the float model's class on fewer calibration images is refused
     int8_min_agreement: Optional[float] = None
+    # int8 calibration images (None: QuantSettings' default, the drop model's setting)
+    quant_images: Optional[int] = None
 
 
 def calibrate_subnet(sub: torch.nn.Module, dataset, r: int, images: int, batch_size: int = 200,
@@ -357,7 +359,8 @@ def measure_formats(target: str, artifacts: Dict[str, dict], measured: Optional[
 
 def _int8_export_args(data: DataContext, r: int) -> Dict[str, Any]:
     """``export_artifacts`` arguments of an int8 export: calibrated on the first
-    ``calib_images`` held-out *training* images at resolution ``r`` (never the test split),
+    ``quant_images`` (default :class:`QuantSettings`' 256, the setting the bundled drop model
+    was fitted with) held-out *training* images at resolution ``r`` (never the test split),
     as ``export --precision int8`` does, so ``export --arch report.json`` rebuilds it."""
     from supernet.bn import calibration_batches
     from supernet.quantize import QuantSettings
@@ -366,10 +369,11 @@ def _int8_export_args(data: DataContext, r: int) -> Dict[str, Any]:
 
     ds = data.dataset
     agree = MIN_INT8_AGREEMENT if data.int8_min_agreement is None else data.int8_min_agreement
-    return {"precision": "int8", "quant": QuantSettings(calib_images=data.calib_images),
-            "min_agreement": agree,
+    quant = QuantSettings() if data.quant_images is None else QuantSettings(
+        calib_images=data.quant_images)
+    return {"precision": "int8", "quant": quant, "min_agreement": agree,
             "calibration": lambda: (x.numpy() for x in calibration_batches(
-                ds.holdout, r, data.calib_images, data.batch_size, channels_last=False))}
+                ds.holdout, r, quant.calib_images, data.batch_size, channels_last=False))}
 
 
 def artifact_accuracy(artifacts: Dict[str, dict], data: DataContext, r: int

@@ -56,6 +56,7 @@ def export_cmd(ctx, supernet_name, space_name, arch, formats, data_spec, calib_i
     given = lambda name: ctx.get_parameter_source(name) not in (
         click.core.ParameterSource.DEFAULT, click.core.ParameterSource.DEFAULT_MAP)
     rec = _specialize_record(arch)
+    quant_images = None  # int8 calibration images: --calib-images unless a report says
     if rec is not None:
         if not given("supernet_name") and rec.get("supernet"):
             supernet_name = rec["supernet"]
@@ -66,6 +67,9 @@ def export_cmd(ctx, supernet_name, space_name, arch, formats, data_spec, calib_i
             calib_images = int(calib["images"])
         if not given("precision") and rec.get("precision"):
             precision = rec["precision"]  # an int8 specialization rebuilds its int8 files
+        q = ((rec.get("artifacts") or {}).get("onnx") or {}).get("quantization") or {}
+        if precision == "int8" and q.get("calib_images") and not given("calib_images"):
+            quant_images = int(q["calib_images"])
         if rec.get("finetune_epochs"):
             echo(f"note: {arch} was fine-tuned ({rec['finetune_epochs']} epochs) after "
                  f"extraction; this export is not, so its weights differ from that run's model")
@@ -92,9 +96,9 @@ def export_cmd(ctx, supernet_name, space_name, arch, formats, data_spec, calib_i
         if ds is None:
             raise QuantizeError("--precision int8 needs calibration images: give --data "
                                 "(training images; the test split is never used)")
-        quant = QuantSettings(calib_images=calib_images)
+        quant = QuantSettings(calib_images=quant_images or calib_images)
         calibration = lambda: (x.numpy() for x in calibration_batches(  # noqa: E731
-            ds.holdout, a.r, calib_images, 200, channels_last=False))
+            ds.holdout, a.r, quant.calib_images, 200, channels_last=False))
     with output_dir_guard(out_dir):
         arts = export_artifacts(sub, (1, 3, a.r, a.r), out_dir, fmts, precision=precision,
                                 calibration=calibration, quant=quant)

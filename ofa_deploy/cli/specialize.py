@@ -41,8 +41,11 @@ from ._common import (OutputPath, check_positive, config_option, emit, load_data
 @click.option("--precision", "precision", default="fp32", show_default=True,
               help="fp32, int8 or fp32,int8 (both, side by side). int8 searches an int8 latency "
                    "table with the float predictor minus the fitted int8 accuracy drop, ships "
-                   "int8 files calibrated on --calib-images training images (needs --data) and "
+                   "int8 files calibrated on --quant-images training images (needs --data) and "
                    "measures their accuracy in their own runtimes.")
+@click.option("--quant-images", default=256, show_default=True, type=click.IntRange(1),
+              help="Held-out training images that calibrate the int8 quantization (the "
+                   "bundled int8 drop model was fitted with 256).")
 @click.option("--int8-min-agreement", default=0.5, show_default=True,
               type=click.FloatRange(0, 1),
               help="Refuse an int8 file that picks the float subnet's class on a smaller share "
@@ -71,7 +74,7 @@ from ._common import (OutputPath, check_positive, config_option, emit, load_data
 @click.pass_context
 def specialize(ctx, targets, budgets, mflops, supernet_name, space_name, lut_path,
                predictor_path, predictor_format, data_spec, calib_images, eval_images,
-               finetune_epochs, formats, precision, int8_min_agreement, population, generations, islands, seed, threads, runs,
+               finetune_epochs, formats, precision, quant_images, int8_min_agreement, population, generations, islands, seed, threads, runs,
                warmup, latency_quantile, max_rounds, out_dir, as_json) -> None:
     """Search the best subnet for each (target, budget), then export and measure it.
 
@@ -122,7 +125,8 @@ def specialize(ctx, targets, budgets, mflops, supernet_name, space_name, lut_pat
     with output_dir_guard(out_dir):
         reports = run(net, predictor, scenarios, out_dir=out_dir, search_config=config,
                       data=DataContext(ds, calib_images, eval_images, spec=spec,
-                                       int8_min_agreement=int8_min_agreement),
+                                       int8_min_agreement=int8_min_agreement,
+                                       quant_images=quant_images),
                       formats=fmts,
                       lut_path=lut_path, threads=threads, runs=runs, warmup=warmup,
                       finetune_epochs=finetune_epochs, supernet_name=str(supernet_name),

@@ -25,7 +25,8 @@ def _int8_lut(assets, path):
 
 def _args(assets, out, *extra):
     return ["specialize", "--supernet", assets / "net.pt", "--predictor", assets / "pred.pt",
-            "--target", "cpu", "--data", "synthetic", "--calib-images", "32", "--eval-images",
+            "--target", "cpu", "--data", "synthetic", "--calib-images", "32", "--quant-images",
+            "24", "--eval-images",
             "64", "--generations", "3", "--population", "12", "--runs", "3", "--warmup", "1",
             "--threads", "1", "--max-rounds", "1", "--ms", "0.9", "--out", out,
             "--int8-min-agreement", "0", *extra]  # random weights: a coin-toss class
@@ -56,7 +57,8 @@ def test_int8_specialize_ships_measured_int8_files(assets, tmp_path, run_cli):
     meta = json.loads((out / "model.json").read_text())
     assert meta["precision"] == "int8"
     assert {f["precision"] for f in meta["files"].values()} == {"int8"}
-    assert meta["files"]["onnx"]["calibrated_on"] == 32  # --calib-images training images
+    assert meta["files"]["onnx"]["calibrated_on"] == 24  # --quant-images training images
+    assert meta["files"]["tflite"]["calibrated_on"] == 24
     # accuracy of the shipped files themselves, recomputed here in their own runtimes
     ds = load_dataset("synthetic")
     r_ = rep["arch"]["r"]
