@@ -1,7 +1,7 @@
 """Build a latency table by timing every op a space can run on one device.
 
 Method
-    Every distinct op (:func:`supernet.ops.enumerate_ops`) becomes a small standalone model
+    Every distinct op (its family's ``enumerate_ops``) becomes a small standalone model
     (:mod:`supernet.op_models`), is converted to the backend's format and timed. By default an
     op is timed behind a *context* producer (a depthwise 1x1 conv on its input) and the
     producer alone is timed too; the entry is the difference. That difference is the op as it
@@ -46,8 +46,9 @@ from profilers.base import DeviceSpec, LatencyStats, Profiler, get_profiler
 from profilers.measure import DriftMonitor, loadavg
 from profilers.protocol import MeasurementProtocol, cv_of, noise_warning
 from supernet.fileio import utc_now
-from supernet.ops import OpKey, enumerate_ops
-from supernet.space import Space, get_space
+from supernet.op_families import resolve_space
+from supernet.ops import OpKey
+from supernet.space import Space
 
 from .convert import (FORMAT_SUFFIX, METHOD_VERSION, OpModelCache, _Converter, _Job,
                       converter_tag, export_artifact, op_quant_settings, require_converter)
@@ -98,10 +99,12 @@ def _activation_elems(op: OpKey) -> int:
     """Elements of the tensors ``op`` reads and writes (input, output, expanded middles)."""
     hi, ho = op.h * op.h, op.out_h * op.out_h
     n = hi * op.cin + ho * op.cout
-    if op.kind == "block":
+    if op.kind in ("block", "bottleneck"):
         n += hi * op.mid + ho * op.mid
     elif op.kind == "first_block":
         n += ho * op.cin
+    elif op.kind == "resnet_stem":  # the convs' outputs at half the input size
+        n += (op.h // 2) ** 2 * (op.mid * (2 if op.skip else 1) + op.cout)
     return n
 
 
@@ -115,13 +118,12 @@ def network_bytes(space: Space, resolutions: Sequence[int], samples: int = 256,
     :class:`~profilers.measure.CacheFlusher`): a small network leaves an op's weights in L3, a
     large one sends them back to memory, and the op models then pay the same."""
     from profilers.measure import cache_size
-    from supernet.arch import ArchConfig
-    from supernet.ops import arch_ops
 
+    fam, space = resolve_space(space)
     rng = np.random.default_rng(0)
     total = []
     for _ in range(samples):
-        ops = arch_ops(space, ArchConfig.sample(space, rng, resolutions=resolutions))
+        ops = fam.arch_ops(space, fam.sample_arch(space, rng, resolutions))
         total.append(elem_bytes * sum(op.params + _activation_elems(op) for op in ops))
     lo = 2 * (cache_size(2) or 1024 ** 2)
     hi = max(lo, 2 * (cache_size(3) or 32 * 1024 ** 2))
@@ -243,7 +245,7 @@ def build_lut(space: "Space | str", device: "str | DeviceSpec", *,
     table; its ``path`` is ``out``.
     """
     t_start = time.monotonic()
-    space = get_space(space)
+    fam, space = resolve_space(space)
     res = check_resolutions(space, resolutions)
     spec = DeviceSpec.parse(device)
     precision = _parse_precision(precision)
@@ -329,7 +331,7 @@ def build_lut(space: "Space | str", device: "str | DeviceSpec", *,
 
     from supernet.op_models import context_name, op_input_shape, overhead_input_shape
 
-    ops = enumerate_ops(space, res)
+    ops = fam.enumerate_ops(space, res)
     op_job = {op: _Job(op.to_string(), op_input_shape(op), space.name, seed, context, precision)
               for op in ops}
     ctx_job = {}

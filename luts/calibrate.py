@@ -75,7 +75,8 @@ def measure_subnets(table: LatencyTable, archs: Sequence[ArchConfig], profiler: 
                     work_dir: "str | os.PathLike | None" = None,
                     on_step: Optional[Callable[[str, int, int], None]] = None,
                     progress: "str | None" = None) -> List[LatencyStats]:
-    """Extract each arch from a random supernet, export it exactly as ``specialize`` ships it
+    """Extract each arch (an arch of the table's family, through the family's extraction) from
+    a random supernet, export it exactly as ``specialize`` ships it
     (no BN folding by hand: the runtime folds it, as it does for the shipped file) and time
     all of them under ``protocol``, interleaved; an int8 table's subnets are exported int8
     (:func:`~luts.convert.export_artifact` with its precision). ``progress`` (a label such as
@@ -99,8 +100,6 @@ def measure_subnets(table: LatencyTable, archs: Sequence[ArchConfig], profiler: 
                                    work_dir=work_dir, on_step=step)
         finally:
             bar.close()
-    from supernet.model import extract_subnet
-
     from .convert import export_artifact
 
     fmt = profiler.artifact_format
@@ -108,12 +107,12 @@ def measure_subnets(table: LatencyTable, archs: Sequence[ArchConfig], profiler: 
     if precision != "fp32" and fmt == "torch":
         raise LUTError(f"the table is {precision}; {profiler.spec} runs torch models, which "
                        f"have no {precision} form here")
-    net = random_supernet(table.space, seed)
+    # the family's extraction from one random supernet (weights do not change latency)
+    subnets = table.family.random_subnets(table.space, archs, seed)
     tmp = Path(tempfile.mkdtemp(prefix="ofa-lut-subnets-", dir=work_dir))
     try:
         items: List[Tuple[Any, Tuple[int, ...]]] = []
-        for i, arch in enumerate(archs):
-            sub = extract_subnet(net, arch).eval()
+        for i, (arch, sub) in enumerate(zip(archs, subnets)):
             shape = (1, 3, arch.r, arch.r)
             # int8 tables time int8 subnets, quantized by the conversion int8 artifacts ship
             # with (supernet.quantize.export_int8) but calibrated on seeded random images:

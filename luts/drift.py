@@ -67,11 +67,9 @@ def _references(table: LatencyTable) -> List[dict]:
 
 def _check_networks(table: LatencyTable, profiler: Profiler, protocol: MeasurementProtocol,
                     nets: List[dict]) -> Dict[str, Any]:
-    from supernet.arch import ArchConfig
-
     from .calibrate import measure_subnets
 
-    archs = [ArchConfig.parse(n["arch"], table.space) for n in nets]
+    archs = [table.family.parse_arch(n["arch"], table.space) for n in nets]
     stats = measure_subnets(table, archs, profiler, protocol,
                             seed=int((table.calibration or {}).get("seed", 0)))
     return {"kind": "reference networks", "against": "calibrated",

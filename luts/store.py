@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Dict
 
 from profilers.base import DeviceSpec, DeviceSpecError
-from supernet.space import Space, get_space, list_spaces
+from supernet.op_families import all_space_names, resolve_space
+from supernet.space import Space
 
 from .table import LatencyTable, LUTError, _parse_precision, check_precision
 
@@ -48,7 +49,7 @@ def default_lut_path(device: "DeviceSpec | str", space_name: "str | Space",
                      precision: str = "fp32") -> Path:
     """``cache_dir()/luts/<device slug>/<space>.json`` (fp32, the name tables always had) or
     ``<space>-int8.json``: one device keeps a table of each precision side by side."""
-    name = space_name.name if isinstance(space_name, Space) else str(space_name)
+    name = str(getattr(space_name, "name", space_name))  # a space record of any family
     suffix = "" if _parse_precision(precision) == "fp32" else f"-{precision}"
     return cache_dir() / "luts" / _device_slug(device) / f"{name}{suffix}.json"
 
@@ -67,7 +68,7 @@ def builtin_table_path(name: str) -> Path:
 
 def _check_space(t: LatencyTable, space) -> LatencyTable:
     if space is not None:
-        want = get_space(space).name
+        want = resolve_space(space)[1].name
         if t.space.name != want:
             raise LUTError(f"latency table ({t._describe()}) is for space {t.space.name}, not "
                            f"{want}")
@@ -105,14 +106,14 @@ def _find_table(name_or_path, space, precision) -> LatencyTable:
                        f"({', '.join(BUILTIN_TABLES)}) or a device spec (cpu, tflite:cpu, "
                        f"cuda:0, adb:NAME)") from None
     if space is not None:
-        sp = get_space(space).name
+        sp = resolve_space(space)[1].name
         path = default_lut_path(dev, sp, prec)
         if path.is_file():
             return _check_space(LatencyTable.load(path), sp)
         raise LUTError(f"no {prec} latency table for device {dev} and space {sp} (looked for "
                        f"{path}); build it with `ofa-deploy profile --device {dev} --space "
                        f"{sp}{flag}`")
-    found = [(n, default_lut_path(dev, n, prec)) for n in list_spaces()]
+    found = [(n, default_lut_path(dev, n, prec)) for n in all_space_names()]
     found = [(n, pth) for n, pth in found if pth.is_file()]
     if len(found) == 1:
         return LatencyTable.load(found[0][1])

@@ -3,8 +3,10 @@
 A table maps every op shape a space can run (:class:`~supernet.ops.OpKey`) to measured
 :class:`~profilers.base.LatencyStats`. A subnet's predicted latency is the sum of the median
 latencies of its ops plus ``overhead_ms`` (what a whole network costs beyond its ops: input
-copy, interpreter dispatch), evaluated for whole populations at once through an
-:class:`~supernet.ops.OpGrid`.
+copy, interpreter dispatch), evaluated for whole populations at once through the space
+family's grid (:mod:`supernet.op_families`: an :class:`~supernet.ops.OpGrid` for MobileNet
+spaces, a :class:`~supernet.resnet_ops.ResNetOpGrid` for ResNet ones, whose bottleneck ops also
+depend on the previous stage's width).
 
 Most tables measure each op shape once (``entries``). Tables imported from the reference
 measured every op inside the network of each input resolution, so a shape that occurs at two
@@ -47,11 +49,11 @@ import numpy as np
 
 from profilers.base import LatencyStats
 from supernet.arch import ArchConfig
-from supernet.batch import ArchBatch
 from supernet.errors import OfaDeployError
 from supernet.fileio import atomic_write_text
-from supernet.ops import OpGrid, OpKey, arch_ops, enumerate_ops
-from supernet.space import Space, SpaceError, get_space
+from supernet.op_families import resolve_space
+from supernet.ops import OpGrid, OpKey
+from supernet.space import Space, SpaceError
 
 __all__ = ["SCHEMA", "SCHEMA_VERSION", "LUTError", "LatencyTable", "PRECISIONS",
            "check_precision"]
@@ -132,13 +134,20 @@ def _work(op: OpKey) -> float:
 
 
 class LatencyTable:
-    """Per-op latency of one device for one space at a set of input resolutions."""
+    """Per-op latency of one device for one space at a set of input resolutions.
+
+    ``space`` is a space of any family (:mod:`supernet.op_families`: MobileNetV3 and
+    ProxylessNAS :class:`~supernet.space.Space`, OFA ResNet
+    :class:`~supernet.resnet_space.ResNetSpace`); which ops exist, which ops an arch runs and
+    the grid that prices populations are the family's, and the archs :meth:`predict` takes
+    are the family's records (:class:`ArchConfig`, :class:`~supernet.resnet_space.ResNetArch`).
+    """
 
     def __init__(self, space: "Space | str", resolutions: Sequence[int], *,
                  meta: Mapping | None = None, entries: Mapping[OpKey, LatencyStats] | None = None,
                  overhead_ms: float = 0.0,
                  resolution_entries: Mapping[int, Mapping[OpKey, LatencyStats]] | None = None):
-        self.space: Space = get_space(space)
+        self.family, self.space = resolve_space(space)
         res = sorted({int(r) for r in resolutions})
         if not res:
             raise LUTError("a latency table needs at least one resolution")
@@ -154,7 +163,7 @@ class LatencyTable:
         self.calibration: dict | None = None
         # today's speed relative to the calibration / build (luts.drift); in memory only
         self.speed_scale: float = 1.0
-        self._grids: Dict[tuple, OpGrid] = {}
+        self._grids: Dict[tuple, "OpGrid"] = {}
         self.path: Path | None = None  # where it was loaded from, if anywhere
 
     def __repr__(self) -> str:
@@ -205,7 +214,8 @@ class LatencyTable:
 
     def ops(self, resolution: int | None = None) -> List[OpKey]:
         """The ops subnets run at ``resolution`` (all of the table's resolutions if None)."""
-        return enumerate_ops(self.space, self.resolutions if resolution is None else [resolution])
+        return self.family.enumerate_ops(self.space, self.resolutions if resolution is None
+                                         else [resolution])
 
     def missing_ops(self) -> List[OpKey]:
         """Ops of the space at the table's resolutions that have no entry (sorted)."""
@@ -300,9 +310,9 @@ class LatencyTable:
         return float(p90s.sum() / tot) if tot > 0 else 1.0
 
     def grid(self, *, interpolate: bool = False, quantile: int = 50,
-             calibrated: bool = True) -> OpGrid:
-        """Predicted latency per op laid out for vectorised scoring; ``overhead_ms`` is added
-        to the fixed part, so it counts once per network, and the calibration (unless
+             calibrated: bool = True) -> "OpGrid":
+        """Predicted latency per op laid out for vectorised scoring (the family's grid: an
+        :class:`OpGrid` for MobileNet spaces); ``overhead_ms`` is added once per network, and the calibration (unless
         ``calibrated=False``) and :attr:`speed_scale` are applied (both are linear). Missing
         ops raise :class:`LUTError` naming the op, unless ``interpolate``: then each is
         estimated from the nearest measured op of the same kind scaled by MACs, and listed in
@@ -314,63 +324,43 @@ class LatencyTable:
             return g
         if interpolate:
             self.interpolated = {}
-        # The OpGrid value function sees ops, not resolutions, so build one grid per resolution
-        # (per-resolution entries may differ) and write its rows into the full grid.
-        full = OpGrid(self.space, lambda op: 0.0, self.resolutions)
-        for ri, r in enumerate(self.resolutions):
-            def value(op: OpKey, r=r) -> float:
-                if self.has(op, r):
-                    return self.get(op, r).median_ms
-                if not interpolate:
-                    self.get(op, r)  # raises, naming the op
-                src, s = self._nearest_measured(op, r)
-                f = _work(op) / _work(src)
-                rec = self.interpolated.setdefault(op, {
-                    "from": src.to_string(), "scale": f, "median_ms": s.median_ms * f,
-                    "resolutions": []})
-                rec["resolutions"].append(r)
-                return s.median_ms * f
+        # the value of an op may depend on the network's resolution (per-resolution entries)
+        def value(op: OpKey, r: int) -> float:
+            if self.has(op, r):
+                return self.get(op, r).median_ms
+            if not interpolate:
+                self.get(op, r)  # raises, naming the op
+            src, s = self._nearest_measured(op, r)
+            f = _work(op) / _work(src)
+            rec = self.interpolated.setdefault(op, {
+                "from": src.to_string(), "scale": f, "median_ms": s.median_ms * f,
+                "resolutions": []})
+            rec["resolutions"].append(r)
+            return s.median_ms * f
 
-            sub = OpGrid(self.space, value, [r])
-            full.fixed[ri] = scale[r] * (sub.fixed[0] + self.overhead_ms) + offset
-            full.blocks[ri] = scale[r] * sub.blocks[0]
+        sc = np.array([scale[r] for r in self.resolutions])
+        full = self.family.grid(self.space, value, self.resolutions).affine(
+            sc, sc * self.overhead_ms + offset)
         if interpolate and self.interpolated:
             log.warning("latency table (%s): %d op(s) missing, interpolated from the nearest "
                         "measured op scaled by MACs", self._describe(), len(self.interpolated))
         self._grids[key] = full
         return full
 
-    def _batch(self, archs) -> ArchBatch:
-        if isinstance(archs, ArchBatch):
-            if archs.space.name != self.space.name:
-                raise LUTError(f"archs are of space {archs.space.name}, the latency table is "
-                               f"for space {self.space.name}")
-            batch = archs
-        elif isinstance(archs, ArchConfig):
-            batch = ArchBatch.from_archs(self.space, [archs])
-        else:
-            batch = ArchBatch.from_archs(self.space, list(archs))
-        sp = self.space
-        if batch.ks.shape[1:] != (sp.num_blocks,) or batch.d.shape[1:] != (sp.num_stages,):
-            raise LUTError(f"archs do not have the shape of space {sp.name} "
-                           f"({sp.num_blocks} blocks, {sp.num_stages} stages)")
-        act = batch.active
-        k_ok, e_ok = np.isin(batch.ks, sp.kernel_choices), np.isin(batch.e, sp.expand_choices)
-        d_ok = np.stack([np.isin(batch.d[:, s], sp.stage_depth_choices(s))
-                         for s in range(sp.num_stages)], axis=1)
-        ok = ((k_ok & e_ok) | ~act).all(axis=1) & d_ok.all(axis=1)
-        if not ok.all():
-            i = int(np.argmin(ok))
-            raise LUTError(f"arch #{i} has kernel/expand/depth values outside space {sp.name}")
-        if not (k_ok.all() and e_ok.all()):
-            # skipped blocks may hold anything, but the grid indexes them: make them valid
-            batch = batch.canonical()
-        return batch
+    def _batch(self, archs):
+        """The family's validated batch of ``archs`` (its own errors as :class:`LUTError`)."""
+        try:
+            return self.family.batch(self.space, archs)
+        except LUTError:
+            raise
+        except OfaDeployError as exc:
+            raise LUTError(f"latency table ({self._describe()}): {exc}") from None
 
     def predict(self, archs, *, interpolate: bool = False, quantile: int = 50,
                 calibrated: bool = True) -> np.ndarray:
-        """Predicted latency (ms) of each arch: an :class:`ArchBatch` or a list of
-        :class:`ArchConfig`. Shape ``(N,)``. Calibrated (when the table has a calibration) and
+        """Predicted latency (ms) of each arch: a batch or a list of archs of the table's family
+        (:class:`~supernet.batch.ArchBatch` / :class:`ArchConfig`, ResNet: ``ResNetBatch`` /
+        ``ResNetArch``). Shape ``(N,)``. Calibrated (when the table has a calibration) and
         rescaled by :attr:`speed_scale`; ``quantile=90`` gives the upper quantile,
         ``calibrated=False`` the plain op sum (still rescaled)."""
         batch = self._batch(archs)
@@ -393,7 +383,8 @@ class LatencyTable:
         measured median, or with ``calibrated`` its share of the calibrated prediction (op
         times the resolution's scale; the calibration's offset is per network, not per op)."""
         f = self.correction(50, calibrated=calibrated)[0][arch.r] if calibrated else 1.0
-        return [(op, f * self.get(op, arch.r).median_ms) for op in arch_ops(self.space, arch)]
+        return [(op, f * self.get(op, arch.r).median_ms)
+                for op in self.family.arch_ops(self.space, arch)]
 
     def explain(self, arch: ArchConfig, *, top: int = 10) -> dict:
         """Where ``arch``'s predicted time goes: the calibrated prediction and its p90, the op
@@ -481,7 +472,7 @@ class LatencyTable:
         if "space" not in meta:
             raise LUTError(f"{source}: meta has no 'space'")
         try:
-            space = get_space(str(meta["space"]))
+            space = resolve_space(str(meta["space"]))[1]
         except SpaceError as exc:
             raise LUTError(f"{source}: {exc}") from None
         res = meta.get("resolutions")

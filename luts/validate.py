@@ -43,7 +43,8 @@ def summarize(predicted: Sequence[float], measured: Sequence[float]) -> Dict[str
 
 def sample_archs(table: LatencyTable, samples: int, seed: int,
                  resolutions: Optional[Sequence[int]] = None) -> List[ArchConfig]:
-    """``samples`` distinct random archs at the table's resolutions (or ``resolutions``)."""
+    """``samples`` distinct random archs (of the table's family) at the table's resolutions (or
+    ``resolutions``)."""
     rng = np.random.default_rng(seed)
     res = list(table.resolutions if resolutions is None else resolutions)
     bad = [r for r in res if r not in table.resolutions]
@@ -52,7 +53,7 @@ def sample_archs(table: LatencyTable, samples: int, seed: int,
                        f"{list(table.resolutions)})")
     out, seen = [], set()
     for _ in range(samples * 50):
-        a = ArchConfig.sample(table.space, rng, resolutions=res)
+        a = table.family.sample_arch(table.space, rng, res)
         if a not in seen:
             seen.add(a)
             out.append(a)

@@ -18,10 +18,10 @@ import torch.nn as nn
 
 from .layers import ConvBNAct, ResidualBlock, StaticMBConv
 from .ops import OpKey
-from .space import Space, get_space
+from .space import Space
 
-__all__ = ["build_op_model", "build_context_model", "context_name", "op_input_shape",
-           "OverheadModel", "overhead_input_shape", "fold_batchnorm", "randomize_"]
+__all__ = ["build_op_model", "mobilenet_op_model", "build_context_model", "context_name",
+           "op_input_shape", "OverheadModel", "overhead_input_shape", "fold_batchnorm", "randomize_"]
 
 
 class _Pool(nn.Module):
@@ -90,7 +90,8 @@ def build_op_model(op: OpKey, space: "Space | str", *, seed: int = 0, fold_bn: b
                    context: bool = False) -> nn.Module:
     """An eval-mode module computing ``op`` with random weights drawn from ``seed``.
 
-    ``space`` supplies the BN settings (and nothing else: the op key holds every shape).
+    ``space`` (a space record or name of any family, :mod:`supernet.op_families`) supplies
+    the family's layers and the BN settings (the op key holds every shape).
 
     ``context``: prepend :func:`build_context_model` (a depthwise 1x1 conv on the op's input). Timing
     ``context + op`` minus ``context`` alone gives the op's cost as it runs *inside* a network:
@@ -102,10 +103,18 @@ def build_op_model(op: OpKey, space: "Space | str", *, seed: int = 0, fold_bn: b
     cancels its input-side one, so along a chain of ops the edge costs telescope to the one pair
     a whole network really pays.
     """
-    space = get_space(space)
+    from .op_families import resolve_space
+
+    fam, space = resolve_space(space)
     if context:
         return nn.Sequential(build_context_model(op_input_shape(op), seed=seed),
                              build_op_model(op, space, seed=seed, fold_bn=fold_bn)).eval()
+    return fam.build_op_model(op, space, seed=seed, fold_bn=fold_bn)
+
+
+def mobilenet_op_model(op: OpKey, space: Space, *, seed: int = 0,
+                       fold_bn: bool = True) -> nn.Module:
+    """:func:`build_op_model` for the ops of a MobileNet-family space (no context)."""
     bn = dict(bn_momentum=space.bn_momentum, bn_eps=space.bn_eps)
     gen = torch.Generator().manual_seed(int(seed))
     if op.kind == "stem":

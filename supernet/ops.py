@@ -11,9 +11,13 @@ import numpy as np
 from .arch import ArchConfig
 from .space import Space, get_family, get_space
 
-__all__ = ["OpKey", "OP_KINDS", "OpGrid", "arch_ops", "enumerate_ops", "conv_out"]
+__all__ = ["OpKey", "OP_KINDS", "OpGrid", "arch_ops", "enumerate_ops", "conv_out", "op_grid",
+           "MOBILENET_OPS"]
 
-OP_KINDS = ("stem", "first_block", "block", "final_expand", "pool", "feature_mix", "classifier")
+OP_KINDS = ("stem", "first_block", "block", "final_expand", "pool", "feature_mix", "classifier",
+            # the ResNet family (supernet.resnet_ops): the input stem (its convs and the max
+            # pool, ``skip`` = the residual conv runs) and a bottleneck block
+            "resnet_stem", "bottleneck")
 
 
 def conv_out(h: int, stride: int) -> int:
@@ -87,6 +91,12 @@ class OpKey:
             return p + (2 * m * se + se + m if se else 0)
         if self.kind == "final_expand":
             return ci * co + 2 * co
+        if self.kind == "resnet_stem":
+            return ci * m * k * k + 2 * m + m * co * k * k + 2 * co + (
+                m * m * k * k + 2 * m if self.skip else 0)
+        if self.kind == "bottleneck":
+            p = ci * m + m * m * k * k + m * co + 2 * (2 * m + co)
+            return p + (0 if self.skip else ci * co + 2 * co)
         if self.kind == "feature_mix":
             return ci * co
         if self.kind == "classifier":
@@ -109,6 +119,11 @@ class OpKey:
             return hi * ci * co
         if self.kind in ("feature_mix", "classifier"):
             return ci * co
+        if self.kind == "resnet_stem":  # three convs at half the input size, then the pool
+            h2 = conv_out(self.h, 2) ** 2
+            return h2 * (ci * m * k * k + m * co * k * k + (m * m * k * k if self.skip else 0))
+        if self.kind == "bottleneck":  # 1x1 at the input size, the strided 3x3, 1x1, shortcut
+            return hi * ci * m + ho * (m * m * k * k + m * co + (0 if self.skip else ci * co))
         return 0
 
 
@@ -235,6 +250,16 @@ class OpGrid:
         per_block = self.blocks[ri[:, None], np.arange(self.space.num_blocks)[None, :], ki, ei]
         return self.fixed[ri] + (per_block * batch.active).sum(axis=1)
 
+    def affine(self, scale: Sequence[float], add: Sequence[float]) -> "OpGrid":
+        """A copy holding ``scale[ri] * value`` for every op and ``add[ri]`` more per network
+        (in the fixed part), per resolution index ``ri``: a linear correction stays a grid."""
+        out = object.__new__(OpGrid)
+        out.__dict__.update(self.__dict__)
+        s = np.asarray(scale, dtype=np.float64)
+        out.fixed = s * self.fixed + np.asarray(add, dtype=np.float64)
+        out.blocks = s[:, None, None, None] * self.blocks
+        return out
+
     def min_max(self, resolutions: Sequence[int] | None = None) -> tuple:
         """Exact smallest and largest value over every subnet (values assumed >= 0, so fewer
         blocks never cost more): per resolution, the fixed part plus the cheapest/dearest
@@ -252,3 +277,94 @@ class OpGrid:
             lo.append(self.fixed[ri] + flat.min(axis=1)[pos < dmin].sum())
             hi.append(self.fixed[ri] + flat.max(axis=1)[pos < dmax].sum())
         return float(min(lo)), float(max(hi))
+
+
+def op_grid(space: "Space | str", value_at, resolutions: Sequence[int] | None = None) -> OpGrid:
+    """An :class:`OpGrid` of ``value_at(op, r)``: the value of an op may depend on the
+    resolution of the network it runs in (tables with per-resolution entries)."""
+    space = get_space(space)
+    res = tuple(sorted(space.resolutions if resolutions is None else resolutions))
+    full = OpGrid(space, lambda op: 0.0, res)
+    for ri, r in enumerate(res):
+        sub = OpGrid(space, lambda op, r=r: value_at(op, r), [r])
+        full.fixed[ri], full.blocks[ri] = sub.fixed[0], sub.blocks[0]
+    return full
+
+
+def mobilenet_batch(space: "Space | str", archs):
+    """A canonical :class:`~supernet.batch.ArchBatch` of ``archs`` (an ArchBatch, an
+    :class:`ArchConfig` or a list of them), checked against ``space``; raises
+    :class:`~supernet.arch.ArchError` naming the first arch that does not fit."""
+    from .arch import ArchError
+    from .batch import ArchBatch
+
+    sp = get_space(space)
+    if isinstance(archs, ArchBatch):
+        if archs.space.name != sp.name:
+            raise ArchError(f"archs are of space {archs.space.name}, not {sp.name}")
+        batch = archs
+    elif isinstance(archs, ArchConfig):
+        batch = ArchBatch.from_archs(sp, [archs])
+    else:
+        archs = list(archs)
+        bad = next((a for a in archs if not isinstance(a, ArchConfig)), None)
+        if bad is not None:
+            raise ArchError(f"space {sp.name} takes MobileNet archs (ArchConfig), got "
+                            f"{type(bad).__name__}")
+        batch = ArchBatch.from_archs(sp, archs)
+    if batch.ks.shape[1:] != (sp.num_blocks,) or batch.d.shape[1:] != (sp.num_stages,):
+        raise ArchError(f"archs do not have the shape of space {sp.name} "
+                        f"({sp.num_blocks} blocks, {sp.num_stages} stages)")
+    act = batch.active
+    k_ok, e_ok = np.isin(batch.ks, sp.kernel_choices), np.isin(batch.e, sp.expand_choices)
+    d_ok = np.stack([np.isin(batch.d[:, s], sp.stage_depth_choices(s))
+                     for s in range(sp.num_stages)], axis=1)
+    ok = ((k_ok & e_ok) | ~act).all(axis=1) & d_ok.all(axis=1)
+    if not ok.all():
+        i = int(np.argmin(ok))
+        raise ArchError(f"arch #{i} has kernel/expand/depth values outside space {sp.name}")
+    if not (k_ok.all() and e_ok.all()):
+        # skipped blocks may hold anything, but the grid indexes them: make them valid
+        batch = batch.canonical()
+    return batch
+
+
+def _sample(space: Space, rng, resolutions):
+    return ArchConfig.sample(space, rng, resolutions=resolutions)
+
+
+def _op_model(op: OpKey, space: Space, *, seed: int = 0, fold_bn: bool = True):
+    from .op_models import mobilenet_op_model
+
+    return mobilenet_op_model(op, space, seed=seed, fold_bn=fold_bn)
+
+
+def _random_subnets(space: Space, archs, seed: int = 0):
+    """Extracted from one supernet drawn from a forked RNG (the caller's global torch RNG is
+    left as it was): what ``specialize`` ships, with random weights."""
+    import torch
+
+    from .model import Supernet, extract_subnet
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = Supernet(space).eval()
+    for arch in archs:
+        yield extract_subnet(net, arch).eval()
+
+
+def _register():
+    from .op_families import OpFamily, register_op_family
+    from .space import list_spaces
+
+    return register_op_family(OpFamily(
+        name="mobilenet",
+        description="MobileNetV3 / ProxylessNAS spaces: one op per block, from its own genes",
+        space_type=Space, arch_type=ArchConfig, space_names=list_spaces, get_space=get_space,
+        arch_ops=arch_ops, enumerate_ops=enumerate_ops, grid=op_grid, batch=mobilenet_batch,
+        sample_arch=_sample, parse_arch=lambda text, space: ArchConfig.parse(text, space),
+        build_op_model=_op_model, random_subnets=_random_subnets))
+
+
+# the MobileNet family's hooks, as the LUT code sees them (supernet.op_families)
+MOBILENET_OPS = _register()

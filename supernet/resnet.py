@@ -16,9 +16,10 @@ expand_ratio_list=[0.2,0.25,0.35], width_mult_list=[0.65,0.8,1.0]):
   identity;
 * global average pool and a linear classifier.
 
-Not in the MobileNet pipeline (LUT ops, ArchBatch; the registry of spaces holds
-MobileNet-style spaces only, see :data:`RESNET_SPACES`); searched by MACs / params with its own
-gene matrix (:mod:`ofa_deploy.search.resnet`) and exported from a checkpoint by ``export``.
+Not in the MobileNet pipeline (ArchBatch; the registry of spaces holds MobileNet-style spaces
+only, see :data:`RESNET_SPACES`); its latency-table ops are :mod:`supernet.resnet_ops`; searched
+by latency / MACs / params with its own gene matrix (:mod:`ofa_deploy.search.resnet`) and
+exported from a checkpoint by ``export``.
 """
 from __future__ import annotations
 
@@ -154,8 +155,11 @@ class ResNetSupernet(nn.Module):
             max_mid = sp.middle_channels(max(cout), max(sp.expand_choices))
             for p in range(sp.stage_block_counts[s]):
                 stride = sp.stage_strides[s] if p == 0 else 1
-                # the reference compares the width lists: identity only inside a stage
-                identity = stride == 1 and cin == cout
+                # identity only inside a stage, as the static subnet and the ops have it
+                # (_block_shapes). The reference compares the width lists instead, which gives
+                # a stage's first block an identity shortcut when the stem's widths equal the
+                # stage's, wrong whenever the stem and the stage pick different widths.
+                identity = p > 0
                 blocks.append(_DynBottleneck(max(cin), max(cout), max_mid, stride, identity, bn))
                 cin = cout
         self.blocks = nn.ModuleList(blocks)

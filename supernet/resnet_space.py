@@ -207,6 +207,10 @@ class ResNetArch:
         e = tuple(v if a else sp.expand_choices[0] for v, a in zip(self.e, self.active_mask(sp)))
         return ResNetArch(self.d, e, self.w, self.r)
 
+    def with_resolution(self, r: int) -> "ResNetArch":
+        """The same subnet at input size ``r`` (not validated)."""
+        return ResNetArch(self.d, self.e, self.w, r)
+
     @classmethod
     def max(cls, space: "ResNetSpace | str", r: int | None = None) -> "ResNetArch":
         """The largest subnet: stem kept, deepest stages, largest expand and widths; the largest

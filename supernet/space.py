@@ -362,8 +362,9 @@ def list_spaces() -> Tuple[str, ...]:
 # that commands built on ArchConfig can say so instead of "unknown space".
 OTHER_SPACES: Dict[str, str] = {
     "ofa-resnet50": "of the ResNet50 family, served so far by `spaces`, `inspect`, `search` "
-                    "(MACs / params budgets), `export` (from a checkpoint file) and the Python "
-                    "API (supernet.resnet, ofa_deploy.accuracy_resnet); no latency tables yet",
+                    "(latency / MACs / params budgets), `profile`, `lut` (tables of its ops), "
+                    "`export` (from a checkpoint file) and the Python API (supernet.resnet, "
+                    "supernet.resnet_ops, ofa_deploy.accuracy_resnet); not by this command yet",
 }
 
 

@@ -38,6 +38,8 @@ BUDGETS = (15, 20, 25, 30, 40, 50, 60)
 SPACE = "ofa-mbv3-w1.2"
 LONG = {"population": 400, "generations": 1000, "islands": 2}
 OLD_DEFAULT = {"population": 100, "generations": 500, "islands": 1}
+# record kinds of whole fronts: the current code's, and earlier implementations' / defaults'
+FRONTS = ("front", "lockstep_front", "prev_front")
 
 
 def _stats(vals):
@@ -51,7 +53,7 @@ def summarize(records, budgets) -> dict:
     out = {}
     for b in budgets:
         row = {}
-        for kind in ("long", "default", "old_default"):
+        for kind in ("long", "default", "prev_default", "old_default"):
             rs = [r for r in records if r["kind"] == kind and r["budget"] == b]
             if rs:
                 row[kind] = {k: _stats(r[k] for r in rs) for k in
@@ -62,11 +64,11 @@ def summarize(records, budgets) -> dict:
         # best known: the best arch any run found at this budget (long runs, defaults, fronts)
         found = [(r["predicted_accuracy"], r["kind"]) for r in records if r["budget"] == b]
         found += [(r["accuracies"][r["budgets"].index(b)], "front") for r in records
-                  if r["kind"] == "front" and b in r["budgets"]]
+                  if r["kind"] in FRONTS and b in r["budgets"]]
         if found:  # on a tie the long runs are named (then default, old default, front)
-            rank = {"long": 3, "default": 2, "old_default": 1, "front": 0}
+            rank = {"long": 3, "default": 2, "prev_default": 1.5, "old_default": 1, "front": 0}
             row["best_known"], row["best_known_by"] = max(found, key=lambda f: (f[0],
-                                                                                 rank[f[1]]))
+                                                                                 rank.get(f[1], 0)))
         out[str(b)] = row
     return out
 
@@ -98,16 +100,17 @@ def markdown(doc: dict, ref: dict | None) -> str:
         + "; ".join(f"population {p} x {g} generations x {i} islands, seeds {s}"
                     for (p, g, i), s in _long_settings(doc["records"]).items())
         + "; and every run below; the column says which kind of run found it). New default: `EvolutionConfig()` = "
-        f"{doc['meta']['default_config']}. Old default: population 100 x 500 generations, "
-        "one island (the same code otherwise).",
+        f"{doc['meta']['default_config']}. Previous default: 3 islands x 200 x 80 generations, "
+        "no pruning (records of kind `prev_default`, run with the code of that time). Old "
+        "default: population 100 x 500 generations, one island (the same code otherwise).",
         "",
         "Accuracy = predicted top-1 (%) of the winner; mean and worst over seeds 0-4; Δ = "
         "points below the best known.",
         "",
         "| budget | best known | new default mean (Δ) | new worst (Δ) | new wall / CPU (median) "
-        "| island spread (mean) | old default mean (Δ) | old worst (Δ) | old wall / CPU "
-        "| reference mean (Δ) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| island spread (mean) | previous default mean (Δ) | previous worst (Δ) "
+        "| old default mean (Δ) | old worst (Δ) | old wall / CPU | reference mean (Δ) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for b, row in doc["summary"].items():
         bk = row.get("best_known")
@@ -135,10 +138,19 @@ def markdown(doc: dict, ref: dict | None) -> str:
             f"{100 * bk:.2f} ({row['best_known_by']})" if bk is not None else "-",
             acc("default", "mean"), acc("default", "min"), secs("default"),
             f"{100 * spread['mean']:.2f}" if spread else "-",
+            acc("prev_default", "mean"), acc("prev_default", "min"),
             acc("old_default", "mean"), acc("old_default", "min"), secs("old_default"),
             refacc]) + " |")
-    fronts = [r for r in doc["records"] if r["kind"] == "front"]
-    if fronts:
+    for kind, what in (("front", "`pareto_search` over all {n} budgets in one call with the "
+                                 "default config (one search per budget, then the monotone "
+                                 "pass)"),
+                       ("lockstep_front", "The same front with all budgets evolved in "
+                                          "lock-step with migration (the implementation before "
+                                          "this one, same default config)"),
+                       ("prev_front", "The previous default's front (3 x 200 x 80, lock-step)")):
+        fronts = [r for r in doc["records"] if r["kind"] == kind]
+        if not fronts:
+            continue
         bs = fronts[0]["budgets"]
         parts = []
         for i, b in enumerate(bs):
@@ -147,8 +159,7 @@ def markdown(doc: dict, ref: dict | None) -> str:
             parts.append(f"{b:g} ms {statistics.fmean(accs):.2f} / {min(accs):.2f}"
                          + (f" ({statistics.fmean(accs) - 100 * bk:+.2f} / "
                             f"{min(accs) - 100 * bk:+.2f})" if bk is not None else ""))
-        lines += ["", f"Whole front: `pareto_search` over all {len(bs)} budgets in one call "
-                      f"with the default config, seeds {sorted(r['seed'] for r in fronts)}: "
+        lines += ["", what.format(n=len(bs)) + f", seeds {sorted(r['seed'] for r in fronts)}: "
                       f"median {statistics.median(r['search_seconds'] for r in fronts):.1f} s "
                       f"wall ({statistics.median(r['cpu_seconds'] for r in fronts):.1f} s CPU); "
                       "mean / worst per budget (Δ to best known): " + "; ".join(parts) + "."]
@@ -200,7 +211,8 @@ def main() -> None:
         "python": platform.python_version(), "numpy": np.__version__,
         "default_config": {
             k: v for k, v in dataclasses.asdict(EvolutionConfig()).items()
-            if k in ("population", "generations", "islands", "local_search")},
+            if k in ("population", "generations", "islands", "prune_at", "keep_islands",
+                     "local_search")},
         "date": time.strftime("%Y-%m-%d"),
     })
     meta["commands"] = list(dict.fromkeys(meta.get("commands", []) + [cmd]))
@@ -229,7 +241,7 @@ def main() -> None:
 
     def save():
         doc["summary"] = summarize(doc["records"], sorted({r["budget"] for r in doc["records"]
-                                                           if r["kind"] != "front"}))
+                                                           if r["kind"] not in FRONTS}))
         atomic_write_text(path, json.dumps(doc, indent=1) + "\n")
         atomic_write_text(out_dir / "best_known.md", markdown(doc, ref))
 

@@ -45,7 +45,15 @@ def inspect(space_name, arch, resolution, supernet, target, top, as_json) -> Non
     net = None
     if space_name in RESNET_SPACES and supernet is None:  # the bottleneck family
         data = inspect_resnet(space_name, arch, resolution)
-        arch = resolution = None  # done
+        if target is not None:
+            if arch is None:
+                raise click.UsageError("--target needs --arch")
+            from luts.table import load_table
+            from supernet.resnet_space import ResNetArch
+
+            a = ResNetArch.from_dict(data["arch"], space_name)  # --resolution applied
+            data["latency"] = load_table(target, space=space_name).explain(a, top=top)
+        arch = resolution = target = None  # done
     elif supernet is not None:
         net = load_supernet(supernet, space_name)
         space = net.space

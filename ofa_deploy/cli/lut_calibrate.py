@@ -40,11 +40,10 @@ def explain_human(d: dict) -> str:
 def predict(lut_path, arch, resolution, space_name, top, precision, as_json) -> None:
     """Predicted latency of ARCH (calibrated, with p90) and its per-op breakdown."""
     from luts.table import load_table
-    from supernet import ArchConfig
 
     t = load_table(lut_path, space=space_name, precision=precision and precision.lower(),
                    what=f"--precision {precision}")
-    a = ArchConfig.parse(arch, t.space)
+    a = t.family.parse_arch(arch, t.space)
     if resolution is not None:
         a = a.with_resolution(resolution).validate(t.space)
     emit(t.explain(a, top=top), as_json, explain_human)

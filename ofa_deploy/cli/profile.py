@@ -115,10 +115,10 @@ def profile(device, space_name, resolutions, out, runs, warmup, rounds, threads,
     from luts.builder import build_lut, raw_path
     from luts.store import default_lut_path
     from profilers.base import DeviceSpec
-    from supernet.space import get_space
+    from supernet.op_families import resolve_space
 
     spec = DeviceSpec.parse(device)
-    space = get_space(space_name)
+    space = resolve_space(space_name)[1]
     res = parse_resolutions(resolutions, space)
     precision = precision.lower()
     path = out if out is not None else default_lut_path(spec, space.name, precision)

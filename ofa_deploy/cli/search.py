@@ -83,12 +83,15 @@ def _human(data: dict) -> str:
               default="auto", show_default=True, help="Format of --predictor.")
 @click.option("--resolution", type=int, multiple=True, metavar="R",
               help="Input resolution(s) to search (default: those of the latency table).")
-@click.option("--population", type=int, default=200, show_default=True,
-              help="Archs per island.")
-@click.option("--generations", type=int, default=80, show_default=True)
-@click.option("--islands", type=int, default=3, show_default=True,
+@click.option("--population", type=int, default=None,
+              help="Archs per island.  [default: 200]")
+@click.option("--generations", type=int, default=None,
+              help="  [default: 65; ofa-resnet50: 80]")
+@click.option("--islands", type=int, default=None,
               help="Independent populations evolved together; the best wins (1 and 100 x 500 "
-                   "generations: the OFA reference's search).")
+                   "generations: the OFA reference's search). By default 8, halved to the "
+                   "better 4 (per budget) after 20 generations and to 3 after 40; "
+                   "ofa-resnet50: 3, none dropped.  [default: 8]")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=OutputPath("file"), default=None, metavar="FILE",
               help="Also write the result (the --json document) to FILE.")
@@ -106,8 +109,9 @@ def search(space, target, lut, ms, mflops, params_m, predictor, predictor_format
 
       ofa-deploy search --space ofa-resnet50 --mflops 2000 --predictor acc_predictor.pth
 
+      ofa-deploy search --space ofa-resnet50 --target cpu --ms 40 --predictor acc_predictor.pth
+
     Several --ms give a Pareto front. --mflops/--params-m apply to every search.
-    ofa-resnet50 takes MACs / params budgets only (no latency tables for it yet).
     """
     from supernet.space import get_space
 
@@ -131,8 +135,8 @@ def search(space, target, lut, ms, mflops, params_m, predictor, predictor_format
     check_positive(mflops, "--mflops")
     check_positive(params_m, "--params-m")
 
-    config = EvolutionConfig(population=population, generations=generations, seed=seed,
-                             islands=islands)
+    config = EvolutionConfig(seed=seed, **_given(population=population,
+                                                 generations=generations, islands=islands))
 
     table_obj, target_label = None, target
     if lut is not None or target is not None:
@@ -174,37 +178,64 @@ def search(space, target, lut, ms, mflops, params_m, predictor, predictor_format
     _finish(data, out, as_json)
 
 
+# ResNet search settings when no flag is given: its measured 3 x 200 x 80 (it has no island
+# pruning); the MobileNet spaces take EvolutionConfig's defaults
+RESNET_DEFAULT = {"population": 200, "generations": 80, "islands": 3, "prune_at": 0}
+
+
+def _given(**flags) -> dict:
+    """The evolution flags given on the command line (None: not given, keep the default)."""
+    return {k: v for k, v in flags.items() if v is not None}
+
+
 def _search_resnet(name, target, lut, ms, mflops, params_m, predictor, predictor_format,
                    resolution, population, generations, islands, seed, out, as_json) -> None:
-    """``search`` for a ResNet-family space: MACs / params budgets only (no latency tables
-    for this family yet); the same result keys as the MobileNet search."""
+    """``search`` for a ResNet-family space (its own gene layout and cost grids); the same
+    result keys as the MobileNet search, several --ms evolved one after another."""
     from ..predictor_files import load_predictor
     from ..accuracy_resnet import ResNetReferencePredictor, bundled_resnet_predictor_path
     from ..search import Constraints, EvolutionConfig
     from ..search.resnet import resnet_evolution_search
 
-    if ms or target is not None or lut is not None:
-        raise OfaDeployError(f"space {name} has no latency tables yet: search it with "
-                             f"--mflops and/or --params-m (no --ms, --target or --lut)")
-    if mflops is None and params_m is None:
-        raise click.UsageError("give a budget: --mflops and/or --params-m")
+    if not ms and mflops is None and params_m is None:
+        raise click.UsageError("give a budget: --ms, --mflops and/or --params-m")
+    if ms and target is None and lut is None:
+        raise click.UsageError("--ms needs a latency table: give --target or --lut")
+    for v in ms:
+        check_positive(v, "--ms")
     check_positive(mflops, "--mflops")
     check_positive(params_m, "--params-m")
-    config = EvolutionConfig(population=population, generations=generations, seed=seed,
-                             islands=islands)
+    table_obj, target_label = None, target
+    if lut is not None or target is not None:
+        from luts.store import load_table
+
+        table_obj = load_table(lut if lut is not None else target, space=name)
+        if target_label is None:
+            target_label = str(table_obj.meta.get("device") or Path(lut).stem)
+    config = EvolutionConfig(**{**RESNET_DEFAULT, "seed": seed,
+                                **_given(population=population, generations=generations,
+                                         islands=islands)})
     predictor = str(bundled_resnet_predictor_path() if predictor is None else predictor)
     # loaded without a space, so that another family's file is refused by the check below
     pred = load_predictor(predictor, None, format=predictor_format)
     if not isinstance(pred, ResNetReferencePredictor):
         raise OfaDeployError(f"{predictor} does not predict {name} subnets; give the OFA "
                              f"ResNet50 reference acc_predictor.pth (or omit --predictor)")
-    res = resnet_evolution_search(
-        name, pred, Constraints(max_macs=None if mflops is None else mflops * 1e6,
-                                max_params=None if params_m is None else params_m * 1e6),
-        config, resolutions=list(resolution) or None)
-    data = {"space": name, "target": None,
+    results = []
+    for budget in [float(b) for b in dict.fromkeys(ms)] or [None]:
+        cons = Constraints(max_latency_ms=budget,
+                           max_macs=None if mflops is None else mflops * 1e6,
+                           max_params=None if params_m is None else params_m * 1e6)
+        results.append(resnet_evolution_search(name, pred, cons, config,
+                                               resolutions=list(resolution) or None,
+                                               latency_table=table_obj))
+    res = results[-1]
+    data = {"space": name, "target": target_label,
             "predictor": {"path": predictor, "format": pred.source_format},
             "resolutions": list(res.resolutions), "config": config.get_state(), **_entry(res)}
+    if len(results) > 1:
+        data["pareto"] = [_entry(r) for r in results]
+        data["search_seconds_total"] = sum(r.wall_seconds for r in results)
     _finish(data, out, as_json)
 
 

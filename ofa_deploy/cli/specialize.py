@@ -96,12 +96,21 @@ def specialize(ctx, targets, budgets, mflops, supernet_name, space_name, lut_pat
     --precision int8`; a local target builds it on the fly).
     """
     from supernet.checkpoint import load_supernet
+    from supernet.errors import OfaDeployError
+    from supernet.resnet_space import RESNET_SPACES
 
     from ..export import parse_formats
     from ..search import EvolutionConfig
     from ..specialize import DataContext, make_scenarios, parse_precisions
     from ..specialize import specialize as run
 
+    if space_name in RESNET_SPACES:
+        # its search, extraction and export exist; the closed loop (BN calibration data,
+        # measured rounds, reports) is MobileNet-only so far
+        raise OfaDeployError(
+            f"specialize does not support space {space_name} (of the ResNet50 family) yet: "
+            f"search it with `ofa-deploy search --space {space_name} --target TARGET --ms MS` "
+            f"and export the winner with `ofa-deploy export`")
     echo = (lambda s: click.echo(s, err=True))
     for b in budgets:  # usage errors exit 2 here as in `search`
         check_positive(b, "--ms")

@@ -23,9 +23,12 @@ populations, each from its own random sample, evolved in lock-step so that one p
 scores the children of all of them. Runs from different seeds converge to different basins of
 the predictor's landscape; the best of a few large, short-lived independent populations finds
 the best known subnet far more often than one long run with the same evaluations
-(benchmarks/search_vs_reference/best_known.md). Results report every island's best
-(``island_best``) and their range (``island_spread``). The predictor runs in numpy with one
-BLAS thread, so a search needs no torch.
+(benchmarks/search_vs_reference/best_known.md); the default also halves the islands that lag
+(``prune_at``), spending their generations on more starts. Results report every island's best
+(``island_best``) and their range (``island_spread``). A Pareto front runs this search once
+per budget (so each budget gets exactly the single search's quality), then lets a looser
+budget take a tighter one's better winner. The predictor runs in numpy with one BLAS thread,
+so a search needs no torch.
 
 The run ends with a steepest-ascent local search from the best arch (single-gene moves, then
 gene pairs, within the budget; see :mod:`.local`), and every result reports whether its winner

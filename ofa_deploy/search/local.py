@@ -102,13 +102,24 @@ def polish(problem: _Problem, pool: np.ndarray, scores: np.ndarray, local_search
     report)``."""
     top = int(np.argmax(scores))
     row, score, evaluations = pool[top], float(scores[top]), 0
+    canon = problem.cost.canonical
     if local_search:
         new, new_score, evaluations = hill_climb(problem, row, score)
+        # the winner is reported in canonical form (skipped blocks on choice 0), whose depth
+        # moves bring blocks back with other choices than the climb's row held: climb on
+        # until the canonical form is a local optimum too
+        for _ in range(3):
+            best, s, n = best_single_move(problem, canon(new[None])[0])
+            evaluations += n
+            if best is None or s <= new_score:
+                break
+            new, new_score, n = hill_climb(problem, best, s)
+            evaluations += n
         if new_score > score:
             pool = np.concatenate([pool, new[None, :]])
             scores = np.append(scores, new_score)
             row, score = new, new_score
-    _, s, n = best_single_move(problem, row)
+    _, s, n = best_single_move(problem, canon(row[None])[0])
     gain = (s - score) if np.isfinite(s) else None
     report = {"local_optimum": gain is None or gain <= 0,
               "best_single_move_gain": gain,

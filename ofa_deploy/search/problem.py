@@ -213,6 +213,50 @@ class _Problem:
         return (rng.random((n, self.cost.width), dtype=np.float32)
                 * self.cost.ranges).astype(self.cost.dtype)
 
+    def _structure_floor(self) -> np.ndarray:
+        """``(structures, 3)`` exact smallest latency / MACs / params of each *structure*
+        (resolution and stage depths; index :meth:`_structure_index`) over every kernel and
+        expand choice: costs are sums over the active blocks, so each block's cheapest op
+        gives the minimum. NaN latency without a latency grid (no bound known)."""
+        if getattr(self, "_sfloor", None) is None:
+            c = self.cost
+            ns = c.ns
+            grids = np.stack(np.meshgrid(*[np.arange(r) for r in c.ranges[c.depth_genes]],
+                                         indexing="ij"), -1).reshape(-1, ns)
+            act = (c.stage_depths[c.stage_of_block[None, :], grids[:, c.stage_of_block]]
+                   > c.pos)  # (depth combos, blocks)
+            cheapest = c.blocks.min(axis=2)  # (R, blocks, 3)
+            floor = c.fixed[:, None, :] + np.einsum("db,rbq->rdq", act.astype(float), cheapest)
+            if c._lat_grid is None:
+                floor[..., 0] = np.nan
+            self._sfloor = floor.reshape(-1, 3)
+            self._sstride = np.cumprod([1] + list(c.ranges[c.depth_genes][::-1]))[::-1][1:]
+            self._sres_stride = int(grids.shape[0])
+        return self._sfloor
+
+    def _structure_index(self, struct: np.ndarray) -> np.ndarray:
+        """Row of :meth:`_structure_floor` of ``(N, stages + 1)`` depth and resolution genes."""
+        self._structure_floor()
+        return (struct[:, -1].astype(np.intp) * self._sres_stride
+                + struct[:, :-1].astype(np.intp) @ self._sstride)
+
+    def _uniform_may_fit(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """``n`` uniform draws from the whole space, less those whose structure cannot meet
+        the budget with any kernel and expand (they would be rejected anyway, so rejection
+        sampling stays exactly uniform over the feasible set): at a tight budget most draws
+        fail on their structure, and this skips drawing and pricing their block genes."""
+        c = self.cost
+        lo = c.width - (c.ns + 1)
+        struct = (rng.random((n, c.ns + 1), dtype=np.float32) * c.ranges[lo:]).astype(c.dtype)
+        floor = self._structure_floor()[self._structure_index(struct)][:, self.active_q]
+        ok = ~(floor > self._lim).any(axis=1)  # NaN (no bound): kept
+        struct = struct[ok]
+        out = np.empty((len(struct), c.width), dtype=c.dtype)
+        out[:, :lo] = (rng.random((len(struct), lo), dtype=np.float32)
+                       * c.ranges[:lo]).astype(c.dtype)
+        out[:, lo:] = struct
+        return out
+
     def _floors(self) -> np.ndarray:
         c = self.cost
         smallest = np.zeros((1, c.width), dtype=c.dtype)
@@ -249,7 +293,7 @@ class _Problem:
             if count >= n:
                 break
             if attempt < rounds:
-                g = self.uniform(chunk, rng)
+                g = self._uniform_may_fit(chunk, rng)
                 g = g[self.feasible(g)]
             else:
                 g = self.uniform(2 * (n - count) + 8, rng)

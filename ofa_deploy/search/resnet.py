@@ -1,4 +1,4 @@
-"""Evolutionary search over the OFA ResNet50 family under MACs / params budgets.
+"""Evolutionary search over the OFA ResNet50 family under latency / MACs / params budgets.
 
 The MobileNet search (:mod:`.costs`, :mod:`.problem`) prices a population per block from
 per-op tables indexed by (kernel, expand); a ResNet block's cost also depends on its input
@@ -12,8 +12,10 @@ below the smallest subnet are refused before searching, and a seed fixes the res
 Gene matrix, one ``(N, 30)`` int8 row per arch (all indices, 0 = smallest choice, so the
 all-zero row is the smallest subnet): input-stem bit (0 skip / 1 keep), depth index per stage
 (4), width index per entry (6: two stem convs, then the stages), expand index per block (18,
-ignored where the block does not run), resolution index. No latency budget yet: this family
-has no latency tables.
+ignored where the block does not run), resolution index. Every quantity (MACs, params, and
+latency from a table of the family's ops) is priced by a
+:class:`~supernet.resnet_ops.ResNetOpGrid` built from the ops the family enumerates, so the
+search, the table and the analytic cost agree op for op.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from typing import List, Sequence, Tuple
 
 import numpy as np
 
+from supernet.resnet_ops import ResNetOpGrid
 from supernet.resnet_space import ResNetArch, ResNetSpace, get_resnet_space
 
 from .problem import _single_thread_torch, _unseen_rows
@@ -31,17 +34,16 @@ from .settings import Constraints, EvolutionConfig, InfeasibleBudgetError, Searc
 __all__ = ["ResNetCostModel", "resnet_evolution_search", "resnet_random_search"]
 
 
-def _out(h: int, stride: int) -> int:
-    return (h - 1) // stride + 1  # conv/pool output size with 'same' padding, as the reference
-
-
 class ResNetCostModel:
-    """MACs and params of ResNet archs held as a gene matrix (see the module docstring), from
-    small exact tables: stem ``(R, W, W, 2)``, first block of a stage ``(R, S, W, W, E)`` (input
-    width x own width x expand), other blocks ``(R, S, W, E)``, classifier ``(W,)``. Equal to
-    :func:`supernet.resnet.resnet_arch_cost` for every arch (tested)."""
+    """MACs and params (and latency, given a table) of ResNet archs held as a gene matrix (see
+    the module docstring), from small exact grids (:class:`~supernet.resnet_ops.ResNetOpGrid`):
+    stem ``(R, W, W, 2)``, first block of a stage ``(R, S, W, W, E)`` (input width x own width x
+    expand), other blocks ``(R, S, W, E)``, head ``(R, W)``. MACs and params equal
+    :func:`supernet.resnet.resnet_arch_cost` for every arch, latency the table's
+    :meth:`~luts.table.LatencyTable.predict` (tested)."""
 
-    def __init__(self, space: "ResNetSpace | str", resolutions: Sequence[int]):
+    def __init__(self, space: "ResNetSpace | str", resolutions: Sequence[int],
+                 latency_table=None):
         self.space = sp = get_resnet_space(space)
         self.resolutions = tuple(int(r) for r in resolutions)
         ns, nb, nw = sp.num_stages, sp.num_blocks, sp.num_widths
@@ -61,50 +63,20 @@ class ResNetCostModel:
         self.block_stage = np.repeat(np.arange(ns), sp.stage_block_counts)
         self.block_pos = np.concatenate([np.arange(n) for n in sp.stage_block_counts])
         self.base = np.asarray(sp.base_depths)
-        self._tables()
+        self.macs_grid = ResNetOpGrid(sp, lambda op, r: op.macs, self.resolutions)
+        self.params_grid = ResNetOpGrid(sp, lambda op, r: op.params, self.resolutions)
+        self.table = latency_table
+        self.lat_grid = None
+        if latency_table is not None:
+            g = latency_table.grid()
+            if not isinstance(g, ResNetOpGrid) or g.space.name != sp.name:
+                raise SearchError(f"the latency table is not a table of space {sp.name}")
+            self.lat_grid = g
+            # searched resolution index -> the table grid's resolution index
+            self._lat_ri = g.resolution_index(list(self.resolutions))
         mult = np.random.default_rng(0x0FA).integers(1, 2**63, size=self.width,
                                                       dtype=np.uint64) | np.uint64(1)
         self._hash_mult = mult
-
-    def _tables(self) -> None:
-        sp, R, S, W, E = self.space, self.n_res, self.ns, self.n_w, self.n_e
-        stem = np.zeros((R, W, W, 2, 2))  # [..., quantity]: 0 MACs, 1 params
-        first = np.zeros((R, S, W, W, E, 2))
-        other = np.zeros((R, S, W, E, 2))
-        head = np.zeros((W, 2))
-        for ri, r in enumerate(self.resolutions):
-            h = _out(r, 2)
-            for a in range(W):
-                m0 = sp.stem_mid_widths[a]
-                for b in range(W):
-                    c0 = sp.stem_widths[b]
-                    for keep in (0, 1):
-                        p = 27 * m0 + 2 * m0 + 9 * m0 * c0 + 2 * c0
-                        m = h * h * (27 * m0 + 9 * m0 * c0)
-                        if keep:  # the stem's residual 3x3 conv
-                            p += 9 * m0 * m0 + 2 * m0
-                            m += h * h * 9 * m0 * m0
-                        stem[ri, a, b, keep] = m, p
-            h = _out(h, 2)  # max pool
-            for s in range(S):
-                ho = _out(h, sp.stage_strides[s])
-                ins = sp.stem_widths if s == 0 else sp.stage_widths(s - 1)
-                for b, cout in enumerate(sp.stage_widths(s)):
-                    for k, e in enumerate(sp.expand_choices):
-                        mid = sp.middle_channels(cout, e)
-                        for a, cin in enumerate(ins):  # first block: conv shortcut, stride
-                            p = cin * mid + 9 * mid * mid + mid * cout + 2 * (2 * mid + cout)
-                            p += cin * cout + 2 * cout
-                            m = h * h * cin * mid + ho * ho * (9 * mid * mid + mid * cout)
-                            m += ho * ho * cin * cout
-                            first[ri, s, a, b, k] = m, p
-                        p = cout * mid + 9 * mid * mid + mid * cout + 2 * (2 * mid + cout)
-                        m = ho * ho * (cout * mid + 9 * mid * mid + mid * cout)
-                        other[ri, s, b, k] = m, p
-                h = ho
-        for b, cin in enumerate(sp.stage_widths(S - 1)):
-            head[b] = cin * sp.num_classes, cin * sp.num_classes + sp.num_classes
-        self.stem_t, self.first_t, self.other_t, self.head_t = stem, first, other, head
 
     # -- gene matrices -----------------------------------------------------------------
     def active(self, genes: np.ndarray) -> np.ndarray:
@@ -112,22 +84,35 @@ class ResNetCostModel:
         d = self.depth_values[genes[:, self.depth_genes]]  # (N, S) extra blocks
         return self.block_pos < (self.base + d)[:, self.block_stage]
 
+    def _priced(self, grid: ResNetOpGrid, genes: np.ndarray, ri: np.ndarray) -> np.ndarray:
+        g = genes.astype(np.intp)
+        return grid.evaluate_indices(ri, g[:, self.stem_gene], g[:, self.width_genes],
+                                     g[:, self.expand_genes], self.active(genes))
+
+    @property
+    def has_latency(self) -> bool:
+        """Whether latency can be priced (a latency table was given)."""
+        return self.lat_grid is not None
+
     def costs(self, genes: np.ndarray) -> np.ndarray:
         """``(N, 2)`` MACs and params of every row."""
-        g = genes.astype(np.intp)
-        r = g[:, self.res_gene]
-        w = g[:, self.width_genes]
-        e = g[:, self.expand_genes]
-        out = self.stem_t[r, w[:, 0], w[:, 1], g[:, self.stem_gene]] + self.head_t[w[:, -1]]
-        act = self.active(genes)
-        sp = self.space
-        for s in range(self.ns):
-            off, cnt = sp.stage_offsets[s], sp.stage_block_counts[s]
-            wi, ws = w[:, s + 1], w[:, s + 2]  # input width (stem's or previous stage's), own
-            out += self.first_t[r, s, wi, ws, e[:, off]]
-            rest = self.other_t[r[:, None], s, ws[:, None], e[:, off + 1:off + cnt]]  # (N, cnt-1, 2)
-            out += (rest * act[:, off + 1:off + cnt, None]).sum(axis=1)
-        return out
+        ri = genes[:, self.res_gene].astype(np.intp)
+        return np.stack([self._priced(self.macs_grid, genes, ri),
+                         self._priced(self.params_grid, genes, ri)], axis=1)
+
+    def latency(self, genes: np.ndarray) -> np.ndarray:
+        """``(N,)`` predicted latency (ms) of every row: the table's calibrated prediction
+        (NaN without a table)."""
+        if self.lat_grid is None:
+            return np.full(len(genes), np.nan)
+        ri = self._lat_ri[genes[:, self.res_gene].astype(np.intp)]
+        return self._priced(self.lat_grid, genes, ri)
+
+    def fastest(self) -> Tuple[float, np.ndarray]:
+        """The exact smallest predicted latency over every subnet at the searched resolutions
+        and a ``(1, width)`` gene row that has it (needs a table)."""
+        best = min((self.lat_grid.extreme(int(i)) for i in self._lat_ri), key=lambda t: t[0])
+        return best[0], self.genes_of([best[1]])
 
     def canonical(self, genes: np.ndarray) -> np.ndarray:
         """Copy of ``genes`` with skipped blocks' expand set to index 0."""
@@ -177,22 +162,28 @@ class ResNetCostModel:
 
 
 class _ResNetProblem:
-    """Space + predictor + cost model + budget for the ResNet family."""
+    """Space + predictor + cost model (+ latency table) + budget for the ResNet family."""
 
-    def __init__(self, space, predictor, constraints: Constraints, resolutions):
+    def __init__(self, space, predictor, constraints: Constraints, resolutions,
+                 latency_table=None):
         self.space = sp = get_resnet_space(space)
         if not isinstance(constraints, Constraints):
             raise SearchError("constraints must be a Constraints object")
-        if constraints.max_latency_ms is not None:
-            raise SearchError(f"space {sp.name} has no latency tables yet: search it with a "
-                              f"MACs and/or params budget")
+        if constraints.max_latency_ms is not None and latency_table is None:
+            raise SearchError(f"a latency budget for space {sp.name} needs a latency table of "
+                              f"its ops (`ofa-deploy profile --space {sp.name}`)")
+        if latency_table is not None and getattr(latency_table.space, "name", None) != sp.name:
+            raise SearchError(f"the latency table is for space {latency_table.space.name}, not "
+                              f"{sp.name}")
+        table_res = None if latency_table is None else tuple(latency_table.resolutions)
         enc = getattr(predictor, "encoder", None)
         if not callable(getattr(predictor, "predict_features", None)) or \
                 getattr(getattr(enc, "space", None), "name", None) != sp.name:
             raise SearchError(f"the accuracy predictor does not score {sp.name} subnets (give "
                               f"the OFA ResNet50 reference predictor)")
         if resolutions is None:
-            res = [r for r in sp.resolutions if r in enc.image_sizes]
+            res = [r for r in sp.resolutions if r in enc.image_sizes
+                   and (table_res is None or r in table_res)]
         else:
             res = sorted({int(r) for r in resolutions})
             bad = [r for r in res if r not in sp.resolutions]
@@ -202,12 +193,19 @@ class _ResNetProblem:
             bad = [r for r in res if r not in enc.image_sizes]
             if bad:
                 raise SearchError(f"resolution(s) {bad} cannot be scored by the accuracy predictor")
+            bad = [r for r in res if table_res is not None and r not in table_res]
+            if bad:
+                raise SearchError(f"resolution(s) {bad} are not in the latency table (resolutions "
+                                  f"{list(table_res)})")
         if not res:
             raise SearchError("no resolutions to search")
         self.resolutions = tuple(res)
         self.predictor, self.encoder, self.constraints = predictor, enc, constraints
-        self.cost = c = ResNetCostModel(sp, self.resolutions)
+        self.cost = c = ResNetCostModel(sp, self.resolutions, latency_table)
         self.limits = np.array([constraints.limits()[1], constraints.limits()[2]])
+        self.max_latency = constraints.limits()[0]
+        # what sample_feasible's repair moves genes to: a subnet within every budget
+        self.floor = np.zeros((1, c.width), c.dtype)
         # feature layout of the reference ResNetArchEncoder (see ofa_deploy.accuracy_resnet)
         self._res_slot = np.array([enc.image_sizes.index(r) for r in self.resolutions])
         nr = len(enc.image_sizes)
@@ -215,8 +213,10 @@ class _ResNetProblem:
         self._e_cols = nr + 2 + sp.num_widths * c.n_w + np.arange(sp.num_blocks) * c.n_e
 
     def check_feasible(self) -> None:
-        """Refuse a budget below the smallest subnet's value (all-zero genes: every cost grows
-        with every gene) before any search."""
+        """Refuse a budget below the smallest subnet's value (all-zero genes for MACs and
+        params: every cost grows with every gene; the exact fastest subnet for latency) before
+        any search, and choose the repair target :attr:`floor` (a subnet within every budget;
+        none fitting every budget at once is refused too)."""
         lo = self.cost.costs(np.zeros((1, self.cost.width), self.cost.dtype))[0]
         r = self.resolutions[0]
         if lo[0] > self.limits[0]:
@@ -228,10 +228,28 @@ class _ResNetProblem:
             raise InfeasibleBudgetError(
                 f"params budget {self.limits[1] / 1e6:g}M is infeasible: the smallest subnet of "
                 f"{self.space.name} has {lo[1] / 1e6:.3f}M params ({int(lo[1]):,})")
+        if not np.isfinite(self.max_latency):
+            return
+        fast, row = self.cost.fastest()
+        if fast > self.max_latency:
+            raise InfeasibleBudgetError(
+                f"latency budget {self.max_latency:g} ms is infeasible: the fastest subnet of "
+                f"{self.space.name} is predicted at {fast:.3f} ms by the latency table "
+                f"(resolution {self.cost.archs(row)[0].r})")
+        for cand in (self.floor, row):
+            if self.feasible(cand)[0]:
+                self.floor = cand
+                return
+        raise InfeasibleBudgetError(
+            f"the budgets ({self.constraints.describe()}) are infeasible together: neither the "
+            f"smallest nor the fastest subnet of {self.space.name} meets all of them")
 
     def feasible(self, genes: np.ndarray) -> np.ndarray:
-        """``(N,)`` mask of rows meeting both bounds."""
-        return (self.cost.costs(genes) <= self.limits).all(axis=1)
+        """``(N,)`` mask of rows meeting every bound."""
+        ok = (self.cost.costs(genes) <= self.limits).all(axis=1)
+        if np.isfinite(self.max_latency):
+            ok &= self.cost.latency(genes) <= self.max_latency
+        return ok
 
     def features(self, genes: np.ndarray) -> np.ndarray:
         """The reference encoder's features, built straight from the gene matrix."""
@@ -259,8 +277,9 @@ class _ResNetProblem:
 
     def sample_feasible(self, n: int, rng: np.random.Generator, rounds: int = 16) -> np.ndarray:
         """Up to ``n`` distinct feasible rows: rejection sampling in bounded rounds, then
-        *repair* (random genes moved to 0, the smallest choice, more each step) of rejected
-        samples at tight budgets. Always terminates; the smallest subnet fits (checked)."""
+        *repair* (random genes moved to those of :attr:`floor`, the smallest subnet or the
+        fastest, more each step) of rejected samples at tight budgets. Always terminates; the
+        floor fits (checked)."""
         seen, got, count = set(), [], 0
         for attempt in range(rounds + 4):
             if count >= n:
@@ -274,7 +293,7 @@ class _ResNetProblem:
                     if not len(bad):
                         break
                     m = rng.random((len(bad), g.shape[1])) < step / 12
-                    g[bad] = np.where(m, 0, g[bad])
+                    g[bad] = np.where(m, self.floor, g[bad])
                     ok[bad] = self.feasible(g[bad])
             g = g[ok]
             take = _unseen_rows(self.cost.keys(g), seen, n - count)
@@ -357,9 +376,10 @@ def _result(prob, pool, scores, history, t0, evaluations, method, config) -> Sea
     pool, scores = pool[order], scores[order]
     macs, params = prob.cost.costs(pool[:1])[0]
     archs = prob.cost.archs(pool)
+    lat = float(prob.cost.latency(pool[:1])[0]) if prob.cost.has_latency else None
     return SearchResult(
         space=prob.space, constraints=prob.constraints, arch=archs[0],
-        predicted_accuracy=float(scores[0]), latency_ms=None, macs=int(round(macs)),
+        predicted_accuracy=float(scores[0]), latency_ms=lat, macs=int(round(macs)),
         params=int(round(params)), history=history, population=archs,
         population_scores=scores, wall_seconds=time.perf_counter() - t0,
         evaluations=evaluations, method=method, resolutions=prob.resolutions, config=config)
@@ -367,8 +387,9 @@ def _result(prob, pool, scores, history, t0, evaluations, method, config) -> Sea
 
 def resnet_evolution_search(space: "ResNetSpace | str", predictor, constraints: Constraints,
                             config: EvolutionConfig | None = None, *,
-                            resolutions: Sequence[int] | None = None) -> SearchResult:
-    """Best predicted-accuracy ResNet arch meeting a MACs / params budget (regularised
+                            resolutions: Sequence[int] | None = None,
+                            latency_table=None) -> SearchResult:
+    """Best predicted-accuracy ResNet arch meeting a latency / MACs / params budget (regularised
     evolution, the rules of :func:`~.evolution.evolution_search`: the best distinct
     ``parent_ratio`` are kept, ``mutation_ratio`` of the children are mutants, the rest
     crossovers, every child meets the budget, children already scored are dropped).
@@ -377,13 +398,19 @@ def resnet_evolution_search(space: "ResNetSpace | str", predictor, constraints: 
     ``config.local_search``. ``predictor`` is the OFA ResNet50 reference predictor
     (:class:`~ofa_deploy.accuracy_resnet.ResNetReferencePredictor`). Raises
     :class:`InfeasibleBudgetError` before searching if a budget is below the smallest subnet's.
+    ``latency_table``: a :class:`~luts.table.LatencyTable` of the space, needed for
+    ``constraints.max_latency_ms`` (its calibrated prediction is the latency; its resolutions
+    bound the default ones).
     """
-    config = EvolutionConfig() if config is None else config
+    # the MobileNet default prunes islands; ResNet keeps its measured 3 x 200 x 80
+    config = EvolutionConfig(islands=3, generations=80, prune_at=0) if config is None else config
     if not isinstance(config, EvolutionConfig):
         raise SearchError("config must be an EvolutionConfig")
-    if config.prune_at:
-        raise SearchError("island pruning (prune_at) is not supported for ResNet spaces")
-    prob = _ResNetProblem(space, predictor, constraints, resolutions)
+    if (config.prune_at and config.prune_at < config.generations
+            and config.islands > config.keep_islands):  # a pruning that would take effect
+        raise SearchError("island pruning (prune_at) is not supported for ResNet spaces; "
+                          "give prune_at=0")
+    prob = _ResNetProblem(space, predictor, constraints, resolutions, latency_table)
     prob.check_feasible()
     rng = np.random.default_rng(config.seed)
     t0 = time.perf_counter()
@@ -436,10 +463,11 @@ def resnet_evolution_search(space: "ResNetSpace | str", predictor, constraints: 
 
 def resnet_random_search(space: "ResNetSpace | str", predictor, constraints: Constraints,
                          evaluations: int, *, seed: int = 0,
-                         resolutions: Sequence[int] | None = None) -> SearchResult:
+                         resolutions: Sequence[int] | None = None,
+                         latency_table=None) -> SearchResult:
     """Baseline: score ``evaluations`` distinct random feasible archs and keep the best."""
     _check_int("evaluations", evaluations, 1)
-    prob = _ResNetProblem(space, predictor, constraints, resolutions)
+    prob = _ResNetProblem(space, predictor, constraints, resolutions, latency_table)
     prob.check_feasible()
     rng = np.random.default_rng(seed)
     t0 = time.perf_counter()

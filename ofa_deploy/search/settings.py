@@ -38,19 +38,21 @@ def _check_frac(name: str, v: Any, *, open_low: bool = False) -> None:
 class EvolutionConfig:
     """Hyper-parameters of :func:`evolution_search`.
 
-    The variation rules and ratios are the OFA reference's. The default run is 3 independent
-    islands of 200 archs x 80 generations, chosen by measurement on the Note10 task
-    (benchmarks/search_vs_reference/best_known.md): seeds converge to different basins, so at
-    the same number of predictor evaluations, a few large short-lived independent populations
-    reach the best known subnet far more often than one population of 100 x 500 (the
-    reference's own setting, still available as ``population=100, generations=500,
-    islands=1``). ``population`` is per island."""
+    The variation rules and ratios are the OFA reference's. The default run is 8 independent
+    islands of 200 archs x 65 generations, halved (per budget, by best arch so far) to the
+    better 4 after 20 generations and to 3 after 40, chosen by measurement on the Note10 task
+    (benchmarks/search_vs_reference/README.md, ab.py over seeds 0-9): seeds converge to
+    different basins, so at the same number of predictor evaluations, several large
+    short-lived independent populations reach the best known subnet far more often than one
+    population of 100 x 500 (the reference's own setting, still available as
+    ``population=100, generations=500, islands=1``), and dropping the islands that lag early
+    pays for more of them. ``population`` is per island."""
 
     population: int = 200
     parent_ratio: float = 0.25
     mutation_ratio: float = 0.5
     mutate_prob: float = 0.1
-    generations: int = 80
+    generations: int = 65
     seed: int = 0
     # None: mutate the resolution with ``mutate_prob``, as the reference's tutorial finder does
     resolution_mutate_prob: float | None = None
@@ -60,12 +62,12 @@ class EvolutionConfig:
     local_search: bool = True
     # independent populations (restarts) of ``population`` archs each, evolved in lock-step
     # (one predictor pass for all of them) on the same budget; the best over them wins
-    islands: int = 3
+    islands: int = 8
     # successive halving of the islands: every ``prune_at`` generations (0: never) only the
     # better half of the live islands (by best arch so far, per budget) go on evolving, down
     # to ``keep_islands``; the pruned islands' generations are saved, not respent
-    prune_at: int = 0
-    keep_islands: int = 1
+    prune_at: int = 20
+    keep_islands: int = 3
 
     def __post_init__(self) -> None:
         _check_int("population", self.population, 2)

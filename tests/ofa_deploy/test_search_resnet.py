@@ -1,5 +1,6 @@
 """Search over ofa-resnet50: exact vectorized costs and features, feasibility of every
-candidate, determinism per seed, better than random sampling, and the CLI (bundled predictor)."""
+candidate, determinism per seed, better than random sampling, latency budgets from a table of
+the space's ops, and the CLI (bundled predictor)."""
 from __future__ import annotations
 
 import json
@@ -89,7 +90,7 @@ def test_refusals(pred):
         resnet_evolution_search(SPACE, pred, Constraints(max_macs=300e6), SMALL)
     with pytest.raises(InfeasibleBudgetError, match="params budget 1M is infeasible"):
         resnet_evolution_search(SPACE, pred, Constraints(max_params=1e6), SMALL)
-    with pytest.raises(SearchError, match="no latency tables yet"):
+    with pytest.raises(SearchError, match="latency budget for space ofa-resnet50 needs a latency table"):
         resnet_evolution_search(SPACE, pred, Constraints(max_latency_ms=20), SMALL)
     with pytest.raises(SearchError, match="cannot be scored"):
         _ResNetProblem(SPACE, type("P", (), {"predict_features": pred.predict_features,
@@ -120,7 +121,8 @@ def test_cli_search_json(run_cli, tmp_path):
 
 
 @pytest.mark.parametrize("args, needle", [
-    (("--mflops", "2000", "--ms", "20", "--target", "cpu"), "no latency tables yet"),
+    (("--mflops", "2000", "--ms", "20", "--target", "note10"),
+     "is for space ofa-mbv3-w1.2, not ofa-resnet50"),
     (("--mflops", "100"), "smallest subnet of ofa-resnet50 has 315.08M MACs"),
     (("--mflops", "2000", "--predictor", "ofa_deploy/assets/ofa-mbv3-w1.2-imagenet-acc-predictor.pth"),
      "does not predict ofa-resnet50 subnets"),
@@ -135,4 +137,102 @@ def test_cli_refusals_are_one_line(run_cli, args, needle):
 
 def test_cli_without_budget_is_a_usage_error(run_cli):
     res = run_cli("search", "--space", SPACE)
-    assert res.exit_code == 2 and "give a budget: --mflops and/or --params-m" in res.output
+    assert res.exit_code == 2 and "give a budget: --ms, --mflops and/or --params-m" in res.output
+
+
+# -- latency budgets (a synthetic table of the space's ops at 128 px) ---------------------
+
+
+@pytest.fixture(scope="module")
+def lut128(tmp_path_factory):
+    import zlib
+
+    from luts.table import LatencyTable
+    from profilers.base import LatencyStats
+    from supernet.resnet_ops import resnet_enumerate_ops
+
+    def stats(op):  # MACs-proportional with a deterministic per-op wobble
+        v = op.macs * 1e-8 * (0.8 + zlib.crc32(op.to_string().encode()) % 400 / 1000) + 0.01
+        return LatencyStats(v, 0.9 * v, 1.2 * v, 0.05 * v, 10)
+
+    t = LatencyTable(SPACE, [128], meta={"device": "synthetic"}, overhead_ms=0.3,
+                     entries={op: stats(op) for op in resnet_enumerate_ops(SPACE, [128])})
+    path = tmp_path_factory.mktemp("lut") / "r50-128.json"
+    t.save(path)
+    return t, path
+
+
+def test_latency_costs_equal_the_table(pred, lut128, rng):
+    t, _ = lut128
+    prob = _ResNetProblem(SPACE, pred, Constraints(max_latency_ms=50), None, t)
+    assert prob.resolutions == (128,)  # the table's
+    g = prob.uniform(400, rng)
+    np.testing.assert_allclose(prob.cost.latency(g), t.predict(prob.cost.archs(g)), rtol=1e-12)
+    fast, row = prob.cost.fastest()
+    assert fast == pytest.approx(t.min_max()[0]) == pytest.approx(
+        t.predict_one(prob.cost.archs(row)[0]))
+    assert (prob.cost.latency(g) >= fast - 1e-9).all()
+    with pytest.raises(SearchError, match=r"resolution\(s\) \[160\] are not in the latency table"):
+        _ResNetProblem(SPACE, pred, Constraints(max_latency_ms=50), [160], t)
+
+
+def test_search_under_a_latency_budget_is_feasible(pred, lut128, monkeypatch):
+    t, _ = lut128
+    lo, hi = t.min_max()
+    ms = lo + 0.3 * (hi - lo)
+    checked = []
+    real = _ResNetProblem.score
+
+    def spy(self, genes):  # every scored candidate meets the budget
+        lat = self.cost.latency(genes)
+        checked.append(len(genes))
+        assert (lat <= ms).all() and np.isfinite(lat).all()
+        return real(self, genes)
+
+    monkeypatch.setattr(_ResNetProblem, "score", spy)
+    res = resnet_evolution_search(SPACE, pred, Constraints(max_latency_ms=ms), SMALL,
+                                  latency_table=t)
+    assert sum(checked) == res.evaluations
+    assert res.latency_ms == pytest.approx(t.predict_one(res.arch)) and res.latency_ms <= ms
+    assert res.latency_ms > 0.7 * ms  # the budget is used, not left idle
+    both = resnet_evolution_search(SPACE, pred, Constraints(max_latency_ms=ms, max_macs=600e6),
+                                   SMALL, latency_table=t)
+    assert both.latency_ms <= ms and both.macs <= 600e6
+    tight = resnet_evolution_search(SPACE, pred, Constraints(max_latency_ms=lo * 1.02), SMALL,
+                                    latency_table=t)
+    assert tight.latency_ms <= lo * 1.02
+    with pytest.raises(InfeasibleBudgetError, match="fastest subnet of ofa-resnet50 is predicted"):
+        resnet_evolution_search(SPACE, pred, Constraints(max_latency_ms=0.9 * lo), SMALL,
+                                latency_table=t)
+
+
+def test_cli_search_with_a_latency_table(run_cli, lut128):
+    t, path = lut128
+    lo, hi = t.min_max()
+    ms = [round(lo + f * (hi - lo), 2) for f in (0.2, 0.5)]
+    res = run_cli("search", "--space", SPACE, "--lut", path, "--ms", ms[0], "--ms", ms[1],
+                  "--mflops", "3000", "--population", "30", "--generations", "5", "--json")
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["target"] == "synthetic" and data["resolutions"] == [128]
+    assert [e["constraints"]["max_latency_ms"] for e in data["pareto"]] == ms
+    for e, budget in zip(data["pareto"], ms):
+        a = ResNetArch.from_string(e["arch_string"], SPACE)
+        assert e["predicted_latency_ms"] == pytest.approx(t.predict_one(a), rel=1e-6)
+        assert e["predicted_latency_ms"] <= budget and e["macs"] <= 3e9
+
+
+def test_cli_inspect_and_lut_predict_with_a_resnet_table(run_cli, lut128):
+    t, path = lut128
+    want = t.predict_one(ResNetArch.max(SPACE, 128))
+    res = run_cli("inspect", "--space", SPACE, "--arch", "max", "--resolution", "128",
+                  "--target", path, "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["latency"]["predicted_ms"] == pytest.approx(want)
+    res = run_cli("lut", "predict", "--lut", path, "--arch", "max", "--resolution", "128",
+                  "--json")
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["predicted_ms"] == pytest.approx(want) and data["ops"] == 21
+    res = run_cli("inspect", "--space", SPACE, "--arch", "max", "--target", path)
+    assert res.exit_code == 1 and "resolution 256 not in the latency table" in res.output

@@ -48,6 +48,10 @@ def test_settings_validate_every_field_at_once_and_round_trip():
     assert "activations" in msg and "calibration" in msg and "calib_images" in msg
     with pytest.raises(QuantizeError, match="unknown quantization setting"):
         QuantSettings.from_state({"bits": 4})
+    # a record written before reduce_range existed describes a full-range quantization
+    old = {k: v for k, v in QuantSettings().get_state().items() if k != "reduce_range"}
+    assert QuantSettings.from_state(old).reduce_range is False
+    assert QuantSettings().reduce_range is True
     assert parse_precision("INT8") == "int8"
     with pytest.raises(QuantizeError, match="fp32, int8"):
         parse_precision("int4")
@@ -80,6 +84,13 @@ def test_quantize_onnx_gives_integer_kernels_and_reports_what_stays_float(float_
     assert info["float_islands"].get("HardSigmoid", 0) > 0
     assert "Conv" not in info["float_islands"] and "GlobalAveragePool" not in info["float_islands"]
     assert os.path.getsize(out) < os.path.getsize(path)
+    # reduce_range: 7-bit weights (no u8 x s8 pair-sum saturation on AVX2-only x86 CPUs)
+    import onnx
+    from onnx import numpy_helper
+
+    weights = [numpy_helper.to_array(i) for i in onnx.load(str(out)).graph.initializer
+               if i.data_type == onnx.TensorProto.INT8 and i.dims and len(i.dims) == 4]
+    assert weights and max(int(np.abs(w.astype(np.int32)).max()) for w in weights) <= 64
     x = images[:1]
     with torch.no_grad():
         want = sub(torch.from_numpy(x)).numpy()

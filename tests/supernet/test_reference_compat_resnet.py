@@ -223,7 +223,7 @@ def test_load_predictor_detects_the_resnet_file():
 def test_commands_without_resnet_support_say_so(run_cli):
     res = run_cli("specialize", "--space", SPACE, "--target", "cpu", "--ms", "20")
     assert res.exit_code != 0 and len(res.output.strip().splitlines()) == 1
-    assert "of the ResNet50 family" in res.output and "no latency tables yet" in res.output
+    assert "of the ResNet50 family" in res.output and "does not support" in res.output
 
 
 def test_reference_checkpoint_naming_loads(ref_net, tmp_path):
