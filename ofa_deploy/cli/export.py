@@ -38,8 +38,8 @@ def export_cmd(ctx, supernet_name, space_name, arch, formats, data_spec, calib_i
     model.json metadata (arch, params, MACs, sizes, hashes; for a net.config also its name,
     the directory's, and its path as source: `bench` labels the artifacts with that name).
 
-    With --arch runs/X/report.json, the supernet and the BN calibration (data, images, order)
-    recorded by `specialize` are used unless given here, so model.onnx comes out bit for bit
+    With --arch runs/X/report.json, the supernet, the precision and the BN calibration (data,
+    images, order) recorded by `specialize` are used unless given here, so model.onnx comes out bit for bit
     the same as the one specialize wrote.
     """
     from supernet import ArchConfig, extract_subnet
@@ -57,6 +57,7 @@ def export_cmd(ctx, supernet_name, space_name, arch, formats, data_spec, calib_i
     given = lambda name: ctx.get_parameter_source(name) not in (
         click.core.ParameterSource.DEFAULT, click.core.ParameterSource.DEFAULT_MAP)
     rec = _specialize_record(arch)
+    quant_images = None  # int8 calibration images: --calib-images unless a report says
     if rec is not None:
         if not given("supernet_name") and rec.get("supernet"):
             supernet_name = rec["supernet"]
@@ -65,6 +66,11 @@ def export_cmd(ctx, supernet_name, space_name, arch, formats, data_spec, calib_i
             data_spec = "none" if calib is None else calib.get("data") or data_spec
         if calib is not None and not given("calib_images"):
             calib_images = int(calib["images"])
+        if not given("precision") and rec.get("precision"):
+            precision = rec["precision"]  # an int8 specialization rebuilds its int8 files
+        q = ((rec.get("artifacts") or {}).get("onnx") or {}).get("quantization") or {}
+        if precision == "int8" and q.get("calib_images") and not given("calib_images"):
+            quant_images = int(q["calib_images"])
         if rec.get("finetune_epochs"):
             echo(f"note: {arch} was fine-tuned ({rec['finetune_epochs']} epochs) after "
                  f"extraction; this export is not, so its weights differ from that run's model")
@@ -91,9 +97,9 @@ def export_cmd(ctx, supernet_name, space_name, arch, formats, data_spec, calib_i
         if ds is None:
             raise QuantizeError("--precision int8 needs calibration images: give --data "
                                 "(training images; the test split is never used)")
-        quant = QuantSettings(calib_images=calib_images)
+        quant = QuantSettings(calib_images=quant_images or calib_images)
         calibration = lambda: (x.numpy() for x in calibration_batches(  # noqa: E731
-            ds.holdout, a.r, calib_images, 200, channels_last=False))
+            ds.holdout, a.r, quant.calib_images, 200, channels_last=False))
     with output_dir_guard(out_dir):
         arts = export_artifacts(sub, (1, 3, a.r, a.r), out_dir, fmts, precision=precision,
                                 calibration=calibration, quant=quant)
