@@ -73,7 +73,8 @@ def bench(ctx, paths, artifacts, device_specs, runs, warmup, threads, baseline, 
                 else f"{r.status}: {r.reason}")
         if r.status == "regressed":
             what += f"  REGRESSED {r.baseline['delta_pct']:+.1f}%"
-        click.echo(f"[{done}/{total}] {r.device:<14} {r.artifact.name}  {what}", err=True)
+        label = f" ({r.artifact.label})" if r.artifact.label else ""
+        click.echo(f"[{done}/{total}] {r.device:<14} {r.artifact.name}{label}  {what}", err=True)
 
     rep = B.run_bench(arts, devs, runs=runs, warmup=warmup, threads=threads, baseline=baseline,
                       tolerance_pct=tolerance, min_delta_ms=min_delta_ms, json_path=json_path,
