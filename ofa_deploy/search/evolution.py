@@ -199,6 +199,7 @@ def _evolve(problem: _Problem, config: EvolutionConfig, rng: np.random.Generator
     res = _result(problem, pool, scores, history, t0, evaluations, "evolution", config)
     res.history_seconds = elapsed
     res.extra.update(report)
+    res.extra["relink_evaluations"] = 0  # one island: nothing to relink
     res.extra.update(_island_report([island]))
     res.extra.update(_seed_report(seed_pool, have, over))
     return res

@@ -12,7 +12,7 @@ from supernet.batch import ArchBatch
 from supernet.space import Space
 
 from .evolution import _evolve, _fill_slots, _seed_genes, _seed_report, _take_seeds
-from .local import polish
+from .local import polish, relink_islands
 from .problem import _Problem, _single_thread_torch
 from .results import SearchResult, _genes_of, _island_report, _result
 from .settings import Constraints, EvolutionConfig, SearchError
@@ -227,6 +227,7 @@ def _evolve_lockstep(problem: _Problem, cons: List[Constraints], config: Evoluti
         problem.set_constraints(c)
         sel = bud == g
         pool_g, scores_g = pool[sel], scores[sel]
+        isl = gid[sel] // B
         islands = [float(best[i * B + g]) for i in range(K)]
         # a last pass of migration so the front is monotone even where it was one step behind
         for prev in results[-1:]:
@@ -234,8 +235,15 @@ def _evolve_lockstep(problem: _Problem, cons: List[Constraints], config: Evoluti
             if prev.predicted_accuracy > scores_g.max() and problem.feasible(row)[0]:
                 pool_g = np.concatenate([pool_g, row])
                 scores_g = np.append(scores_g, prev.predicted_accuracy)
+                isl = np.append(isl, K)  # the migrant counts as an island of its own
+        n_relink = 0
+        if config.relink and config.local_search:
+            pool_g, scores_g, n_relink = relink_islands(problem, pool_g, scores_g, isl)
         # the same final local search as a single budget's, so every budget gets its quality
         pool_g, scores_g, n, report = polish(problem, pool_g, scores_g, config.local_search)
+        report["local_search_evaluations"] += n_relink
+        report["relink_evaluations"] = n_relink
+        n += n_relink
         hist = [float(max(h[i * B + g] for i in range(K))) for h in history]
         res = _result(problem, pool_g, scores_g, hist, t0,
                       int(evaluations[g::B].sum()) + n, "evolution", config)
