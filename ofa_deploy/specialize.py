@@ -287,14 +287,17 @@ def _finetune(sub: torch.nn.Module, ds, r: int, epochs: int, *, seed: int, batch
 
 
 def measure_artifact(target: str, artifacts: Dict[str, dict], subnet: torch.nn.Module,
-                     input_shape: Sequence[int], *, protocol: MeasurementProtocol
-                     ) -> Dict[str, Any]:
+                     input_shape: Sequence[int], *, protocol: MeasurementProtocol,
+                     only_format: Optional[str] = None) -> Optional[Dict[str, Any]]:
     """Time the exported ``artifacts`` (the torch ``subnet`` for a torch-format target) on
-    ``target`` under ``protocol``; median/p10/p90/std/cv of the pooled runs."""
+    ``target`` under ``protocol``; median/p10/p90/std/cv of the pooled runs. With
+    ``only_format``, None when ``target``'s profiler runs another format."""
     spec = DeviceSpec.parse(target)
     prof = get_profiler(spec, **protocol.profiler_kwargs(spec.backend))
     try:
         fmt = prof.artifact_format
+        if only_format is not None and fmt != only_format:
+            return None
         if fmt == "torch":
             artifact = subnet
         elif fmt in artifacts:
@@ -357,8 +360,9 @@ def measure_formats(target: str, artifacts: Dict[str, dict], measured: Optional[
     for fmt in artifacts:
         if out[fmt] is None and fmt in HOST_CPU_DEVICE:
             m = measure_artifact(HOST_CPU_DEVICE[fmt], {fmt: artifacts[fmt]}, None, input_shape,
-                                 protocol=protocol)
-            out[fmt] = {k: m[k] for k in keys}
+                                 protocol=protocol, only_format=fmt)
+            if m is not None:
+                out[fmt] = {k: m[k] for k in keys}
     return out
 
 
