@@ -126,11 +126,9 @@ def search(space, target, lut, ms, mflops, params_m, predictor, predictor_format
     # parameter names equal the option names, so --config files use the flags' spelling
     from supernet.resnet_space import RESNET_SPACES
 
-    if space in RESNET_SPACES:
-        return _search_resnet(space, target, lut, ms, mflops, params_m, predictor,
-                              predictor_format, resolution, population, generations, islands,
-                              seed, out, as_json, init_arch)
-    space = get_space(space)
+    resnet = space in RESNET_SPACES
+    if not resnet:
+        space = get_space(space)  # an unknown space is the first thing to say
     if not ms and mflops is None and params_m is None:
         raise click.UsageError("give a budget: --ms, --mflops and/or --params-m")
     if ms and target is None and lut is None:
@@ -139,6 +137,10 @@ def search(space, target, lut, ms, mflops, params_m, predictor, predictor_format
         check_positive(v, "--ms")
     check_positive(mflops, "--mflops")
     check_positive(params_m, "--params-m")
+    if resnet:
+        return _search_resnet(space, target, lut, ms, mflops, params_m, predictor,
+                              predictor_format, resolution, population, generations, islands,
+                              seed, out, as_json, init_arch)
 
     config = EvolutionConfig(seed=seed, **_given(population=population,
                                                  generations=generations, islands=islands))
@@ -216,14 +218,6 @@ def _search_resnet(name, target, lut, ms, mflops, params_m, predictor, predictor
     from ..search import SearchError
     from ..search.evolution import SeedArchError
 
-    if not ms and mflops is None and params_m is None:
-        raise click.UsageError("give a budget: --ms, --mflops and/or --params-m")
-    if ms and target is None and lut is None:
-        raise click.UsageError("--ms needs a latency table: give --target or --lut")
-    for v in ms:
-        check_positive(v, "--ms")
-    check_positive(mflops, "--mflops")
-    check_positive(params_m, "--params-m")
     table_obj, target_label = None, target
     if lut is not None or target is not None:
         from luts.store import load_table
