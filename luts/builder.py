@@ -15,7 +15,8 @@ Rounds and protocol
     Models are timed under one :class:`~profilers.protocol.MeasurementProtocol`, the same that
     ``lut validate``, ``lut calibrate``, ``specialize`` and ``bench`` use: ``rounds`` passes
     over every model (so a neighbour's burst is spread over many ops rather than landing on
-    one), all runs of a model pooled, its entry the median of the pool. The protocol is stored
+    one), all runs of a model kept, its entry the protocol's estimate of them (the median of
+    the pool by default; ``best-round-median``: the lowest round median). The protocol is stored
     in the table's meta, with the run-to-run variation (CV) of every entry's op model
     (``meta["noise"]``) and a few reference ops (``meta["reference_ops"]``) that
     :mod:`luts.drift` re-times before the table is used, to rescale it to the machine's speed
@@ -44,7 +45,8 @@ import numpy as np
 
 from profilers.base import DeviceSpec, LatencyStats, Profiler, get_profiler
 from profilers.measure import DriftMonitor, loadavg
-from profilers.protocol import MeasurementProtocol, cv_of, noise_warning
+from profilers.protocol import DEFAULT_ESTIMATOR, MeasurementProtocol, cv_of, estimate, \
+    noise_warning
 from supernet.fileio import utc_now
 from supernet.op_families import resolve_space
 from supernet.ops import OpKey
@@ -86,10 +88,14 @@ def _diff_stats(s: LatencyStats, base_ms: float, base_std: float = 0.0) -> Laten
     return LatencyStats(med, p10, p90, float(np.hypot(s.std_ms, base_std)), s.runs)
 
 
+# Settings a resumed build must share with the table/progress file it extends. The estimator is
+# one: an entry is estimated from every round's runs at once, so rounds timed for one estimator
+# cannot be finished under another (the op models themselves do not depend on it, so the
+# op-model cache is shared and METHOD_VERSION stays).
 _COMPAT_KEYS = ("device", "method", "method_version", "threads", "artifact_format", "seed",
-                "runs", "warmup", "flush_bytes", "cache", "precision")
+                "runs", "warmup", "flush_bytes", "cache", "precision", "estimator")
 # what a key means when a table written before it existed lacks it
-_COMPAT_DEFAULTS = {"precision": "fp32"}
+_COMPAT_DEFAULTS = {"precision": "fp32", "estimator": "median-pooled"}
 
 # Backends that time on this host's CPU, where cache flushing between runs applies.
 HOST_BACKENDS = ("ort", "tflite")
@@ -157,24 +163,41 @@ def sample_once(profiler: Profiler, artifact: Any, shape: Sequence[int]) -> List
 
 
 class _Raw:
-    """Raw per-model timings (every run of every round, pooled) and rounds done per model."""
+    """Raw per-model timings (every run of every round, pooled, and how many runs each round
+    added, for estimators that look at rounds) and rounds done per model; ``stats`` are
+    :func:`~profilers.protocol.estimate` of them under ``estimator``."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, estimator: str = DEFAULT_ESTIMATOR):
         self.path = path
+        self.estimator = estimator
         self.samples: Dict[str, List[float]] = {}
+        self.round_sizes: Dict[str, List[int]] = {}
         self.stats: Dict[str, LatencyStats] = {}
         self.rounds: Dict[str, int] = {}
         self.meta: dict = {}
 
+    def _groups(self, name: str) -> List[List[float]]:
+        pool, sizes = self.samples[name], self.round_sizes.get(name)
+        if not sizes or sum(sizes) != len(pool):
+            return [pool]  # written before rounds were kept: one pooled group
+        out, i = [], 0
+        for n in sizes:
+            out.append(pool[i:i + n])
+            i += n
+        return out
+
     @classmethod
-    def load(cls, path: Path) -> "_Raw":
-        raw = cls(path)
+    def load(cls, path: Path, estimator: str = DEFAULT_ESTIMATOR) -> "_Raw":
+        raw = cls(path, estimator)
         try:
             state = json.loads(path.read_text(encoding="utf-8"))
             if state.get("schema") != RAW_SCHEMA:
                 raise ValueError("schema")
             raw.samples = {k: [float(x) for x in v] for k, v in state["samples"].items()}
-            raw.stats = {k: LatencyStats.from_samples(v) for k, v in raw.samples.items() if v}
+            raw.round_sizes = {k: [int(n) for n in v]
+                               for k, v in state.get("round_sizes", {}).items()}
+            raw.stats = {k: estimate(raw._groups(k), estimator)
+                         for k, v in raw.samples.items() if v}
             raw.rounds = {k: int(v) for k, v in state["rounds"].items()}
             raw.meta = dict(state.get("meta", {}))
         except FileNotFoundError:
@@ -185,10 +208,13 @@ class _Raw:
         return raw
 
     def record(self, name: str, samples: Sequence[float], rnd: int) -> LatencyStats:
-        """Add one round's runs of model ``name`` to its pool; its stats are the pool's."""
+        """Add one round's runs of model ``name`` to its pool; its stats are the pool's
+        estimate."""
         pool = self.samples.setdefault(name, [])
+        sizes = self.round_sizes.setdefault(name, [] if len(pool) == 0 else [len(pool)])
         pool.extend(float(v) for v in samples)
-        self.stats[name] = LatencyStats.from_samples(pool)
+        sizes.append(len(samples))
+        self.stats[name] = estimate(self._groups(name), self.estimator)
         self.rounds[name] = max(self.rounds.get(name, 0), rnd)
         return self.stats[name]
 
@@ -201,6 +227,7 @@ class _Raw:
     def save(self) -> None:
         state = {"schema": RAW_SCHEMA, "meta": self.meta,
                  "samples": {k: list(v) for k, v in sorted(self.samples.items())},
+                 "round_sizes": {k: list(v) for k, v in sorted(self.round_sizes.items())},
                  "stats": {k: v.to_dict() for k, v in sorted(self.stats.items())},
                  "rounds": dict(sorted(self.rounds.items()))}
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -214,7 +241,7 @@ def build_lut(space: "Space | str", device: "str | DeviceSpec", *,
               out: "str | os.PathLike | None" = None, runs: Optional[int] = None,
               warmup: Optional[int] = None, rounds: Optional[int] = None,
               threads: Optional[int] = None, cache: Optional[str] = None,
-              protocol: Optional[MeasurementProtocol] = None,
+              estimator: Optional[str] = None, protocol: Optional[MeasurementProtocol] = None,
               cache_dir: "str | os.PathLike | None" = None, progress: bool = True,
               context: bool = True, convert_workers: int = 1,
               cpus: "str | Sequence[int] | None" = None, fresh: bool = False, seed: int = 0,
@@ -227,9 +254,10 @@ def build_lut(space: "Space | str", device: "str | DeviceSpec", *,
     ``out`` (default :func:`~luts.store.default_lut_path`), resuming a partial table there.
 
     ``protocol`` (default :class:`~profilers.protocol.MeasurementProtocol` with ``runs``,
-    ``warmup``, ``rounds``, ``threads``, ``cpus`` and ``cache`` where given): how every model
-    is timed; ``rounds`` passes over all ops, every run pooled. Rerunning a complete build
-    with more rounds refines it. ``cache_dir``: root of the op-model cache (default
+    ``warmup``, ``rounds``, ``threads``, ``cpus``, ``cache`` and ``estimator`` where given):
+    how every model is timed; ``rounds`` passes over all ops, every run kept (the estimator
+    makes an entry of them; resuming under another estimator is refused). Rerunning a
+    complete build with more rounds refines it. ``cache_dir``: root of the op-model cache (default
     ``cache_dir()/ops``). ``profiler``: an already-made profiler (tests); otherwise one is made
     from ``device`` and the protocol. ``flush_bytes`` (host CPU backends, ``cache="cold"``
     only): bytes written to evict caches before each timed run; ``"auto"`` is
@@ -263,7 +291,8 @@ def build_lut(space: "Space | str", device: "str | DeviceSpec", *,
             threads, runs, warmup = profiler.threads, profiler.runs, profiler.warmup
         pc = parse_cpus(cpus)
         protocol = protocol.with_(runs=runs, warmup=warmup, rounds=rounds, threads=threads,
-                                  cache=cache, cpus=tuple(pc) if pc else None)
+                                  cache=cache, estimator=estimator,
+                                  cpus=tuple(pc) if pc else None)
         if threads is None and spec.backend not in HOST_BACKENDS:
             # phones and GPUs: the device's own thread setting (the registry's), not 1
             protocol = dataclasses.replace(protocol, threads=None)
@@ -290,21 +319,22 @@ def build_lut(space: "Space | str", device: "str | DeviceSpec", *,
         "warmup": profiler.warmup, "seed": seed, "precision": precision,
         "converter": converter_tag(fmt, precision),
         "flush_bytes": desc.get("flush_cache_bytes"), "cache": protocol.cache,
+        "estimator": protocol.estimator,
         # where the op models live: the drift check re-times the reference ops from there
         "op_cache_root": str(Path(cache_dir) if cache_dir is not None
                              else default_cache_dir() / "ops"),
         "protocol": protocol.get_state(),
         **({"quantization": op_quant_settings().get_state()} if precision == "int8" else {}),
         "profiler": desc, "stats_note": (
-            "median/p10/p90 of every run of `rounds` interleaved rounds, pooled; entries are "
+            f"{_median_note(protocol.estimator)}; entries are "
             "the op inside a network (context model + op minus context model), so they exclude "
             "the per-inference overhead, stored once as overhead_ms" if context else
-            "median/p10/p90 of every run of `rounds` interleaved rounds, pooled; entries are "
+            f"{_median_note(protocol.estimator)}; entries are "
             "the op timed alone minus overhead_ms"),
     }
 
     rawp = raw_path(out)
-    raw = _Raw(rawp)
+    raw = _Raw(rawp, protocol.estimator)
     prior_seconds = 0.0
     old_meta: dict = {}
     keep: Dict[OpKey, LatencyStats] = {}
@@ -316,7 +346,7 @@ def build_lut(space: "Space | str", device: "str | DeviceSpec", *,
                            f"pass --fresh to overwrite it, or another --out")
         _check_resume(old.meta, meta, out)
         old_meta = old.meta
-        raw = _Raw.load(rawp)
+        raw = _Raw.load(rawp, protocol.estimator)
         if not raw.stats:
             # A table whose progress file is gone: its entries are final (nothing to refine
             # them with); only ops it lacks get timed.
@@ -324,7 +354,7 @@ def build_lut(space: "Space | str", device: "str | DeviceSpec", *,
             keep_overhead = old.overhead_ms
         prior_seconds = float(old.meta.get("build_seconds", 0.0) or 0.0)
     elif not fresh and rawp.exists():
-        raw = _Raw.load(rawp)
+        raw = _Raw.load(rawp, protocol.estimator)
         if raw.meta:
             _check_resume(raw.meta, meta, rawp)
     raw.meta.update({k: meta[k] for k in _COMPAT_KEYS})
@@ -467,6 +497,13 @@ def build_lut(space: "Space | str", device: "str | DeviceSpec", *,
         if bar is not None:
             bar.close()
         conv.close()
+
+
+def _median_note(estimator: str) -> str:
+    if estimator == "best-round-median":
+        return ("median = the lowest of `rounds` interleaved rounds' medians, p10/p90 of every "
+                "run pooled")
+    return "median/p10/p90 of every run of `rounds` interleaved rounds, pooled"
 
 
 def _noise_summary(raw: "_Raw", ops: Sequence[OpKey], op_job: Dict[OpKey, _Job]) -> dict:

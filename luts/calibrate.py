@@ -220,12 +220,17 @@ def _reference_networks(archs: Sequence[ArchConfig], stats: Sequence[LatencyStat
 def calibrate_lut(table: "LatencyTable | str | os.PathLike",
                   device: "str | DeviceSpec | None" = None, *, samples: int = 20,
                   seed: int = 0, protocol: Optional[MeasurementProtocol] = None,
-                  profiler: Optional[Profiler] = None, save: bool = True,
+                  estimator: Optional[str] = None, profiler: Optional[Profiler] = None,
+                  save: bool = True,
                   progress: bool = False, work_dir: "str | os.PathLike | None" = None,
                   echo: Callable[[str], None] = lambda s: None) -> LatencyTable:
     """Time ``samples`` random whole subnets on ``device`` (default: the table's) under the
-    table's protocol, fit the correction (:func:`fit_calibration`), store it in the table
-    (and save the table to its file unless ``save`` is false). Returns the table."""
+    table's protocol (or ``protocol``; ``estimator`` overrides its estimator; either must
+    measure what the table measured: :func:`~profilers.protocol.require_comparable`), fit
+    the correction (:func:`fit_calibration`), store it in the table (and save the table to
+    its file unless ``save`` is false). Returns the table."""
+    from profilers.protocol import require_comparable
+
     from .validate import sample_archs
 
     if not isinstance(table, LatencyTable):
@@ -234,7 +239,9 @@ def calibrate_lut(table: "LatencyTable | str | os.PathLike",
         raise LUTError(f"latency table ({table._describe()}) is incomplete; finish it with "
                        f"`ofa-deploy profile` before calibrating")
     spec = DeviceSpec.parse(device or table.meta.get("device") or "cpu")
-    protocol = protocol or table_protocol(table)
+    base = table_protocol(table)
+    protocol = (protocol or base).with_(estimator=estimator)
+    require_comparable(base, protocol, "the table", "this calibration")
     if profiler is None:
         profiler = get_profiler(spec, **protocol.profiler_kwargs(spec.backend))
     t0 = time.monotonic()

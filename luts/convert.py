@@ -42,9 +42,12 @@ from .table import LUTError
 __all__ = ["converter_tag", "export_artifact", "require_converter", "OpModelCache",
            "METHOD_VERSION", "FORMAT_SUFFIX"]
 
-# Bump when op models, the subtraction scheme or the estimator change (3: median of pooled runs
-# under the shared measurement protocol): tables and caches of another method
-# version are not mixed with new measurements.
+# Bump when op models, the subtraction scheme or what the default protocol measures change (3:
+# median of pooled runs under the shared measurement protocol): tables and caches of another
+# method version are not mixed with new measurements. Choosing another estimator
+# (--estimator) needs no bump: op model files do not depend on it (the cache stays shared),
+# and the raw timings that do are refused on resume by the recorded estimator
+# (builder._COMPAT_KEYS).
 METHOD_VERSION = 3
 FORMAT_SUFFIX = {"onnx": ".onnx", "tflite": ".tflite"}
 

@@ -65,7 +65,8 @@ def sample_archs(table: LatencyTable, samples: int, seed: int,
 def validate_lut(table: "LatencyTable | str | os.PathLike", device: "str | DeviceSpec", *,
                  samples: int = 30, seed: int = 0, runs: Optional[int] = None,
                  warmup: Optional[int] = None, threads: Optional[int] = None,
-                 rounds: Optional[int] = None, resolutions: Optional[Sequence[int]] = None,
+                 rounds: Optional[int] = None, estimator: Optional[str] = None,
+                 resolutions: Optional[Sequence[int]] = None,
                  plot: "str | os.PathLike | None" = None,
                  progress: bool = True, profiler: Optional[Profiler] = None,
                  work_dir: "str | os.PathLike | None" = None, drift: bool = True,
@@ -74,11 +75,11 @@ def validate_lut(table: "LatencyTable | str | os.PathLike", device: "str | Devic
 
     The subnets are exported and timed exactly as ``specialize`` exports and measures its
     winner, under the table's :class:`~profilers.protocol.MeasurementProtocol`; ``runs``,
-    ``warmup`` and ``rounds`` may change its precision, ``threads`` must match the table's
-    (another thread count measures something else: refused). The predictions validated are
-    the ones the search uses: calibrated (if the table is) and, with ``drift``, rescaled to
-    today's speed by re-timing the table's reference ops first (this sets
-    ``table.speed_scale``). Archs the calibration was fitted on are never drawn. Returns a
+    ``warmup`` and ``rounds`` may change its precision, ``threads`` and ``estimator`` must
+    match the table's (another thread count or estimator measures something else: refused).
+    The predictions validated are the ones the search uses: calibrated (if the table is)
+    and, with ``drift``, rescaled to today's speed by re-timing the table's reference ops
+    first (this sets ``table.speed_scale``). Archs the calibration was fitted on are never drawn. Returns a
     JSON-able dict: ``samples``, ``mape``, ``within_10pct``, ``kendall_tau`` (and a few more
     summary numbers), ``uncalibrated`` (the same for the plain op sums), ``rows`` (one per
     subnet), ``warnings`` and ``meta`` (with the protocol and the precision).
@@ -105,7 +106,8 @@ def validate_lut(table: "LatencyTable | str | os.PathLike", device: "str | Devic
     spec = DeviceSpec.parse(device)
     tm = table.meta
     base = table_protocol(table)
-    protocol = base.with_(runs=runs, warmup=warmup, rounds=rounds, threads=threads)
+    protocol = base.with_(runs=runs, warmup=warmup, rounds=rounds, threads=threads,
+                          estimator=estimator)
     require_comparable(base, protocol, "the table", "this validation")
     if profiler is None:
         profiler = get_profiler(spec, **protocol.profiler_kwargs(spec.backend))

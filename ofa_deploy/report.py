@@ -9,7 +9,8 @@ from typing import Any, Dict, List, Mapping, Sequence
 from supernet.fileio import atomic_write_text
 
 __all__ = ["write_report", "render_markdown", "plot_search", "plot_pred_vs_measured",
-           "write_summary", "round_floats", "pareto_front", "zoom_range"]
+           "write_summary", "round_floats", "pareto_front", "zoom_range", "precision_rows",
+           "render_precision_table"]
 
 
 def round_floats(obj: Any, sig: int = 7) -> Any:
@@ -33,15 +34,77 @@ def _fmt(v: Any, nd: int = 3) -> str:
     return str(v)
 
 
+_ROW_KEYS = ("scenario", "arch_string", "predicted_latency_ms", "within_budget",
+             "predicted_accuracy", "measured_accuracy", "measured_accuracy_by_format",
+             "bytes_by_format")
+
+
+def precision_rows(group: Sequence[tuple]) -> Dict[str, dict]:
+    """The ``by_precision`` section of the reports of one (target, budget): for each
+    (scenario, report) of ``group``, the winner's predicted and measured (median) latency,
+    per-format latency and file size, predicted and measured test accuracy. An int8 run
+    without its fp32 twin gets an fp32 row of the same subnet in float (``searched`` false:
+    accuracy only; nothing was searched, exported or timed at fp32)."""
+    rows: Dict[str, dict] = {}
+    for s, r in group:
+        row = {k: r.get(k) for k in _ROW_KEYS}
+        row["measured_latency_ms"] = (r.get("measured_latency_ms") or {}).get("median")
+        row["measured_latency_by_format"] = {
+            f: (v or {}).get("median") for f, v in (r.get("measured_latency_by_format") or {}).items()}
+        row["searched"] = True
+        rows[s.precision] = row
+    if "fp32" not in rows and "int8" in rows:
+        r = next(r for s, r in group if s.precision == "int8")
+        rows["fp32"] = {**{k: None for k in _ROW_KEYS}, "measured_latency_ms": None,
+                        "measured_latency_by_format": {}, "searched": False,
+                        "arch_string": r["arch_string"],
+                        "predicted_accuracy": r.get("predicted_accuracy_fp32"),
+                        "measured_accuracy": r.get("float_accuracy_same_subnet"),
+                        "note": "the int8 winner in float (not searched at fp32: run "
+                                "--precision fp32,int8 for that)"}
+    order = ("fp32", "int8")
+    return {p: rows[p] for p in sorted(rows, key=lambda p: order.index(p) if p in order else 9)}
+
+
+def _by_fmt(d: Mapping[str, Any] | None, nd: int, scale: float = 1.0) -> str:
+    if not d:
+        return "n/a"
+    return ", ".join(f"{f} {_fmt(None if v is None else v * scale, nd)}" for f, v in d.items())
+
+
+def render_precision_table(by_precision: Mapping[str, Mapping[str, Any]]) -> List[str]:
+    """Markdown lines of the fp32-vs-int8 table (one column per precision)."""
+    precs = list(by_precision)
+    rows = [("arch", lambda r: f"`{r['arch_string']}`" if r.get("arch_string") else "n/a"),
+            ("searched at this precision", lambda r: "yes" if r.get("searched") else "no"),
+            ("predicted latency (ms)", lambda r: _fmt(r.get("predicted_latency_ms"))),
+            ("measured latency median (ms)", lambda r: _fmt(r.get("measured_latency_ms"))),
+            ("measured latency by file (ms)",
+             lambda r: _by_fmt(r.get("measured_latency_by_format"), 3)),
+            ("within budget (measured)", lambda r: str(r.get("within_budget"))),
+            ("predicted accuracy", lambda r: _fmt(r.get("predicted_accuracy"), 4)),
+            ("test accuracy (measured)", lambda r: _fmt(r.get("measured_accuracy"), 4)),
+            ("test accuracy by file", lambda r: _by_fmt(r.get("measured_accuracy_by_format"), 4)),
+            ("file size (KiB)", lambda r: _by_fmt(r.get("bytes_by_format"), 1, 1 / 1024))]
+    lines = ["| | " + " | ".join(precs) + " |", "|---|" + "---|" * len(precs)]
+    for label, get in rows:
+        lines.append(f"| {label} | " + " | ".join(get(by_precision[p]) for p in precs) + " |")
+    notes = [f"{p}: {r['note']}" for p, r in by_precision.items() if r.get("note")]
+    return lines + ([""] + notes if notes else [])
+
+
 def render_markdown(rep: Mapping[str, Any]) -> str:
     """report.md's text for one specialization report dict (as :func:`write_report` takes): the
     metrics table, a warning when the measured latency exceeds the budget, artifacts with their
     check against torch, and the runtime and command."""
     m = rep.get("measured_latency_ms") or {}
     lines = [
-        f"# ofa-deploy specialization: {rep['target']} @ {rep['budget_ms']} ms",
+        f"# ofa-deploy specialization: {rep['target']} @ {rep['budget_ms']} ms"
+        + ("" if rep.get("precision", "fp32") == "fp32" else f", {rep['precision']}"),
         "",
         f"- Supernet: `{rep.get('supernet')}` (space `{rep['space']}`)",
+        f"- Precision: {rep.get('precision', 'fp32')} (latency table: "
+        f"{rep.get('lut_precision', 'fp32')})",
         f"- Arch: `{rep['arch_string']}`",
         f"- LUT: `{rep.get('lut_path')}` (space latency range {_fmt(rep['lut_min_ms'])} .. "
         f"{_fmt(rep['lut_max_ms'])} ms)",
@@ -59,6 +122,17 @@ def render_markdown(rep: Mapping[str, Any]) -> str:
         f"| MACs | {rep['macs']:,} |",
         "",
     ]
+    drop = rep.get("int8_accuracy_drop")
+    if drop:
+        lines += [f"Predicted int8 accuracy = float predictor ({_fmt(rep.get('predicted_accuracy_fp32'), 4)}"
+                  f") - drop model `{drop.get('model')}`"
+                  + (f" ({_fmt(100 * drop['drop'], 3)} points, from `{drop.get('source')}`)"
+                     if drop.get("drop") is not None and drop.get("source") else
+                     " (drop 0: none fitted for this supernet)" if drop.get("model") == "none"
+                     else f" from `{drop.get('source')}`")
+                  + "; measured accuracy is of the shipped int8 files.", ""]
+    if rep.get("by_precision"):
+        lines += ["## fp32 vs int8", ""] + render_precision_table(rep["by_precision"]) + [""]
     if rep.get("budget_admits_every_subnet"):
         lines += [f"The budget admits every subnet: by the LUT they take "
                   f"{_fmt(rep['lut_min_ms'])} .. {_fmt(rep['lut_max_ms'])} ms, so the winner is "
@@ -92,9 +166,12 @@ def render_markdown(rep: Mapping[str, Any]) -> str:
         lines += [f"**Warning:** {w}", ""]
     arts = rep.get("artifacts", {})
     if arts:
-        lines += ["## Artifacts", "", "| file | check vs torch (max abs diff) |", "|---|---|"]
+        lines += ["## Artifacts", "", "| file | precision | bytes | check vs torch (max abs diff)"
+                  " | top-1 agreement with float |", "|---|---|---|---|---|"]
         for name, a in arts.items():
-            lines.append(f"| `{a.get('path')}` | {_fmt(a.get('max_abs_diff'), 6)} |")
+            lines.append(f"| `{a.get('path')}` | {a.get('precision', 'fp32')} | "
+                         f"{_fmt(a.get('bytes'))} | {_fmt(a.get('max_abs_diff'), 6)} | "
+                         f"{_fmt(a.get('top1_agreement'), 4)} |")
         lines.append("")
     lines += ["## Runtime", "", "```", json.dumps(rep.get("runtime", {}), indent=1), "```", "",
               f"Command: `{rep.get('command')}`", ""]
@@ -246,14 +323,27 @@ def write_summary(reports: List[Mapping[str, Any]], out_dir: "str | Path") -> Di
         rows.append({k: r.get(k) for k in ("scenario", "target", "budget_ms", "arch_string",
                                            "predicted_latency_ms", "predicted_accuracy",
                                            "measured_accuracy", "params", "macs",
-                                           "within_budget")} | {"measured_median_ms": m.get("median")})
-    atomic_write_text(out / "summary.json", json.dumps(round_floats({"scenarios": rows}), indent=2))
-    md = ["| scenario | target | budget ms | predicted ms | measured ms | pred. acc | meas. acc "
-          "| MACs | within budget |", "|---|---|---|---|---|---|---|---|---|"]
+                                           "within_budget")} | {"measured_median_ms": m.get("median"),
+                                                                "precision": r.get("precision", "fp32")})
+    # one side-by-side entry per (target, budget) whose reports hold several precisions
+    sides, seen = [], set()
+    for r in reports:
+        k = (r.get("target"), r.get("budget_ms"), r.get("budget_mmacs"))
+        if r.get("by_precision") and k not in seen:
+            seen.add(k)
+            sides.append({"target": k[0], "budget_ms": k[1], "budget_mmacs": k[2],
+                          "by_precision": r["by_precision"]})
+    doc = {"scenarios": rows} | ({"by_precision": sides} if sides else {})
+    atomic_write_text(out / "summary.json", json.dumps(round_floats(doc), indent=2))
+    md = ["| scenario | target | precision | budget ms | predicted ms | measured ms | pred. acc "
+          "| meas. acc | MACs | within budget |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        md.append(f"| {r['scenario']} | {r['target']} | {_fmt(r['budget_ms'])} | "
+        md.append(f"| {r['scenario']} | {r['target']} | {r['precision']} | {_fmt(r['budget_ms'])} | "
                   f"{_fmt(r['predicted_latency_ms'])} | {_fmt(r['measured_median_ms'])} | "
                   f"{_fmt(r['predicted_accuracy'], 4)} | {_fmt(r['measured_accuracy'], 4)} | "
                   f"{r['macs']:,} | {r['within_budget']} |")
+    for side in sides:
+        md += ["", f"## fp32 vs int8: {side['target']} @ {side['budget_ms']:g} ms", ""]
+        md += render_precision_table(side["by_precision"])
     atomic_write_text(out / "summary.md", "\n".join(md) + "\n")
     return {"json": str(out / "summary.json"), "markdown": str(out / "summary.md")}

@@ -22,15 +22,19 @@ from .arch import ArchConfig, ArchError
 from .space import Space, get_space, list_spaces
 
 __all__ = ["NET_CONFIG_FAMILIES", "is_net_config", "read_net_config", "arch_from_net_config",
-           "net_config_space", "resolve_arch"]
+           "net_config_space", "net_config_file", "resolve_arch"]
 
 # net.config "name" -> our family
 NET_CONFIG_FAMILIES = {"MobileNetV3": "mbv3", "ProxylessNASNets": "proxyless"}
 
 
 def is_net_config(data: Any) -> bool:
-    """Whether ``data`` (parsed JSON) looks like a reference ``net.config``."""
-    return isinstance(data, Mapping) and "blocks" in data and "first_conv" in data
+    """Whether ``data`` (parsed JSON) looks like a reference ``net.config`` (a MobileNet's or,
+    with an ``input_stem``, a ResNet's)."""
+    from .net_config_resnet import is_resnet_net_config
+
+    return (isinstance(data, Mapping) and "blocks" in data and "first_conv" in data) \
+        or is_resnet_net_config(data)
 
 
 def _load_json(path: Path, what: str) -> Any:
@@ -126,7 +130,17 @@ def arch_from_net_config(cfg: Mapping, space: "Space | str | None" = None, *,
                          image_size: Optional[int] = None, source: str = "net.config"
                          ) -> Tuple[Space, ArchConfig]:
     """Space and arch of a parsed ``net.config``; ``space`` (optional) must be the one the
-    config's widths identify. ``image_size`` defaults to the space's largest resolution."""
+    config's widths identify. ``image_size`` defaults to the space's largest resolution. A
+    ResNet's config gives a :class:`~supernet.resnet_space.ResNetSpace` and
+    :class:`~supernet.resnet_space.ResNetArch` (:mod:`supernet.net_config_resnet`)."""
+    from .net_config_resnet import is_resnet_net_config, resnet_arch_from_net_config
+
+    if is_resnet_net_config(cfg):
+        found, arch = resnet_arch_from_net_config(cfg, image_size=image_size, source=source)
+        name = getattr(space, "name", space)
+        if name is not None and name != found.name:
+            raise ArchError(f"{source} describes a subnet of space {found.name}, not {name}")
+        return found, arch
     if not is_net_config(cfg):
         raise ArchError(f"{source} is not a net.config (no 'blocks' and 'first_conv')")
     if not isinstance(cfg["blocks"], list) or len(cfg["blocks"]) < 2:
@@ -215,6 +229,26 @@ def net_config_space(text: str) -> Optional[Space]:
             return None  # not ours to report: the arch parser names the problem
         return read_net_config(p)[0] if is_net_config(data) else None
     return None
+
+
+def net_config_file(text: str) -> Optional[Path]:
+    """The ``net.config`` file an arch given as the CLI takes it names (the file itself, or
+    the one in a directory); None for any other arch (inline JSON included: it has no file).
+    Its directory's name is the specialized network's name in the reference's release
+    (``ofa_specialized/<name>/net.config``)."""
+    t = text.strip()
+    if t.startswith("{"):
+        return None
+    try:
+        p = Path(t)
+        if p.is_dir():
+            p = p / "net.config"
+        if not p.is_file():
+            return None
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return p if is_net_config(data) else None
 
 
 def resolve_arch(text: str, space: "Space | str | None" = None) -> Tuple[Space, ArchConfig]:

@@ -306,7 +306,11 @@ class ResNetArch:
 
     @classmethod
     def parse(cls, text: str, space: "ResNetSpace | str") -> "ResNetArch":
-        """``min``, ``max``, a compact string, inline JSON, or a path to a JSON file."""
+        """``min``, ``max``, a compact string, inline JSON, or a path to a JSON file; a
+        reference ``net.config`` (file, its directory, or inline) must describe a subnet of
+        ``space`` and may have any resolution (see :mod:`supernet.net_config_resnet`)."""
+        from .net_config import arch_from_net_config, is_net_config, read_net_config
+
         sp = get_resnet_space(space)
         t = text.strip()
         if t in ("min", "max"):
@@ -315,6 +319,8 @@ class ResNetArch:
             return cls.from_string(t, sp)
         if not t.startswith("{"):
             p = Path(t)
+            if p.is_dir():
+                return read_net_config(p, sp)[1]
             if not p.is_file():
                 raise ArchError(f"arch {text!r} is not min, max, an arch string, JSON, or an "
                                 f"existing file")
@@ -326,6 +332,10 @@ class ResNetArch:
             data = json.loads(t)
         except json.JSONDecodeError as exc:
             raise ArchError(f"arch is not valid JSON: {exc}") from None
+        if is_net_config(data):
+            if not text.strip().startswith("{"):  # a file: run.config beside it gives the size
+                return read_net_config(text.strip(), sp)[1]
+            return arch_from_net_config(data, sp, source="inline net.config")[1]
         return cls.from_dict(data, sp)
 
 

@@ -11,7 +11,10 @@ held-out mean absolute error is the one a search should use.
     nice -n 19 .venv/bin/python benchmarks/int8/accuracy_drop.py [--subnets 24]
 
 Resumable: every subnet's result is appended to drop_records.jsonl as it is measured, and a
-re-run skips the archs already there. Writes accuracy_drop.json and accuracy_drop.md.
+re-run skips the archs already there. Writes accuracy_drop.json and accuracy_drop.md; with
+``--asset ofa_deploy/assets/ofa-mbv3-tiny-fmnist-int8-drop.json`` also the drop model
+``specialize --precision int8`` ships (:func:`ofa_deploy.int8_accuracy.fit_drop_model`: the
+best of none / constant / linear by leave-one-out MAE, refitted on every record).
 """
 from __future__ import annotations
 
@@ -31,12 +34,14 @@ import numpy as np  # noqa: E402
 
 from ofa_deploy.evaluate import accuracy_file  # noqa: E402
 from ofa_deploy.export import export_artifacts  # noqa: E402
+from ofa_deploy.int8_accuracy import DROP_MODEL_FORMAT, fit_drop_model  # noqa: E402
 from profilers.measure import cpu_model  # noqa: E402
 from supernet import ArchConfig, arch_cost, extract_subnet  # noqa: E402
 from supernet.assets.package_default import subnets as default_subnets  # noqa: E402
 from supernet.bn import calibrate_bn, calibration_batches  # noqa: E402
 from supernet.checkpoint import load_supernet  # noqa: E402
-from supernet.fileio import atomic_write_text  # noqa: E402
+from supernet.checkpoint import resolve_supernet_path  # noqa: E402
+from supernet.fileio import atomic_write_text, sha256_file  # noqa: E402
 from supernet.quantize import QuantSettings  # noqa: E402
 from supernet.training.data import load_dataset  # noqa: E402
 
@@ -102,6 +107,8 @@ def main(argv=None):
     ap.add_argument("--measured-only", action="store_true",
                     help="measure nothing: fit and write the results from the archs already in "
                          "drop_records.jsonl (a partial run; rerun without it to complete)")
+    ap.add_argument("--asset", type=Path, default=None,
+                    help="also write the fitted drop model (JSON) here")
     a = ap.parse_args(argv)
     a.out_dir.mkdir(parents=True, exist_ok=True)
     log = a.out_dir / "drop_records.jsonl"
@@ -159,6 +166,19 @@ def main(argv=None):
                      f"{100 * (r['fp32'] - r['int8']):.2f} |\n"
                      for (label, _), r in zip(named, records)))
     atomic_write_text(a.out_dir / "accuracy_drop.md", md)
+    if a.asset is not None:
+        fit = fit_drop_model(records)
+        asset = {"format": DROP_MODEL_FORMAT, "space": space.name, "supernet": "default",
+                 "supernet_sha256": sha256_file(resolve_supernet_path("default")), **fit,
+                 "drop_is": "fp32 - int8 top-1 accuracy (fraction), both shipped files on the "
+                            "whole Fashion-MNIST test split",
+                 "artifact": "ONNX QDQ (export_artifacts precision=int8), onnxruntime CPU",
+                 "quantization": doc["quantization"],
+                 "fitted_from": "benchmarks/int8/drop_records.jsonl",
+                 "command": "python benchmarks/int8/accuracy_drop.py --subnets "
+                            f"{a.subnets} --seed {a.seed} --calib-images {a.calib_images} "
+                            "--asset ofa_deploy/assets/ofa-mbv3-tiny-fmnist-int8-drop.json"}
+        atomic_write_text(a.asset, json.dumps(asset, indent=2) + "\n")
     print(md)
 
 

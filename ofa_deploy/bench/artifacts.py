@@ -34,6 +34,9 @@ class Artifact:
     # "fp32" or "int8": from the sibling model.json when it describes the file, else read
     # from the graph (quantize nodes / int8 tensors)
     precision: str = field(default="fp32", compare=False, hash=False)
+    # a human name for tables: the sibling model.json's "name" (export of a reference
+    # net.config records the config's), when that model.json lists this file; never identity
+    label: Optional[str] = field(default=None, compare=False, hash=False)
 
     @property
     def identity(self) -> Tuple[str, str]:
@@ -133,19 +136,23 @@ def _read_report(model_path: Path) -> Optional[Dict[str, Any]]:
             if isinstance(v, (str, int, float, bool)) or v is None}
 
 
-def _recorded_precision(model_path: Path, sha256: str) -> Optional[str]:
-    """The precision the sibling ``model.json`` (written by ``export``/``specialize``) records
-    for this very file (same name and hash), if it does."""
+def _model_record(model_path: Path, sha256: str) -> Tuple[Optional[str], Optional[str]]:
+    """``(precision, name)`` the sibling ``model.json`` (written by ``export``/``specialize``)
+    records for this very file (listed under ``files`` with the same name and hash); each
+    None if it does not."""
     mp = model_path.with_name("model.json")
     try:
-        files = json.loads(mp.read_text(encoding="utf-8")).get("files") or {}
+        doc = json.loads(mp.read_text(encoding="utf-8"))
+        files = doc.get("files") or {}
     except (OSError, ValueError, AttributeError):
-        return None
+        return None, None
     for rec in files.values() if isinstance(files, Mapping) else ():
         if (isinstance(rec, Mapping) and rec.get("path") == model_path.name
-                and rec.get("sha256") in (None, sha256) and rec.get("precision")):
-            return str(rec["precision"])
-    return None
+                and rec.get("sha256") in (None, sha256)):
+            name = doc.get("name")
+            return (str(rec["precision"]) if rec.get("precision") else None,
+                    name if isinstance(name, str) and name else None)
+    return None, None
 
 
 def read_precision(path: "str | os.PathLike") -> str:
@@ -179,9 +186,10 @@ def _load_artifact(path: Path, root: Path) -> Artifact:
     fmt = ARTIFACT_SUFFIXES[path.suffix.lower()]
     sha = sha256_file(path)
     shape = read_input_shape(path)
+    precision, label = _model_record(path, sha)
     return Artifact(path=path, root=root, name=path.relative_to(root).as_posix(),
                     sha256=sha, format=fmt, input_shape=shape, report=_read_report(path),
-                    precision=_recorded_precision(path, sha) or read_precision(path))
+                    precision=precision or read_precision(path), label=label)
 
 
 def _scan_dir(root: Path) -> List[Path]:

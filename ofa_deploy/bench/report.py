@@ -115,14 +115,14 @@ def markdown_summary(report: BenchReport) -> str:
     if reg:
         lines += ["### Regressions", ""]
         lines += tbl(["artifact", "device", "median ms", "baseline ms", "change"],
-                     [[f"`{r.artifact.name}`", r.device, fmt_ms(r.stats.median_ms),
+                     [[_named(r), r.device, fmt_ms(r.stats.median_ms),
                        fmt_ms(r.baseline["median_ms"]), fmt_pct(r.baseline["delta_pct"])]
                       for r in reg])
     err = report.by_status("error")
     if err:
         lines += ["### Errors", ""]
         lines += tbl(["artifact", "device", "error"],
-                     [[f"`{r.artifact.name}`", r.device, r.reason or ""] for r in err])
+                     [[_named(r), r.device, r.reason or ""] for r in err])
     lines += ["### Results", ""]
     lines += tbl(list(RESULT_HEADERS), [_row(r) for r in report.results])
     if report.unmatched_baseline:
@@ -132,12 +132,19 @@ def markdown_summary(report: BenchReport) -> str:
     return "\n".join(lines)
 
 
+def _named(r: BenchResult) -> str:
+    """The artifact's path in code style, and its label (a net.config's name) if any."""
+    a = r.artifact
+    return f"`{a.name}`" + (f" ({a.label})" if a.label else "")
+
+
 def _row(r: BenchResult) -> List[str]:
     s, b = r.stats, r.baseline or {}
     status = r.status if r.status in ("ok", "regressed") else f"{r.status}: {r.reason}"
     if b.get("match") in ("sha256", "name"):
         status += f" (baseline by {b['match']})"
-    return [r.artifact.name, r.artifact.precision, r.device, fmt_ms(s.median_ms if s else None),
+    return [r.artifact.name, r.artifact.precision, r.artifact.label or "-", r.device,
+            fmt_ms(s.median_ms if s else None),
             f"{fmt_ms(s.p10_ms)}–{fmt_ms(s.p90_ms)}" if s else "-",
             fmt_ms(b.get("median_ms")), fmt_pct(b.get("delta_pct")), status]
 
@@ -147,8 +154,8 @@ def result_rows(report: BenchReport) -> List[List[str]]:
     return [_row(r) for r in report.results]
 
 
-RESULT_HEADERS = ("artifact", "precision", "device", "median ms", "p10–p90 ms", "baseline ms",
-                  "change", "status")
+RESULT_HEADERS = ("artifact", "precision", "label", "device", "median ms", "p10–p90 ms",
+                  "baseline ms", "change", "status")
 
 
 def write_markdown(path: "str | os.PathLike", report: BenchReport) -> None:

@@ -64,6 +64,8 @@ class BenchResult:
             "path": str(a.path),
             "root": str(a.root),
         }
+        if a.label is not None:
+            d["label"] = a.label
         if self.reason is not None:
             d["reason"] = self.reason
         if self.baseline is not None:

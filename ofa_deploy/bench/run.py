@@ -255,7 +255,8 @@ def _version() -> str:
 def run_bench(artifacts: Sequence[Artifact], devices: Sequence[DeviceSpec], *,
               runs: Optional[int] = None, warmup: Optional[int] = None,
               threads: Optional[int] = None, rounds: Optional[int] = None,
-              cache: Optional[str] = None, protocol: Optional[MeasurementProtocol] = None,
+              cache: Optional[str] = None, estimator: Optional[str] = None,
+              protocol: Optional[MeasurementProtocol] = None,
               baseline: "str | os.PathLike | None" = None, tolerance_pct: float = 10.0,
               min_delta_ms: float = 0.0, json_path: "str | os.PathLike | None" = None,
               resume: bool = False,
@@ -265,8 +266,8 @@ def run_bench(artifacts: Sequence[Artifact], devices: Sequence[DeviceSpec], *,
 
     Every measurement follows ``protocol`` (default: the shared
     :class:`~profilers.protocol.MeasurementProtocol` with ``runs``, ``warmup``, ``threads``,
-    ``rounds`` and ``cache`` where given), so bench numbers compare with a table's,
-    ``lut validate``'s and ``specialize``'s; a baseline measured under another protocol is
+    ``rounds``, ``cache`` and ``estimator`` where given), so bench numbers compare with a
+    table's, ``lut validate``'s and ``specialize``'s; a baseline measured under another protocol is
     refused. ``json_path`` is rewritten atomically after each result. ``resume`` reuses
     measured results already in ``json_path`` for the same (artifact name, sha256, device)
     and protocol.
@@ -277,7 +278,7 @@ def run_bench(artifacts: Sequence[Artifact], devices: Sequence[DeviceSpec], *,
         raise BenchError(f"warmup must be >= 0, got {warmup}")
     protocol = (protocol or MeasurementProtocol()).with_(runs=runs, warmup=warmup,
                                                          threads=threads, rounds=rounds,
-                                                         cache=cache)
+                                                         cache=cache, estimator=estimator)
     if tolerance_pct < 0:
         raise BenchError(f"tolerance must be >= 0 percent, got {tolerance_pct}")
     base = load_baseline(baseline) if baseline is not None else None

@@ -186,6 +186,21 @@ def precision_option(help: str, default: "str | None" = None) -> Callable:
                         type=click.Choice(PRECISION_CHOICES, case_sensitive=False), help=help)
 
 
+# profilers.protocol.ESTIMATORS, spelled out: importing it loads numpy, and `--help` must stay
+# instant (tests/ofa_deploy/test_cli_layout.py checks the two tuples are the same).
+ESTIMATOR_CHOICES = ("median-pooled", "best-round-median")
+
+
+def estimator_option(default_help: str) -> Callable:
+    """``--estimator median-pooled|best-round-median``, the same choice on every command that
+    measures; ``default_help`` says what it is when omitted (the value is then None)."""
+    return click.option(
+        "--estimator", default=None, type=click.Choice(ESTIMATOR_CHOICES),
+        help=f"How runs become one latency: median-pooled (median of every run of every "
+             f"round: what an app on a shared machine sees) or best-round-median (lowest "
+             f"round median: the uncontended speed a dedicated device sees). {default_help}")
+
+
 def emit(data: Any, as_json: bool, human: Callable[[Any], str]) -> None:
     """``--json`` prints machine-readable JSON; otherwise a table for people."""
     if as_json:

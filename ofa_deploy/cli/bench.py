@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from ._common import OutputPath, config_option, table
+from ._common import OutputPath, config_option, estimator_option, table
 
 
 @click.command()
@@ -21,6 +21,7 @@ from ._common import OutputPath, config_option, table
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Threads for the host CPU backends (cpu, tflite:cpu; default: the "
                    "protocol's, 1, as tables and specialize use). Phones use the registry's.")
+@estimator_option("Default: median-pooled; a baseline measured with another is refused.")
 @click.option("--baseline", type=click.Path(dir_okay=False), default=None,
               help="An earlier --json file; results slower than it by more than --tolerance fail.")
 @click.option("--tolerance", type=click.FloatRange(min=0), default=10.0, show_default=True,
@@ -38,7 +39,8 @@ from ._common import OutputPath, config_option, table
 @click.option("--quiet", "-q", is_flag=True, help="No per-result progress lines.")
 @config_option
 @click.pass_context
-def bench(ctx, paths, artifacts, device_specs, runs, warmup, threads, baseline, tolerance,
+def bench(ctx, paths, artifacts, device_specs, runs, warmup, threads, estimator, baseline,
+          tolerance,
           min_delta_ms, json_path, junit_path, markdown_path, resume, quiet) -> None:
     """Measure every artifact on every device; compare with a baseline for CI.
 
@@ -73,9 +75,11 @@ def bench(ctx, paths, artifacts, device_specs, runs, warmup, threads, baseline, 
                 else f"{r.status}: {r.reason}")
         if r.status == "regressed":
             what += f"  REGRESSED {r.baseline['delta_pct']:+.1f}%"
-        click.echo(f"[{done}/{total}] {r.device:<14} {r.artifact.name}  {what}", err=True)
+        label = f" ({r.artifact.label})" if r.artifact.label else ""
+        click.echo(f"[{done}/{total}] {r.device:<14} {r.artifact.name}{label}  {what}", err=True)
 
-    rep = B.run_bench(arts, devs, runs=runs, warmup=warmup, threads=threads, baseline=baseline,
+    rep = B.run_bench(arts, devs, runs=runs, warmup=warmup, threads=threads, estimator=estimator,
+                      baseline=baseline,
                       tolerance_pct=tolerance, min_delta_ms=min_delta_ms, json_path=json_path,
                       resume=resume, on_result=progress)
     if junit_path:

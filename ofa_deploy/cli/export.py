@@ -35,16 +35,17 @@ from ._common import OutputPath, atomic_write_text, emit, load_data, output_dir_
 def export_cmd(ctx, supernet_name, space_name, arch, formats, data_spec, calib_images, precision,
                out_dir, as_json) -> None:
     """Export any subnet as model.onnx / model.tflite (each checked against torch) plus
-    model.json metadata (arch, params, MACs, sizes, hashes).
+    model.json metadata (arch, params, MACs, sizes, hashes; for a net.config also its name,
+    the directory's, and its path as source: `bench` labels the artifacts with that name).
 
-    With --arch runs/X/report.json, the supernet and the BN calibration (data, images, order)
-    recorded by `specialize` are used unless given here, so model.onnx comes out bit for bit
+    With --arch runs/X/report.json, the supernet, the precision and the BN calibration (data,
+    images, order) recorded by `specialize` are used unless given here, so model.onnx comes out bit for bit
     the same as the one specialize wrote.
     """
     from supernet import ArchConfig, extract_subnet
     from supernet.bn import calibration_batches
     from supernet.checkpoint import load_supernet
-    from supernet.net_config import net_config_space
+    from supernet.net_config import net_config_file, net_config_space
     from supernet.quantize import QuantizeError, QuantSettings
 
     from ..export import export_artifacts, parse_formats, resnet_subnet_metadata
@@ -56,6 +57,7 @@ def export_cmd(ctx, supernet_name, space_name, arch, formats, data_spec, calib_i
     given = lambda name: ctx.get_parameter_source(name) not in (
         click.core.ParameterSource.DEFAULT, click.core.ParameterSource.DEFAULT_MAP)
     rec = _specialize_record(arch)
+    quant_images = None  # int8 calibration images: --calib-images unless a report says
     if rec is not None:
         if not given("supernet_name") and rec.get("supernet"):
             supernet_name = rec["supernet"]
@@ -64,6 +66,11 @@ def export_cmd(ctx, supernet_name, space_name, arch, formats, data_spec, calib_i
             data_spec = "none" if calib is None else calib.get("data") or data_spec
         if calib is not None and not given("calib_images"):
             calib_images = int(calib["images"])
+        if not given("precision") and rec.get("precision"):
+            precision = rec["precision"]  # an int8 specialization rebuilds its int8 files
+        q = ((rec.get("artifacts") or {}).get("onnx") or {}).get("quantization") or {}
+        if precision == "int8" and q.get("calib_images") and not given("calib_images"):
+            quant_images = int(q["calib_images"])
         if rec.get("finetune_epochs"):
             echo(f"note: {arch} was fine-tuned ({rec['finetune_epochs']} epochs) after "
                  f"extraction; this export is not, so its weights differ from that run's model")
@@ -90,15 +97,19 @@ def export_cmd(ctx, supernet_name, space_name, arch, formats, data_spec, calib_i
         if ds is None:
             raise QuantizeError("--precision int8 needs calibration images: give --data "
                                 "(training images; the test split is never used)")
-        quant = QuantSettings(calib_images=calib_images)
+        quant = QuantSettings(calib_images=quant_images or calib_images)
         calibration = lambda: (x.numpy() for x in calibration_batches(  # noqa: E731
-            ds.holdout, a.r, calib_images, 200, channels_last=False))
+            ds.holdout, a.r, quant.calib_images, 200, channels_last=False))
     with output_dir_guard(out_dir):
         arts = export_artifacts(sub, (1, 3, a.r, a.r), out_dir, fmts, precision=precision,
                                 calibration=calibration, quant=quant)
         meta = (resnet_subnet_metadata if resnet else subnet_metadata)(
             net.space, a, arts, supernet=str(supernet_name), bn_calibrated=ds is not None,
             bn_calibration=bn_record)
+        source = net_config_file(arch)
+        if source is not None:  # named as the reference names it; bench shows that name
+            meta["name"] = source.resolve().parent.name
+            meta["source"] = str(source)
         meta = round_floats(meta)
         atomic_write_text(Path(out_dir) / "model.json", json.dumps(meta, indent=2))
     emit(meta, as_json, lambda m: table(

@@ -39,7 +39,8 @@ def inspect(space_name, arch, resolution, supernet, target, top, as_json) -> Non
     from supernet.resnet_space import RESNET_SPACES, inspect_resnet
 
     if space_name is None and supernet is None and arch is not None:
-        space_name = net_config_space(arch)
+        found = net_config_space(arch)  # a MobileNet or a ResNet space
+        space_name = None if found is None else found.name
     if space_name is None and supernet is None:
         raise click.UsageError("give --space NAME (or --supernet CKPT, or --arch net.config)")
     net = None

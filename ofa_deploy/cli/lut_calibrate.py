@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ._common import emit, precision_option, table
+from ._common import emit, estimator_option, precision_option, table
 
 
 def explain_human(d: dict) -> str:
@@ -61,9 +61,11 @@ def predict(lut_path, arch, resolution, space_name, top, precision, as_json) -> 
 @click.option("--seed", type=int, default=0, show_default=True)
 @precision_option("Which cached device table (default fp32); a table file of another "
                   "precision is refused. Subnets are timed at the table's precision.")
+@estimator_option("Default: the table's; another is refused (it measures something else).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def calibrate(lut_path, device, space_name, samples, seed, precision, quiet, as_json) -> None:
+def calibrate(lut_path, device, space_name, samples, seed, precision, estimator, quiet,
+              as_json) -> None:
     """Time random whole subnets through the export path specialize ships, under the table's
     measurement protocol, and store the best-generalising correction of the op sums.
 
@@ -76,7 +78,8 @@ def calibrate(lut_path, device, space_name, samples, seed, precision, quiet, as_
 
     t = load_table(lut_path, space=space_name, precision=precision and precision.lower(),
                    what=f"--precision {precision}")
-    t = calibrate_lut(t, device, samples=samples, seed=seed, progress=not quiet and not as_json,
+    t = calibrate_lut(t, device, samples=samples, seed=seed, estimator=estimator,
+                      progress=not quiet and not as_json,
                       echo=lambda s: click.echo(s, err=True))
     cal = t.calibration
     data = {k: v for k, v in cal.items() if k not in ("rows", "archs")}

@@ -5,7 +5,8 @@ import json
 
 import click
 
-from ._common import OutputPath, atomic_write_text, emit, precision_option, table
+from ._common import (OutputPath, atomic_write_text, emit, estimator_option, precision_option,
+                      table)
 from .profile import parse_resolutions
 
 
@@ -60,6 +61,7 @@ def _human(d: dict) -> str:
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Runtime threads (must be the table's: another count measures something "
                    "else and is refused).")
+@estimator_option("Default: the table's; another is refused (it measures something else).")
 @precision_option("Precision of the subnets timed (default: the table's). With a device "
                   "spec as --lut it picks that precision's cached table; a table of the "
                   "other precision is refused.")
@@ -70,7 +72,7 @@ def _human(d: dict) -> str:
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 def validate(lut_path, device, space_name, samples, seed, resolutions, runs, warmup, rounds,
-             threads, precision, plot, out, quiet, as_json) -> None:
+             threads, estimator, precision, plot, out, quiet, as_json) -> None:
     """Measure random full subnets end to end and compare with the table's predictions.
 
     Reports MAPE, the fraction within ±10%, Kendall's tau, and one row per subnet.
@@ -90,7 +92,8 @@ def validate(lut_path, device, space_name, samples, seed, resolutions, runs, war
     if plot is not None and not str(plot).lower().endswith((".png", ".svg", ".pdf")):
         raise click.BadParameter("plot file must end in .png, .svg or .pdf", param_hint="--plot")
     result = validate_lut(t, device, samples=samples, seed=seed, runs=runs, warmup=warmup,
-                          rounds=rounds, threads=threads, resolutions=res, plot=plot,
+                          rounds=rounds, threads=threads, estimator=estimator,
+                          resolutions=res, plot=plot,
                           progress=not quiet and not as_json, precision=precision)
     for w in result["warnings"]:
         click.echo(f"warning: {w}", err=True)

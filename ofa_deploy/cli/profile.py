@@ -5,7 +5,7 @@ from typing import List, Optional
 
 import click
 
-from ._common import OutputPath, config_option, emit, precision_option, table
+from ._common import OutputPath, config_option, emit, estimator_option, precision_option, table
 
 
 def parse_resolutions(value: "str | None", space) -> Optional[List[int]]:
@@ -38,6 +38,7 @@ def _human(d: dict) -> str:
             ("models converted / from cache",
              f"{d['models_converted']} / {d['models_from_cache']}"),
             ("threads", d["threads"]), ("runs x rounds", f"{d['runs']} x {d['rounds']}"),
+            ("estimator", d.get("estimator") or "-"),
             ("overhead", f"{d['overhead_ms']:.4f} ms"),
             ("build time", f"{d['build_seconds']:.1f} s"),
             ("max drift", f"{d['max_drift']:.1%}" if d["max_drift"] is not None else "-"),
@@ -78,6 +79,7 @@ def _human(d: dict) -> str:
               show_default=True,
               help="warm: steady state, as an app running the model repeatedly sees it; "
                    "cold: caches flushed (--flush-mb) before every run.")
+@estimator_option("Default: median-pooled; resuming a table built with another is refused.")
 @click.option("--calibrate", "calib_samples", type=click.IntRange(min=0), default=20,
               show_default=True,
               help="After the op table, time this many random whole subnets through the "
@@ -103,7 +105,7 @@ def _human(d: dict) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @config_option
 def profile(device, space_name, resolutions, out, runs, warmup, rounds, threads, cache_policy,
-            calib_samples, cpus,
+            estimator, calib_samples, cpus,
             convert_workers, cache_dir, no_context, flush_mb, precision, fresh, seed, quiet,
             as_json) -> None:
     """Time every op a space can run on DEVICE and write its latency table.
@@ -138,7 +140,8 @@ def profile(device, space_name, resolutions, out, runs, warmup, rounds, threads,
             click.echo(f"note: {path} exists, built with {threads} thread(s): using them "
                        f"(--threads N --fresh rebuilds with other settings)", err=True)
     t = build_lut(space, spec, resolutions=res, out=path, runs=runs, warmup=warmup,
-                  rounds=rounds, threads=threads, cache=cache_policy, cpus=cpus,
+                  rounds=rounds, threads=threads, cache=cache_policy, estimator=estimator,
+                  cpus=cpus,
                   cache_dir=cache_dir,
                   progress=not quiet and not as_json, context=not no_context,
                   convert_workers=convert_workers, fresh=fresh, seed=seed, flush_bytes=flush,
@@ -169,6 +172,7 @@ def profile(device, space_name, resolutions, out, runs, warmup, rounds, threads,
         "models_from_cache": m.get("models_from_cache"), "threads": m.get("threads"),
         "runs": m.get("runs"), "warmup": m.get("warmup"), "rounds": m.get("rounds"),
         "method": m.get("method"), "flush_bytes": m.get("flush_bytes"),
+        "estimator": (m.get("protocol") or {}).get("estimator"),
         "overhead_ms": t.overhead_ms,
         "build_seconds": m.get("build_seconds"),
         "max_drift": (m.get("drift") or {}).get("max_abs_drift"),

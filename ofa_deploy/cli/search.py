@@ -96,9 +96,14 @@ def _human(data: dict) -> str:
 @click.option("--out", type=OutputPath("file"), default=None, metavar="FILE",
               help="Also write the result (the --json document) to FILE.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--init-arch", "init_arch", multiple=True, metavar="ARCH",
+              help="Start the search from this subnet too (repeatable): an arch string, JSON "
+                   "or JSON file (e.g. a report.json or search --out), min/max, or a reference "
+                   "net.config (file or directory). One over a budget is skipped there with a "
+                   "warning; one at a resolution the search cannot score is an error.")
 @config_option
 def search(space, target, lut, ms, mflops, params_m, predictor, predictor_format, resolution,
-           population, generations, islands, seed, out, as_json) -> None:
+           population, generations, islands, seed, out, as_json, init_arch) -> None:
     """Find the subnet with the best predicted accuracy within a budget.
 
     \b
@@ -121,11 +126,9 @@ def search(space, target, lut, ms, mflops, params_m, predictor, predictor_format
     # parameter names equal the option names, so --config files use the flags' spelling
     from supernet.resnet_space import RESNET_SPACES
 
-    if space in RESNET_SPACES:
-        return _search_resnet(space, target, lut, ms, mflops, params_m, predictor,
-                              predictor_format, resolution, population, generations, islands,
-                              seed, out, as_json)
-    space = get_space(space)
+    resnet = space in RESNET_SPACES
+    if not resnet:
+        space = get_space(space)  # an unknown space is the first thing to say
     if not ms and mflops is None and params_m is None:
         raise click.UsageError("give a budget: --ms, --mflops and/or --params-m")
     if ms and target is None and lut is None:
@@ -134,6 +137,10 @@ def search(space, target, lut, ms, mflops, params_m, predictor, predictor_format
         check_positive(v, "--ms")
     check_positive(mflops, "--mflops")
     check_positive(params_m, "--params-m")
+    if resnet:
+        return _search_resnet(space, target, lut, ms, mflops, params_m, predictor,
+                              predictor_format, resolution, population, generations, islands,
+                              seed, out, as_json, init_arch)
 
     config = EvolutionConfig(seed=seed, **_given(population=population,
                                                  generations=generations, islands=islands))
@@ -156,11 +163,20 @@ def search(space, target, lut, ms, mflops, params_m, predictor, predictor_format
         predictor = str(bundled)
     pred = load_predictor(predictor, space, format=predictor_format)
 
+    seeds = _init_archs(init_arch, space)
     base = Constraints(max_macs=None if mflops is None else mflops * 1e6,
                        max_params=None if params_m is None else params_m * 1e6)
     budgets = [float(b) for b in dict.fromkeys(ms)] or [base]
-    results = pareto_search(space, pred, budgets, config, latency_table=table_obj,
-                            constraints=base, resolutions=list(resolution) or None)
+    from ..search import SearchError
+    from ..search.evolution import SeedArchError
+
+    try:
+        results = pareto_search(space, pred, budgets, config, latency_table=table_obj,
+                                constraints=base, resolutions=list(resolution) or None,
+                                seed_archs=[a for _, a in seeds] or None)
+    except SeedArchError as exc:  # named by the flag's value, not the seed's position
+        raise SearchError(f"--init-arch {seeds[exc.index][0]} {exc.reason}") from None
+    _warn_unseeded(seeds, results)
 
     last = results[-1]
     data = {
@@ -171,6 +187,8 @@ def search(space, target, lut, ms, mflops, params_m, predictor, predictor_format
         "config": config.get_state(),
         **_entry(last),
     }
+    if seeds:
+        data["init_archs"] = [{"source": t, "arch_string": a.to_string(space)} for t, a in seeds]
     if len(results) > 1:
         data["pareto"] = [_entry(r) for r in results]
         data["search_seconds_total"] = results[-1].extra.get(
@@ -189,22 +207,17 @@ def _given(**flags) -> dict:
 
 
 def _search_resnet(name, target, lut, ms, mflops, params_m, predictor, predictor_format,
-                   resolution, population, generations, islands, seed, out, as_json) -> None:
+                   resolution, population, generations, islands, seed, out, as_json,
+                   init_arch=()) -> None:
     """``search`` for a ResNet-family space (its own gene layout and cost grids); the same
     result keys as the MobileNet search, several --ms evolved one after another."""
     from ..predictor_files import load_predictor
     from ..accuracy_resnet import ResNetReferencePredictor, bundled_resnet_predictor_path
     from ..search import Constraints, EvolutionConfig
     from ..search.resnet import resnet_evolution_search
+    from ..search import SearchError
+    from ..search.evolution import SeedArchError
 
-    if not ms and mflops is None and params_m is None:
-        raise click.UsageError("give a budget: --ms, --mflops and/or --params-m")
-    if ms and target is None and lut is None:
-        raise click.UsageError("--ms needs a latency table: give --target or --lut")
-    for v in ms:
-        check_positive(v, "--ms")
-    check_positive(mflops, "--mflops")
-    check_positive(params_m, "--params-m")
     table_obj, target_label = None, target
     if lut is not None or target is not None:
         from luts.store import load_table
@@ -221,18 +234,26 @@ def _search_resnet(name, target, lut, ms, mflops, params_m, predictor, predictor
     if not isinstance(pred, ResNetReferencePredictor):
         raise OfaDeployError(f"{predictor} does not predict {name} subnets; give the OFA "
                              f"ResNet50 reference acc_predictor.pth (or omit --predictor)")
+    seeds = _init_archs(init_arch, name, resnet=True)
     results = []
     for budget in [float(b) for b in dict.fromkeys(ms)] or [None]:
         cons = Constraints(max_latency_ms=budget,
                            max_macs=None if mflops is None else mflops * 1e6,
                            max_params=None if params_m is None else params_m * 1e6)
-        results.append(resnet_evolution_search(name, pred, cons, config,
-                                               resolutions=list(resolution) or None,
-                                               latency_table=table_obj))
+        try:
+            results.append(resnet_evolution_search(name, pred, cons, config,
+                                                   resolutions=list(resolution) or None,
+                                                   latency_table=table_obj,
+                                                   seed_archs=[a for _, a in seeds] or None))
+        except SeedArchError as exc:  # named by the flag's value, not the seed's position
+            raise SearchError(f"--init-arch {seeds[exc.index][0]} {exc.reason}") from None
+    _warn_unseeded(seeds, results)
     res = results[-1]
     data = {"space": name, "target": target_label,
             "predictor": {"path": predictor, "format": pred.source_format},
             "resolutions": list(res.resolutions), "config": config.get_state(), **_entry(res)}
+    if seeds:
+        data["init_archs"] = [{"source": t, "arch_string": a.to_string(name)} for t, a in seeds]
     if len(results) > 1:
         data["pareto"] = [_entry(r) for r in results]
         data["search_seconds_total"] = sum(r.wall_seconds for r in results)
@@ -254,3 +275,29 @@ def _finish(data: dict, out, as_json: bool) -> None:
                                        f"(the result is printed above)") from None
         if not as_json:
             click.echo(f"wrote {out}", err=True)
+
+
+def _init_archs(texts, space, resnet: bool = False) -> list:
+    """``(text, arch)`` of every --init-arch, parsed as ``--arch`` is elsewhere (a net.config
+    at any resolution: the search refuses one it cannot score, naming it)."""
+    from supernet.arch import ArchConfig, ArchError
+    from supernet.resnet_space import ResNetArch
+
+    parse = ResNetArch.parse if resnet else ArchConfig.parse
+    out = []
+    for t in texts:
+        try:
+            out.append((t, parse(t, space)))
+        except ArchError as exc:
+            raise ArchError(f"--init-arch {t}: {exc}") from None
+    return out
+
+
+def _warn_unseeded(seeds: list, results) -> None:
+    """One warning line per --init-arch that some budget could not start from (over it)."""
+    for i, (text, _a) in enumerate(seeds):
+        over = [r.constraints.describe() for r in results
+                if i in r.extra.get("seeds_over_budget", ())]
+        if over:
+            click.echo(f"warning: --init-arch {text} is over the budget ({'; '.join(over)}); "
+                       f"not seeded there", err=True)

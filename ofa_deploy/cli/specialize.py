@@ -6,8 +6,8 @@ import sys
 
 import click
 
-from ._common import (OutputPath, check_positive, config_option, emit, load_data,
-                      load_predictor_for, output_dir_guard, save_resolved_config, table)
+from ._common import (OutputPath, check_positive, config_option, emit, estimator_option,
+                      load_data, load_predictor_for, output_dir_guard, save_resolved_config, table)
 
 
 @click.command()
@@ -38,6 +38,18 @@ from ._common import (OutputPath, check_positive, config_option, emit, load_data
 @click.option("--finetune-epochs", default=0, show_default=True, type=click.IntRange(0))
 @click.option("--formats", default="onnx,tflite", show_default=True,
               help="Artifacts to export (comma list of onnx, tflite).")
+@click.option("--precision", "precision", default="fp32", show_default=True,
+              help="fp32, int8 or fp32,int8 (both, side by side). int8 searches an int8 latency "
+                   "table with the float predictor minus the fitted int8 accuracy drop, ships "
+                   "int8 files calibrated on --quant-images training images (needs --data) and "
+                   "measures their accuracy in their own runtimes.")
+@click.option("--quant-images", default=256, show_default=True, type=click.IntRange(1),
+              help="Held-out training images that calibrate the int8 quantization (the "
+                   "bundled int8 drop model was fitted with 256).")
+@click.option("--int8-min-agreement", default=0.5, show_default=True,
+              type=click.FloatRange(0, 1),
+              help="Refuse an int8 file that picks the float subnet's class on a smaller share "
+                   "of the calibration images (0 for random-weight supernets).")
 @click.option("--population", default=200, show_default=True, type=click.IntRange(2),
               help="Archs per search island.")
 @click.option("--generations", default=80, show_default=True, type=click.IntRange(0))
@@ -51,6 +63,8 @@ from ._common import (OutputPath, check_positive, config_option, emit, load_data
               help="Timed runs per round (default: the LUT's measurement protocol).")
 @click.option("--warmup", default=None, type=click.IntRange(0),
               help="Untimed runs per round (default: the LUT's measurement protocol).")
+@estimator_option("Default: the LUT's; another than the LUT's is refused (a missing local "
+                  "LUT is profiled with it).")
 @click.option("--latency-quantile", type=click.Choice(["50", "90"]), default="50",
               show_default=True,
               help="Which measured figure must fit the budget: the median (50) or p90 (90).")
@@ -62,19 +76,26 @@ from ._common import (OutputPath, check_positive, config_option, emit, load_data
 @click.pass_context
 def specialize(ctx, targets, budgets, mflops, supernet_name, space_name, lut_path,
                predictor_path, predictor_format, data_spec, calib_images, eval_images,
-               finetune_epochs, formats, population, generations, islands, seed, threads, runs,
-               warmup, latency_quantile, max_rounds, out_dir, as_json) -> None:
+               finetune_epochs, formats, precision, quant_images, int8_min_agreement, population, generations, islands, seed, threads, runs,
+               warmup, estimator, latency_quantile, max_rounds, out_dir, as_json) -> None:
     """Search the best subnet for each (target, budget), then export and measure it.
 
     \b
     ofa-deploy specialize --target cpu --ms 15
     ofa-deploy specialize --target cpu --ms 5 --ms 10 --ms 20      # Pareto front, one dir each
     ofa-deploy specialize --target cpu --target adb:pixel --ms 10 --ms 40
+    ofa-deploy specialize --target cpu --ms 2 --precision fp32,int8   # fp32 vs int8
 
     The target's latency table comes from --lut, a built-in target, or the profile cache; a
     missing table of a local target (cpu, tflite:cpu, cuda) is built on the fly. Writes
     model.onnx, model.tflite, model.json, report.json, report.md and plots into --out (one
     sub-directory per scenario plus summary.md when there are several).
+
+    --precision fp32,int8 runs each (target, budget) at both precisions (dirs ort-cpu-2ms
+    and ort-cpu-2ms-int8); each report.json has "precision" and a "by_precision" section (predicted
+    and measured latency, test accuracy, file size per format, side by side), also in
+    report.md and summary.md. An int8 search needs an int8 table (`ofa-deploy profile
+    --precision int8`; a local target builds it on the fly).
     """
     from supernet.checkpoint import load_supernet
     from supernet.errors import OfaDeployError
@@ -82,7 +103,7 @@ def specialize(ctx, targets, budgets, mflops, supernet_name, space_name, lut_pat
 
     from ..export import parse_formats
     from ..search import EvolutionConfig
-    from ..specialize import DataContext, make_scenarios
+    from ..specialize import DataContext, make_scenarios, parse_precisions
     from ..specialize import specialize as run
 
     if space_name in RESNET_SPACES:
@@ -96,7 +117,8 @@ def specialize(ctx, targets, budgets, mflops, supernet_name, space_name, lut_pat
     for b in budgets:  # usage errors exit 2 here as in `search`
         check_positive(b, "--ms")
     check_positive(mflops, "--mflops")
-    scenarios = make_scenarios(targets, budgets, mflops)
+    precisions = parse_precisions(precision)
+    scenarios = make_scenarios(targets, budgets, mflops, precisions)
     fmts = parse_formats(formats)
     config = EvolutionConfig(population=population, generations=generations, seed=seed,
                              islands=islands)
@@ -104,13 +126,21 @@ def specialize(ctx, targets, budgets, mflops, supernet_name, space_name, lut_pat
     net.eval()
     predictor = load_predictor_for(predictor_path, predictor_format, net.space)
     ds = load_data(data_spec, supernet_name, echo)
+    if "int8" in precisions and ds is None:  # before the supernet's tables are built
+        from supernet.quantize import QuantizeError
+
+        raise QuantizeError("--precision int8 needs calibration images: give --data (training "
+                            "images; the test split is never used)")
     spec = None if ds is None else (data_spec or "fashion-mnist")  # recorded for `export`
     command = " ".join(shlex.quote(a) for a in ["ofa-deploy", *sys.argv[1:]])
     with output_dir_guard(out_dir):
         reports = run(net, predictor, scenarios, out_dir=out_dir, search_config=config,
-                      data=DataContext(ds, calib_images, eval_images, spec=spec),
+                      data=DataContext(ds, calib_images, eval_images, spec=spec,
+                                       int8_min_agreement=int8_min_agreement,
+                                       quant_images=quant_images),
                       formats=fmts,
                       lut_path=lut_path, threads=threads, runs=runs, warmup=warmup,
+                      estimator=estimator,
                       finetune_epochs=finetune_epochs, supernet_name=str(supernet_name),
                       command=command, echo=echo, progress=not as_json,
                       latency_quantile=int(latency_quantile), max_rounds=max_rounds)
@@ -123,12 +153,12 @@ def specialize(ctx, targets, budgets, mflops, supernet_name, space_name, lut_pat
             acc = r["measured_accuracy"]
             meas = ("n/a" if m["median"] is None else
                     f"{m['median']:.3f} [{m['p10']:.3f}, {m['p90']:.3f}]")
-            rows.append((r["scenario"], f"{r['budget_ms']:g}", f"{r['predicted_latency_ms']:.3f}",
+            rows.append((r["scenario"], r.get("precision", "fp32"), f"{r['budget_ms']:g}", f"{r['predicted_latency_ms']:.3f}",
                          meas, {True: "yes", False: "NO", None: "n/a"}[r["within_budget"]],
                          len(r["rounds"]),
                          f"{r['predicted_accuracy']:.4f}", "n/a" if acc is None else f"{acc:.4f}",
                          f"{r['macs'] / 1e6:.1f}M", r["arch_string"]))
-        return table(rows, ("scenario", "budget ms", "pred ms", "measured ms [p10, p90]",
+        return table(rows, ("scenario", "precision", "budget ms", "pred ms", "measured ms [p10, p90]",
                             "in budget", "rounds", "pred acc", "test acc", "MACs", "arch")) + \
             f"\n\nreports in {out_dir}"
 

@@ -6,7 +6,6 @@ from typing import List, Sequence, Tuple
 
 import numpy as np
 
-from supernet.arch import ArchConfig
 from supernet.batch import ArchBatch
 from supernet.ops import OpGrid
 from supernet.space import Space, get_space

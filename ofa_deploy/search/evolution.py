@@ -3,16 +3,27 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable, Sequence
+from typing import Callable, List, Sequence, Tuple
 
 import numpy as np
 
+from supernet.arch import ArchConfig, ArchError
+from supernet.batch import ArchBatch
 from supernet.space import Space
 
 from .local import polish
 from .problem import _Problem, _single_thread_torch
-from .results import SearchResult, _island_report, _result
+from .results import SearchResult, _genes_of, _island_report, _result
 from .settings import Constraints, EvolutionConfig, SearchError, _check_int
+
+
+class SeedArchError(SearchError):
+    """A seed arch the search cannot start from: ``index`` is its position among the seeds,
+    ``reason`` the message without the seed's name (a caller may name it its own way)."""
+
+    def __init__(self, index: int, reason: str):
+        super().__init__(f"seed arch {index + 1} {reason}")
+        self.index, self.reason = index, reason
 
 
 class _Children:
@@ -79,6 +90,64 @@ def _fill_slots(prob: _Problem, a: np.ndarray, b: np.ndarray, is_mut: np.ndarray
     return kids, done, tried, passed
 
 
+def _seed_genes(problem: _Problem, seed_archs) -> np.ndarray | None:
+    """Gene rows of ``seed_archs`` (:class:`~supernet.arch.ArchConfig` s of the problem's space,
+    or an :class:`ArchBatch`), in order; None for no seeds. A seed at a resolution this search
+    does not score (not in the table, the predictor or ``resolutions``) is refused with
+    :class:`SeedArchError`, naming both: it could never be priced or scored."""
+    if seed_archs is None:
+        return None
+    if isinstance(seed_archs, ArchBatch):
+        batch = seed_archs
+    else:
+        archs = list(seed_archs)
+        if not archs:
+            return None
+        for i, a in enumerate(archs):
+            if not isinstance(a, ArchConfig):
+                raise SeedArchError(i, f"is not an ArchConfig: {a!r}")
+            try:
+                # any resolution here: the one this search scores is checked below, by name
+                a.validate(problem.space, any_resolution=True)
+            except ArchError as exc:
+                raise SeedArchError(i, f"does not fit the space: {exc}") from None
+        batch = ArchBatch.from_archs(problem.space, archs)
+    if batch.space.name != problem.space.name:
+        raise SearchError(f"the seed archs are of space {batch.space.name}, not "
+                          f"{problem.space.name}")
+    res = list(problem.resolutions)
+    for i, r in enumerate(np.asarray(batch.r).tolist()):
+        if r not in res:
+            raise SeedArchError(i, f"has resolution {r}, which this search cannot score: "
+                                   f"its resolutions (latency table, predictor, --resolution) "
+                                   f"are {res}")
+    return _genes_of(problem.cost, batch)
+
+
+def _take_seeds(problem: _Problem, seed_pool: np.ndarray | None, limit: int,
+                seen: set) -> Tuple[np.ndarray | None, List[int]]:
+    """The first ``limit`` distinct seed rows that meet the current budget (their keys added
+    to ``seen``), and the indices of the seeds over it (empty if no seeds)."""
+    if seed_pool is None or not len(seed_pool):
+        return None, []
+    ok = problem.feasible(seed_pool)
+    take = []
+    for i, k in zip(np.nonzero(ok)[0].tolist(), problem.cost.keys(seed_pool[ok])):
+        if len(take) >= limit:
+            break
+        if k not in seen:
+            seen.add(k)
+            take.append(i)
+    return (seed_pool[take] if take else None), np.nonzero(~ok)[0].tolist()
+
+
+def _seed_report(seed_pool: np.ndarray | None, used: int, over: List[int]) -> dict:
+    """Result keys of a seeded search (none for an unseeded one, so its output is unchanged)."""
+    if seed_pool is None or not len(seed_pool):
+        return {}
+    return {"seeds_used": used, "seeds_over_budget": over}
+
+
 def _evolve(problem: _Problem, config: EvolutionConfig, rng: np.random.Generator,
             seed_pool: np.ndarray | None = None) -> SearchResult:
     t0 = time.perf_counter()
@@ -88,17 +157,9 @@ def _evolve(problem: _Problem, config: EvolutionConfig, rng: np.random.Generator
 
     # initial population: the best distinct feasible seeds (if any), topped up by sampling
     parts = []
-    if seed_pool is not None and len(seed_pool):
-        fit = seed_pool[problem.feasible(seed_pool)]
-        take = []
-        for i, k in enumerate(cost.keys(fit)):
-            if len(take) >= P:
-                break
-            if k not in seen:
-                seen.add(k)
-                take.append(i)
-        if take:
-            parts.append(fit[take])
+    seeds, over = _take_seeds(problem, seed_pool, P, seen)
+    if seeds is not None:
+        parts.append(seeds)
     have = sum(len(x) for x in parts)
     if have < N:
         g = problem.sample_feasible(N - have, rng, exclude=seen)
@@ -138,13 +199,17 @@ def _evolve(problem: _Problem, config: EvolutionConfig, rng: np.random.Generator
     res = _result(problem, pool, scores, history, t0, evaluations, "evolution", config)
     res.history_seconds = elapsed
     res.extra.update(report)
+    res.extra["relink_evaluations"] = 0  # one island: nothing to relink
     res.extra.update(_island_report([island]))
+    res.extra.update(_seed_report(seed_pool, have, over))
     return res
 
 
 def evolution_search(space: "Space | str", predictor, constraints: Constraints,
                      config: EvolutionConfig | None = None, *, latency_table=None,
-                     resolutions: Sequence[int] | None = None) -> SearchResult:
+                     resolutions: Sequence[int] | None = None,
+                     seed_archs: "Sequence[ArchConfig] | ArchBatch | None" = None
+                     ) -> SearchResult:
     """Best predicted-accuracy arch meeting ``constraints`` (regularised evolution).
 
     ``predictor`` is anything with ``predict(ArchBatch) -> array`` (e.g.
@@ -154,19 +219,26 @@ def evolution_search(space: "Space | str", predictor, constraints: Constraints,
     (the default) that many independent populations evolve in lock-step and the best over
     them wins (``extra["island_best"]``, ``extra["island_spread"]`` report each). Raises
     :class:`InfeasibleBudgetError` before searching if a budget is below its exact minimum.
+
+    ``seed_archs`` (e.g. known good subnets) start the first island's population, up to
+    ``config.num_parents`` distinct ones that meet the budget (those over it are skipped and
+    listed by index in ``extra["seeds_over_budget"]``; ``extra["seeds_used"]`` counts the
+    others); the other islands stay independent random restarts. A seed at a resolution the
+    search cannot score raises :class:`SearchError`.
     """
     config = EvolutionConfig() if config is None else config
     if not isinstance(config, EvolutionConfig):
         raise SearchError("config must be an EvolutionConfig")
     problem = _Problem(space, predictor, constraints, latency_table, resolutions)
     problem.check_feasible()
+    seeds = _seed_genes(problem, seed_archs)
     rng = np.random.default_rng(config.seed)
     with _single_thread_torch():
         if config.islands == 1:
-            return _evolve(problem, config, rng)
+            return _evolve(problem, config, rng, seed_pool=seeds)
         from .pareto import _evolve_lockstep  # pareto builds on this module
 
-        return _evolve_lockstep(problem, [constraints], config, rng)[0]
+        return _evolve_lockstep(problem, [constraints], config, rng, seed_pool=seeds)[0]
 
 
 def random_search(space: "Space | str", predictor, constraints: Constraints,

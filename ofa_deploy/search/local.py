@@ -125,3 +125,69 @@ def polish(problem: _Problem, pool: np.ndarray, scores: np.ndarray, local_search
               "best_single_move_gain": gain,
               "local_search_evaluations": evaluations + n}
     return pool, scores, evaluations + n, report
+
+
+
+def relink(problem: _Problem, start: np.ndarray, guide: np.ndarray
+           ) -> Tuple[np.ndarray | None, float, int]:
+    """Greedy path relinking from gene row ``start`` towards ``guide`` (both taken in
+    canonical form) within the budget: each step scores, in one batch, every feasible row
+    that copies one more differing gene from ``guide`` and moves to the best, so the path
+    ends after at most ``width`` steps. Returns the best-scoring row strictly between the
+    ends (it may still hold the guide's network when only skipped blocks' genes differ), its
+    score and the archs scored; ``(None, -inf, n)`` if no step fits."""
+    canon = problem.cost.canonical
+    row, guide = canon(start[None])[0], canon(guide[None])[0]
+    best, best_s, evaluations = None, -np.inf, 0
+    while True:
+        diff = np.nonzero(row != guide)[0]
+        if len(diff) <= 1:  # the next step would be the guide itself
+            break
+        cand = np.repeat(row[None], len(diff), axis=0)
+        cand[np.arange(len(diff)), diff] = guide[diff]
+        cand = cand[problem.feasible(cand)]
+        if not len(cand):
+            break
+        s = problem.score(cand)
+        evaluations += len(cand)
+        i = int(np.argmax(s))
+        row = cand[i]
+        if s[i] > best_s:
+            best, best_s = row, float(s[i])
+    return best, best_s, evaluations
+
+
+def relink_islands(problem: _Problem, pool: np.ndarray, scores: np.ndarray,
+                   island: np.ndarray) -> Tuple[np.ndarray, np.ndarray, int]:
+    """Path relinking between the islands' bests (``island``: each pool row's island), the
+    step before :func:`polish`: the islands end in different basins, and a path between two
+    of them sometimes passes a point from which a climb reaches a third, better one
+    (benchmarks/search_vs_reference/README.md). For every ordered pair of island bests, the
+    best intermediate of :func:`relink`'s path is climbed with single-gene moves, and so is
+    every island's best but the overall best (which :func:`polish` climbs with pair moves
+    too). Returns ``(pool, scores, evaluations)`` with the climbed archs added; with one
+    island, the pool unchanged."""
+    heads = []
+    for i in np.unique(island):
+        rows = np.nonzero(island == i)[0]
+        j = rows[int(np.argmax(scores[rows]))]
+        heads.append((-float(scores[j]), int(i), j))
+    heads.sort()  # best first; ties by island index, so the order is deterministic
+    if len(heads) < 2:
+        return pool, scores, 0
+    starts = [(pool[j], -s) for s, _, j in heads[1:]]
+    evaluations = 0
+    for _, _, a in heads:
+        for _, _, b in heads:
+            if a != b:
+                row, s, n = relink(problem, pool[a], pool[b])
+                evaluations += n
+                if row is not None:
+                    starts.append((row, s))
+    rows, new = [], []
+    for row, s in starts:
+        row, s, n = hill_climb(problem, row, s, pairs=False)
+        evaluations += n
+        rows.append(row)
+        new.append(s)
+    return np.concatenate([pool, np.stack(rows)]), np.concatenate([scores, new]), evaluations

@@ -7,10 +7,12 @@ from typing import List, Sequence
 
 import numpy as np
 
+from supernet.arch import ArchConfig
+from supernet.batch import ArchBatch
 from supernet.space import Space
 
-from .evolution import _evolve, _fill_slots
-from .local import polish
+from .evolution import _evolve, _fill_slots, _seed_genes, _seed_report, _take_seeds
+from .local import polish, relink_islands
 from .problem import _Problem, _single_thread_torch
 from .results import SearchResult, _genes_of, _island_report, _result
 from .settings import Constraints, EvolutionConfig, SearchError
@@ -27,7 +29,9 @@ def _as_constraints(b, base: Constraints | None) -> Constraints:
 def pareto_search(space: "Space | str", predictor, budgets: Sequence["Constraints | float"],
                   config: EvolutionConfig | None = None, *, latency_table=None,
                   constraints: Constraints | None = None,
-                  resolutions: Sequence[int] | None = None) -> List[SearchResult]:
+                  resolutions: Sequence[int] | None = None,
+                  seed_archs: "Sequence[ArchConfig] | ArchBatch | None" = None
+                  ) -> List[SearchResult]:
     """The best arch for each budget (a Pareto front), tightest first; a number is a latency
     budget (ms) combined with ``constraints``. Every budget is checked before any search runs.
 
@@ -48,6 +52,9 @@ def pareto_search(space: "Space | str", predictor, budgets: Sequence["Constraint
         raise SearchError("no budgets given")
     cons.sort(key=lambda c: tuple(c.limits()))
     problem = _Problem(space, predictor, cons[0], latency_table, resolutions)
+    # seed_archs start every budget they fit, as evolution_search's do (each budget lists
+    # the seeds over it); checked before any search, so a bad seed is refused at once
+    seeds = _seed_genes(problem, seed_archs)
     for c in cons:
         problem.set_constraints(c)
         problem.check_feasible()
@@ -57,8 +64,8 @@ def pareto_search(space: "Space | str", predictor, budgets: Sequence["Constraint
         for c in cons:
             problem.set_constraints(c)
             rng = np.random.default_rng(config.seed)  # as evolution_search seeds it
-            res = (_evolve(problem, config, rng) if config.islands == 1
-                   else _evolve_lockstep(problem, [c], config, rng)[0])
+            res = (_evolve(problem, config, rng, seed_pool=seeds) if config.islands == 1
+                   else _evolve_lockstep(problem, [c], config, rng, seed_pool=seeds)[0])
             if results and results[-1].predicted_accuracy > res.predicted_accuracy:
                 res = _adopt_tighter(problem, results[-1], res, config)
             results.append(res)
@@ -91,7 +98,8 @@ def _adopt_tighter(problem: _Problem, tighter: SearchResult, res: SearchResult,
 
 
 def _evolve_lockstep(problem: _Problem, cons: List[Constraints], config: EvolutionConfig,
-                     rng: np.random.Generator) -> List[SearchResult]:
+                     rng: np.random.Generator, seed_pool: np.ndarray | None = None
+                     ) -> List[SearchResult]:
     """:func:`_evolve` for several budgets and/or islands at once.
 
     Rows carry a *group* index ``gid = island * B + budget``: every group is one population
@@ -100,7 +108,8 @@ def _evolve_lockstep(problem: _Problem, cons: List[Constraints], config: Evoluti
     (seeds converge to different basins; the best of several restarts is far more reliable than
     one longer run). Migration runs only along the budgets of the first island. Per budget the result
     is the best over its islands; ``extra["island_best"]`` lists each island's own best (before
-    the final local search) and ``extra["island_spread"]`` their range."""
+    the final local search) and ``extra["island_spread"]`` their range. ``seed_pool`` rows
+    (genes) start the first island of every budget they fit, as in :func:`_evolve`."""
     t0 = time.perf_counter()
     cost = problem.cost
     B, K, P, N = len(cons), config.islands, config.num_parents, config.population
@@ -118,10 +127,18 @@ def _evolve_lockstep(problem: _Problem, cons: List[Constraints], config: Evoluti
     def new_rows(genes: np.ndarray, gid: np.ndarray) -> List[int]:
         return [i for i, k in enumerate(cost.keys(genes, gid)) if k not in seen and not add(k)]
 
-    parts = []
+    parts, seeded = [], []
     for g in range(G):
         problem.set_constraints(cons[budget_of[g]])
-        parts.append(problem.sample_feasible(N, rng))
+        taken: set = set()
+        seeds, over = _take_seeds(problem, seed_pool if g < B else None, P, taken)
+        if g < B:
+            seeded.append(_seed_report(seed_pool, len(taken), over))
+        if seeds is None:
+            parts.append(problem.sample_feasible(N, rng))
+        else:
+            parts.append(np.concatenate([seeds, problem.sample_feasible(
+                N - len(seeds), rng, exclude=taken)]) if N > len(seeds) else seeds)
     gid = np.concatenate([np.full(len(x), g) for g, x in enumerate(parts)])
     pool = np.concatenate(parts)
     seen.update(cost.keys(pool, gid))
@@ -210,6 +227,7 @@ def _evolve_lockstep(problem: _Problem, cons: List[Constraints], config: Evoluti
         problem.set_constraints(c)
         sel = bud == g
         pool_g, scores_g = pool[sel], scores[sel]
+        isl = gid[sel] // B
         islands = [float(best[i * B + g]) for i in range(K)]
         # a last pass of migration so the front is monotone even where it was one step behind
         for prev in results[-1:]:
@@ -217,8 +235,15 @@ def _evolve_lockstep(problem: _Problem, cons: List[Constraints], config: Evoluti
             if prev.predicted_accuracy > scores_g.max() and problem.feasible(row)[0]:
                 pool_g = np.concatenate([pool_g, row])
                 scores_g = np.append(scores_g, prev.predicted_accuracy)
+                isl = np.append(isl, K)  # the migrant counts as an island of its own
+        n_relink = 0
+        if config.relink and config.local_search:
+            pool_g, scores_g, n_relink = relink_islands(problem, pool_g, scores_g, isl)
         # the same final local search as a single budget's, so every budget gets its quality
         pool_g, scores_g, n, report = polish(problem, pool_g, scores_g, config.local_search)
+        report["local_search_evaluations"] += n_relink
+        report["relink_evaluations"] = n_relink
+        n += n_relink
         hist = [float(max(h[i * B + g] for i in range(K))) for h in history]
         res = _result(problem, pool_g, scores_g, hist, t0,
                       int(evaluations[g::B].sum()) + n, "evolution", config)
@@ -226,6 +251,7 @@ def _evolve_lockstep(problem: _Problem, cons: List[Constraints], config: Evoluti
         res.history_seconds = list(elapsed)
         res.extra.update(report)
         res.extra.update(_island_report(islands))
+        res.extra.update(seeded[g])
         results.append(res)
     total = time.perf_counter() - t0
     for res in results:

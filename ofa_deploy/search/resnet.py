@@ -24,9 +24,11 @@ from typing import List, Sequence, Tuple
 
 import numpy as np
 
+from supernet.arch import ArchError
 from supernet.resnet_ops import ResNetOpGrid
 from supernet.resnet_space import ResNetArch, ResNetSpace, get_resnet_space
 
+from .evolution import SeedArchError
 from .problem import _single_thread_torch, _unseen_rows
 from .results import SearchResult, _island_report
 from .settings import Constraints, EvolutionConfig, InfeasibleBudgetError, SearchError, _check_int
@@ -388,7 +390,8 @@ def _result(prob, pool, scores, history, t0, evaluations, method, config) -> Sea
 def resnet_evolution_search(space: "ResNetSpace | str", predictor, constraints: Constraints,
                             config: EvolutionConfig | None = None, *,
                             resolutions: Sequence[int] | None = None,
-                            latency_table=None) -> SearchResult:
+                            latency_table=None,
+                            seed_archs: "Sequence[ResNetArch] | None" = None) -> SearchResult:
     """Best predicted-accuracy ResNet arch meeting a latency / MACs / params budget (regularised
     evolution, the rules of :func:`~.evolution.evolution_search`: the best distinct
     ``parent_ratio`` are kept, ``mutation_ratio`` of the children are mutants, the rest
@@ -400,7 +403,9 @@ def resnet_evolution_search(space: "ResNetSpace | str", predictor, constraints: 
     :class:`InfeasibleBudgetError` before searching if a budget is below the smallest subnet's.
     ``latency_table``: a :class:`~luts.table.LatencyTable` of the space, needed for
     ``constraints.max_latency_ms`` (its calibrated prediction is the latency; its resolutions
-    bound the default ones).
+    bound the default ones). ``seed_archs`` start the first island, as in
+    :func:`~.evolution.evolution_search` (``extra["seeds_used"]``, ``extra["seeds_over_budget"]``;
+    a seed at a resolution not searched raises :class:`SearchError`).
     """
     # the MobileNet default prunes islands; ResNet keeps its measured 3 x 200 x 80
     config = EvolutionConfig(islands=3, generations=80, prune_at=0) if config is None else config
@@ -417,9 +422,16 @@ def resnet_evolution_search(space: "ResNetSpace | str", predictor, constraints: 
     P = config.num_parents
     pools, island_best, history, evaluations = [], [], None, 0
     seen: set = set()
+    seeds = _seed_rows(prob, seed_archs, P)
     with _single_thread_torch():
-        for _ in range(config.islands):
+        for isl in range(config.islands):
             pool = prob.sample_feasible(config.population, rng)
+            if isl == 0 and seeds is not None and len(seeds[0]):
+                # the seeds first, the sample (less any copy of a seed) after them
+                taken = set(prob.cost.keys(seeds[0]))
+                rest = [i for i, k in enumerate(prob.cost.keys(pool)) if k not in taken]
+                pool = np.concatenate([seeds[0], pool[rest][:config.population
+                                                             - len(seeds[0])]])
             own = set(prob.cost.keys(pool))
             scores = prob.score(pool)
             evaluations += len(pool)
@@ -458,7 +470,36 @@ def resnet_evolution_search(space: "ResNetSpace | str", predictor, constraints: 
     res = _result(prob, pool, scores, history, t0, evaluations, "evolution", config)
     res.extra.update(report)
     res.extra.update(_island_report(island_best))
+    if seeds is not None:
+        res.extra.update(seeds_used=len(seeds[0]), seeds_over_budget=seeds[1])
     return res
+
+
+def _seed_rows(prob: _ResNetProblem, seed_archs, limit: int):
+    """``(gene rows of the first distinct seeds within the budget, at most limit; indices of
+    the seeds over it)``, or None without seeds."""
+    if not seed_archs:
+        return None
+    rows = []
+    for i, a in enumerate(seed_archs):
+        if not isinstance(a, ResNetArch):
+            raise SeedArchError(i, f"is not a ResNetArch: {a!r}")
+        if a.r not in prob.resolutions:
+            raise SeedArchError(i, f"has resolution {a.r}, which this search cannot score: "
+                                   f"its resolutions (latency table, predictor, --resolution) "
+                                   f"are {list(prob.resolutions)}")
+        try:
+            rows.append(prob.cost.genes_of([a]))
+        except ArchError as exc:
+            raise SeedArchError(i, f"does not fit the space: {exc}") from None
+    genes = np.concatenate(rows)
+    ok = prob.feasible(genes)
+    take, keys = [], set()
+    for i, k in zip(np.nonzero(ok)[0].tolist(), prob.cost.keys(genes[ok])):
+        if len(take) < limit and k not in keys:
+            keys.add(k)
+            take.append(i)
+    return genes[take], np.nonzero(~ok)[0].tolist()
 
 
 def resnet_random_search(space: "ResNetSpace | str", predictor, constraints: Constraints,

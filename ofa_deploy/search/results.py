@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Tuple
 
 import numpy as np
 
@@ -13,6 +13,9 @@ from supernet.space import Space
 
 from .costs import CostModel
 from .settings import Constraints, EvolutionConfig
+
+if TYPE_CHECKING:  # for annotations only
+    from .problem import _Problem
 
 
 @dataclass

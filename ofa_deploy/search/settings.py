@@ -46,7 +46,10 @@ class EvolutionConfig:
     short-lived independent populations reach the best known subnet far more often than one
     population of 100 x 500 (the reference's own setting, still available as
     ``population=100, generations=500, islands=1``), and dropping the islands that lag early
-    pays for more of them. ``population`` is per island."""
+    pays for more of them. Before the final local search the live islands' bests are
+    relinked (``relink``: greedy paths between each pair, single-gene climbs from each path's
+    best intermediate arch and from each island's best), which at ~3% more evaluations
+    sometimes lands in a better basin than any island reached. ``population`` is per island."""
 
     population: int = 200
     parent_ratio: float = 0.25
@@ -68,6 +71,9 @@ class EvolutionConfig:
     # to ``keep_islands``; the pruned islands' generations are saved, not respent
     prune_at: int = 20
     keep_islands: int = 3
+    # before the final local search, path relinking between the live islands' bests (see
+    # search.local.relink_islands): with one island (or one left) it does nothing
+    relink: bool = True
 
     def __post_init__(self) -> None:
         _check_int("population", self.population, 2)
@@ -84,6 +90,8 @@ class EvolutionConfig:
         _check_int("keep_islands", self.keep_islands, 1)
         if not isinstance(self.local_search, bool):
             raise SearchError(f"local_search must be true or false, got {self.local_search!r}")
+        if not isinstance(self.relink, bool):
+            raise SearchError(f"relink must be true or false, got {self.relink!r}")
         if self.num_parents < 1:
             raise SearchError(f"parent_ratio {self.parent_ratio} of population "
                               f"{self.population} leaves no parents")

@@ -200,6 +200,48 @@ def test_rounds_pool_every_run_and_more_rounds_refine(tmp_path, fake_build):
     assert 1 <= len(refs) <= 3 and all(r["median_ms"] > 0 for r in refs)
 
 
+def test_best_round_median_build_keeps_the_quiet_round_and_refuses_mixing(tmp_path,
+                                                                           fake_build):
+    out = tmp_path / "t.json"
+    # the second pass is twice as slow: pooled, the entry would be 1.5x; best-round-median
+    # keeps the quieter round (1x), and a third, faster pass (0.5x) becomes the entry
+    n_first = [None]
+
+    def scale(call):
+        return 1.0 if n_first[0] is None or call <= n_first[0] else 2.0
+
+    prof = FakeProfiler(scale=scale)
+    t1 = fake_build(out, prof, estimator="best-round-median")
+    n_first[0] = prof.calls
+    t2 = fake_build(out, prof, rounds=2, estimator="best-round-median")
+    assert t2.meta["protocol"]["estimator"] == t2.meta["estimator"] == "best-round-median"
+    assert "lowest" in t2.meta["stats_note"]
+    op = enumerate_ops(TINY, RES)[0]
+    raw = json.loads(raw_path(out).read_text())
+    assert raw["round_sizes"][op.to_string()] == [1, 1]  # one median per round (no samples)
+    assert t2.entries[op].median_ms == pytest.approx(t1.entries[op].median_ms)
+    assert t2.entries[op].runs == 2
+    t3 = fake_build(out, FakeProfiler(scale=lambda c: 0.5), rounds=3,
+                    estimator="best-round-median")
+    assert t3.entries[op].median_ms == pytest.approx(0.5 * t1.entries[op].median_ms)
+    # rounds timed for one estimator are not finished under another
+    with pytest.raises(LUTError, match="estimator='best-round-median'.*"
+                                       "estimator='median-pooled'.*--fresh"):
+        fake_build(out, FakeProfiler(), rounds=4)
+    assert LatencyTable.load(out).meta["protocol"]["rounds"] == 3  # left as it was
+    # ... nor a progress file without its table
+    out.unlink()
+    with pytest.raises(LUTError, match="estimator='best-round-median'"):
+        fake_build(out, FakeProfiler(), rounds=4)
+    # a table written before the estimator was recorded is median-pooled and resumes as such
+    old = tmp_path / "old.json"
+    fake_build(old)
+    t = LatencyTable.load(old)
+    del t.meta["estimator"]
+    t.save(old)
+    assert fake_build(old, FakeProfiler(), rounds=2).meta["estimator"] == "median-pooled"
+
+
 def test_isolated_method_subtracts_the_overhead(tmp_path, fake_build):
     # torch-format fake: isolated op models are not in the ONNX cache, and need no converting
     t = fake_build(tmp_path / "t.json", FakeProfiler(fmt="torch"), context=False)
@@ -291,6 +333,30 @@ def test_profile_cli(run_cli, tmp_path, op_cache, ort_table, monkeypatch):
     assert "top ops" in r.output and f"{p['predicted_ms']:.3f} ms" in r.output
     r = run_cli("inspect", "--space", TINY, "--target", d["path"])
     assert r.exit_code != 0 and "--target needs --arch" in r.output
+
+
+def test_profile_cli_records_the_estimator(run_cli, tmp_path, op_cache, ort_table, monkeypatch):
+    import luts.builder as LB
+
+    monkeypatch.setattr(LB, "get_profiler", lambda spec, **kw: FakeProfiler())
+    out = tmp_path / "t.json"
+    args = ["profile", "--device", "cpu", "--space", TINY, "--resolutions", "32", "--rounds",
+            "2", "--cache-dir", op_cache, "--calibrate", "0", "--out", out]
+    r = run_cli(*args, "--estimator", "best-round-median", "--json")
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    meta = LatencyTable.load(out).meta
+    assert d["estimator"] == meta["protocol"]["estimator"] == "best-round-median"
+    # the default is median-pooled: resuming the table without --estimator is refused
+    r = run_cli(*args, "--rounds", "3")
+    assert r.exit_code != 0
+    err = [ln for ln in r.output.splitlines() if ln.startswith("Error")]
+    assert len(err) == 1 and "estimator='best-round-median'" in err[0], r.output
+    r = run_cli(*args, "--estimator", "mean")
+    assert r.exit_code != 0 and "'mean' is not one of" in r.output
+    r = run_cli(*args, "--fresh", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["estimator"] == "median-pooled"
 
 
 @pytest.mark.parametrize("args,msg", [

@@ -108,6 +108,18 @@ def test_validate_refuses_another_protocol(table_path):
         validate_lut(table_path, "cpu", samples=2, threads=2, progress=False)
 
 
+def test_lut_calibrate_cli_refuses_another_estimator(run_cli, table_path):
+    before = LatencyTable.load(table_path).meta
+    r = run_cli("lut", "calibrate", "--lut", table_path, "--samples", "4", "--estimator",
+                "best-round-median")
+    assert r.exit_code != 0
+    err = [ln for ln in r.output.splitlines() if ln.startswith("Error")]
+    assert len(err) == 1 and "estimator 'median-pooled' vs 'best-round-median'" in err[0], \
+        r.output
+    assert "Traceback" not in r.output
+    assert LatencyTable.load(table_path).meta == before  # nothing measured, nothing written
+
+
 def test_validate_refuses_incomplete_tables(table_path, tmp_path):
     t = LatencyTable.load(table_path)
     op = enumerate_ops(TINY, RES)[0]
@@ -151,6 +163,9 @@ def test_lut_validate_cli(run_cli, table_path, tmp_path):
     (["--resolutions", "33"], "not in space"),
     (["--plot", "x.txt"], ".png"),
     (["--threads", "2", "--samples", "2"], "different protocols (threads 1 vs 2)"),
+    (["--estimator", "best-round-median", "--samples", "2"],
+     "(estimator 'median-pooled' vs 'best-round-median')"),
+    (["--estimator", "mean"], "'mean' is not one of"),
 ])
 def test_lut_validate_cli_errors_are_one_line(run_cli, table_path, args, msg, tmp_path):
     base = ["--lut", str(table_path)] if "--lut" not in args else []

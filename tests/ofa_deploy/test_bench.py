@@ -281,6 +281,41 @@ def test_missing_devices_and_bad_baseline(model_dir, tmp_path):
 
 
 # -- the in-test backend: failures, scheduling, identity ---------------------------------------
+def test_estimator_is_recorded_and_a_baseline_of_another_is_refused(arts, lab, tmp_path,
+                                                                    monkeypatch):
+    # rounds of a.onnx alternate slow/fast: best-round-median reports the fast rounds' 1.0,
+    # median-pooled the pool's median (3 of 5 rounds slow: 4.0)
+    calls = {"n": 0}
+    real = lab.measure
+
+    def measure(target, path, shape):
+        st = real(target, path, shape)
+        if path.name != "a.onnx":
+            return st
+        calls["n"] += 1
+        v = 1.0 if calls["n"] % 2 == 0 else 4.0
+        return LatencyStats(v, v, v, 0.0, 7)
+
+    monkeypatch.setattr(lab, "measure", measure)
+    pooled, best = tmp_path / "pooled.json", tmp_path / "best.json"
+    r = invoke("bench", "-a", arts / "a.onnx", "-d", "fake:good", "--json", pooled, "-q")
+    assert r.exit_code == 0, r.output
+    r = invoke("bench", "-a", arts / "a.onnx", "-d", "fake:good", "--estimator",
+               "best-round-median", "--json", best, "-q")
+    assert r.exit_code == 0, r.output
+    assert "lowest of" in r.output  # "measured with: ..." names the estimator
+    assert load(pooled)["meta"]["protocol"]["estimator"] == "median-pooled"
+    assert load(best)["meta"]["protocol"]["estimator"] == "best-round-median"
+    assert [x["median_ms"] for x in load(pooled)["results"]] == [4.0]
+    assert [x["median_ms"] for x in load(best)["results"]] == [1.0]
+    r = invoke("bench", "-a", arts / "a.onnx", "-d", "fake:good", "--estimator",
+               "best-round-median", "--baseline", pooled)
+    assert r.exit_code != 0
+    err = [ln for ln in r.output.splitlines() if ln.startswith("Error")]
+    assert len(err) == 1 and "estimator 'median-pooled' vs 'best-round-median'" in err[0], \
+        r.output
+
+
 def test_device_dying_mid_run_is_an_error_case_and_keeps_other_results(arts, lab, tmp_path):
     export_onnx(arts / "c.onnx", channels=4, size=32)
     lab.die_after["flaky"] = ROUNDS

@@ -20,10 +20,25 @@ def test_every_command_is_registered():
 
 def test_help_constants_match_the_packages_they_spell_out():
     from luts.store import BUILTIN_TABLES
+    from ofa_deploy.cli._common import ESTIMATOR_CHOICES
+    from profilers.protocol import ESTIMATORS
     from supernet.training.config import PHASES
 
     assert tuple(BUILTIN_TABLES) == BUILTIN_TARGETS
     assert tuple(PHASES) == PHASE_NAMES
+    assert tuple(ESTIMATORS) == ESTIMATOR_CHOICES
+
+
+def test_every_measuring_command_offers_the_same_estimator_choice():
+    def opt(cmd):
+        return next(p for p in cmd.params if p.name == "estimator")
+
+    lut = main.commands["lut"].commands
+    for cmd in (main.commands["profile"], main.commands["specialize"], main.commands["bench"],
+                lut["validate"], lut["calibrate"]):
+        o = opt(cmd)
+        assert o.opts == ["--estimator"] and o.default is None, cmd.name
+        assert tuple(o.type.choices) == ("median-pooled", "best-round-median"), cmd.name
 
 
 def _imported_after(args):

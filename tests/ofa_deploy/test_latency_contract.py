@@ -202,9 +202,13 @@ def test_table_validate_specialize_and_bench_measure_with_identical_settings(
     spy = (lambda spec, **kw: Recorder(spec, **kw))
     for mod in (LB, LV, S):
         monkeypatch.setattr(mod, "get_profiler", spy)
-    proto = MeasurementProtocol(runs=4, warmup=1, rounds=2, threads=1)
+    # a non-default estimator, so that "identical" covers it: validate and specialize take
+    # the table's without being told, bench is given the same protocol
+    proto = MeasurementProtocol(runs=4, warmup=1, rounds=2, threads=1,
+                                estimator="best-round-median")
     t = build_lut(TINY, "cpu", resolutions=[32], out=tmp_path / "t.json", runs=4, warmup=1,
-                  rounds=2, threads=1, progress=False, cache_dir=tmp_path / "ops")
+                  rounds=2, threads=1, estimator="best-round-median", progress=False,
+                  cache_dir=tmp_path / "ops")
     v = validate_lut(t, "cpu", samples=3, progress=False)
     lo, hi = t.min_max()
     rep = specialize(net, SizePredictor(t), [Scenario("cpu", (lo + hi) / 2)],
@@ -221,11 +225,26 @@ def test_table_validate_specialize_and_bench_measure_with_identical_settings(
     state = proto.get_state()
     assert t.meta["protocol"] == v["meta"]["protocol"] == rep["protocol"] == \
         b.meta["protocol"] == state
+    assert state["estimator"] == "best-round-median"
     # ... and every profiler made with exactly the same settings
     want = proto.profiler_kwargs("ort")
     assert len(Recorder.made) >= 4
     assert all(k == want for k in Recorder.made), Recorder.made
     assert want == {"runs": 4, "warmup": 1, "threads": 1, "flush_bytes": 0}
+    # asking for another estimator than the table's is refused before anything is measured
+    from profilers.protocol import ProtocolMismatch
+
+    n = len(Recorder.made)
+    with pytest.raises(ProtocolMismatch, match="estimator 'best-round-median' vs "
+                                               "'median-pooled'"):
+        specialize(net, SizePredictor(t), [Scenario("cpu", (lo + hi) / 2)],
+                   out_dir=tmp_path / "spec2", search_config=EvolutionConfig(
+                       population=16, generations=3, seed=0),
+                   data=DataContext(None), formats=["onnx"], lut_path=str(tmp_path / "t.json"),
+                   estimator="median-pooled", echo=lambda s: None, progress=False)
+    with pytest.raises(ProtocolMismatch, match="estimator"):
+        validate_lut(t, "cpu", samples=3, estimator="median-pooled", progress=False)
+    assert len(Recorder.made) == n
 
 
 def test_drift_check_rescales_to_todays_speed_with_reference_networks():

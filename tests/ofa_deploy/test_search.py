@@ -517,7 +517,7 @@ def test_structure_floor_is_exact_and_initial_samples_stay_feasible(note10):
 def test_default_config_halves_eight_islands_and_resnet_keeps_its_own():
     cfg = EvolutionConfig()
     assert (cfg.islands, cfg.population, cfg.generations) == (8, 200, 65)
-    assert (cfg.prune_at, cfg.keep_islands) == (20, 3)
+    assert (cfg.prune_at, cfg.keep_islands, cfg.relink) == (20, 3, True)
     from ofa_deploy.cli.search import RESNET_DEFAULT
 
     assert RESNET_DEFAULT["prune_at"] == 0
@@ -541,3 +541,55 @@ def test_front_takes_a_tighter_budgets_better_winner_and_climbs_on(note10, mlp_p
         assert r.predicted_accuracy >= res[i - 1].predicted_accuracy > alone.predicted_accuracy
         assert r.latency_ms <= budgets[i] and r.extra["local_optimum"] is True
         assert r.evaluations > alone.evaluations
+
+
+# -- path relinking between the islands' bests ---------------------------------------------
+def test_relink_path_lies_strictly_between_its_ends_and_fits(note10, mlp_predictor):
+    from ofa_deploy.search.local import relink
+    from ofa_deploy.search.problem import _Problem
+
+    rec = _RecordingPredictor(mlp_predictor)
+    prob = _Problem(W12, rec, Constraints(max_latency_ms=25.0), note10, None)
+    c = prob.cost
+    g = c.canonical(prob.sample_feasible(6, np.random.default_rng(3)))
+    for a, b in ((0, 1), (2, 3), (4, 5), (1, 0)):
+        rec.batches.clear()
+        row, s, n = relink(prob, g[a], g[b])
+        assert row is not None and n > 0
+        assert prob.feasible(row[None])[0]
+        assert s == pytest.approx(prob.score(row[None])[0], abs=1e-6)  # float32, any batch
+        # on the path: every gene is the start's or the guide's, and it is neither end
+        assert ((row == g[a]) | (row == g[b])).all()
+        assert (row != g[a]).any() and (row != g[b]).any()
+        # every arch the path scored meets the budget
+        lat = np.concatenate([note10.predict(x) for x in rec.batches[:-1]])
+        assert len(lat) == n and (lat <= 25.0 + 1e-9).all()
+    # two ends one gene apart have no intermediate
+    h = g[0].copy()
+    h[c.res_gene] = (h[c.res_gene] + 1) % c.n_res
+    assert relink(prob, g[0], h)[0] is None
+
+
+def test_relink_adds_to_the_islands_search_feasibly_and_deterministically(note10,
+                                                                          mlp_predictor):
+    cfg = EvolutionConfig(population=16, generations=6, islands=3, seed=1)
+    cons = Constraints(max_latency_ms=22.0)
+    rec = _RecordingPredictor(mlp_predictor)
+    res = evolution_search(W12, rec, cons, cfg, latency_table=note10)
+    lat = np.concatenate([note10.predict(b) for b in rec.batches])
+    assert len(lat) >= res.evaluations and (lat <= 22.0 + 1e-9).all()
+    off = evolution_search(W12, mlp_predictor, cons,
+                           EvolutionConfig(**{**cfg.get_state(), "relink": False}),
+                           latency_table=note10)
+    # the evolution is the same; relinking only adds its own (counted) evaluations
+    assert res.extra["island_best"] == off.extra["island_best"]
+    assert res.extra["relink_evaluations"] > 0 and off.extra["relink_evaluations"] == 0
+    assert res.extra["local_search_evaluations"] >= res.extra["relink_evaluations"]
+    assert res.predicted_accuracy >= max(res.extra["island_best"]) - 1e-12
+    assert res.latency_ms <= 22.0
+    again = evolution_search(W12, mlp_predictor, cons, cfg, latency_table=note10)
+    assert again.arch == res.arch and again.evaluations == res.evaluations
+    front = pareto_search(W12, mlp_predictor, [22.0], cfg, latency_table=note10)
+    assert front[0].arch == res.arch
+    with pytest.raises(SearchError, match="relink must be true or false"):
+        EvolutionConfig(relink=1)

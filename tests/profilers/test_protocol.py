@@ -11,8 +11,9 @@ import torch
 
 from profilers import get_profiler
 from profilers.base import LatencyStats
-from profilers.protocol import (MeasurementProtocol, ProtocolMismatch, measure_pooled,
-                                noise_warning, require_comparable)
+from profilers.base import ProfilerError
+from profilers.protocol import (ESTIMATORS, MeasurementProtocol, ProtocolMismatch, estimate,
+                                measure_pooled, noise_warning, require_comparable)
 from supernet.export import export_onnx
 
 
@@ -52,6 +53,17 @@ def test_protocol_state_round_trip_and_errors():
     with pytest.raises(Exception, match="unknown field"):
         MeasurementProtocol.from_state({**p.get_state(), "mystery": 1})
     assert "median of 2x7 pooled runs, cold cache" in p.describe()
+    # the estimator is part of the recorded state and survives the round trip
+    b = MeasurementProtocol(estimator="best-round-median", runs=4, rounds=3)
+    assert b.get_state()["estimator"] == "best-round-median"
+    assert MeasurementProtocol.from_state(b.get_state()) == b
+    assert MeasurementProtocol.from_state(b.get_state()) != b.with_(estimator="median-pooled")
+    assert "lowest of 3 round medians of 4 runs" in b.describe()
+    assert MeasurementProtocol().estimator == "median-pooled"  # the default stays
+    with pytest.raises(ProfilerError, match="unknown estimator 'mean'.*best-round-median"):
+        MeasurementProtocol(estimator="mean")
+    with pytest.raises(ProfilerError, match="unknown estimator"):
+        MeasurementProtocol.from_state({**b.get_state(), "estimator": "min"})
 
 
 def test_comparable_only_when_the_same_thing_is_measured():
@@ -62,6 +74,12 @@ def test_comparable_only_when_the_same_thing_is_measured():
     assert "\n" not in str(ei.value)
     with pytest.raises(ProtocolMismatch, match="cache 'warm' vs 'cold'"):
         require_comparable(a, a.with_(cache="cold"), "a", "b")
+    with pytest.raises(ProtocolMismatch, match="estimator 'median-pooled' vs "
+                                               "'best-round-median'") as ei:
+        require_comparable(a, a.with_(estimator="best-round-median"), "the table", "this run")
+    assert "\n" not in str(ei.value)
+    b = a.with_(estimator="best-round-median")
+    require_comparable(b, b.with_(runs=3, rounds=2), "x", "y")  # same estimator: fine
 
 
 class _Seq:
@@ -91,6 +109,59 @@ def test_measure_pooled_interleaves_and_pools_medians():
 
     st = measure_pooled(Summary(), [(0, (1,))], MeasurementProtocol(rounds=4))
     assert st[0].runs == 4 and st[0].median_ms == 5.0
+
+
+class _Rounds:
+    """Profiler whose every call returns the next scripted round of runs."""
+
+    def __init__(self, rounds):
+        self.rounds = list(rounds)
+
+    def measure_samples(self, art, shape):
+        return self.rounds.pop(0)
+
+
+# three rounds with medians 3, 1 and 2 (a slow spell, a quiet one, one in between)
+SCRIPT = [[2.5, 3.0, 3.5, 9.0], [0.9, 1.0, 1.1, 1.2], [1.8, 2.0, 2.2, 2.1]]
+
+
+def test_best_round_median_is_the_lowest_round_median_with_pooled_noise():
+    pooled = estimate(SCRIPT, "median-pooled")
+    best = estimate(SCRIPT, "best-round-median")
+    every = np.concatenate(SCRIPT)
+    assert pooled.median_ms == pytest.approx(float(np.median(every)))  # 2.05
+    assert best.median_ms == pytest.approx(1.05)  # round 2's median, not its best run 0.9
+    # p10 / p90 / std / runs describe every run pooled under both estimators
+    for st in (pooled, best):
+        assert st.p10_ms == pytest.approx(float(np.percentile(every, 10)))
+        assert st.p90_ms == pytest.approx(float(np.percentile(every, 90)))
+        assert st.std_ms == pytest.approx(float(every.std())) and st.runs == 12
+    # measure_pooled: the same numbers through the one code path, round by round
+    st = measure_pooled(_Rounds(SCRIPT), [(0, (1,))],
+                        MeasurementProtocol(estimator="best-round-median", rounds=3, runs=4))[0]
+    assert st == best
+    st = measure_pooled(_Rounds(SCRIPT), [(0, (1,))], MeasurementProtocol(rounds=3, runs=4))[0]
+    assert st == pooled
+    # interleaved items keep their own rounds: item 0 gets rounds 1 and 3, item 1 round 2 and 4
+    two = measure_pooled(_Rounds([[3.0], [7.0], [1.0], [5.0]]), [(0, (1,)), (1, (1,))],
+                         MeasurementProtocol(estimator="best-round-median", rounds=2, runs=1))
+    assert [s.median_ms for s in two] == [1.0, 5.0]
+
+    class Summary:  # summary stats only: one median per round, the lowest wins
+        def __init__(self):
+            self.meds = [3.0, 1.0, 2.0]
+
+        def measure(self, art, shape):
+            return LatencyStats(self.meds.pop(0), 0.0, 9.0, 1.0, 10)
+
+    st = measure_pooled(Summary(), [(0, (1,))],
+                        MeasurementProtocol(estimator="best-round-median", rounds=3))[0]
+    assert st.median_ms == 1.0 and st.runs == 3 and st.p90_ms == pytest.approx(2.8)
+    with pytest.raises(ProfilerError, match="unknown estimator"):
+        estimate(SCRIPT, "mean")
+    with pytest.raises(ProfilerError, match="no latency samples"):
+        estimate([[], []], "best-round-median")
+    assert set(ESTIMATORS) == {"median-pooled", "best-round-median"}
 
 
 def test_noise_warning_names_the_cause():
