@@ -267,39 +267,43 @@ class ArchConfig:
         """``min``, ``max``, a compact string, inline JSON, or a path to a JSON file; a
         reference ``net.config`` (file, its directory, or inline) must describe a subnet of
         ``space`` and may have any resolution (see :mod:`supernet.net_config`)."""
-        import os
+        return parse_arch_text(cls, text, get_space(space))
 
-        space = get_space(space)
-        t = text.strip()
-        if t == "min":
-            return cls.min(space)
-        if t == "max":
-            return cls.max(space)
-        from .net_config import arch_from_net_config, is_net_config, read_net_config
 
-        if t.startswith("{"):
-            try:
-                data = json.loads(t)
-            except json.JSONDecodeError:
-                data = None
-            if is_net_config(data):
-                return arch_from_net_config(data, space, source="inline net.config")[1]
-            return cls.from_json(t, space)
-        if cls._STR_RE.match(t):
-            return cls.from_string(t, space)
+def parse_arch_text(cls, text: str, space):
+    """What ``ArchConfig.parse`` and ``ResNetArch.parse`` accept, for the arch class ``cls``
+    (its ``min``/``max``, ``_STR_RE`` + ``from_string`` and ``from_dict``) of the resolved
+    ``space``: ``min``, ``max``, a compact string, inline JSON, a JSON file, or a reference
+    ``net.config`` (inline, a file, or its directory; a file's sibling run.config gives the
+    image size)."""
+    import os
+
+    from .net_config import arch_from_net_config, is_net_config, read_net_config
+
+    t = text.strip()
+    if t in ("min", "max"):
+        return getattr(cls, t)(space).validate(space)
+    if cls._STR_RE.match(t):
+        return cls.from_string(t, space)
+    path = None
+    if not t.startswith("{"):  # inline JSON is never tried as a path (too long a name)
         if os.path.isdir(t):
             return read_net_config(t, space)[1]
-        if os.path.exists(t):
-            try:
-                with open(t, encoding="utf-8") as fh:
-                    content = fh.read()
-            except OSError as exc:
-                raise ArchError(f"cannot read arch file {t}: {exc.strerror}") from None
-            try:
-                data = json.loads(content)
-            except json.JSONDecodeError:
-                data = None
-            if is_net_config(data):
-                return read_net_config(t, space)[1]
-            return cls.from_json(content, space)
-        raise ArchError(f"arch {text!r} is not min, max, an arch string, JSON, or an existing file")
+        if not os.path.exists(t):
+            raise ArchError(f"arch {text!r} is not min, max, an arch string, JSON, or an "
+                            f"existing file")
+        path = t
+        try:
+            with open(t, encoding="utf-8") as fh:
+                t = fh.read()
+        except OSError as exc:
+            raise ArchError(f"cannot read arch file {path}: {exc.strerror}") from None
+    try:
+        data = json.loads(t)
+    except json.JSONDecodeError as exc:
+        raise ArchError(f"arch is not valid JSON: {exc}") from None
+    if is_net_config(data):
+        if path is not None:
+            return read_net_config(path, space)[1]
+        return arch_from_net_config(data, space, source="inline net.config")[1]
+    return cls.from_dict(data, space)

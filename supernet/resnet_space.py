@@ -5,10 +5,8 @@ extraction, reference checkpoints) is in :mod:`supernet.resnet`; see its docstri
 layout."""
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
@@ -251,14 +249,12 @@ class ResNetArch:
         """The reference's ``{"d", "e", "w"}`` dict with ``image_size`` (or ``r``)."""
         if not isinstance(data, Mapping):
             raise ArchError(f"an arch must be a JSON object, got {type(data).__name__}")
-        if "arch" in data and isinstance(data["arch"], Mapping):
+        if "arch" in data and isinstance(data["arch"], Mapping):  # e.g. a report.json
             data = data["arch"]
         missing = [k for k in ("d", "e", "w") if k not in data]
         if missing:
             raise ArchError(f"ResNet arch is missing field(s): {', '.join(missing)}")
         sp = get_resnet_space(space)
-        if "arch" in data and isinstance(data["arch"], Mapping):  # e.g. a report.json
-            data = data["arch"]
         r = data.get("image_size", data.get("r", max(sp.resolutions)))
         if isinstance(r, (list, tuple)):
             r = r[0] if len(r) == 1 else r
@@ -309,34 +305,9 @@ class ResNetArch:
         """``min``, ``max``, a compact string, inline JSON, or a path to a JSON file; a
         reference ``net.config`` (file, its directory, or inline) must describe a subnet of
         ``space`` and may have any resolution (see :mod:`supernet.net_config_resnet`)."""
-        from .net_config import arch_from_net_config, is_net_config, read_net_config
+        from .arch import parse_arch_text
 
-        sp = get_resnet_space(space)
-        t = text.strip()
-        if t in ("min", "max"):
-            return getattr(cls, t)(sp).validate(sp)
-        if cls._STR_RE.match(t):
-            return cls.from_string(t, sp)
-        if not t.startswith("{"):
-            p = Path(t)
-            if p.is_dir():
-                return read_net_config(p, sp)[1]
-            if not p.is_file():
-                raise ArchError(f"arch {text!r} is not min, max, an arch string, JSON, or an "
-                                f"existing file")
-            try:
-                t = p.read_text(encoding="utf-8")
-            except OSError as exc:
-                raise ArchError(f"cannot read arch file {p}: {exc.strerror}") from None
-        try:
-            data = json.loads(t)
-        except json.JSONDecodeError as exc:
-            raise ArchError(f"arch is not valid JSON: {exc}") from None
-        if is_net_config(data):
-            if not text.strip().startswith("{"):  # a file: run.config beside it gives the size
-                return read_net_config(text.strip(), sp)[1]
-            return arch_from_net_config(data, sp, source="inline net.config")[1]
-        return cls.from_dict(data, sp)
+        return parse_arch_text(cls, text, get_resnet_space(space))
 
 
 def _index(choices: Sequence[float], v: float) -> int:
