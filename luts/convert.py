@@ -71,10 +71,11 @@ def _quant_tag(fmt: str) -> str:
     tag = f"int8-{q.activations}-{'pc' if q.per_channel else 'pt'}-{q.calibration}" \
           f"{q.calib_images}"
     if fmt == "onnx":
-        # onnxruntime's quantizer writes the QDQ graph: its version changes the op models
+        # onnxruntime's quantizer writes the QDQ graph: its version and the weight range
+        # (7-bit with reduce_range) change the op models
         from importlib.metadata import version
 
-        tag += f"-ort{version('onnxruntime')}"
+        tag += f"{'-rr' if q.reduce_range else ''}-ort{version('onnxruntime')}"
     return tag
 
 

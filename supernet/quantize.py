@@ -209,8 +209,9 @@ def export_int8(model, input_shape, path: "str | os.PathLike", fmt: str,
         info = export_tflite_int8(model, input_shape, path, batches,
                                   calib_images=settings.calib_images,
                                   per_channel=settings.per_channel)
+        # reduce_range is onnxruntime's (its AVX2 kernels); PT2E quantizes to the full range
         return {**info, "quantization": {**settings.get_state(), "format": "pt2e-full-integer",
-                                         "activations": "int8"}}
+                                         "activations": "int8", "reduce_range": False}}
     raise QuantizeError(f"no int8 conversion to artifact format {fmt!r}")
 
 

@@ -284,3 +284,11 @@ def test_bench_records_and_shows_each_artifacts_precision(tmp_path):
     assert B.match_baseline([a8], [dev], base)[0] == {}
     base[0]["precision"] = "int8"
     assert list(B.match_baseline([a8], [dev], base)[0].values())[0][1] == "name"
+
+
+def test_int8_onnx_op_cache_is_keyed_by_the_weight_range():
+    from luts.convert import converter_tag
+
+    # 7-bit (reduce_range) and full-range QDQ op models are different files: never shared
+    assert "-rr-" in converter_tag("onnx", "int8")
+    assert "-rr" not in converter_tag("tflite", "int8") and "-rr" not in converter_tag("onnx")
