@@ -125,24 +125,17 @@ def export_artifacts(model: torch.nn.Module, input_shape: Sequence[int], out_dir
     for fmt in fmts:
         path = out / FILE_NAMES[fmt]
         t0 = time.perf_counter()
-        if fmt == "onnx" and precision == "int8":
-            info = export_int8(model, input_shape, path, "onnx", calibration(), quant)
+        if precision == "int8":
+            info = export_int8(model, input_shape, path, fmt, calibration(), quant)
             secs = time.perf_counter() - t0
             check = check_int8(model, path, _check_images(calibration), min_agreement=min_agreement)
             diff = check.pop("max_abs_diff")
-            extra = {**check, "op_types": info["op_types"], "float_islands": info["float_islands"],
-                     "quantization": info["quantization"], "calibrated_on": info["calibrated_on"]}
+            extra = {**check, **info}  # op histogram, float islands, settings, images used
         elif fmt == "onnx":
             export_onnx(model, input_shape, path)
             secs = time.perf_counter() - t0
             diff = check_onnx(model, path, input_shape, atol=1e-4, seed=seed)
             extra = {"op_types": onnx_op_types(path)}
-        elif precision == "int8":
-            info = export_int8(model, input_shape, path, "tflite", calibration(), quant)
-            secs = time.perf_counter() - t0
-            check = check_int8(model, path, _check_images(calibration), min_agreement=min_agreement)
-            diff = check.pop("max_abs_diff")
-            extra = {**check, **info}
         else:
             from supernet.export_tflite import export_tflite
 
