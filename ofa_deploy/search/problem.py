@@ -157,6 +157,8 @@ class _Problem:
         """Switch to another budget (same space, predictor and cost model)."""
         if constraints.max_latency_ms is not None and self.table is None:
             raise SearchError("a latency budget needs a latency table")
+        if getattr(self, "constraints", None) != constraints:
+            self._spare = None  # feasible uniform draws not yet handed out (sample_feasible)
         self.constraints = constraints
         self.limits = constraints.limits()
         self.active_q = [int(q) for q in np.nonzero(np.isfinite(self.limits))[0]]
@@ -287,15 +289,26 @@ class _Problem:
         """Up to ``n`` distinct feasible archs: rejection sampling (uniform over the feasible
         set) in up to ``rounds`` batches of up to 64k archs, priced in one pass each; at budgets
         so tight that this finds too few, repair of rejected samples fills the rest. Always
-        terminates."""
+        terminates.
+
+        Feasible draws of a batch that this call does not need (those after the last one it
+        takes, never looked at) are kept for the next call under the same constraints: they
+        are independent uniform draws like any new ones, so the islands of a search share one
+        64k batch instead of drawing one each (at a loose budget most of a batch is spare)."""
         seen = set(exclude)
         got: List[np.ndarray] = []
         count = 0
         chunk = min(max(8 * n, 16384), 65536)
-        for attempt in range(rounds + 4):
+        spare, self._spare = self._spare, None
+        for attempt in range(-1, rounds + 4):
             if count >= n:
                 break
-            if attempt < rounds:
+            uniform = attempt < rounds
+            if attempt < 0:
+                if spare is None or not len(spare):
+                    continue
+                g = spare
+            elif uniform:
                 g = self._uniform_may_fit(chunk, rng)
                 g = g[self.feasible(g)]
             else:
@@ -305,6 +318,8 @@ class _Problem:
             if take:
                 got.append(g[take])
                 count += len(take)
+            if uniform and count >= n:
+                self._spare = g[take[-1] + 1:]
         if not count:
             raise InfeasibleBudgetError(
                 f"no subnet of {self.space.name} meets all constraints together "
