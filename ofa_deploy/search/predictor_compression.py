@@ -174,7 +174,7 @@ class CompressedMLP:
         """The predictor's output for feature rows ``x`` ``(N, dim)``."""
         n_layers = len(self.biases)
         acc: List[np.ndarray | None] = [None] * n_layers
-        h = np.ascontiguousarray(x, dtype=np.float32)
+        h = np.asarray(x, dtype=np.float32)
         for i in range(n_layers):
             plan = self._plan[i]
             if plan is not None:
