@@ -341,12 +341,17 @@ class _Problem:
         array operations."""
         c = self.cost
         u = rng.random(first.shape, dtype=np.float32)
-        probs = np.full(first.shape[1], mutate_prob, dtype=np.float32)
-        probs[c.res_gene] = res_mutate_prob
+        nd = len(c.ranges) - c.nb  # decision columns: one per block, stage, resolution
+        probs = np.full(nd, mutate_prob, dtype=np.float32)
+        probs[-1] = res_mutate_prob
         mut = mutate_rows[:, None]
-        hit = (u[:, c.mutation_cols] < probs) & mut
         out = np.where((u < 0.5) & ~mut, second, first)
+        # decide on the mutants' decision columns only, then spread each block's decision
+        # to its kernel and expand genes: the same draws, in the same (row-major) order
+        mi = np.nonzero(mutate_rows)[0]
+        hit = (u[mi, :nd] < probs)[:, c.mutation_cols]
         rows, cols = np.nonzero(hit)
+        rows = mi[rows]
         out[rows, cols] = (rng.random(len(rows), dtype=np.float32)
                            * c.ranges[cols]).astype(out.dtype)
         return out
