@@ -542,7 +542,7 @@ def test_islands_share_one_batch_of_feasible_draws(note10):
 
 def test_default_config_halves_eight_islands_and_resnet_keeps_its_own():
     cfg = EvolutionConfig()
-    assert (cfg.islands, cfg.population, cfg.generations) == (8, 200, 65)
+    assert (cfg.islands, cfg.population, cfg.generations) == (8, 200, 75)
     assert (cfg.prune_at, cfg.keep_islands, cfg.relink) == (20, 3, True)
     from ofa_deploy.cli.search import RESNET_DEFAULT
 
