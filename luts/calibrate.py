@@ -17,7 +17,7 @@ each by least squares on the relative error. Every model is scored on held-out s
 parameters winning ties within 0.2 points. The table stores it with every candidate's
 held-out error, an upper quantile factor (``p90_factor``: the 90th percentile, over held-out
 subnets, of measured p90 / calibrated prediction), the archs used (validation avoids them)
-and three of the subnets as reference networks with their medians (:mod:`luts.drift`
+and five of the subnets as reference networks with their medians (:mod:`luts.drift`
 re-times them before the table is used and rescales it to the machine's speed of the day).
 """
 from __future__ import annotations
@@ -45,6 +45,9 @@ MODELS = ("scale", "overhead+scale", "per-resolution-scale", "overhead+per-resol
 # Calibration archs are drawn with seed + this offset: never the archs a validation with the
 # same seed draws.
 CALIBRATION_SEED_OFFSET = 7919
+# The calibration subnets kept as reference networks, by latency quantile: five (not one) so
+# that one of them caught in a slow spell moves the median ratio of a drift check little.
+REFERENCE_QUANTILES = (0.1, 0.3, 0.5, 0.7, 0.9)
 
 
 def table_protocol(table: LatencyTable) -> MeasurementProtocol:
@@ -78,7 +81,7 @@ def measure_subnets(table: LatencyTable, archs: Sequence[ArchConfig], profiler: 
     """Extract each arch (an arch of the table's family, through the family's extraction) from
     a random supernet, export it exactly as ``specialize`` ships it
     (no BN folding by hand: the runtime folds it, as it does for the shipped file) and time
-    all of them under ``protocol``, interleaved; an int8 table's subnets are exported int8
+    all of them under ``protocol`` (its ``network_rounds`` rounds), interleaved; an int8 table's subnets are exported int8
     (:func:`~luts.convert.export_artifact` with its precision). ``progress`` (a label such as
     ``"validate cpu"``) shows a progress bar on stderr, one step per conversion and per timing
     round."""
@@ -87,9 +90,10 @@ def measure_subnets(table: LatencyTable, archs: Sequence[ArchConfig], profiler: 
 
         from supernet.progress import progress_bar
 
-        bar = progress_bar(len(archs) * (protocol.rounds + 1), unit="step", file=sys.stderr,
+        bar = progress_bar(len(archs) * (protocol.network_rounds + 1), unit="step",
+                           file=sys.stderr,
                            desc=f"{progress}: {len(archs)} subnets x (convert + "
-                                f"{protocol.rounds} rounds)")
+                                f"{protocol.network_rounds} rounds)")
 
         def step(what, k, n):
             bar.set_postfix_str(what, refresh=False)
@@ -122,7 +126,7 @@ def measure_subnets(table: LatencyTable, archs: Sequence[ArchConfig], profiler: 
                                           precision=precision, seed=seed + i), shape))
             if on_step is not None:
                 on_step("converting", i + 1, len(archs))
-        return measure_pooled(profiler, items, protocol,
+        return measure_pooled(profiler, items, protocol.for_networks(),
                               on_step=None if on_step is None else
                               (lambda k, n: on_step("timing", k, n)))
     finally:
@@ -212,7 +216,7 @@ def fit_calibration(op_sum: Sequence[float], measured: Sequence[float],
 def _reference_networks(archs: Sequence[ArchConfig], stats: Sequence[LatencyStats],
                         space) -> List[dict]:
     order = np.argsort([s.median_ms for s in stats], kind="stable")
-    picks = sorted({int(order[int(round(q * (len(order) - 1)))]) for q in (0.25, 0.5, 0.75)})
+    picks = sorted({int(order[int(round(q * (len(order) - 1)))]) for q in REFERENCE_QUANTILES})
     return [{"arch": archs[i].to_string(space), "median_ms": stats[i].median_ms}
             for i in picks]
 
@@ -269,8 +273,8 @@ def calibrate_lut(table: "LatencyTable | str | os.PathLike",
                   "measured_ms": s.median_ms, "measured_p90_ms": s.p90_ms,
                   "cv": float(c)} for a, p, s, c in zip(archs, op_sum, stats, cvs)],
         "median_cv": float(np.median(cvs)), "noise_warning": noise_warning(cvs, what="subnets"),
-        # three of the calibration subnets (25th/50th/75th percentile of latency) with the
-        # medians measured now: luts.drift re-times them before the table is used
+        # five of the calibration subnets (REFERENCE_QUANTILES of latency) with the medians
+        # measured now: luts.drift re-times them before the table is used
         "reference_networks": _reference_networks(archs, stats, table.space),
         "reference_ops": ([{**r, "median_ms": ref["now_ms"]} for r, ref in
                            zip(table.meta.get("reference_ops", []), refs["refs"])]
