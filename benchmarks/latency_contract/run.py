@@ -91,11 +91,20 @@ class Bench:
         (self.out / "results.json").write_text(json.dumps(self.res, indent=1) + "\n")
 
     # -- stages --------------------------------------------------------------------------
-    def build(self, k: int, space: str = TINY, res: Optional[str] = None):
-        table = self.out / "tables" / f"{space}-build{k}.json"
+    def table(self, k: int, space: str = TINY, variant: str = "") -> Path:
+        return self.out / "tables" / f"{space}{'-' + variant if variant else ''}-build{k}.json"
+
+    def build(self, k: int, space: str = TINY, res: Optional[str] = None, variant: str = ""):
+        """``variant``: "" (the protocol's defaults and --estimator), "int8" (an int8 table)
+        or an estimator name (the A/B of estimators)."""
+        table = self.table(k, space, variant)
         args = ["profile", "--device", "cpu", "--space", space, "--out", str(table), "--fresh",
                 "--calibrate", str(self.a.calibrate), "--json", "-q"]
-        if self.a.estimator:
+        if variant == "int8":
+            args += ["--precision", "int8"]
+        elif variant:
+            args += ["--estimator", variant]
+        elif self.a.estimator:
             args += ["--estimator", self.a.estimator]
         if res:
             args += ["--resolutions", res]
@@ -103,10 +112,13 @@ class Bench:
         r["table"] = str(table.relative_to(ROOT)) if table.is_absolute() else str(table)
         return r
 
-    def validate(self, k: int, space: str = TINY, samples: Optional[int] = None):
-        table = self.out / "tables" / f"{space}-build{k}.json"
-        return cli("lut", "validate", "--lut", str(table), "--samples",
-                   str(samples or self.a.samples), "--seed", "1", "--json", "-q")
+    def validate(self, k: int, space: str = TINY, samples: Optional[int] = None,
+                 variant: str = ""):
+        args = ["lut", "validate", "--lut", str(self.table(k, space, variant)), "--samples",
+                str(samples or self.a.samples), "--seed", "1", "--json", "-q"]
+        if variant == "int8":
+            args += ["--precision", "int8"]
+        return cli(*args)
 
     def specialize(self, frac: float):
         from luts.table import LatencyTable
@@ -179,10 +191,13 @@ def later(b: "Bench", a) -> int:
     b.res = {**prev, "skipped": prev.get("skipped", [])}
     built = {s["stage"]: s for s in prev["stages"] if s["stage"].startswith("build")}
     when = {name: s.get("finished") for name, s in built.items()}
-    for k in range(1, a.builds + 1):
-        if f"build #{k}" in built:
-            b.stage(f"validate #{k} later (built {when.get(f'build #{k}')})", 0,
-                    lambda k=k: b.validate(k))
+    for name in sorted(built):
+        parts = name.split()  # "build #K" or "build #K VARIANT"; "build w1.0"
+        if parts[1] == "w1.0":
+            continue
+        k, variant = int(parts[1][1:]), (parts[2] if len(parts) > 2 else "")
+        b.stage(f"validate #{k}{' ' + variant if variant else ''} later (built "
+                f"{when.get(name)})", 0, lambda k=k, v=variant: b.validate(k, variant=v))
     if "build w1.0" in built:
         b.stage(f"validate w1.0 later (built {when.get('build w1.0')})", 0,
                 lambda: b.validate(1, W10))
@@ -206,6 +221,10 @@ def main() -> int:
     ap.add_argument("--out", default=str(HERE / "results"))
     ap.add_argument("--estimator", default=None,
                     help="estimator of the fresh builds (default: the protocol's)")
+    ap.add_argument("--ab-estimator", default=None,
+                    help="also build and validate tables with this estimator, interleaved "
+                         "with the default builds (A, B, A, B)")
+    ap.add_argument("--int8", action="store_true", help="also build and validate an int8 table")
     ap.add_argument("--later", action="store_true",
                     help="only validate the tables of an earlier run (in --out) again, and "
                          "append those stages to its results: 'validated an hour later'")
@@ -214,7 +233,8 @@ def main() -> int:
     res = "32" if a.quick else None
     if a.quick:
         a.builds, a.samples, a.calibrate, a.generations = 1, 6, 5, 20
-        a.out = str(HERE / "results-quick")
+        if a.out == str(HERE / "results"):
+            a.out = str(HERE / "results-quick")
     b = Bench(a)
     if a.later:
         return later(b, a)
@@ -233,9 +253,19 @@ def main() -> int:
     if (tables / f"{W10}-build0.json").is_file():
         b.stage("validate w1.0 #0 (built earlier)", 150, lambda: b.validate(0, W10))
     b.stage("noisy validate #1 (CPU burner)", 40, lambda: b.noisy_validate(1))
+    ab = a.ab_estimator
+    if ab and b.stage(f"build #1 {ab}", est_build, lambda: b.build(1, res=res, variant=ab)):
+        b.stage(f"validate #1 {ab}", est_val, lambda: b.validate(1, variant=ab))
     for k in range(2, a.builds + 1):
+        # A, B, A, B: the estimator A/B shares the machine's slow and quiet spells
         if b.stage(f"build #{k}", est_build, lambda k=k: b.build(k, res=res)):
             b.stage(f"validate #{k}", est_val, lambda k=k: b.validate(k))
+        if ab and b.stage(f"build #{k} {ab}", est_build,
+                          lambda k=k: b.build(k, res=res, variant=ab)):
+            b.stage(f"validate #{k} {ab}", est_val, lambda k=k: b.validate(k, variant=ab))
+    if a.int8 and b.stage("build #1 int8", 2 * est_build,
+                          lambda: b.build(1, res=res, variant="int8")):
+        b.stage("validate #1 int8", 2 * est_val, lambda: b.validate(1, variant="int8"))
     b.stage("validate #1 again (later)", est_val, lambda: b.validate(1))
     if a.w10 and not a.quick:
         if b.stage("build w1.0", 300, lambda: b.build(1, W10, "160,192,224")):

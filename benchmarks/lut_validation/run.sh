@@ -1,32 +1,33 @@
 #!/usr/bin/env bash
-# Build CPU (onnxruntime) latency tables and validate them against whole subnets.
+# Build CPU (onnxruntime) latency tables and validate them against whole subnets, with the
+# shared measurement protocol's defaults, as a user runs them.
 # Usage: benchmarks/lut_validation/run.sh [tiny|w10|all]   (from the repository root)
 #
-# Timing uses one onnxruntime thread (--threads 1) so a 2-core machine keeps a core for the
-# converter process and the rest of the system. A cold op-model cache is used on purpose, so
-# the recorded build time includes converting every op model.
+# Defaults: the protocol's (median of pooled runs, warm cache, 1 thread, 5 rounds over the
+# ops, 15 over whole networks), `profile`'s calibration on 20 subnets, `lut validate
+# --samples 30`. The op-model cache is the user's (OFA_DEPLOY_HOME), so the build time is
+# the timing, not the one-off conversion; COLD=1 uses a fresh cache (conversions timed too).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 HERE=benchmarks/lut_validation
 OFA=${OFA:-.venv/bin/ofa-deploy}
 WHICH=${1:-all}
-RUNS=${RUNS:-15}
-ROUNDS=${ROUNDS:-10}
-VROUNDS=${VROUNDS:-10}
-SAMPLES=${SAMPLES:-40}
-CACHE=$(mktemp -d /tmp/ofa-lut-bench-cache.XXXXXX)
-trap 'rm -rf "$CACHE"' EXIT
+SAMPLES=${SAMPLES:-30}
+CACHE_ARGS=()
+if [[ ${COLD:-0} == 1 ]]; then
+  CACHE=$(mktemp -d /tmp/ofa-lut-bench-cache.XXXXXX)
+  trap 'rm -rf "$CACHE"' EXIT
+  CACHE_ARGS=(--cache-dir "$CACHE")
+fi
 mkdir -p "$HERE/tables" "$HERE/results"
 
 bench() {  # name space resolutions
   local name=$1 space=$2 res=$3
   local table="$HERE/tables/cpu-$space.json"
   rm -f "$table" "$table.raw"
-  $OFA profile --device cpu --space "$space" --resolutions "$res" --threads 1 \
-      --runs "$RUNS" --rounds "$ROUNDS" --cache-dir "$CACHE" --out "$table" --quiet --json \
-      > "$HERE/results/$name-profile.json"
-  $OFA lut validate --lut "$table" --device cpu --samples "$SAMPLES" --seed 0 \
-      --rounds "$VROUNDS" --quiet --json \
+  $OFA profile --device cpu --space "$space" --resolutions "$res" "${CACHE_ARGS[@]}" \
+      --out "$table" --quiet --json > "$HERE/results/$name-profile.json"
+  $OFA lut validate --lut "$table" --device cpu --samples "$SAMPLES" --seed 0 --quiet --json \
       --plot "$HERE/results/$name-validate.png" --out "$HERE/results/$name-validate.json" \
       > /dev/null
   rm -f "$table.raw"

@@ -147,10 +147,7 @@ class _Problem:
                 and getattr(enc, "num_blocks", None) == c.nb):
             slots = np.asarray(enc.resolution_slot(c.res_values))
             if (slots >= 0).all():
-                from .predictor_compression import search_scorer
-
-                # an exact, smaller network where some units are provably dead or linear
-                self._fast = (enc, slots, search_scorer(predictor, c))
+                self._fast = (enc, slots)
         self.set_constraints(constraints)
 
     def set_constraints(self, constraints: Constraints) -> None:
@@ -200,10 +197,10 @@ class _Problem:
             return np.zeros(0)
         c = self.cost
         if self._fast is not None:
-            enc, slots, scorer = self._fast
+            enc, slots = self._fast
             x = enc.encode_indices(genes[:, c.kernel_genes], genes[:, c.expand_genes], c.active(genes),
                                    slots[genes[:, c.res_gene]])
-            out = scorer(x)
+            out = self.predictor.predict_features(x)
         else:
             out = self.predictor.predict(c.batch(genes))
         out = np.asarray(out, dtype=np.float64).ravel()
