@@ -109,7 +109,8 @@ class Bench:
         if res:
             args += ["--resolutions", res]
         r = cli(*args)
-        r["table"] = str(table.relative_to(ROOT)) if table.is_absolute() else str(table)
+        r["table"] = (str(table.relative_to(ROOT)) if table.is_relative_to(ROOT)
+                      else str(table))
         return r
 
     def validate(self, k: int, space: str = TINY, samples: Optional[int] = None,
