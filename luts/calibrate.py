@@ -17,7 +17,7 @@ each by least squares on the relative error. Every model is scored on held-out s
 parameters winning ties within 0.2 points. The table stores it with every candidate's
 held-out error, an upper quantile factor (``p90_factor``: the 90th percentile, over held-out
 subnets, of measured p90 / calibrated prediction), the archs used (validation avoids them)
-and three of the subnets as reference networks with their medians (:mod:`luts.drift`
+and five of the subnets as reference networks with their medians (:mod:`luts.drift`
 re-times them before the table is used and rescales it to the machine's speed of the day).
 """
 from __future__ import annotations
@@ -45,6 +45,9 @@ MODELS = ("scale", "overhead+scale", "per-resolution-scale", "overhead+per-resol
 # Calibration archs are drawn with seed + this offset: never the archs a validation with the
 # same seed draws.
 CALIBRATION_SEED_OFFSET = 7919
+# The calibration subnets kept as reference networks, by latency quantile: five (not one) so
+# that one of them caught in a slow spell moves the median ratio of a drift check little.
+REFERENCE_QUANTILES = (0.1, 0.3, 0.5, 0.7, 0.9)
 
 
 def table_protocol(table: LatencyTable) -> MeasurementProtocol:
@@ -217,7 +220,7 @@ def fit_calibration(op_sum: Sequence[float], measured: Sequence[float],
 def _reference_networks(archs: Sequence[ArchConfig], stats: Sequence[LatencyStats],
                         space) -> List[dict]:
     order = np.argsort([s.median_ms for s in stats], kind="stable")
-    picks = sorted({int(order[int(round(q * (len(order) - 1)))]) for q in (0.25, 0.5, 0.75)})
+    picks = sorted({int(order[int(round(q * (len(order) - 1)))]) for q in REFERENCE_QUANTILES})
     return [{"arch": archs[i].to_string(space), "median_ms": stats[i].median_ms}
             for i in picks]
 
@@ -277,8 +280,8 @@ def calibrate_lut(table: "LatencyTable | str | os.PathLike",
                   "measured_ms": s.median_ms, "measured_p90_ms": s.p90_ms,
                   "cv": float(c)} for a, p, s, c in zip(archs, op_sum, stats, cvs)],
         "median_cv": float(np.median(cvs)), "noise_warning": noise_warning(cvs, what="subnets"),
-        # three of the calibration subnets (25th/50th/75th percentile of latency) with the
-        # medians measured now: luts.drift re-times them before the table is used
+        # five of the calibration subnets (REFERENCE_QUANTILES of latency) with the medians
+        # measured now: luts.drift re-times them before the table is used
         "reference_networks": _reference_networks(archs, stats, table.space),
         "reference_ops": ([{**r, "median_ms": ref["now_ms"]} for r, ref in
                            zip(table.meta.get("reference_ops", []), refs["refs"])]

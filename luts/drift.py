@@ -2,14 +2,22 @@
 
 The device of today is not the device of the build: load, thermal state and the CPU governor
 move a shared machine's speed by tens of percent within an hour. A calibrated table records
-three of its calibration subnets with their pooled medians (``calibration["reference_networks"]``),
-an uncalibrated one a few costly op models (``meta["reference_ops"]``). :func:`check_drift`
-times the same networks (exported as ``specialize`` ships them) or op models under the same
-protocol, takes the median ratio today / then, and sets the table's
-:attr:`~luts.table.LatencyTable.speed_scale` so predictions follow the machine. Whole networks
-are preferred: load slows a 10 ms network (preempted mid-run) far more than a 0.1 ms op, so
-only networks measure the slowdown the predictions feel. The result says by how much, and
-warns in one line when the change is large enough to matter.
+five of its calibration subnets with their pooled medians (``calibration["reference_networks"]``;
+tables calibrated before: three), an uncalibrated one a few costly op models
+(``meta["reference_ops"]``). :func:`check_drift` times the same networks (exported as
+``specialize`` ships them) or op models under the same protocol, takes the median ratio
+today / then, and sets the table's :attr:`~luts.table.LatencyTable.speed_scale` so
+predictions follow the machine. Whole networks are preferred: load slows a 10 ms network
+(preempted mid-run) far more than a 0.1 ms op, so only networks measure the slowdown the
+predictions feel. The result says by how much, and warns in one line when the change is
+large enough to matter or when the references disagree about it.
+
+Where the references can be timed together with what the predictions are compared with
+(``lut validate``), they are: :func:`reference_networks` gives them to the caller, who
+interleaves them with its own subnets in one round-robin measurement and passes their
+stats to :func:`drift_from_networks`. A separate quick check beforehand measures the speed
+of the minute before, and on a shared VM that minute can be a slow spell the validation
+never sees (measured: a x1.54 rescale, then every subnet over-predicted by 51%).
 """
 from __future__ import annotations
 
@@ -25,10 +33,14 @@ from profilers.protocol import MeasurementProtocol, cv_of, measure_pooled
 from .store import cache_dir as default_cache_dir
 from .table import LatencyTable, LUTError
 
-__all__ = ["check_drift", "reference_artifacts", "DRIFT_WARN"]
+__all__ = ["check_drift", "drift_from_networks", "reference_networks", "reference_artifacts",
+           "DRIFT_WARN", "DRIFT_DISAGREE"]
 
 # A speed change larger than this is reported as a warning line (smaller ones are noise).
 DRIFT_WARN = 0.05
+# References whose ratios now / then spread by more than this (max - min, relative to the
+# median) disagree about the machine's speed: the rescale is reported as uncertain.
+DRIFT_DISAGREE = 0.15
 
 
 def reference_artifacts(table: LatencyTable, fmt: str,
@@ -65,17 +77,34 @@ def _references(table: LatencyTable) -> List[dict]:
     return [r for r in refs if isinstance(r, dict) and r.get("median_ms")]
 
 
+def reference_networks(table: LatencyTable) -> List[dict]:
+    """The calibration's reference networks of ``table`` (``{"arch", "median_ms"}`` each;
+    empty for uncalibrated or imported tables)."""
+    nets = (table.calibration or {}).get("reference_networks") or []
+    return [n for n in nets if isinstance(n, dict) and n.get("arch") and n.get("median_ms")]
+
+
+def drift_from_networks(table: LatencyTable, nets: List[dict], stats, *, apply: bool = True,
+                        interleaved: bool = False) -> Dict[str, Any]:
+    """The drift result for reference networks ``nets`` (:func:`reference_networks`) whose
+    stats today are ``stats`` (measured under the table's protocol, e.g. interleaved with a
+    validation's subnets: then say ``interleaved``); with ``apply`` sets the table's
+    ``speed_scale``. Returns what :func:`check_drift` returns."""
+    out = {"kind": "reference networks", "against": "calibrated", "interleaved": interleaved,
+           "refs": [{"what": n["arch"], "then_ms": float(n["median_ms"]),
+                     "now_ms": s.median_ms, "cv": cv_of(s) if s.median_ms else None}
+                    for n, s in zip(nets, stats)]}
+    return _finish(table, out, apply)
+
+
 def _check_networks(table: LatencyTable, profiler: Profiler, protocol: MeasurementProtocol,
-                    nets: List[dict]) -> Dict[str, Any]:
+                    nets: List[dict], apply: bool) -> Dict[str, Any]:
     from .calibrate import measure_subnets
 
     archs = [table.family.parse_arch(n["arch"], table.space) for n in nets]
     stats = measure_subnets(table, archs, profiler, protocol,
                             seed=int((table.calibration or {}).get("seed", 0)))
-    return {"kind": "reference networks", "against": "calibrated",
-            "refs": [{"what": n["arch"], "then_ms": float(n["median_ms"]),
-                      "now_ms": s.median_ms, "cv": cv_of(s) if s.median_ms else None}
-                     for n, s in zip(nets, stats)]}
+    return drift_from_networks(table, nets, stats, apply=apply)
 
 
 def check_drift(table: LatencyTable, profiler: Profiler, protocol: MeasurementProtocol, *,
@@ -87,13 +116,12 @@ def check_drift(table: LatencyTable, profiler: Profiler, protocol: MeasurementPr
     way the predicted networks do: a 10 ms run is preempted far more often than a 0.1 ms op),
     else the build's reference ops. Returns ``{"scale", "kind", "refs", "warning"}`` (None
     when the table records no references, e.g. imported tables)."""
-    nets = (table.calibration or {}).get("reference_networks") if networks else None
+    nets = reference_networks(table) if networks else None
     refs = _references(table)
     if not nets and not refs:
         return None
     if nets:
-        out = _check_networks(table, profiler, protocol, nets)
-        return _finish(table, out, apply)
+        return _check_networks(table, profiler, protocol, nets, apply)
     try:
         arts = reference_artifacts(table, profiler.artifact_format, cache_dir)
     except Exception as exc:  # conversion trouble must not hide the real work: report it
@@ -114,16 +142,29 @@ def _finish(table: LatencyTable, out: Dict[str, Any], apply: bool) -> Dict[str, 
     scale = float(np.median(ratios))
     if not np.isfinite(scale) or scale <= 0:
         raise LUTError(f"drift check measured nonsense (ratios {ratios})")
+    spread = float((max(ratios) - min(ratios)) / scale) if len(ratios) > 1 else 0.0
     when = out["against"]
-    warning = None
-    if abs(scale - 1.0) > DRIFT_WARN:
+    warnings_: List[str] = []
+    load = None
+    if abs(scale - 1.0) > DRIFT_WARN or spread > DRIFT_DISAGREE:
         from profilers.measure import loadavg
 
         load = loadavg()
-        warning = (f"the machine is {abs(scale - 1):.0%} {'slower' if scale > 1 else 'faster'} "
-                   f"than when the table was {when} ({out['kind']} re-timed; load average "
-                   f"{load[0] if load else '?'}; load, thermal state or CPU governor): "
-                   f"predictions rescaled by x{scale:.3f}")
+    if abs(scale - 1.0) > DRIFT_WARN:
+        warnings_.append(
+            f"the machine is {abs(scale - 1):.0%} {'slower' if scale > 1 else 'faster'} than "
+            f"when the table was {when} ({out['kind']} re-timed; load average "
+            f"{load[0] if load else '?'}; load, thermal state or CPU governor): predictions "
+            f"rescaled by x{scale:.3f}")
+    if spread > DRIFT_DISAGREE:
+        # one reference in a slow spell, the others not: the machine's speed moved while
+        # they ran, so the median ratio is an uncertain figure; say so rather than hide it
+        warnings_.append(
+            f"the {out['kind']} disagree about today's speed (ratios now / then "
+            f"x{min(ratios):.2f} .. x{max(ratios):.2f}, load average "
+            f"{load[0] if load else '?'}): the machine's speed moved while they ran, so the "
+            f"rescale x{scale:.3f} is uncertain")
     if apply:
         table.speed_scale = scale
-    return {"scale": scale, "warning": warning, **out}
+    return {"scale": scale, "spread": spread,
+            "warning": "; ".join(warnings_) if warnings_ else None, **out}

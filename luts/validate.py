@@ -78,8 +78,10 @@ def validate_lut(table: "LatencyTable | str | os.PathLike", device: "str | Devic
     ``warmup`` and ``rounds`` may change its precision, ``threads`` and ``estimator`` must
     match the table's (another thread count or estimator measures something else: refused).
     The predictions validated are the ones the search uses: calibrated (if the table is)
-    and, with ``drift``, rescaled to today's speed by re-timing the table's reference ops
-    first (this sets ``table.speed_scale``). Archs the calibration was fitted on are never drawn. Returns a
+    and, with ``drift``, rescaled to today's speed (this sets ``table.speed_scale``): a
+    calibrated table's reference networks are timed interleaved with the validation subnets
+    (:func:`luts.drift.drift_from_networks`), an uncalibrated table's reference ops just
+    before them. Archs the calibration was fitted on are never drawn. Returns a
     JSON-able dict: ``samples``, ``mape``, ``within_10pct``, ``kendall_tau`` (and a few more
     summary numbers), ``uncalibrated`` (the same for the plain op sums), ``rows`` (one per
     subnet), ``warnings`` and ``meta`` (with the protocol and the precision).
@@ -91,7 +93,7 @@ def validate_lut(table: "LatencyTable | str | os.PathLike", device: "str | Devic
     from profilers.protocol import cv_of, noise_warning, require_comparable
 
     from .calibrate import measure_subnets, table_protocol
-    from .drift import check_drift
+    from .drift import check_drift, drift_from_networks, reference_networks
 
     if samples < 2:
         raise LUTError(f"--samples must be at least 2, got {samples}")
@@ -126,13 +128,21 @@ def validate_lut(table: "LatencyTable | str | os.PathLike", device: "str | Devic
     t0 = time.monotonic()
     load0 = loadavg()
     warnings_: List[str] = []
-    drift_info = check_drift(table, profiler, protocol) if drift else None
+    # a calibrated table's reference networks are timed in the same round-robin as the
+    # validation subnets, so the speed they measure is the speed the subnets saw; only the
+    # reference ops of an uncalibrated table are re-timed beforehand
+    nets = reference_networks(table) if drift else []
+    drift_info = check_drift(table, profiler, protocol) if drift and not nets else None
+    ref_archs = [table.family.parse_arch(n["arch"], space) for n in nets]
+    stats = measure_subnets(table, archs + ref_archs, profiler, protocol, seed=seed,
+                            work_dir=work_dir, progress=f"validate {spec}" if progress else None)
+    stats, ref_stats = stats[:len(archs)], stats[len(archs):]
+    if nets:
+        drift_info = drift_from_networks(table, nets, ref_stats, interleaved=True)
     if drift_info and drift_info.get("warning"):
         warnings_.append(drift_info["warning"])
     predicted = table.predict(archs, quantile=quantile)
     uncal = table.predict(archs, calibrated=False)
-    stats = measure_subnets(table, archs, profiler, protocol, seed=seed, work_dir=work_dir,
-                            progress=f"validate {spec}" if progress else None)
     rows: List[Dict[str, Any]] = []
     for i, (arch, pred, raw, s) in enumerate(zip(archs, predicted, uncal, stats)):
         measured = s.p90_ms if quantile == 90 else s.median_ms

@@ -28,8 +28,10 @@ def _human(d: dict) -> str:
         ("uncalibrated", f"within ±10% {d['uncalibrated']['within_10pct']:.0%}, MAPE "
                          f"{d['uncalibrated']['mape']:.1%}"),
         ("calibration", m["calibration"]["model"] if m.get("calibration") else "none"),
-        ("speed scale", f"x{m['speed_scale']:.3f}" + (f" ({m['drift']['kind']} re-timed)"
-                                                       if m.get("drift") else "")),
+        ("speed scale", f"x{m['speed_scale']:.3f}" + (
+            f" ({m['drift']['kind']} re-timed"
+            f"{' with the subnets' if m['drift'].get('interleaved') else ''}, spread "
+            f"{m['drift'].get('spread', 0):.0%})" if m.get("drift") else "")),
         ("noise (median CV)", f"{d['median_cv']:.1%}"),
         ("protocol", _protocol_line(m["protocol"])),
         ("time", f"{m['seconds']:.1f} s"),

@@ -252,12 +252,13 @@ def test_drift_check_rescales_to_todays_speed_with_reference_networks():
     machine = BiasedMachine(truth=synthetic_table(), scale=1.3, offset=0.25, sigma=0.02)
     calibrate_lut(t, samples=20, profiler=machine, protocol=PROTO, save=False)
     nets = t.calibration["reference_networks"]
-    assert len(nets) == 3 and all(n["arch"] in t.calibration["archs"] for n in nets)
+    assert len(nets) == 5 and all(n["arch"] in t.calibration["archs"] for n in nets)
     # an hour later the machine is 25% slower (load, thermal state): the references see it
     machine.scale, machine.offset = 1.3 * 1.25, 0.25 * 1.25
     r = validate_lut(t, "cpu", samples=12, seed=5, profiler=machine, progress=False)
     d = r["meta"]["drift"]
     assert d["kind"] == "reference networks" and d["scale"] == pytest.approx(1.25, rel=0.03)
+    assert d["interleaved"] is True and d["spread"] < 0.15
     assert r["meta"]["speed_scale"] == d["scale"]
     assert any("25% slower" in w or "24% slower" in w or "26% slower" in w
                for w in r["warnings"])
@@ -267,3 +268,59 @@ def test_drift_check_rescales_to_todays_speed_with_reference_networks():
     r0 = validate_lut(t, "cpu", samples=12, seed=5, profiler=machine, drift=False,
                       progress=False)
     assert r0["mean_rel_err"] < -0.15
+
+
+class SpellMachine(BiasedMachine):
+    """A BiasedMachine that runs ``slow`` x slower for its first ``spell`` measurements (a
+    neighbour's burst on a shared VM), then at its normal speed."""
+
+    def __init__(self, *a, spell: int, slow: float, **kw):
+        super().__init__(*a, **kw)
+        self.spell, self.slow, self.calls = spell, slow, 0
+
+    def measure_samples(self, artifact, input_shape):
+        self.calls += 1
+        v = super().measure_samples(artifact, input_shape)
+        return [x * self.slow for x in v] if self.calls <= self.spell else v
+
+
+def test_validation_times_the_reference_networks_with_its_subnets_not_before_them():
+    """A slow spell at the start of a validation must not rescale the table: the references
+    are measured in the same round-robin as the subnets (a check run beforehand would sit
+    entirely inside the spell, scale every prediction by 1.5 and miss every subnet)."""
+    t = synthetic_table()
+    truth = synthetic_table()
+    calibrate_lut(t, samples=20, profiler=BiasedMachine(truth=truth, scale=1.3, sigma=0.02),
+                  protocol=PROTO.with_(rounds=5), save=False)
+    n_refs = len(t.calibration["reference_networks"])
+    # the spell covers what a drift check beforehand would measure (refs x 5 rounds), and
+    # in the interleaved order only the first round of the first subnets
+    machine = SpellMachine(truth=truth, scale=1.3, sigma=0.02, spell=n_refs * 5, slow=1.5)
+    r = validate_lut(t, "cpu", samples=12, seed=5, profiler=machine, rounds=5, progress=False)
+    d = r["meta"]["drift"]
+    assert d["interleaved"] and d["scale"] == pytest.approx(1.0, abs=0.03)
+    assert r["within_10pct"] == 1.0 and not any("slower" in w for w in r["warnings"])
+    # the same spell under a separate check beforehand misfires (what interleaving avoids)
+    from luts.drift import check_drift
+    from luts.calibrate import table_protocol
+
+    machine = SpellMachine(truth=truth, scale=1.3, sigma=0.02, spell=n_refs * 5, slow=1.5)
+    before = check_drift(t, machine, table_protocol(t).with_(rounds=5), apply=False)
+    assert before["scale"] == pytest.approx(1.5, rel=0.03) and not before["interleaved"]
+
+
+def test_references_that_disagree_are_reported():
+    """One reference in a slow spell, the others not: the rescale is flagged as uncertain."""
+    from luts.drift import drift_from_networks
+
+    t = synthetic_table()
+    calibrate_lut(t, samples=20, profiler=BiasedMachine(truth=synthetic_table(), scale=1.3),
+                  protocol=PROTO, save=False)
+    nets = t.calibration["reference_networks"]
+    now = [LatencyStats.from_samples([n["median_ms"] * f] * 5)
+           for n, f in zip(nets, [1.0, 1.02, 1.4, 0.99, 1.01])]
+    d = drift_from_networks(t, nets, now, apply=False)
+    assert d["scale"] == pytest.approx(1.01) and d["spread"] > 0.3
+    assert "disagree" in d["warning"] and t.speed_scale == 1.0
+    calm = [LatencyStats.from_samples([n["median_ms"] * 1.01] * 5) for n in nets]
+    assert drift_from_networks(t, nets, calm)["warning"] is None and t.speed_scale == 1.01
