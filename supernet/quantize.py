@@ -31,11 +31,12 @@ __all__ = ["PRECISIONS", "QuantizeError", "QuantSettings", "quantize_onnx", "flo
 PRECISIONS = ("fp32", "int8", "fp16")
 # fp16 is offered where a runtime has a use for it: TFLite (fp16 weights; GPU delegates and
 # ARM CPUs with fp16 arithmetic compute in fp16) and CUDA (torch .half()). onnxruntime's CPU
-# provider has few fp16 kernels and wraps the rest in Cast nodes, so an fp16 ONNX file runs
-# slower than the fp32 one on a CPU (benchmarks/int8/README.md, fp16 section).
+# provider wraps an fp16 ONNX model's ops in casts to and from fp32 (96 Cast nodes in the
+# bundled default's smallest subnet, 180 in its largest) and ran it 2-9% slower than the fp32
+# file (benchmarks/int8/fp16/onnx_fp16.json).
 FP16_FORMATS = ("tflite",)
-FP16_REFUSAL = ("fp16 is offered for TFLite and CUDA only; onnxruntime on CPU runs an fp16 "
-                "ONNX model slower than the fp32 one")
+FP16_REFUSAL = ("fp16 is offered for TFLite and CUDA only; onnxruntime's CPU provider casts an "
+                "fp16 ONNX model back to fp32 around its ops and runs it slower than the fp32 one")
 _ACTIVATION_TYPES = ("uint8", "int8")
 _CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
