@@ -166,6 +166,7 @@ def test_fp16_meta_round_trip(tmp_path):
     assert LatencyTable.load(tmp_path / "t.json") == t
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no CUDA device")
 def test_cuda_fp16_table_on_the_gpu(tmp_path):
     from luts.builder import build_lut
