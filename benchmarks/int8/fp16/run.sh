@@ -2,7 +2,8 @@
 # fp32 vs fp16 vs int8 .tflite of the bundled default's largest and smallest subnet on
 # tflite:cpu (LiteRT + XNNPACK, 1 thread), through the CLI: `export` writes each file (BN
 # re-calibrated on Fashion-MNIST training images, int8 calibrated on them too), `bench` times
-# all six under the shared measurement protocol. Usage (from the repo root):
+# all six under the shared measurement protocol. Usage (from the repo root; PYTHON names the
+# interpreter, PYTHONPATH=$PWD to run a checkout):
 #   bash benchmarks/int8/fp16/run.sh [OUT_DIR (default runs/fp16-bench)] [extra bench flags]
 set -euo pipefail
 OUT=${1:-runs/fp16-bench}
