@@ -81,7 +81,7 @@ def measure_subnets(table: LatencyTable, archs: Sequence[ArchConfig], profiler: 
     """Extract each arch (an arch of the table's family, through the family's extraction) from
     a random supernet, export it exactly as ``specialize`` ships it
     (no BN folding by hand: the runtime folds it, as it does for the shipped file) and time
-    all of them under ``protocol``, interleaved; an int8 table's subnets are exported int8
+    all of them under ``protocol`` (its ``network_rounds`` rounds), interleaved; an int8 table's subnets are exported int8
     (:func:`~luts.convert.export_artifact` with its precision). ``progress`` (a label such as
     ``"validate cpu"``) shows a progress bar on stderr, one step per conversion and per timing
     round."""
@@ -90,9 +90,10 @@ def measure_subnets(table: LatencyTable, archs: Sequence[ArchConfig], profiler: 
 
         from supernet.progress import progress_bar
 
-        bar = progress_bar(len(archs) * (protocol.rounds + 1), unit="step", file=sys.stderr,
+        bar = progress_bar(len(archs) * (protocol.network_rounds + 1), unit="step",
+                           file=sys.stderr,
                            desc=f"{progress}: {len(archs)} subnets x (convert + "
-                                f"{protocol.rounds} rounds)")
+                                f"{protocol.network_rounds} rounds)")
 
         def step(what, k, n):
             bar.set_postfix_str(what, refresh=False)
@@ -130,7 +131,7 @@ def measure_subnets(table: LatencyTable, archs: Sequence[ArchConfig], profiler: 
                                           precision=precision, seed=seed + i), shape))
             if on_step is not None:
                 on_step("converting", i + 1, len(archs))
-        return measure_pooled(profiler, items, protocol,
+        return measure_pooled(profiler, items, protocol.for_networks(),
                               on_step=None if on_step is None else
                               (lambda k, n: on_step("timing", k, n)))
     finally:

@@ -108,7 +108,7 @@ def validate_lut(table: "LatencyTable | str | os.PathLike", device: "str | Devic
     spec = DeviceSpec.parse(device)
     tm = table.meta
     base = table_protocol(table)
-    protocol = base.with_(runs=runs, warmup=warmup, rounds=rounds, threads=threads,
+    protocol = base.with_(runs=runs, warmup=warmup, network_rounds=rounds, threads=threads,
                           estimator=estimator)
     require_comparable(base, protocol, "the table", "this validation")
     if profiler is None:
@@ -169,7 +169,7 @@ def validate_lut(table: "LatencyTable | str | os.PathLike", device: "str | Devic
                  "table_device": tm.get("device"), "space": space.name,
                  "precision": table.precision,
                  "resolutions": sorted({a.r for a in archs}), "seed": seed,
-                 "rounds": protocol.rounds, "protocol": protocol.get_state(),
+                 "rounds": protocol.network_rounds, "protocol": protocol.get_state(),
                  "quantile": quantile, "overhead_ms": table.overhead_ms,
                  "calibrated": cal is not None,
                  "calibration": None if cal is None else {

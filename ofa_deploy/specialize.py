@@ -310,7 +310,8 @@ def measure_artifact(target: str, artifacts: Dict[str, dict], subnet: torch.nn.M
             artifact = artifacts[fmt]["path"]
         else:
             raise OfaDeployError(f"target {target} runs {fmt} models: include {fmt} in --formats")
-        stats = measure_pooled(prof, [(artifact, tuple(input_shape))], protocol)[0]
+        stats = measure_pooled(prof, [(artifact, tuple(input_shape))],
+                               protocol.for_networks())[0]
         return {"median": stats.median_ms, "p10": stats.p10_ms, "p90": stats.p90_ms,
                 "std": stats.std_ms, "runs": stats.runs,
                 "cv": cv_of(stats) if stats.median_ms > 0 else None,
@@ -341,7 +342,7 @@ def target_protocol(table: LatencyTable, threads: Optional[int] = None,
     from luts.calibrate import table_protocol
 
     base = table_protocol(table)
-    p = base.with_(threads=threads, runs=runs, warmup=warmup, rounds=rounds,
+    p = base.with_(threads=threads, runs=runs, warmup=warmup, network_rounds=rounds,
                    estimator=estimator)
     require_comparable(base, p, "the latency table", "this measurement")
     return p

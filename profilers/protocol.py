@@ -23,6 +23,14 @@ cache
     ``warm`` (default): steady state, what an application running the model repeatedly sees;
     nothing is evicted between runs. ``cold``: ``flush_bytes`` are written before every timed
     run, so weights come from further away, as after other work.
+rounds, network_rounds
+    ``rounds`` passes over the ops of a table; ``network_rounds`` passes over whole networks
+    (calibration, validation, the drift check, ``specialize``'s winner, ``bench``). Whole
+    networks get more rounds (default 15): a network of a few ms is timed in about 20 ms
+    per round, and on a shared VM a slow spell of a second or more covers whole rounds, so
+    the share of slow rounds, which moves the pooled median, varies from network to network
+    by far less over 15 rounds than over 5 (a table has hundreds of ops, whose errors
+    average out in an op sum; a validated network is one number).
 threads, cpus
     Runtime threads and the CPUs the process (and, because affinity is set before the
     runtime creates its thread pool, the runtime's worker threads) may run on.
@@ -53,6 +61,8 @@ CACHE_POLICIES = ("warm", "cold")
 # a few dozen runs is still stable to about 2%, but the spread says other work shares the CPU
 # and the machine's speed may move between measurements by far more.
 DEFAULT_MAX_CV = 0.10
+# Rounds of whole-network timing (see ``network_rounds`` in the module docstring).
+NETWORK_ROUNDS = 15
 # The settings that decide *what* is measured; the rest only decide how precisely.
 _SEMANTIC = ("estimator", "cache", "flush_bytes", "threads", "cpus")
 
@@ -70,6 +80,7 @@ class MeasurementProtocol:
     warmup: int = 5
     runs: int = 10
     rounds: int = 5
+    network_rounds: int = NETWORK_ROUNDS
     cache: str = "warm"
     flush_bytes: int = 0
     threads: Optional[int] = 1
@@ -81,9 +92,10 @@ class MeasurementProtocol:
                                 f"{', '.join(ESTIMATORS)}")
         if self.cache not in CACHE_POLICIES:
             raise ProfilerError(f"unknown cache policy {self.cache!r}; choose warm or cold")
-        if self.runs < 1 or self.warmup < 0 or self.rounds < 1:
+        if self.runs < 1 or self.warmup < 0 or self.rounds < 1 or self.network_rounds < 1:
             raise ProfilerError(f"need runs >= 1, warmup >= 0 and rounds >= 1 (got runs="
-                                f"{self.runs}, warmup={self.warmup}, rounds={self.rounds})")
+                                f"{self.runs}, warmup={self.warmup}, rounds={self.rounds}, "
+                                f"network_rounds={self.network_rounds})")
         if self.threads is not None and int(self.threads) < 1:
             raise ProfilerError(f"threads must be >= 1, got {self.threads}")
         if self.cache == "warm" and self.flush_bytes:
@@ -128,6 +140,11 @@ class MeasurementProtocol:
         """A copy with ``changes`` (None values are ignored: "keep this setting")."""
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
+    def for_networks(self) -> "MeasurementProtocol":
+        """This protocol as whole networks are timed: ``network_rounds`` rounds (what
+        :func:`measure_pooled` is given for networks; the recorded protocol stays ``self``)."""
+        return replace(self, rounds=self.network_rounds)
+
     # -- use -----------------------------------------------------------------------------
     def profiler_kwargs(self, backend: str) -> Dict[str, Any]:
         """Constructor arguments that make a profiler of ``backend`` follow this protocol (one
@@ -159,7 +176,7 @@ class MeasurementProtocol:
         how = (f"median of {self.rounds}x{self.runs} pooled runs"
                if self.estimator == "median-pooled" else
                f"lowest of {self.rounds} round medians of {self.runs} runs")
-        return f"{how}, {cache}, {th}{pin}"
+        return f"{how}, {cache}, {th}{pin}; whole networks: {self.network_rounds} rounds"
 
 
 def require_comparable(a: MeasurementProtocol, b: MeasurementProtocol, what_a: str,

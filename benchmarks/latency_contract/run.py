@@ -80,6 +80,7 @@ class Bench:
         print(f"{name} (load {load()}) ...", flush=True)
         r = fn()
         r["stage"] = name
+        r["finished"] = time.strftime("%H:%M:%SZ", time.gmtime())
         self.res["stages"].append(r)
         self.save()
         print(f"  {name}: rc {r.get('rc')} in {r.get('seconds')} s", flush=True)
@@ -94,6 +95,8 @@ class Bench:
         table = self.out / "tables" / f"{space}-build{k}.json"
         args = ["profile", "--device", "cpu", "--space", space, "--out", str(table), "--fresh",
                 "--calibrate", str(self.a.calibrate), "--json", "-q"]
+        if self.a.estimator:
+            args += ["--estimator", self.a.estimator]
         if res:
             args += ["--resolutions", res]
         r = cli(*args)
@@ -170,6 +173,26 @@ def summarize(res: Dict[str, Any]) -> List[str]:
     return lines
 
 
+def later(b: "Bench", a) -> int:
+    """Validate the tables of the run in ``--out`` again (appended to its results)."""
+    prev = json.loads((b.out / "results.json").read_text())
+    b.res = {**prev, "skipped": prev.get("skipped", [])}
+    built = {s["stage"]: s for s in prev["stages"] if s["stage"].startswith("build")}
+    when = {name: s.get("finished") for name, s in built.items()}
+    for k in range(1, a.builds + 1):
+        if f"build #{k}" in built:
+            b.stage(f"validate #{k} later (built {when.get(f'build #{k}')})", 0,
+                    lambda k=k: b.validate(k))
+    if "build w1.0" in built:
+        b.stage(f"validate w1.0 later (built {when.get('build w1.0')})", 0,
+                lambda: b.validate(1, W10))
+    b.save()
+    table = "\n".join(summarize(b.res))
+    (b.out / "table.md").write_text(table + "\n")
+    print(table)
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="32 px only, few samples: a smoke test")
@@ -181,6 +204,11 @@ def main() -> int:
                     help="search generations (0: specialize's default)")
     ap.add_argument("--w10", action="store_true", help="also build and validate w1.0 if time")
     ap.add_argument("--out", default=str(HERE / "results"))
+    ap.add_argument("--estimator", default=None,
+                    help="estimator of the fresh builds (default: the protocol's)")
+    ap.add_argument("--later", action="store_true",
+                    help="only validate the tables of an earlier run (in --out) again, and "
+                         "append those stages to its results: 'validated an hour later'")
     a = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     res = "32" if a.quick else None
@@ -188,6 +216,8 @@ def main() -> int:
         a.builds, a.samples, a.calibrate, a.generations = 1, 6, 5, 20
         a.out = str(HERE / "results-quick")
     b = Bench(a)
+    if a.later:
+        return later(b, a)
     b.res["host_load_start"] = load()
     est_build = 60 if a.quick else 220
     est_val = 30 if a.quick else 70

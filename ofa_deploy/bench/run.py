@@ -166,7 +166,7 @@ class _Run:
                     # the shared protocol: the same estimator as tables, validation and
                     # specialize (median of pooled runs over interleaved-in-time rounds)
                     stats = measure_pooled(prof, [(art.path, art.input_shape)],
-                                           self.protocol)[0]
+                                           self.protocol.for_networks())[0]
                     if not isinstance(stats, LatencyStats):
                         raise ProfilerError(f"profiler for {dev} returned {type(stats).__name__}")
                     desc = _safe_describe(prof)
@@ -277,7 +277,8 @@ def run_bench(artifacts: Sequence[Artifact], devices: Sequence[DeviceSpec], *,
     if warmup is not None and warmup < 0:
         raise BenchError(f"warmup must be >= 0, got {warmup}")
     protocol = (protocol or MeasurementProtocol()).with_(runs=runs, warmup=warmup,
-                                                         threads=threads, rounds=rounds,
+                                                         threads=threads,
+                                                         network_rounds=rounds,
                                                          cache=cache, estimator=estimator)
     if tolerance_pct < 0:
         raise BenchError(f"tolerance must be >= 0 percent, got {tolerance_pct}")

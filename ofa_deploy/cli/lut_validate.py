@@ -59,7 +59,8 @@ def _human(d: dict) -> str:
 @click.option("--warmup", type=click.IntRange(min=0), default=None,
               help="Untimed runs (default: the table's).")
 @click.option("--rounds", type=click.IntRange(min=1), default=None,
-              help="Round-robin passes, every run pooled (default: the table's protocol).")
+              help="Round-robin passes over the subnets, every run pooled (default: the "
+                   "table protocol's network_rounds, 15).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Runtime threads (must be the table's: another count measures something "
                    "else and is refused).")

@@ -214,7 +214,7 @@ def test_int8_whole_subnets_and_references_are_quantized(int8_build, home, tmp_p
             checked.append(is_quantized_onnx(artifact))
             return super().measure(artifact, input_shape)
 
-    measure_subnets(t, archs, Checking(), table_protocol(t).with_(rounds=1))
+    measure_subnets(t, archs, Checking(), table_protocol(t).with_(network_rounds=1))
     assert checked == [True, True]
     refs = reference_artifacts(t, "onnx")
     assert refs and all(Path(p).parent.name == converter_tag("onnx", "int8") for p in refs)

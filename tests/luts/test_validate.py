@@ -74,7 +74,7 @@ def test_validate_measures_subnets_and_reports(table_path, tmp_path):
     assert m["device"] == "ort:cpu" and m["space"] == TINY and m["profiler"]["threads"] == 1
     assert m["rounds"] == 2 and m["resolutions"] == RES
     # measured under the table's protocol, with the requested precision
-    assert m["protocol"] == {**t.meta["protocol"], "runs": 5, "warmup": 1, "rounds": 2}
+    assert m["protocol"] == {**t.meta["protocol"], "runs": 5, "warmup": 1, "network_rounds": 2}
     d = m["drift"]
     assert d["scale"] == m["speed_scale"] > 0 and len(d["refs"]) == len(t.meta["reference_ops"])
     assert d["scale"] == pytest.approx(np.median([x["now_ms"] / x["then_ms"]
@@ -97,8 +97,10 @@ def test_validate_defaults_come_from_the_table(table_path, monkeypatch):
     r = validate_lut(table_path, "cpu", samples=2, progress=False)
     # runs/warmup/threads/rounds/cache exactly as the table was built
     assert seen == {"threads": 1, "runs": 5, "warmup": 1, "flush_bytes": 0}
-    assert r["meta"]["rounds"] == 1
-    assert r["meta"]["protocol"] == LatencyTable.load(table_path).meta["protocol"]
+    # whole subnets get the protocol's network rounds, not the table's op rounds (1 here)
+    proto = LatencyTable.load(table_path).meta["protocol"]
+    assert r["meta"]["rounds"] == proto["network_rounds"] == 15 and proto["rounds"] == 1
+    assert r["meta"]["protocol"] == proto
 
 
 def test_validate_refuses_another_protocol(table_path):
@@ -148,7 +150,7 @@ def test_lut_validate_cli(run_cli, table_path, tmp_path):
     assert d["mape"] == pytest.approx(np.mean(np.abs(pred / meas - 1)))
     assert d["within_10pct"] == pytest.approx(np.mean(np.abs(pred / meas - 1) <= 0.1))
     assert d["kendall_tau"] == pytest.approx(kendall_tau(pred, meas))
-    assert d["meta"]["protocol"] == {**t.meta["protocol"], "runs": 3, "warmup": 0, "rounds": 1}
+    assert d["meta"]["protocol"] == {**t.meta["protocol"], "runs": 3, "warmup": 0, "network_rounds": 1}
     assert json.loads(out.read_text())["rows"] == d["rows"]
     assert plot.is_file() and d["meta"]["device"] == "ort:cpu"
     r = run_cli("lut", "validate", "--lut", table_path, "--samples", "2", "--runs", "2",

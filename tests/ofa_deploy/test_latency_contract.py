@@ -291,7 +291,7 @@ def test_validation_times_the_reference_networks_with_its_subnets_not_before_the
     t = synthetic_table()
     truth = synthetic_table()
     calibrate_lut(t, samples=20, profiler=BiasedMachine(truth=truth, scale=1.3, sigma=0.02),
-                  protocol=PROTO.with_(rounds=5), save=False)
+                  protocol=PROTO.with_(network_rounds=5), save=False)
     n_refs = len(t.calibration["reference_networks"])
     # the spell covers what a drift check beforehand would measure (refs x 5 rounds), and
     # in the interleaved order only the first round of the first subnets
@@ -305,7 +305,8 @@ def test_validation_times_the_reference_networks_with_its_subnets_not_before_the
     from luts.calibrate import table_protocol
 
     machine = SpellMachine(truth=truth, scale=1.3, sigma=0.02, spell=n_refs * 5, slow=1.5)
-    before = check_drift(t, machine, table_protocol(t).with_(rounds=5), apply=False)
+    before = check_drift(t, machine, table_protocol(t).with_(network_rounds=5),
+                         apply=False)
     assert before["scale"] == pytest.approx(1.5, rel=0.03) and not before["interleaved"]
 
 

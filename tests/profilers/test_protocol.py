@@ -53,6 +53,11 @@ def test_protocol_state_round_trip_and_errors():
     with pytest.raises(Exception, match="unknown field"):
         MeasurementProtocol.from_state({**p.get_state(), "mystery": 1})
     assert "median of 2x7 pooled runs, cold cache" in p.describe()
+    assert p.describe().endswith("whole networks: 15 rounds")
+    assert p.for_networks().rounds == 15 and p.for_networks().runs == 7
+    assert MeasurementProtocol(network_rounds=3).for_networks().rounds == 3
+    with pytest.raises(Exception, match="network_rounds=0"):
+        MeasurementProtocol(network_rounds=0)
     # the estimator is part of the recorded state and survives the round trip
     b = MeasurementProtocol(estimator="best-round-median", runs=4, rounds=3)
     assert b.get_state()["estimator"] == "best-round-median"
