@@ -231,7 +231,7 @@ class AccuracyPredictor:
         """Predicted accuracy for already-encoded features ``(N, encoder.dim)`` float32."""
         # numpy, float32 like torch: on the ~100-row batches of a search, torch's per-call
         # dispatch costs as much as the arithmetic, and the search then needs no torch at all
-        h = np.ascontiguousarray(x, dtype=np.float32)
+        h = np.asarray(x, dtype=np.float32)  # BLAS takes a strided view (encode's) as it is
         for w, b in self._layers[:-1]:
             h = h @ w.T
             h += b

@@ -186,24 +186,28 @@ class ArchEncoder:
             bad_r = sorted(set(r[slot < 0].tolist()))
             raise PredictorError(f"resolution(s) {bad_r} cannot be encoded by the predictor "
                                  f"(it covers {self.describe_resolutions()})")
-        return self.encode_indices(ki, ei, active, slot)
+        return np.ascontiguousarray(self.encode_indices(ki, ei, active, slot))
 
     def encode_indices(self, ki: np.ndarray, ei: np.ndarray, active: np.ndarray,
                        slot: np.ndarray) -> np.ndarray:
         """Features from choice indices (``ki``/``ei`` (N, blocks) into the kernel/expand
         choices, ``active`` (N, blocks), ``slot`` (N,) from :meth:`resolution_slot`); the fast
-        path for callers that already hold indices, such as the search."""
+        path for callers that already hold indices, such as the search. The result may be a
+        strided view (rows one float apart from contiguous); :meth:`encode` makes it contiguous."""
         n, nb = ki.shape
         nk, ne = len(self.kernel_choices), len(self.expand_choices)
-        x = np.zeros((n, self.dim), dtype=np.float32)
-        rows = np.arange(n)[:, None]
-        blocks = np.arange(nb)[None, :]
-        # skipped blocks may hold any value (the reference writes 0): point them at a valid
-        # column and write 0 there, so they can never clear a neighbour's one
-        x[rows, blocks * nk + np.where(active, ki, 0)] = active
-        x[rows, nb * nk + blocks * ne + np.where(active, ei, 0)] = active
-        x[rows[:, 0], nb * (nk + ne) + slot] = 1.0
-        return x
+        dim = self.dim
+        # one scatter into rows with a spare last column: skipped blocks (which may hold any
+        # value; the reference writes 0) point at the spare, so they can never set or clear a
+        # real feature; the result is a view without it (2-3x faster than three scatters)
+        x = np.zeros((n, dim + 1), dtype=np.float32)
+        cols = np.empty((n, 2 * nb + 1), dtype=np.intp)
+        cols[:, :nb] = np.where(active, np.arange(nb) * nk + ki, dim)
+        cols[:, nb:2 * nb] = np.where(active, nb * nk + np.arange(nb) * ne + ei, dim)
+        cols[:, -1] = nb * (nk + ne) + np.asarray(slot)
+        cols += (np.arange(n) * (dim + 1))[:, None]
+        x.reshape(-1)[cols] = 1.0
+        return x[:, :dim]
 
     # -- state -------------------------------------------------------------------------
     def get_state(self) -> dict:

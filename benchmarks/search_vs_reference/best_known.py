@@ -100,9 +100,9 @@ def markdown(doc: dict, ref: dict | None) -> str:
         + "; ".join(f"population {p} x {g} generations x {i} islands, seeds {s}"
                     for (p, g, i), s in _long_settings(doc["records"]).items())
         + "; and every run below; the column says which kind of run found it). New default: `EvolutionConfig()` = "
-        f"{doc['meta']['default_config']}. Previous default: the same without relinking "
-        "(8 islands x 200 x 65, halved at 20 and 40 generations; records of kind `prev_default`, "
-        "run with the code of that time). Old "
+        f"{doc['meta']['default_config']}. Previous default: 8 islands x 200 x 65 generations, "
+        "halved at 20 and 40, with relinking (records of kind `prev_default`, run with the code "
+        "of that time, before the shared sampling batch of round 5). Old "
         "default: population 100 x 500 generations, one island (the same code otherwise).",
         "",
         "Accuracy = predicted top-1 (%) of the winner; mean and worst over seeds 0-4; Δ = "
@@ -148,7 +148,7 @@ def markdown(doc: dict, ref: dict | None) -> str:
                        ("lockstep_front", "The same front with all budgets evolved in "
                                           "lock-step with migration (the implementation before "
                                           "this one, same default config)"),
-                       ("prev_front", "The previous default's front (no relinking)")):
+                       ("prev_front", "The previous default's front (8 x 200 x 65 with relinking)")):
         fronts = [r for r in doc["records"] if r["kind"] == kind]
         if not fronts:
             continue

@@ -86,7 +86,7 @@ def _human(data: dict) -> str:
 @click.option("--population", type=int, default=None,
               help="Archs per island.  [default: 200]")
 @click.option("--generations", type=int, default=None,
-              help="  [default: 65; ofa-resnet50: 80]")
+              help="  [default: 75; ofa-resnet50: 80]")
 @click.option("--islands", type=int, default=None,
               help="Independent populations evolved together; the best wins (1 and 100 x 500 "
                    "generations: the OFA reference's search). By default 8, halved to the "

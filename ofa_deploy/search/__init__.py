@@ -28,7 +28,9 @@ the best known subnet far more often than one long run with the same evaluations
 (``island_best``) and their range (``island_spread``). A Pareto front runs this search once
 per budget (so each budget gets exactly the single search's quality), then lets a looser
 budget take a tighter one's better winner. The predictor runs in numpy with one BLAS thread,
-so a search needs no torch.
+so a search needs no torch; where units of an MLP predictor are provably dead or linear over
+the searched space, it scores with an exactly equivalent smaller network
+(:mod:`.predictor_compression`).
 
 The run ends with a steepest-ascent local search from the best arch (single-gene moves, then
 gene pairs, within the budget; see :mod:`.local`), and every result reports whether its winner
@@ -36,7 +38,8 @@ is a local optimum (``local_optimum``, ``best_single_move_gain``).
 
 Modules: :mod:`.settings` (config, budgets, errors), :mod:`.costs` (the cost model over gene
 matrices), :mod:`.problem` (sampling, pricing, scoring, variation), :mod:`.evolution` (one
-budget, random search), :mod:`.pareto` (fronts), :mod:`.local` (local search), :mod:`.results`.
+budget, random search), :mod:`.pareto` (fronts), :mod:`.local` (local search), :mod:`.results`,
+:mod:`.predictor_compression` (exact compression of MLP predictors over the search domain).
 """
 from .costs import QUANTITIES, CostModel
 from .evolution import evolution_search, random_search

@@ -147,13 +147,18 @@ class _Problem:
                 and getattr(enc, "num_blocks", None) == c.nb):
             slots = np.asarray(enc.resolution_slot(c.res_values))
             if (slots >= 0).all():
-                self._fast = (enc, slots)
+                from .predictor_compression import search_scorer
+
+                # an exact, smaller network where some units are provably dead or linear
+                self._fast = (enc, slots, search_scorer(predictor, c))
         self.set_constraints(constraints)
 
     def set_constraints(self, constraints: Constraints) -> None:
         """Switch to another budget (same space, predictor and cost model)."""
         if constraints.max_latency_ms is not None and self.table is None:
             raise SearchError("a latency budget needs a latency table")
+        if getattr(self, "constraints", None) != constraints:
+            self._spare = None  # feasible uniform draws not yet handed out (sample_feasible)
         self.constraints = constraints
         self.limits = constraints.limits()
         self.active_q = [int(q) for q in np.nonzero(np.isfinite(self.limits))[0]]
@@ -195,10 +200,10 @@ class _Problem:
             return np.zeros(0)
         c = self.cost
         if self._fast is not None:
-            enc, slots = self._fast
+            enc, slots, scorer = self._fast
             x = enc.encode_indices(genes[:, c.kernel_genes], genes[:, c.expand_genes], c.active(genes),
                                    slots[genes[:, c.res_gene]])
-            out = self.predictor.predict_features(x)
+            out = scorer(x)
         else:
             out = self.predictor.predict(c.batch(genes))
         out = np.asarray(out, dtype=np.float64).ravel()
@@ -284,15 +289,26 @@ class _Problem:
         """Up to ``n`` distinct feasible archs: rejection sampling (uniform over the feasible
         set) in up to ``rounds`` batches of up to 64k archs, priced in one pass each; at budgets
         so tight that this finds too few, repair of rejected samples fills the rest. Always
-        terminates."""
+        terminates.
+
+        Feasible draws of a batch that this call does not need (those after the last one it
+        takes, never looked at) are kept for the next call under the same constraints: they
+        are independent uniform draws like any new ones, so the islands of a search share one
+        64k batch instead of drawing one each (at a loose budget most of a batch is spare)."""
         seen = set(exclude)
         got: List[np.ndarray] = []
         count = 0
         chunk = min(max(8 * n, 16384), 65536)
-        for attempt in range(rounds + 4):
+        spare, self._spare = self._spare, None
+        for attempt in range(-1, rounds + 4):
             if count >= n:
                 break
-            if attempt < rounds:
+            uniform = attempt < rounds
+            if attempt < 0:
+                if spare is None or not len(spare):
+                    continue
+                g = spare
+            elif uniform:
                 g = self._uniform_may_fit(chunk, rng)
                 g = g[self.feasible(g)]
             else:
@@ -302,6 +318,8 @@ class _Problem:
             if take:
                 got.append(g[take])
                 count += len(take)
+            if uniform and count >= n:
+                self._spare = g[take[-1] + 1:]
         if not count:
             raise InfeasibleBudgetError(
                 f"no subnet of {self.space.name} meets all constraints together "
@@ -323,12 +341,17 @@ class _Problem:
         array operations."""
         c = self.cost
         u = rng.random(first.shape, dtype=np.float32)
-        probs = np.full(first.shape[1], mutate_prob, dtype=np.float32)
-        probs[c.res_gene] = res_mutate_prob
+        nd = len(c.ranges) - c.nb  # decision columns: one per block, stage, resolution
+        probs = np.full(nd, mutate_prob, dtype=np.float32)
+        probs[-1] = res_mutate_prob
         mut = mutate_rows[:, None]
-        hit = (u[:, c.mutation_cols] < probs) & mut
         out = np.where((u < 0.5) & ~mut, second, first)
+        # decide on the mutants' decision columns only, then spread each block's decision
+        # to its kernel and expand genes: the same draws, in the same (row-major) order
+        mi = np.nonzero(mutate_rows)[0]
+        hit = (u[mi, :nd] < probs)[:, c.mutation_cols]
         rows, cols = np.nonzero(hit)
+        rows = mi[rows]
         out[rows, cols] = (rng.random(len(rows), dtype=np.float32)
                            * c.ranges[cols]).astype(out.dtype)
         return out

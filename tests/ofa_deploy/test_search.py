@@ -510,13 +510,39 @@ def test_structure_floor_is_exact_and_initial_samples_stay_feasible(note10):
     assert ((kept >= 0) & (kept < c.ranges)).all()
     s = prob.sample_feasible(300, np.random.default_rng(2))
     assert len(s) == 300 and prob.feasible(s).all() and len(set(c.keys(s))) == 300
-    again = prob.sample_feasible(300, np.random.default_rng(2))
-    assert (again == s).all()
+    fresh = _Problem(W12, CapacityScore(W12), Constraints(max_latency_ms=15.0), note10, None)
+    again = fresh.sample_feasible(300, np.random.default_rng(2))
+    assert (again == s).all()  # deterministic per seed
+
+
+def test_islands_share_one_batch_of_feasible_draws(note10):
+    """A second sample under the same budget starts from the first one's unused feasible
+    draws (never handed out, so still independent uniform draws), drawing nothing new if
+    they suffice; another budget drops them."""
+    from ofa_deploy.search.problem import _Problem
+
+    prob = _Problem(W12, CapacityScore(W12), Constraints(max_latency_ms=40.0), note10, None)
+    rng = np.random.default_rng(0)
+    first = prob.sample_feasible(200, rng)
+    spare = prob._spare.copy()
+    assert len(spare) > 400 and prob.feasible(spare).all()
+    state = rng.bit_generator.state
+    second = prob.sample_feasible(200, rng)
+    assert rng.bit_generator.state == state  # no new draws
+    assert (second == spare[:200]).all() and len(prob._spare) == len(spare) - 200
+    assert len(set(prob.cost.keys(second))) == 200
+    prob.set_constraints(Constraints(max_latency_ms=40.0))  # the same budget: kept
+    assert len(prob._spare) == len(spare) - 200
+    prob.set_constraints(Constraints(max_latency_ms=30.0))
+    assert prob._spare is None
+    third = prob.sample_feasible(200, rng)
+    assert prob.feasible(third).all() and rng.bit_generator.state != state
+    assert len(first) == 200
 
 
 def test_default_config_halves_eight_islands_and_resnet_keeps_its_own():
     cfg = EvolutionConfig()
-    assert (cfg.islands, cfg.population, cfg.generations) == (8, 200, 65)
+    assert (cfg.islands, cfg.population, cfg.generations) == (8, 200, 75)
     assert (cfg.prune_at, cfg.keep_islands, cfg.relink) == (20, 3, True)
     from ofa_deploy.cli.search import RESNET_DEFAULT
 
