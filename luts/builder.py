@@ -53,7 +53,8 @@ from supernet.ops import OpKey
 from supernet.space import Space
 
 from .convert import (FORMAT_SUFFIX, METHOD_VERSION, OpModelCache, _Converter, _Job,
-                      converter_tag, export_artifact, op_quant_settings, require_converter)
+                      check_profiler_precision, converter_tag, export_artifact,
+                      op_quant_settings, precision_profiler_kwargs, require_converter)
 from .store import cache_dir as default_cache_dir, default_lut_path
 from .table import LatencyTable, LUTError, _parse_precision
 
@@ -236,6 +237,17 @@ class _Raw:
         os.replace(tmp, self.path)
 
 
+def _fp16_state(fmt: str) -> dict:
+    """What an fp16 table's op models are: fp16-weight TFLite files, or (CUDA) torch
+    modules run as a ``.half()`` copy."""
+    if fmt == "torch":
+        return {"precision": "fp16", "format": "torch-half", "weights": "float16",
+                "activations": "float16"}
+    from supernet.quantize import fp16_settings
+
+    return fp16_settings()
+
+
 def build_lut(space: "Space | str", device: "str | DeviceSpec", *,
               resolutions: Optional[Sequence[int]] = None,
               out: "str | os.PathLike | None" = None, runs: Optional[int] = None,
@@ -262,12 +274,14 @@ def build_lut(space: "Space | str", device: "str | DeviceSpec", *,
     from ``device`` and the protocol. ``flush_bytes`` (host CPU backends, ``cache="cold"``
     only): bytes written to evict caches before each timed run; ``"auto"`` is
     :func:`network_bytes`, the bytes a typical subnet moves, so a model sees the caches as
-    the rest of a network leaves them. ``precision`` (``"fp32"``/``"int8"``): int8 times
+    the rest of a network leaves them. ``precision`` (``"fp32"``/``"int8"``/``"fp16"``): int8 times
     every op model quantized the way the shipped int8 artifacts are
     (:func:`supernet.quantize.export_int8`: ONNX static QDQ, full-integer TFLite; calibrated on
     seeded random inputs of the op's shape), cached apart from fp32 op models; the table
     records it as ``meta["precision"]`` and its default file is
-    ``default_lut_path(device, space, precision)``. ``on_op(op, entry)`` is
+    ``default_lut_path(device, space, precision)``. fp16 (TFLite devices: fp16-weight op
+    models, :func:`supernet.quantize.export_fp16`; CUDA: a ``.half()`` copy) likewise; ONNX
+    (cpu) devices refuse it. ``on_op(op, entry)`` is
     called after each op is saved; ``on_warn(message)`` receives drift warnings (default: the
     progress bar, else a :class:`~profilers.measure.DriftWarning`). Returns the complete
     table; its ``path`` is ``out``.
@@ -301,12 +315,15 @@ def build_lut(space: "Space | str", device: "str | DeviceSpec", *,
                   if flush_bytes in ("auto", None) else int(flush_bytes))
             protocol = protocol.with_(flush_bytes=fb)
     rounds = protocol.rounds
+    if precision == "fp16" and spec.backend == "ort":  # before a profiler is made
+        from supernet.quantize import FP16_REFUSAL
+
+        raise LUTError(f"--precision fp16 on {spec}: {FP16_REFUSAL}")
     if profiler is None:
-        profiler = get_profiler(spec, **protocol.profiler_kwargs(spec.backend))
+        profiler = get_profiler(spec, **protocol.profiler_kwargs(spec.backend),
+                                **precision_profiler_kwargs(spec.backend, precision))
     fmt = profiler.artifact_format
-    if precision != "fp32" and fmt not in FORMAT_SUFFIX:
-        raise LUTError(f"device {spec} runs {fmt} models, which have no {precision} form here; "
-                       f"{precision} tables are for cpu (onnx), tflite:cpu and adb:* (tflite)")
+    check_profiler_precision(profiler, precision)
     require_converter(fmt)
     cache = OpModelCache(Path(cache_dir) if cache_dir is not None
                          else default_cache_dir() / "ops", fmt, precision) \
@@ -325,6 +342,7 @@ def build_lut(space: "Space | str", device: "str | DeviceSpec", *,
                              else default_cache_dir() / "ops"),
         "protocol": protocol.get_state(),
         **({"quantization": op_quant_settings().get_state()} if precision == "int8" else {}),
+        **({"quantization": _fp16_state(fmt)} if precision == "fp16" else {}),
         "profiler": desc, "stats_note": (
             f"{_median_note(protocol.estimator)}; entries are "
             "the op inside a network (context model + op minus context model), so they exclude "

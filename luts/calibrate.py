@@ -108,9 +108,14 @@ def measure_subnets(table: LatencyTable, archs: Sequence[ArchConfig], profiler: 
 
     fmt = profiler.artifact_format
     precision = table.precision
-    if precision != "fp32" and fmt == "torch":
+    if precision != "fp32" and fmt == "torch" and not (
+            precision == "fp16" and getattr(profiler, "half", False)):
         raise LUTError(f"the table is {precision}; {profiler.spec} runs torch models, which "
                        f"have no {precision} form here")
+    if precision == "fp16" and fmt != "torch":
+        from .convert import check_profiler_precision
+
+        check_profiler_precision(profiler, precision)
     # the family's extraction from one random supernet (weights do not change latency)
     subnets = table.family.random_subnets(table.space, archs, seed)
     tmp = Path(tempfile.mkdtemp(prefix="ofa-lut-subnets-", dir=work_dir))
@@ -247,7 +252,10 @@ def calibrate_lut(table: "LatencyTable | str | os.PathLike",
     protocol = (protocol or base).with_(estimator=estimator)
     require_comparable(base, protocol, "the table", "this calibration")
     if profiler is None:
-        profiler = get_profiler(spec, **protocol.profiler_kwargs(spec.backend))
+        from .convert import precision_profiler_kwargs
+
+        profiler = get_profiler(spec, **protocol.profiler_kwargs(spec.backend),
+                                **precision_profiler_kwargs(spec.backend, table.precision))
     t0 = time.monotonic()
     archs = sample_archs(table, samples, seed + CALIBRATION_SEED_OFFSET)
     # the plain op sum, with today's speed scale 1: the fit absorbs the speed of now; a

@@ -40,6 +40,7 @@ from supernet.ops import OpKey
 from .table import LUTError
 
 __all__ = ["converter_tag", "export_artifact", "require_converter", "OpModelCache",
+           "precision_profiler_kwargs", "check_profiler_precision",
            "METHOD_VERSION", "FORMAT_SUFFIX"]
 
 # Bump when op models, the subtraction scheme or what the default protocol measures change (3:
@@ -95,11 +96,54 @@ def converter_tag(fmt: str, precision: str = "fp32") -> str:
         tag = f"torch{tv}"
     else:
         raise LUTError(f"unknown artifact format {fmt!r}")
-    if precision != "fp32":
+    if precision == "fp16" and fmt == "torch":
+        tag += "-fp16"  # a CUDA table: the profiler runs a .half() copy of each op model
+    elif precision == "fp16":
+        _check_fp16(fmt)
+        from supernet.export_tflite import fp16_tool_version
+
+        tag += f"-fp16w-aeq{fp16_tool_version() or 'none'}"
+    elif precision != "fp32":
         if precision != "int8" or fmt == "torch":
             raise LUTError(f"no {precision} op models for artifact format {fmt!r}")
         tag += "-" + _quant_tag(fmt)
     return re.sub(r"[^A-Za-z0-9_.\-]+", "_", f"{tag}-m{METHOD_VERSION}")
+
+
+def precision_profiler_kwargs(backend: str, precision: str) -> Dict[str, Any]:
+    """Profiler constructor arguments a precision needs beyond the protocol's: a CUDA
+    profiler times fp16 as a ``.half()`` copy of the torch module (``half=True``); every
+    other backend runs files already converted at the precision (nothing to add)."""
+    return {"half": True} if backend == "cuda" and precision == "fp16" else {}
+
+
+def check_profiler_precision(profiler, precision: str) -> None:
+    """One-line LUTError when ``profiler`` cannot time models at ``precision``: int8 needs a
+    file format (ONNX, TFLite); fp16 needs TFLite, or a torch profiler that runs fp16
+    (CUDA with ``half``)."""
+    fmt = profiler.artifact_format
+    if precision == "fp32":
+        return
+    if precision == "fp16":
+        if fmt == "torch" and getattr(profiler, "half", False):
+            return
+        if fmt == "torch":
+            raise LUTError(f"device {profiler.spec} times torch models in fp32; fp16 tables "
+                           f"are for tflite:cpu, adb:* (TFLite, fp16 weights) and cuda:N "
+                           f"(torch .half())")
+        _check_fp16(fmt)
+        return
+    if fmt not in FORMAT_SUFFIX:
+        raise LUTError(f"device {profiler.spec} runs {fmt} models, which have no {precision} "
+                       f"form here; {precision} tables are for cpu (onnx), tflite:cpu and "
+                       f"adb:* (tflite)")
+
+
+def _check_fp16(fmt: str) -> None:
+    from supernet.quantize import FP16_FORMATS, FP16_REFUSAL
+
+    if fmt not in FP16_FORMATS:
+        raise LUTError(f"no fp16 op models for artifact format {fmt!r}: {FP16_REFUSAL}")
 
 
 def export_artifact(model, input_shape: Sequence[int], path: "str | os.PathLike",
@@ -108,7 +152,14 @@ def export_artifact(model, input_shape: Sequence[int], path: "str | os.PathLike"
     and the subnets a table is validated against go through this one function, so they are
     converted the same way. int8 goes through :func:`supernet.quantize.export_int8`, the
     conversion the shipped int8 artifacts get, calibrated on seeded random inputs of
-    ``input_shape`` (``seed``; see :data:`OP_CALIB_INPUTS`)."""
+    ``input_shape`` (``seed``; see :data:`OP_CALIB_INPUTS`). fp16 (TFLite only) goes through
+    :func:`supernet.quantize.export_fp16`, fp16 weights as shipped."""
+    if precision == "fp16":
+        from supernet.quantize import export_fp16
+
+        _check_fp16(fmt)
+        export_fp16(model, input_shape, path, fmt)  # atomic: renamed when complete
+        return Path(path)
     if precision == "int8":
         from supernet.quantize import export_int8, random_calibration
 
@@ -126,7 +177,7 @@ def export_artifact(model, input_shape: Sequence[int], path: "str | os.PathLike"
             tmp.unlink(missing_ok=True)
         return path
     if precision != "fp32":
-        raise LUTError(f"unknown precision {precision!r}; choose from fp32, int8")
+        raise LUTError(f"unknown precision {precision!r}; choose from fp32, int8, fp16")
     if fmt == "onnx":
         from supernet.export import export_onnx
 
@@ -184,7 +235,7 @@ def _convert(job: _Job, fmt: str, path: str) -> str:
 
 class OpModelCache:
     """Converted op models on disk: ``root/<format>/<converter tag>/<name><suffix>``; the tag
-    names the precision (:func:`converter_tag`), so fp32 and int8 op models never mix."""
+    names the precision (:func:`converter_tag`), so fp32, int8 and fp16 op models never mix."""
 
     def __init__(self, root: "str | os.PathLike", fmt: str, precision: str = "fp32"):
         self.fmt = fmt

@@ -48,7 +48,8 @@ def _device_slug(device: "DeviceSpec | str") -> str:
 def default_lut_path(device: "DeviceSpec | str", space_name: "str | Space",
                      precision: str = "fp32") -> Path:
     """``cache_dir()/luts/<device slug>/<space>.json`` (fp32, the name tables always had) or
-    ``<space>-int8.json``: one device keeps a table of each precision side by side."""
+    ``<space>-int8.json`` / ``<space>-fp16.json``: one device keeps a table of each precision
+    side by side."""
     name = str(getattr(space_name, "name", space_name))  # a space record of any family
     suffix = "" if _parse_precision(precision) == "fp32" else f"-{precision}"
     return cache_dir() / "luts" / _device_slug(device) / f"{name}{suffix}.json"

@@ -18,7 +18,7 @@ File format (JSON, one object)::
 
     {"schema": "ofa-deploy-lut", "schema_version": 1,
      "meta": {"space": ..., "resolutions": [...], "device": ..., "backend": ...,
-              "precision": "fp32" | "int8", ...},     # precision absent: fp32
+              "precision": "fp32" | "int8" | "fp16", ...},  # absent: fp32
      "overhead_ms": 0.0,
      "entries": {"<OpKey string>": {"median_ms", "p10_ms", "p90_ms", "std_ms", "runs"}},
      "resolution_entries": {"<r>": {"<OpKey string>": {...}}},     # optional
@@ -84,7 +84,7 @@ class LUTError(OfaDeployError):
 
 # Numeric precisions a table can describe (the same names as supernet.quantize.PRECISIONS; not
 # imported from there so that reading a table never imports the quantizer).
-PRECISIONS = ("fp32", "int8")
+PRECISIONS = ("fp32", "int8", "fp16")
 
 
 def _parse_precision(value, source: str = "precision") -> str:
@@ -208,7 +208,7 @@ class LatencyTable:
 
     @property
     def precision(self) -> str:
-        """``"fp32"`` or ``"int8"``: the precision of the op models the table timed
+        """``"fp32"``, ``"int8"`` or ``"fp16"``: the precision of the op models the table timed
         (``meta["precision"]``; tables written before int8 tables existed are fp32)."""
         return _parse_precision(self.meta.get("precision") or "fp32", "latency table meta")
 

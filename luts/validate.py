@@ -112,7 +112,10 @@ def validate_lut(table: "LatencyTable | str | os.PathLike", device: "str | Devic
                           estimator=estimator)
     require_comparable(base, protocol, "the table", "this validation")
     if profiler is None:
-        profiler = get_profiler(spec, **protocol.profiler_kwargs(spec.backend))
+        from .convert import precision_profiler_kwargs
+
+        profiler = get_profiler(spec, **protocol.profiler_kwargs(spec.backend),
+                                **precision_profiler_kwargs(spec.backend, table.precision))
     fmt = profiler.artifact_format
     require_converter(fmt)
     if tm.get("artifact_format") not in (None, fmt):

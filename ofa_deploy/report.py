@@ -4,13 +4,13 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from supernet.fileio import atomic_write_text
 
 __all__ = ["write_report", "render_markdown", "plot_search", "plot_pred_vs_measured",
            "write_summary", "round_floats", "pareto_front", "zoom_range", "precision_rows",
-           "render_precision_table"]
+           "render_precision_table", "budget_text"]
 
 
 def round_floats(obj: Any, sig: int = 7) -> Any:
@@ -37,6 +37,24 @@ def _fmt(v: Any, nd: int = 3) -> str:
 _ROW_KEYS = ("scenario", "arch_string", "predicted_latency_ms", "within_budget",
              "predicted_accuracy", "measured_accuracy", "measured_accuracy_by_format",
              "bytes_by_format")
+
+
+def budget_text(within: Optional[bool], why: Optional[str] = None) -> str:
+    """A report's "within budget" cell: ``yes``/``no``, or ``not measured`` (with ``why`` in
+    parentheses) when nothing was timed, so a reader never sees Python's None."""
+    if within is True:
+        return "yes"
+    if within is False:
+        return "no"
+    return "not measured" + (f" ({why})" if why else "")
+
+
+def _budget_why(rep: Mapping[str, Any]) -> str:
+    """Why a report's winner has no within-budget verdict."""
+    if rep.get("searched") is False:  # precision_rows' fp32 row of an int8-only run
+        return "fp32 not searched, the int8 winner in float"
+    target = rep.get("target")
+    return f"the winner was not timed{f' on {target}' if target else ''}"
 
 
 def precision_rows(group: Sequence[tuple]) -> Dict[str, dict]:
@@ -81,7 +99,8 @@ def render_precision_table(by_precision: Mapping[str, Mapping[str, Any]]) -> Lis
             ("measured latency median (ms)", lambda r: _fmt(r.get("measured_latency_ms"))),
             ("measured latency by file (ms)",
              lambda r: _by_fmt(r.get("measured_latency_by_format"), 3)),
-            ("within budget (measured)", lambda r: str(r.get("within_budget"))),
+            ("within budget (measured)",
+             lambda r: budget_text(r.get("within_budget"), _budget_why(r))),
             ("predicted accuracy", lambda r: _fmt(r.get("predicted_accuracy"), 4)),
             ("test accuracy (measured)", lambda r: _fmt(r.get("measured_accuracy"), 4)),
             ("test accuracy by file", lambda r: _by_fmt(r.get("measured_accuracy_by_format"), 4)),
@@ -115,7 +134,7 @@ def render_markdown(rep: Mapping[str, Any]) -> str:
         f"| predicted latency (ms) | {_fmt(rep['predicted_latency_ms'])} |",
         f"| measured latency median (ms) | {_fmt(m.get('median'))} (p10 {_fmt(m.get('p10'))}, "
         f"p90 {_fmt(m.get('p90'))}) |",
-        f"| within budget (measured) | {rep.get('within_budget')} |",
+        f"| within budget (measured) | {budget_text(rep.get('within_budget'), _budget_why(rep))} |",
         f"| predicted accuracy | {_fmt(rep['predicted_accuracy'], 4)} |",
         f"| measured accuracy | {_fmt(rep.get('measured_accuracy'), 4)} |",
         f"| params | {rep['params']:,} |",
@@ -154,7 +173,7 @@ def render_markdown(rep: Mapping[str, Any]) -> str:
         for h in rounds:
             lines.append(f"| {h['round']} | {_fmt(h['effective_budget_ms'])} | "
                          f"{_fmt(h['predicted_latency_ms'])} | {_fmt(h['measured_ms'])} | "
-                         f"{h['within_budget']} | {'yes' if h.get('chosen') else ''} | "
+                         f"{budget_text(h['within_budget'])} | {'yes' if h.get('chosen') else ''} | "
                          f"`{h['arch_string']}` |")
         lines.append("")
     if rep.get("protocol"):
@@ -341,7 +360,7 @@ def write_summary(reports: List[Mapping[str, Any]], out_dir: "str | Path") -> Di
         md.append(f"| {r['scenario']} | {r['target']} | {r['precision']} | {_fmt(r['budget_ms'])} | "
                   f"{_fmt(r['predicted_latency_ms'])} | {_fmt(r['measured_median_ms'])} | "
                   f"{_fmt(r['predicted_accuracy'], 4)} | {_fmt(r['measured_accuracy'], 4)} | "
-                  f"{r['macs']:,} | {r['within_budget']} |")
+                  f"{r['macs']:,} | {budget_text(r['within_budget'], _budget_why(r))} |")
     for side in sides:
         md += ["", f"## fp32 vs int8: {side['target']} @ {side['budget_ms']:g} ms", ""]
         md += render_precision_table(side["by_precision"])

@@ -15,9 +15,10 @@ import torch
 
 from .errors import OfaDeployError, first_line
 
-__all__ = ["TFLiteExportError", "export_tflite", "export_tflite_int8", "integer_friendly",
+__all__ = ["TFLiteExportError", "export_tflite", "export_tflite_fp16", "export_tflite_int8",
+           "integer_friendly", "fp16_tool_version",
            "litert_torch_version", "quiet_native_output", "require_litert_torch",
-           "tflite_graph_summary"]
+           "tflite_dtype_counts", "tflite_graph_summary"]
 
 
 class TFLiteExportError(OfaDeployError):
@@ -128,6 +129,70 @@ def export_tflite(model: torch.nn.Module, input_shape: Sequence[int], path: "str
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def fp16_tool_version() -> str | None:
+    """Installed ai-edge-quantizer version (the tool that casts TFLite weights to fp16; it
+    comes with litert-torch), without importing it."""
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+        return version("ai-edge-quantizer")
+    except PackageNotFoundError:
+        return None
+
+
+def export_tflite_fp16(model: torch.nn.Module, input_shape: Sequence[int],
+                       path: "str | os.PathLike", *, quiet: bool = True) -> dict:
+    """Convert ``model`` to a .tflite whose conv and fully-connected weights are stored as
+    float16, each behind a DEQUANTIZE op (fp32 input and output, float activations).
+
+    The fp32 conversion (:func:`export_tflite`), then ai-edge-quantizer's weight-only
+    ``float_casting`` recipe: the TFLite converter's "float16 quantization". It halves the
+    weights; the runtime decides where fp16 arithmetic happens (XNNPACK expands the weights to
+    fp32 at load time on CPUs without fp16 arithmetic, GPU delegates compute in fp16).
+    Returns the op histogram, the number of XNNPACK partitions and of fp16 weight tensors."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    float_path = path.with_name(f".{path.stem}.{os.getpid()}.fp32.tflite")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        export_tflite(model, input_shape, float_path, quiet=quiet)
+        if fp16_tool_version() is None:
+            raise TFLiteExportError("fp16 .tflite files need ai-edge-quantizer (it comes with "
+                                    "litert-torch): pip install 'ofa-deploy[tflite]'")
+        ctx = quiet_native_output() if quiet else contextlib.nullcontext(None)
+        with ctx:
+            from ai_edge_quantizer import qtyping, quantizer
+            from ai_edge_quantizer.algorithm_manager import AlgorithmName
+
+            try:
+                q = quantizer.Quantizer(str(float_path))
+                q.add_weight_only_config(regex=".*",
+                                         operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+                                         num_bits=16, algorithm_key=AlgorithmName.FLOAT_CASTING)
+                res = q.quantize(enable_progress_bar=False, enable_progress_report=False)
+            except Exception as exc:
+                raise TFLiteExportError(f"ai-edge-quantizer could not cast the weights to "
+                                        f"fp16: {first_line(exc)}") from None
+        tmp.write_bytes(bytes(res.quantized_model))
+        os.replace(tmp, path)
+    finally:
+        float_path.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
+    summary = tflite_graph_summary(path)
+    summary.pop("float_islands")  # every op of an fp16-weight graph computes in float
+    return {**summary, "fp16_weights": tflite_dtype_counts(path).get("float16", 0)}
+
+
+def tflite_dtype_counts(path: "str | os.PathLike") -> dict:
+    """dtype name -> number of tensors of that type in a .tflite (as LiteRT lists them)."""
+    from collections import Counter
+
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter
+
+    details = Interpreter(model_path=str(path), num_threads=1).get_tensor_details()
+    return dict(Counter(np.dtype(d["dtype"]).name for d in details))
 
 
 class _Hardsigmoid6(torch.nn.Module):

@@ -24,9 +24,19 @@ import numpy as np
 from .errors import OfaDeployError, first_line
 
 __all__ = ["PRECISIONS", "QuantizeError", "QuantSettings", "quantize_onnx", "float_islands",
-           "parse_precision", "export_int8", "random_calibration"]
+           "parse_precision", "export_int8", "export_fp16", "check_fp16_format", "fp16_settings",
+           "FP16_FORMATS", "FP16_REFUSAL",
+           "random_calibration"]
 
-PRECISIONS = ("fp32", "int8")
+PRECISIONS = ("fp32", "int8", "fp16")
+# fp16 is offered where a runtime has a use for it: TFLite (fp16 weights; GPU delegates and
+# ARM CPUs with fp16 arithmetic compute in fp16) and CUDA (torch .half()). onnxruntime's CPU
+# provider wraps an fp16 ONNX model's ops in casts to and from fp32 (96 Cast nodes in the
+# bundled default's smallest subnet, 180 in its largest) and ran it 2-9% slower than the fp32
+# file (benchmarks/int8/fp16/onnx_fp16.json).
+FP16_FORMATS = ("tflite",)
+FP16_REFUSAL = ("fp16 is offered for TFLite and CUDA only; onnxruntime's CPU provider casts an "
+                "fp16 ONNX model back to fp32 around its ops and runs it slower than the fp32 one")
 _ACTIVATION_TYPES = ("uint8", "int8")
 _CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
@@ -36,7 +46,8 @@ class QuantizeError(OfaDeployError):
 
 
 def parse_precision(text: str) -> str:
-    """``"fp32"``/``"int8"`` (any case) or a one-line error naming the valid choices."""
+    """``"fp32"``/``"int8"``/``"fp16"`` (any case) or a one-line error naming the valid
+    choices."""
     p = str(text).strip().lower()
     if p not in PRECISIONS:
         raise QuantizeError(f"unknown precision {text!r}; choose from {', '.join(PRECISIONS)}")
@@ -213,6 +224,34 @@ def export_int8(model, input_shape, path: "str | os.PathLike", fmt: str,
         return {**info, "quantization": {**settings.get_state(), "format": "pt2e-full-integer",
                                          "activations": "int8", "reduce_range": False}}
     raise QuantizeError(f"no int8 conversion to artifact format {fmt!r}")
+
+
+def check_fp16_format(fmt: str, what: str = "") -> None:
+    """Raise the one-line :class:`QuantizeError` for an fp16 ``fmt`` that is not offered
+    (``onnx``: see :data:`FP16_FORMATS`); ``what`` prefixes the message (e.g. a target)."""
+    if fmt not in FP16_FORMATS:
+        raise QuantizeError((f"{what}: " if what else "") + FP16_REFUSAL)
+
+
+def export_fp16(model, input_shape, path: "str | os.PathLike", fmt: str) -> dict:
+    """Write ``model`` as an fp16 ``fmt`` file: ``tflite`` only, fp16 weights
+    (:func:`~supernet.export_tflite.export_tflite_fp16`); ``onnx`` is refused
+    (:func:`check_fp16_format`). The one fp16 conversion behind the shipped artifacts and the
+    fp16 latency tables' op models and subnets. Returns the converter's summary with
+    ``quantization``, the settings as recorded."""
+    check_fp16_format(fmt)
+    from .export_tflite import export_tflite_fp16
+
+    info = export_tflite_fp16(model, input_shape, path)
+    return {**info, "quantization": fp16_settings()}
+
+
+def fp16_settings() -> dict:
+    """How fp16 artifacts are made, as recorded in model.json and fp16 latency tables."""
+    from .export_tflite import fp16_tool_version
+
+    return {"precision": "fp16", "format": "weight-only-float16", "weights": "float16",
+            "activations": "float32", "tool": f"ai-edge-quantizer {fp16_tool_version()}"}
 
 
 def random_calibration(input_shape, n: int, seed: int) -> List[np.ndarray]:

@@ -31,7 +31,7 @@ class Artifact:
     format: str
     input_shape: Tuple[int, ...]
     report: Optional[Dict[str, Any]] = field(default=None, compare=False, hash=False)
-    # "fp32" or "int8": from the sibling model.json when it describes the file, else read
+    # "fp32", "int8" or "fp16": from the sibling model.json when it describes the file, else read
     # from the graph (quantize nodes / int8 tensors)
     precision: str = field(default="fp32", compare=False, hash=False)
     # a human name for tables: the sibling model.json's "name" (export of a reference
@@ -157,29 +157,33 @@ def _model_record(model_path: Path, sha256: str) -> Tuple[Optional[str], Optiona
 
 def read_precision(path: "str | os.PathLike") -> str:
     """``"int8"`` for a quantized model (ONNX with QuantizeLinear/DequantizeLinear or QLinear*
-    nodes; TFLite with int8/uint8 activations or weights), else ``"fp32"``."""
+    nodes; TFLite with int8/uint8 activations or weights), ``"fp16"`` for a float16 one (ONNX
+    with float16 initializers; TFLite with float16 tensors: fp16 weights), else ``"fp32"``."""
     path = Path(path)
     fmt = ARTIFACT_SUFFIXES.get(path.suffix.lower())
     try:
         if fmt == "onnx":
             import onnx
 
-            ops = {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
+            graph = onnx.load(str(path), load_external_data=False).graph
+            ops = {n.op_type for n in graph.node}
             quant = bool(ops & {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}) \
                 or any(o.startswith("QLinear") for o in ops)
+            half = any(t.data_type == onnx.TensorProto.FLOAT16 for t in graph.initializer)
         elif fmt == "tflite":
             import numpy as np
 
             dtypes = {np.dtype(d["dtype"]) for d in
                       _tflite_interpreter_cls()(model_path=str(path)).get_tensor_details()}
             quant = bool(dtypes & {np.dtype(np.int8), np.dtype(np.uint8)})
+            half = np.dtype(np.float16) in dtypes
         else:
             return "fp32"
     except BenchError:
         raise
     except Exception:  # read_input_shape already reported an unreadable file
         return "fp32"
-    return "int8" if quant else "fp32"
+    return "int8" if quant else "fp16" if half else "fp32"
 
 
 def _load_artifact(path: Path, root: Path) -> Artifact:

@@ -177,11 +177,11 @@ def output_dir_guard(out_dir: "str | os.PathLike"):
         raise
 
 
-PRECISION_CHOICES = ("fp32", "int8")
+PRECISION_CHOICES = ("fp32", "int8", "fp16")
 
 
 def precision_option(help: str, default: "str | None" = None) -> Callable:
-    """``--precision fp32|int8`` (case-insensitive), the same choice on every command."""
+    """``--precision fp32|int8|fp16`` (case-insensitive), the same choice on every command."""
     return click.option("--precision", default=default, show_default=default is not None,
                         type=click.Choice(PRECISION_CHOICES, case_sensitive=False), help=help)
 

@@ -25,9 +25,10 @@ from ._common import OutputPath, atomic_write_text, emit, load_data, output_dir_
 @click.option("--calib-images", default=2000, show_default=True, type=click.IntRange(1),
               help="Held-out training images for BN re-calibration and int8 calibration.")
 @click.option("--precision", default="fp32", show_default=True,
-              type=click.Choice(["fp32", "int8"], case_sensitive=False),
+              type=click.Choice(["fp32", "int8", "fp16"], case_sensitive=False),
               help="int8: static post-training quantization (ONNX QDQ, onnxruntime's quantizer), "
-                   "calibrated on --calib-images training images; needs --data.")
+                   "calibrated on --calib-images training images; needs --data. fp16: TFLite "
+                   "only (fp16 weights; --format defaults to tflite; onnx is refused).")
 @click.option("--out", "out_dir", default="runs/export", show_default=True,
               type=OutputPath("dir"))
 @click.option("--json", "as_json", is_flag=True)
@@ -53,7 +54,7 @@ def export_cmd(ctx, supernet_name, space_name, arch, formats, data_spec, calib_i
     from ..specialize import calibrate_subnet, subnet_metadata
 
     echo = lambda s: click.echo(s, err=True)
-    fmts = parse_formats(formats)
+    precision = precision.lower()
     given = lambda name: ctx.get_parameter_source(name) not in (
         click.core.ParameterSource.DEFAULT, click.core.ParameterSource.DEFAULT_MAP)
     rec = _specialize_record(arch)
@@ -76,6 +77,14 @@ def export_cmd(ctx, supernet_name, space_name, arch, formats, data_spec, calib_i
                  f"extraction; this export is not, so its weights differ from that run's model")
         echo(f"as recorded in {arch}: supernet {supernet_name}, BN calibration "
              + ("none" if data_spec == "none" else f"on {calib_images} images of {data_spec}"))
+    if precision == "fp16" and not given("formats"):
+        formats = "tflite"  # the one fp16 format; an explicit onnx is refused below
+    fmts = parse_formats(formats)
+    if precision == "fp16":
+        from supernet.quantize import check_fp16_format
+
+        for f in fmts:
+            check_fp16_format(f, f"--precision fp16 --format {f}")
     if space_name is None:  # a net.config names its space: a reference checkpoint needs it
         sp = net_config_space(arch)
         space_name = None if sp is None else sp.name

@@ -97,7 +97,10 @@ def _human(d: dict) -> str:
                    "'auto' = the bytes a typical subnet moves.")
 @precision_option("int8: time every op quantized the way `export --precision int8` ships "
                   "it (ONNX QDQ / full-integer TFLite, calibrated on seeded random inputs); "
-                  "the table is kept apart from the fp32 one (default file <space>-int8.json).",
+                  "the table is kept apart from the fp32 one (default file <space>-int8.json). "
+                  "fp16 (TFLite devices: op models with fp16 weights as `export --precision "
+                  "fp16` ships them; cuda: a .half() copy; refused on cpu/onnxruntime): "
+                  "<space>-fp16.json.",
                   default="fp32")
 @click.option("--fresh", is_flag=True, help="Ignore an existing (partial) table at --out.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of op-model weights.")

@@ -147,6 +147,8 @@ def specialize(ctx, targets, budgets, mflops, supernet_name, space_name, lut_pat
         save_resolved_config(ctx, out_dir)
 
     def human(reps):
+        from ..report import budget_text
+
         rows = []
         for r in reps:
             m = r["measured_latency_ms"]
@@ -154,7 +156,7 @@ def specialize(ctx, targets, budgets, mflops, supernet_name, space_name, lut_pat
             meas = ("n/a" if m["median"] is None else
                     f"{m['median']:.3f} [{m['p10']:.3f}, {m['p90']:.3f}]")
             rows.append((r["scenario"], r.get("precision", "fp32"), f"{r['budget_ms']:g}", f"{r['predicted_latency_ms']:.3f}",
-                         meas, {True: "yes", False: "NO", None: "n/a"}[r["within_budget"]],
+                         meas, "NO" if r["within_budget"] is False else budget_text(r["within_budget"]),
                          len(r["rounds"]),
                          f"{r['predicted_accuracy']:.4f}", "n/a" if acc is None else f"{acc:.4f}",
                          f"{r['macs'] / 1e6:.1f}M", r["arch_string"]))
