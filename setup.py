@@ -29,7 +29,8 @@ setup(
         "matplotlib>=3.7",
     ],
     extras_require={
-        "tflite": ["litert-torch"],
+        # ai-edge-quantizer is imported directly (fp16 weight casting), not only through litert-torch
+        "tflite": ["litert-torch", "ai-edge-quantizer"],
         "dev": ["pytest>=8", "pytest-timeout>=2.3"],
     },
     entry_points={"console_scripts": ["ofa-deploy=ofa_deploy.cli:main"]},
