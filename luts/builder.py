@@ -145,6 +145,20 @@ def _check_resume(old_meta: dict, meta: dict, path: Path) -> None:
                            f"{k}={new!r}; pass --fresh to rebuild it, or another --out")
 
 
+def _existing_estimator(out: Path) -> Optional[str]:
+    """The estimator of the table (or its progress file) at ``out``; None when there is
+    neither or it cannot be read (the build then reports what is wrong with it)."""
+    for path in (out, raw_path(out)):
+        try:
+            state = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        meta = state.get("meta") if isinstance(state, dict) else None
+        if isinstance(meta, dict) and meta:
+            return meta.get("estimator", _COMPAT_DEFAULTS["estimator"])
+    return None
+
+
 RAW_SCHEMA = "ofa-deploy-lut-raw"
 
 
@@ -297,6 +311,10 @@ def build_lut(space: "Space | str", device: "str | DeviceSpec", *,
     out = Path(out) if out is not None else default_lut_path(spec, space.name, precision)
     if out.is_dir():
         raise LUTError(f"--out {out} is a directory; give a .json file path")
+    if protocol is None and estimator is None and not fresh:
+        # resuming or extending a table: its estimator, not the default (the default
+        # changed once; a build started under the old one finishes under it)
+        estimator = _existing_estimator(out)
     if protocol is None:
         from profilers.measure import parse_cpus
 

@@ -5,20 +5,24 @@ the exported winner and ``bench`` all time through :func:`measure_pooled` with o
 :class:`MeasurementProtocol`, so a number from one compares with a number from another:
 
 estimator
-    ``median-pooled``: the median over every timed run of every round. Rounds interleave the
-    things being compared (round-robin), so a slow spell of the machine is spread over all of
-    them instead of landing on one. Not a minimum over rounds: a best case is not what an
-    application sees, and a search that treats a best-case sum as a hard limit overshoots.
-    The default: it estimates what an application sees on a machine shared with other work.
-    ``best-round-median``: the median of each round's runs, then the lowest of those round
-    medians. It estimates the machine's *uncontended* speed, i.e. what a dedicated device
-    sees: on a shared machine whose speed drifts over minutes (another job starts, the CPU
-    is throttled), the pooled median of a whole network moves with the load while its
-    quietest round does not, so a table and a later validation agree far more often (on
-    the shared 2-vCPU build VM: 98% of subnets within 10% under load 3-5, against 0-30%
-    pooled; benchmarks/lut_validation/README.md). A median inside the round, not a minimum
-    run, so one lucky run does not make the number. p10, p90, std and runs are still those
-    of every run pooled, so the noise is reported the same way under both estimators.
+    ``best-round-median`` (the default): the median of each round's runs, then the lowest of
+    those round medians. It estimates the machine's *uncontended* speed, which is what a
+    dedicated device (a phone running the app, a server running only the model) sees: on a
+    shared machine whose speed drifts over minutes (another job starts, the CPU is
+    throttled), the pooled median of a whole network moves with the load while its quietest
+    round does not. A median inside the round, not a minimum run, so one lucky run does not
+    make the number; p10, p90, std and runs are still those of every run pooled, so the
+    noise is reported the same way under both estimators.
+    ``median-pooled``: the median over every timed run of every round: what an application
+    sees on a machine shared with other work, slow spells included.
+    Rounds interleave the things being compared (round-robin) under both.
+    Why the default changed from ``median-pooled`` (2026-12-03, the shared 2-vCPU AMD EPYC
+    build VM, load ~1, three fresh ``ofa-mbv3-tiny`` tables per estimator built A, B, A, B;
+    benchmarks/latency_contract/): the same 30 subnets measured by two validations minutes
+    apart differed by 8-14% (CV of the ratio) pooled and by 1.0-1.3% best-round; two fresh
+    tables' op sums for the same subnets by 7-9% and 3-4%; and ``lut validate --samples 30``
+    had 80/30/63% of the subnets within 10% pooled, 100/97/93% best-round (100/100/100% with
+    the shrunk calibration model). A pooled number on this VM mostly measures the neighbours.
 cache
     ``warm`` (default): steady state, what an application running the model repeatedly sees;
     nothing is evicted between runs. ``cold``: ``flush_bytes`` are written before every timed
@@ -54,8 +58,8 @@ __all__ = ["MeasurementProtocol", "ProtocolMismatch", "require_comparable", "mea
            "estimate", "noise_warning", "cv_of", "ESTIMATORS", "DEFAULT_ESTIMATOR",
            "CACHE_POLICIES", "DEFAULT_MAX_CV"]
 
-ESTIMATORS = ("median-pooled", "best-round-median")
-DEFAULT_ESTIMATOR = "median-pooled"
+ESTIMATORS = ("median-pooled", "best-round-median")  # the CLI lists them in this order
+DEFAULT_ESTIMATOR = "best-round-median"
 CACHE_POLICIES = ("warm", "cold")
 # Run-to-run variation above which a measurement is called noisy: with this spread a median of
 # a few dozen runs is still stable to about 2%, but the spread says other work shares the CPU

@@ -36,6 +36,16 @@ def _host_meta() -> Dict[str, Any]:
             "cpu_cores": cpu.get("cores")}
 
 
+def _baseline_estimator(path: "str | os.PathLike") -> Optional[str]:
+    """The estimator a baseline file records (None: none recorded or unreadable)."""
+    try:
+        meta = json.loads(Path(path).read_text(encoding="utf-8")).get("meta") or {}
+        old = MeasurementProtocol.of(meta) if isinstance(meta, Mapping) else None
+    except (OSError, ValueError, AttributeError, ProfilerError):
+        return None
+    return None if old is None else old.estimator
+
+
 def _check_baseline_protocol(path: "str | os.PathLike", protocol: MeasurementProtocol) -> None:
     """Refuse a baseline measured under another protocol (files without one predate
     protocols and are compared as before)."""
@@ -266,7 +276,8 @@ def run_bench(artifacts: Sequence[Artifact], devices: Sequence[DeviceSpec], *,
 
     Every measurement follows ``protocol`` (default: the shared
     :class:`~profilers.protocol.MeasurementProtocol` with ``runs``, ``warmup``, ``threads``,
-    ``rounds``, ``cache`` and ``estimator`` where given), so bench numbers compare with a
+    ``rounds``, ``cache`` and ``estimator`` where given; without an estimator, a baseline's),
+    so bench numbers compare with a
     table's, ``lut validate``'s and ``specialize``'s; a baseline measured under another protocol is
     refused. ``json_path`` is rewritten atomically after each result. ``resume`` reuses
     measured results already in ``json_path`` for the same (artifact name, sha256, device)
@@ -276,6 +287,10 @@ def run_bench(artifacts: Sequence[Artifact], devices: Sequence[DeviceSpec], *,
         raise BenchError(f"runs must be at least 1, got {runs}")
     if warmup is not None and warmup < 0:
         raise BenchError(f"warmup must be >= 0, got {warmup}")
+    if protocol is None and estimator is None and baseline is not None:
+        # a baseline's estimator unless told otherwise: a CI job whose baseline predates a
+        # change of the default estimator keeps comparing like with like
+        estimator = _baseline_estimator(baseline)
     protocol = (protocol or MeasurementProtocol()).with_(runs=runs, warmup=warmup,
                                                          threads=threads,
                                                          network_rounds=rounds,

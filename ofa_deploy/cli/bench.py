@@ -21,7 +21,8 @@ from ._common import OutputPath, config_option, estimator_option, table
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Threads for the host CPU backends (cpu, tflite:cpu; default: the "
                    "protocol's, 1, as tables and specialize use). Phones use the registry's.")
-@estimator_option("Default: median-pooled; a baseline measured with another is refused.")
+@estimator_option("Default: the baseline's when --baseline is given, else best-round-median; a "
+                  "baseline measured with another is refused.")
 @click.option("--baseline", type=click.Path(dir_okay=False), default=None,
               help="An earlier --json file; results slower than it by more than --tolerance fail.")
 @click.option("--tolerance", type=click.FloatRange(min=0), default=10.0, show_default=True,

@@ -79,7 +79,8 @@ def _human(d: dict) -> str:
               show_default=True,
               help="warm: steady state, as an app running the model repeatedly sees it; "
                    "cold: caches flushed (--flush-mb) before every run.")
-@estimator_option("Default: median-pooled; resuming a table built with another is refused.")
+@estimator_option("Default: the estimator of the table at --out when resuming it, else "
+                  "best-round-median; resuming a table built with another is refused.")
 @click.option("--calibrate", "calib_samples", type=click.IntRange(min=0), default=20,
               show_default=True,
               help="After the op table, time this many random whole subnets through the "

@@ -178,9 +178,9 @@ def test_rounds_pool_every_run_and_more_rounds_refine(tmp_path, fake_build):
         return 1.0 if n_first[0] is None or call <= n_first[0] else 2.0
 
     prof = FakeProfiler(scale=scale)
-    t1 = fake_build(out, prof)
+    t1 = fake_build(out, prof, estimator="median-pooled")
     n_first[0] = prof.calls
-    t2 = fake_build(out, prof, rounds=2)
+    t2 = fake_build(out, prof, rounds=2)  # resumed: the table's estimator
     assert prof.calls > n_first[0] and t2.meta["rounds"] == 2
     assert t2.meta["protocol"]["rounds"] == 2 and t2.meta["protocol"]["estimator"] == \
         "median-pooled"
@@ -227,15 +227,15 @@ def test_best_round_median_build_keeps_the_quiet_round_and_refuses_mixing(tmp_pa
     # rounds timed for one estimator are not finished under another
     with pytest.raises(LUTError, match="estimator='best-round-median'.*"
                                        "estimator='median-pooled'.*--fresh"):
-        fake_build(out, FakeProfiler(), rounds=4)
+        fake_build(out, FakeProfiler(), rounds=4, estimator="median-pooled")
     assert LatencyTable.load(out).meta["protocol"]["rounds"] == 3  # left as it was
     # ... nor a progress file without its table
     out.unlink()
     with pytest.raises(LUTError, match="estimator='best-round-median'"):
-        fake_build(out, FakeProfiler(), rounds=4)
+        fake_build(out, FakeProfiler(), rounds=4, estimator="median-pooled")
     # a table written before the estimator was recorded is median-pooled and resumes as such
     old = tmp_path / "old.json"
-    fake_build(old)
+    fake_build(old, estimator="median-pooled")
     t = LatencyTable.load(old)
     del t.meta["estimator"]
     t.save(old)
@@ -347,16 +347,24 @@ def test_profile_cli_records_the_estimator(run_cli, tmp_path, op_cache, ort_tabl
     d = json.loads(r.stdout)
     meta = LatencyTable.load(out).meta
     assert d["estimator"] == meta["protocol"]["estimator"] == "best-round-median"
-    # the default is median-pooled: resuming the table without --estimator is refused
-    r = run_cli(*args, "--rounds", "3")
+    # resuming without --estimator takes the table's; another estimator is refused
+    r = run_cli(*args, "--estimator", "median-pooled", "--rounds", "3")
     assert r.exit_code != 0
     err = [ln for ln in r.output.splitlines() if ln.startswith("Error")]
     assert len(err) == 1 and "estimator='best-round-median'" in err[0], r.output
     r = run_cli(*args, "--estimator", "mean")
     assert r.exit_code != 0 and "'mean' is not one of" in r.output
-    r = run_cli(*args, "--fresh", "--json")
+    r = run_cli(*args, "--fresh", "--estimator", "median-pooled", "--json")
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["estimator"] == "median-pooled"
+    # a table built under the old default (median-pooled) is extended under it, not refused
+    r = run_cli(*[a if a != "2" else "3" for a in args], "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["estimator"] == "median-pooled"
+    assert LatencyTable.load(out).meta["rounds"] == 3
+    r = run_cli(*args, "--fresh", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["estimator"] == "best-round-median"  # the default
 
 
 @pytest.mark.parametrize("args,msg", [

@@ -113,10 +113,10 @@ def test_validate_refuses_another_protocol(table_path):
 def test_lut_calibrate_cli_refuses_another_estimator(run_cli, table_path):
     before = LatencyTable.load(table_path).meta
     r = run_cli("lut", "calibrate", "--lut", table_path, "--samples", "4", "--estimator",
-                "best-round-median")
+                "median-pooled")
     assert r.exit_code != 0
     err = [ln for ln in r.output.splitlines() if ln.startswith("Error")]
-    assert len(err) == 1 and "estimator 'median-pooled' vs 'best-round-median'" in err[0], \
+    assert len(err) == 1 and "estimator 'best-round-median' vs 'median-pooled'" in err[0], \
         r.output
     assert "Traceback" not in r.output
     assert LatencyTable.load(table_path).meta == before  # nothing measured, nothing written
@@ -165,8 +165,8 @@ def test_lut_validate_cli(run_cli, table_path, tmp_path):
     (["--resolutions", "33"], "not in space"),
     (["--plot", "x.txt"], ".png"),
     (["--threads", "2", "--samples", "2"], "different protocols (threads 1 vs 2)"),
-    (["--estimator", "best-round-median", "--samples", "2"],
-     "(estimator 'median-pooled' vs 'best-round-median')"),
+    (["--estimator", "median-pooled", "--samples", "2"],
+     "(estimator 'best-round-median' vs 'median-pooled')"),
     (["--estimator", "mean"], "'mean' is not one of"),
 ])
 def test_lut_validate_cli_errors_are_one_line(run_cli, table_path, args, msg, tmp_path):

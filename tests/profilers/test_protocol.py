@@ -40,8 +40,8 @@ def conv_onnx(tmp_path_factory):
 
 
 def test_protocol_state_round_trip_and_errors():
-    p = MeasurementProtocol(runs=7, rounds=2, cache="cold", flush_bytes=4096, threads=2,
-                            cpus=(1, 0))
+    p = MeasurementProtocol(estimator="median-pooled", runs=7, rounds=2, cache="cold",
+                            flush_bytes=4096, threads=2, cpus=(1, 0))
     assert p.cpus == (0, 1)
     assert MeasurementProtocol.from_state(p.get_state()) == p
     assert MeasurementProtocol.of({"protocol": p.get_state()}) == p
@@ -64,7 +64,7 @@ def test_protocol_state_round_trip_and_errors():
     assert MeasurementProtocol.from_state(b.get_state()) == b
     assert MeasurementProtocol.from_state(b.get_state()) != b.with_(estimator="median-pooled")
     assert "lowest of 3 round medians of 4 runs" in b.describe()
-    assert MeasurementProtocol().estimator == "median-pooled"  # the default stays
+    assert MeasurementProtocol().estimator == "best-round-median"  # the default
     with pytest.raises(ProfilerError, match="unknown estimator 'mean'.*best-round-median"):
         MeasurementProtocol(estimator="mean")
     with pytest.raises(ProfilerError, match="unknown estimator"):
@@ -72,7 +72,7 @@ def test_protocol_state_round_trip_and_errors():
 
 
 def test_comparable_only_when_the_same_thing_is_measured():
-    a = MeasurementProtocol(threads=1)
+    a = MeasurementProtocol(threads=1, estimator="median-pooled")
     require_comparable(a, a.with_(runs=3, rounds=1, warmup=0), "x", "y")  # precision only
     with pytest.raises(ProtocolMismatch, match=r"threads 1 vs 2") as ei:
         require_comparable(a, a.with_(threads=2), "the table", "this validation")
@@ -102,7 +102,8 @@ class _Seq:
 
 def test_measure_pooled_interleaves_and_pools_medians():
     prof = _Seq()
-    st = measure_pooled(prof, [(1, (1,)), (2, (1,))], MeasurementProtocol(rounds=3, runs=3))
+    st = measure_pooled(prof, [(1, (1,)), (2, (1,))],
+                        MeasurementProtocol(estimator="median-pooled", rounds=3, runs=3))
     assert prof.calls == [1, 2, 1, 2, 1, 2]  # round-robin, not item-major
     # pooled over 3 rounds: 11, 21, 31 (x3) -> median 21, not the best round's 11
     assert st[0].median_ms == pytest.approx(21.0) and st[0].runs == 9
@@ -145,7 +146,8 @@ def test_best_round_median_is_the_lowest_round_median_with_pooled_noise():
     st = measure_pooled(_Rounds(SCRIPT), [(0, (1,))],
                         MeasurementProtocol(estimator="best-round-median", rounds=3, runs=4))[0]
     assert st == best
-    st = measure_pooled(_Rounds(SCRIPT), [(0, (1,))], MeasurementProtocol(rounds=3, runs=4))[0]
+    st = measure_pooled(_Rounds(SCRIPT), [(0, (1,))],
+                        MeasurementProtocol(estimator="median-pooled", rounds=3, runs=4))[0]
     assert st == pooled
     # interleaved items keep their own rounds: item 0 gets rounds 1 and 3, item 1 round 2 and 4
     two = measure_pooled(_Rounds([[3.0], [7.0], [1.0], [5.0]]), [(0, (1,)), (1, (1,))],
