@@ -90,11 +90,14 @@ def measure_subnets(table: LatencyTable, archs: Sequence[ArchConfig], profiler: 
                     protocol: MeasurementProtocol, *, seed: int = 0,
                     work_dir: "str | os.PathLike | None" = None,
                     on_step: Optional[Callable[[str, int, int], None]] = None,
-                    progress: "str | None" = None) -> List[LatencyStats]:
+                    progress: "str | None" = None,
+                    lead: Sequence[Tuple[Any, Tuple[int, ...]]] = ()) -> List[LatencyStats]:
     """Extract each arch (an arch of the table's family, through the family's extraction) from
     a random supernet, export it exactly as ``specialize`` ships it
     (no BN folding by hand: the runtime folds it, as it does for the shipped file) and time
-    all of them under ``protocol`` (its ``network_rounds`` rounds), interleaved; an int8 table's subnets are exported int8
+    all of them under ``protocol`` (its ``network_rounds`` rounds), interleaved, after the
+    ``(artifact, input_shape)`` items of ``lead`` (e.g. a shipped file timed among the
+    table's reference networks; their stats come first in the result); an int8 table's subnets are exported int8
     (:func:`~luts.convert.export_artifact` with its precision). ``progress`` (a label such as
     ``"validate cpu"``) shows a progress bar on stderr, one step per conversion and per timing
     round."""
@@ -114,7 +117,7 @@ def measure_subnets(table: LatencyTable, archs: Sequence[ArchConfig], profiler: 
 
         try:
             return measure_subnets(table, archs, profiler, protocol, seed=seed,
-                                   work_dir=work_dir, on_step=step)
+                                   work_dir=work_dir, on_step=step, lead=lead)
         finally:
             bar.close()
     from .convert import export_artifact
@@ -133,7 +136,7 @@ def measure_subnets(table: LatencyTable, archs: Sequence[ArchConfig], profiler: 
     subnets = table.family.random_subnets(table.space, archs, seed)
     tmp = Path(tempfile.mkdtemp(prefix="ofa-lut-subnets-", dir=work_dir))
     try:
-        items: List[Tuple[Any, Tuple[int, ...]]] = []
+        items: List[Tuple[Any, Tuple[int, ...]]] = list(lead)
         for i, (arch, sub) in enumerate(zip(archs, subnets)):
             shape = (1, 3, arch.r, arch.r)
             # int8 tables time int8 subnets, quantized by the conversion int8 artifacts ship

@@ -298,7 +298,9 @@ def plot_pred_vs_measured(path: "str | Path", rows: Sequence[Mapping[str, Any]],
     for r in main:
         err = None
         if "p10_ms" in r and "p90_ms" in r:
-            err = [[r["measured_ms"] - r["p10_ms"]], [r["p90_ms"] - r["measured_ms"]]]
+            # the default estimator (lowest round median) can lie outside the pooled p10..p90
+            err = [[max(0.0, r["measured_ms"] - r["p10_ms"])],
+                   [max(0.0, r["p90_ms"] - r["measured_ms"])]]
         mine = highlight is not None and r.get("label") == highlight
         ax.errorbar([r["predicted_ms"]], [r["measured_ms"]], yerr=err, fmt="*" if mine else "o",
                     ms=11 if mine else 6, color="tab:green" if mine else "tab:blue")

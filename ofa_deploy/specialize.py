@@ -294,10 +294,18 @@ def _finetune(sub: torch.nn.Module, ds, r: int, epochs: int, *, seed: int, batch
 
 def measure_artifact(target: str, artifacts: Dict[str, dict], subnet: torch.nn.Module,
                      input_shape: Sequence[int], *, protocol: MeasurementProtocol,
-                     only_format: Optional[str] = None) -> Optional[Dict[str, Any]]:
+                     only_format: Optional[str] = None,
+                     table: Optional[LatencyTable] = None) -> Optional[Dict[str, Any]]:
     """Time the exported ``artifacts`` (the torch ``subnet`` for a torch-format target) on
     ``target`` under ``protocol``; median/p10/p90/std/cv of the pooled runs. With
-    ``only_format``, None when ``target``'s profiler runs another format."""
+    ``only_format``, None when ``target``'s profiler runs another format.
+
+    With a calibrated ``table`` the file is timed in a round-robin with the table's
+    reference networks (:func:`luts.calibrate.measure_subnets` with ``lead``), so its rounds
+    are spread over seconds: timed alone, its 15 rounds take well under a second, and one
+    slow spell of the shared machine covered all of them (measured: 1.5-1.9x the same
+    file's time a second later). ``references`` then says how fast the machine was
+    meanwhile against the calibration (their median ratio now / then)."""
     spec = DeviceSpec.parse(target)
     prof = get_profiler(spec, **protocol.profiler_kwargs(spec.backend))
     try:
@@ -310,11 +318,26 @@ def measure_artifact(target: str, artifacts: Dict[str, dict], subnet: torch.nn.M
             artifact = artifacts[fmt]["path"]
         else:
             raise OfaDeployError(f"target {target} runs {fmt} models: include {fmt} in --formats")
-        stats = measure_pooled(prof, [(artifact, tuple(input_shape))],
-                               protocol.for_networks())[0]
+        from luts.drift import drift_from_networks, reference_networks
+
+        nets = reference_networks(table) if table is not None and fmt != "torch" else []
+        refs = None
+        if nets:
+            from luts.calibrate import measure_subnets
+
+            archs = [table.family.parse_arch(n["arch"], table.space) for n in nets]
+            got = measure_subnets(table, archs, prof, protocol,
+                                  lead=[(artifact, tuple(input_shape))])
+            stats = got[0]
+            d = drift_from_networks(table, nets, got[1:], apply=False, interleaved=True)
+            refs = {"speed_vs_calibration": d["scale"], "spread": d["spread"],
+                    "networks": len(nets)}
+        else:
+            stats = measure_pooled(prof, [(artifact, tuple(input_shape))],
+                                   protocol.for_networks())[0]
         return {"median": stats.median_ms, "p10": stats.p10_ms, "p90": stats.p90_ms,
                 "std": stats.std_ms, "runs": stats.runs,
-                "cv": cv_of(stats) if stats.median_ms > 0 else None,
+                "cv": cv_of(stats) if stats.median_ms > 0 else None, "references": refs,
                 "artifact": fmt, "protocol": protocol.get_state(), "profiler": prof.describe()}
     finally:
         prof.close()
@@ -574,7 +597,7 @@ def specialize(net: Supernet, predictor, scenarios: List[Scenario], *, out_dir: 
                     acc, n_eval = by_fmt[first]["accuracy"], by_fmt[first]["samples"]
                     accs["by_format"] = {f: v["accuracy"] for f, v in by_fmt.items()}
                 measured = (measure_artifact(s.target, artifacts, sub, shape,
-                                             protocol=protocol)
+                                             protocol=protocol, table=table)
                             if protocol is not None else None)
             done[key] = (res, sub, acc, n_eval, calib, artifacts, measured, accs)
             fig = None if measured is None else (

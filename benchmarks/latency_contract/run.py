@@ -188,8 +188,7 @@ def summarize(res: Dict[str, Any]) -> List[str]:
 
 def later(b: "Bench", a) -> int:
     """Validate the tables of the run in ``--out`` again (appended to its results)."""
-    prev = json.loads((b.out / "results.json").read_text())
-    b.res = {**prev, "skipped": prev.get("skipped", [])}
+    prev = b.res
     built = {s["stage"]: s for s in prev["stages"] if s["stage"].startswith("build")}
     when = {name: s.get("finished") for name, s in built.items()}
     for name in sorted(built):
@@ -226,6 +225,9 @@ def main() -> int:
                     help="also build and validate tables with this estimator, interleaved "
                          "with the default builds (A, B, A, B)")
     ap.add_argument("--int8", action="store_true", help="also build and validate an int8 table")
+    ap.add_argument("--specialize-again", action="store_true",
+                    help="only run the specialize stages again on build #1 of the run in --out "
+                         "(appended to its results, the earlier ones kept)")
     ap.add_argument("--later", action="store_true",
                     help="only validate the tables of an earlier run (in --out) again, and "
                          "append those stages to its results: 'validated an hour later'")
@@ -237,8 +239,19 @@ def main() -> int:
         if a.out == str(HERE / "results"):
             a.out = str(HERE / "results-quick")
     b = Bench(a)
+    if a.later or a.specialize_again:
+        prev = json.loads((b.out / "results.json").read_text())
+        b.res = {**prev, "skipped": prev.get("skipped", [])}
     if a.later:
         return later(b, a)
+    if a.specialize_again:
+        for f in (0.25, 0.5, 0.75):
+            b.stage(f"specialize {f:.0%} again", 0, lambda f=f: b.specialize(f))
+        b.save()
+        table = "\n".join(summarize(b.res))
+        (b.out / "table.md").write_text(table + "\n")
+        print(table)
+        return 0
     b.res["host_load_start"] = load()
     est_build = 60 if a.quick else 220
     est_val = 30 if a.quick else 70

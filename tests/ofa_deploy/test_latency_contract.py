@@ -352,3 +352,30 @@ def test_references_that_disagree_are_reported():
     assert "disagree" in d["warning"] and t.speed_scale == 1.0
     calm = [LatencyStats.from_samples([n["median_ms"] * 1.01] * 5) for n in nets]
     assert drift_from_networks(t, nets, calm)["warning"] is None and t.speed_scale == 1.01
+
+
+def test_a_shipped_file_is_timed_among_the_reference_networks_round_by_round():
+    """measure_subnets(lead=...): the lead item (specialize's exported winner) comes first in
+    every round, followed by the subnets, so its rounds are spread over the whole
+    measurement instead of being timed back to back (where one slow spell covers them)."""
+    from luts.calibrate import measure_subnets
+    from luts.drift import reference_networks
+
+    t = synthetic_table()
+    calibrate_lut(t, samples=20, profiler=BiasedMachine(truth=synthetic_table()),
+                  protocol=PROTO, save=False)
+    nets = reference_networks(t)
+    archs = [t.family.parse_arch(n["arch"], t.space) for n in nets]
+    order = []
+
+    class Order(BiasedMachine):
+        def measure_samples(self, artifact, input_shape):
+            order.append("lead" if isinstance(artifact, str) else artifact.arch.to_string(t.space))
+            return [2.0] * self.runs if isinstance(artifact, str) else \
+                super().measure_samples(artifact, input_shape)
+
+    got = measure_subnets(t, archs, Order(truth=synthetic_table()), PROTO.with_(network_rounds=3),
+                          lead=[("winner.onnx", (1, 3, 32, 32))])
+    assert len(got) == 1 + len(nets) and got[0].median_ms == 2.0
+    per_round = [n["arch"] for n in nets]
+    assert order == (["lead"] + per_round) * 3
