@@ -228,6 +228,9 @@ def main() -> int:
     ap.add_argument("--specialize-again", action="store_true",
                     help="only run the specialize stages again on build #1 of the run in --out "
                          "(appended to its results, the earlier ones kept)")
+    ap.add_argument("--more-int8", type=int, default=0, metavar="N",
+                    help="only build and validate N more int8 tables (#2..), appended to the "
+                         "results of the run in --out")
     ap.add_argument("--later", action="store_true",
                     help="only validate the tables of an earlier run (in --out) again, and "
                          "append those stages to its results: 'validated an hour later'")
@@ -239,14 +242,19 @@ def main() -> int:
         if a.out == str(HERE / "results"):
             a.out = str(HERE / "results-quick")
     b = Bench(a)
-    if a.later or a.specialize_again:
+    if a.later or a.specialize_again or a.more_int8:
         prev = json.loads((b.out / "results.json").read_text())
         b.res = {**prev, "skipped": prev.get("skipped", [])}
     if a.later:
         return later(b, a)
+    if a.more_int8:
+        for k in range(2, 2 + a.more_int8):
+            if b.stage(f"build #{k} int8", 0, lambda k=k: b.build(k, variant="int8")):
+                b.stage(f"validate #{k} int8", 0, lambda k=k: b.validate(k, variant="int8"))
     if a.specialize_again:
         for f in (0.25, 0.5, 0.75):
             b.stage(f"specialize {f:.0%} again", 0, lambda f=f: b.specialize(f))
+    if a.specialize_again or a.more_int8:
         b.save()
         table = "\n".join(summarize(b.res))
         (b.out / "table.md").write_text(table + "\n")
