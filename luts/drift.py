@@ -13,9 +13,8 @@ predictions feel. The result says by how much, and warns in one line when the ch
 large enough to matter or when the references disagree about it.
 
 Where the references can be timed together with what the predictions are compared with
-(``lut validate``), they are: :func:`reference_networks` gives them to the caller, who
-interleaves them with its own subnets in one round-robin measurement and passes their
-stats to :func:`drift_from_networks`. A separate quick check beforehand measures the speed
+(``lut validate``, ``specialize``'s winner), they are: :func:`measure_with_references`
+times them in one round-robin with the caller's subnets or files. A separate quick check beforehand measures the speed
 of the minute before, and on a shared VM that minute can be a slow spell the validation
 never sees (measured: a x1.54 rescale, then every subnet over-predicted by 51%).
 """
@@ -33,7 +32,8 @@ from profilers.protocol import MeasurementProtocol, cv_of, measure_pooled
 from .store import cache_dir as default_cache_dir
 from .table import LatencyTable, LUTError
 
-__all__ = ["check_drift", "drift_from_networks", "reference_networks", "reference_artifacts",
+__all__ = ["check_drift", "drift_from_networks", "measure_with_references", "reference_networks",
+           "reference_artifacts",
            "DRIFT_WARN", "DRIFT_DISAGREE"]
 
 # A speed change larger than this is reported as a warning line (smaller ones are noise).
@@ -97,14 +97,23 @@ def drift_from_networks(table: LatencyTable, nets: List[dict], stats, *, apply: 
     return _finish(table, out, apply)
 
 
-def _check_networks(table: LatencyTable, profiler: Profiler, protocol: MeasurementProtocol,
-                    nets: List[dict], apply: bool) -> Dict[str, Any]:
+def measure_with_references(table: LatencyTable, archs, profiler: Profiler,
+                            protocol: MeasurementProtocol, *, lead=(), apply: bool = True,
+                            **kw) -> "tuple[list, Optional[Dict[str, Any]]]":
+    """Time the ``lead`` items and the subnets ``archs`` (:func:`luts.calibrate.measure_subnets`,
+    ``kw`` passed on) in one round-robin with ``table``'s reference networks. Returns their
+    stats (``lead`` first) and the drift result of the references (:func:`drift_from_networks`,
+    ``apply`` as there; None when the table has no reference networks: then only the given
+    items are timed)."""
     from .calibrate import measure_subnets
 
-    archs = [table.family.parse_arch(n["arch"], table.space) for n in nets]
-    stats = measure_subnets(table, archs, profiler, protocol,
-                            seed=int((table.calibration or {}).get("seed", 0)))
-    return drift_from_networks(table, nets, stats, apply=apply)
+    nets = reference_networks(table)
+    ref_archs = [table.family.parse_arch(n["arch"], table.space) for n in nets]
+    stats = measure_subnets(table, list(archs) + ref_archs, profiler, protocol, lead=lead, **kw)
+    n = len(stats) - len(ref_archs)
+    drift = (drift_from_networks(table, nets, stats[n:], apply=apply,
+                                 interleaved=bool(n)) if nets else None)
+    return stats[:n], drift
 
 
 def check_drift(table: LatencyTable, profiler: Profiler, protocol: MeasurementProtocol, *,
@@ -121,7 +130,8 @@ def check_drift(table: LatencyTable, profiler: Profiler, protocol: MeasurementPr
     if not nets and not refs:
         return None
     if nets:
-        return _check_networks(table, profiler, protocol, nets, apply)
+        return measure_with_references(table, [], profiler, protocol, apply=apply,
+                                       seed=int((table.calibration or {}).get("seed", 0)))[1]
     try:
         arts = reference_artifacts(table, profiler.artifact_format, cache_dir)
     except Exception as exc:  # conversion trouble must not hide the real work: report it

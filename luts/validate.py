@@ -80,7 +80,7 @@ def validate_lut(table: "LatencyTable | str | os.PathLike", device: "str | Devic
     The predictions validated are the ones the search uses: calibrated (if the table is)
     and, with ``drift``, rescaled to today's speed (this sets ``table.speed_scale``): a
     calibrated table's reference networks are timed interleaved with the validation subnets
-    (:func:`luts.drift.drift_from_networks`), an uncalibrated table's reference ops just
+    (:func:`luts.drift.measure_with_references`), an uncalibrated table's reference ops just
     before them. Archs the calibration was fitted on are never drawn. Returns a
     JSON-able dict: ``samples``, ``mape``, ``within_10pct``, ``kendall_tau`` (and a few more
     summary numbers), ``uncalibrated`` (the same for the plain op sums), ``rows`` (one per
@@ -93,7 +93,7 @@ def validate_lut(table: "LatencyTable | str | os.PathLike", device: "str | Devic
     from profilers.protocol import cv_of, noise_warning, require_comparable
 
     from .calibrate import measure_subnets, table_protocol
-    from .drift import check_drift, drift_from_networks, reference_networks
+    from .drift import check_drift, measure_with_references, reference_networks
 
     if samples < 2:
         raise LUTError(f"--samples must be at least 2, got {samples}")
@@ -131,14 +131,13 @@ def validate_lut(table: "LatencyTable | str | os.PathLike", device: "str | Devic
     # a calibrated table's reference networks are timed in the same round-robin as the
     # validation subnets, so the speed they measure is the speed the subnets saw; only the
     # reference ops of an uncalibrated table are re-timed beforehand
-    nets = reference_networks(table) if drift else []
-    drift_info = check_drift(table, profiler, protocol) if drift and not nets else None
-    ref_archs = [table.family.parse_arch(n["arch"], space) for n in nets]
-    stats = measure_subnets(table, archs + ref_archs, profiler, protocol, seed=seed,
-                            work_dir=work_dir, progress=f"validate {spec}" if progress else None)
-    stats, ref_stats = stats[:len(archs)], stats[len(archs):]
-    if nets:
-        drift_info = drift_from_networks(table, nets, ref_stats, interleaved=True)
+    how = {"seed": seed, "work_dir": work_dir,
+           "progress": f"validate {spec}" if progress else None}
+    if drift and reference_networks(table):
+        stats, drift_info = measure_with_references(table, archs, profiler, protocol, **how)
+    else:
+        drift_info = check_drift(table, profiler, protocol) if drift else None
+        stats = measure_subnets(table, archs, profiler, protocol, **how)
     if drift_info and drift_info.get("warning"):
         warnings_.append(drift_info["warning"])
     predicted = table.predict(archs, quantile=quantile)

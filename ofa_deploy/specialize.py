@@ -318,20 +318,15 @@ def measure_artifact(target: str, artifacts: Dict[str, dict], subnet: torch.nn.M
             artifact = artifacts[fmt]["path"]
         else:
             raise OfaDeployError(f"target {target} runs {fmt} models: include {fmt} in --formats")
-        from luts.drift import drift_from_networks, reference_networks
+        from luts.drift import measure_with_references, reference_networks
 
-        nets = reference_networks(table) if table is not None and fmt != "torch" else []
         refs = None
-        if nets:
-            from luts.calibrate import measure_subnets
-
-            archs = [table.family.parse_arch(n["arch"], table.space) for n in nets]
-            got = measure_subnets(table, archs, prof, protocol,
-                                  lead=[(artifact, tuple(input_shape))])
+        if table is not None and fmt != "torch" and reference_networks(table):
+            got, d = measure_with_references(table, [], prof, protocol, apply=False,
+                                             lead=[(artifact, tuple(input_shape))])
             stats = got[0]
-            d = drift_from_networks(table, nets, got[1:], apply=False, interleaved=True)
             refs = {"speed_vs_calibration": d["scale"], "spread": d["spread"],
-                    "networks": len(nets)}
+                    "networks": len(d["refs"])}
         else:
             stats = measure_pooled(prof, [(artifact, tuple(input_shape))],
                                    protocol.for_networks())[0]

@@ -36,26 +36,14 @@ def _host_meta() -> Dict[str, Any]:
             "cpu_cores": cpu.get("cores")}
 
 
-def _baseline_estimator(path: "str | os.PathLike") -> Optional[str]:
-    """The estimator a baseline file records (None: none recorded or unreadable)."""
-    try:
-        meta = json.loads(Path(path).read_text(encoding="utf-8")).get("meta") or {}
-        old = MeasurementProtocol.of(meta) if isinstance(meta, Mapping) else None
-    except (OSError, ValueError, AttributeError, ProfilerError):
-        return None
-    return None if old is None else old.estimator
-
-
-def _check_baseline_protocol(path: "str | os.PathLike", protocol: MeasurementProtocol) -> None:
-    """Refuse a baseline measured under another protocol (files without one predate
-    protocols and are compared as before)."""
+def _baseline_protocol(path: "str | os.PathLike") -> Optional[MeasurementProtocol]:
+    """The protocol a baseline file records (None: files without one predate protocols and
+    are compared as before; unreadable files are reported by the baseline loader)."""
     try:
         meta = json.loads(Path(path).read_text(encoding="utf-8")).get("meta") or {}
     except (OSError, ValueError, AttributeError):
-        return
-    old = MeasurementProtocol.of(meta) if isinstance(meta, Mapping) else None
-    if old is not None:
-        require_comparable(old, protocol, f"baseline {path}", "this run")
+        return None
+    return MeasurementProtocol.of(meta) if isinstance(meta, Mapping) else None
 
 
 def _resumable(path: Optional[Path], settings: Mapping[str, Any]
@@ -287,10 +275,11 @@ def run_bench(artifacts: Sequence[Artifact], devices: Sequence[DeviceSpec], *,
         raise BenchError(f"runs must be at least 1, got {runs}")
     if warmup is not None and warmup < 0:
         raise BenchError(f"warmup must be >= 0, got {warmup}")
-    if protocol is None and estimator is None and baseline is not None:
+    old = _baseline_protocol(baseline) if baseline is not None else None
+    if protocol is None and estimator is None and old is not None:
         # a baseline's estimator unless told otherwise: a CI job whose baseline predates a
         # change of the default estimator keeps comparing like with like
-        estimator = _baseline_estimator(baseline)
+        estimator = old.estimator
     protocol = (protocol or MeasurementProtocol()).with_(runs=runs, warmup=warmup,
                                                          threads=threads,
                                                          network_rounds=rounds,
@@ -298,8 +287,9 @@ def run_bench(artifacts: Sequence[Artifact], devices: Sequence[DeviceSpec], *,
     if tolerance_pct < 0:
         raise BenchError(f"tolerance must be >= 0 percent, got {tolerance_pct}")
     base = load_baseline(baseline) if baseline is not None else None
-    if baseline is not None:
-        _check_baseline_protocol(baseline, protocol)
+    if old is not None:
+        # a baseline measured under another protocol is refused
+        require_comparable(old, protocol, f"baseline {baseline}", "this run")
     formats = {str(d): getattr(profiler_class_of(d), "artifact_format", "onnx") for d in devices}
     roots = sorted({str(a.root) for a in artifacts})
     run = _Run(artifacts, devices, protocol=protocol,

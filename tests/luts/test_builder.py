@@ -168,20 +168,26 @@ def test_exception_after_k_ops_loses_at_most_the_op_in_flight(tmp_path, fake_bui
     assert len(LatencyTable.load(out).entries) == k
 
 
+def _slow_second_pass(fake_build, out, first_estimator, **second):
+    """Build ``out`` in one round with ``first_estimator``, then extend it by a second round
+    (``second``: its build_lut arguments) in which every call is twice as slow. Returns the
+    profiler, its calls after the first round, and both tables."""
+    n_first = [None]
+    prof = FakeProfiler(scale=lambda call: 1.0 if n_first[0] is None or call <= n_first[0]
+                        else 2.0)
+    t1 = fake_build(out, prof, estimator=first_estimator)
+    n_first[0] = prof.calls
+    t2 = fake_build(out, prof, rounds=2, **second)
+    return prof, n_first[0], t1, t2
+
+
 def test_rounds_pool_every_run_and_more_rounds_refine(tmp_path, fake_build):
     out = tmp_path / "t.json"
     # every call in the second pass is twice as slow: the entry is the median of the pooled
     # runs (1x and 2x -> 1.5x), not the best round; a third pass at 0.5x brings it back to 1x
-    n_first = [None]
-
-    def scale(call):
-        return 1.0 if n_first[0] is None or call <= n_first[0] else 2.0
-
-    prof = FakeProfiler(scale=scale)
-    t1 = fake_build(out, prof, estimator="median-pooled")
-    n_first[0] = prof.calls
-    t2 = fake_build(out, prof, rounds=2)  # resumed: the table's estimator
-    assert prof.calls > n_first[0] and t2.meta["rounds"] == 2
+    # (the second pass is resumed without an estimator: it takes the table's)
+    prof, n_first, t1, t2 = _slow_second_pass(fake_build, out, "median-pooled")
+    assert prof.calls > n_first and t2.meta["rounds"] == 2
     assert t2.meta["protocol"]["rounds"] == 2 and t2.meta["protocol"]["estimator"] == \
         "median-pooled"
     raw = json.loads(raw_path(out).read_text())
@@ -205,15 +211,8 @@ def test_best_round_median_build_keeps_the_quiet_round_and_refuses_mixing(tmp_pa
     out = tmp_path / "t.json"
     # the second pass is twice as slow: pooled, the entry would be 1.5x; best-round-median
     # keeps the quieter round (1x), and a third, faster pass (0.5x) becomes the entry
-    n_first = [None]
-
-    def scale(call):
-        return 1.0 if n_first[0] is None or call <= n_first[0] else 2.0
-
-    prof = FakeProfiler(scale=scale)
-    t1 = fake_build(out, prof, estimator="best-round-median")
-    n_first[0] = prof.calls
-    t2 = fake_build(out, prof, rounds=2, estimator="best-round-median")
+    _, _, t1, t2 = _slow_second_pass(fake_build, out, "best-round-median",
+                                     estimator="best-round-median")
     assert t2.meta["protocol"]["estimator"] == t2.meta["estimator"] == "best-round-median"
     assert "lowest" in t2.meta["stats_note"]
     op = enumerate_ops(TINY, RES)[0]
