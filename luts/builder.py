@@ -273,7 +273,7 @@ def build_lut(space: "Space | str", device: "str | DeviceSpec", *,
               cpus: "str | Sequence[int] | None" = None, fresh: bool = False, seed: int = 0,
               drift_every_s: float = 30.0, drift_tolerance: float = 0.05,
               flush_bytes: "int | str | None" = "auto", profiler: Optional[Profiler] = None,
-              precision: str = "fp32",
+              precision: str = "fp32", recheck: bool = True,
               on_op: Optional[Callable[[OpKey, LatencyStats], None]] = None,
               on_warn: Optional[Callable[[str], None]] = None) -> LatencyTable:
     """Time every op of ``space`` at ``resolutions`` on ``device`` and write the table to
@@ -293,7 +293,10 @@ def build_lut(space: "Space | str", device: "str | DeviceSpec", *,
     (:func:`supernet.quantize.export_int8`: ONNX static QDQ, full-integer TFLite; calibrated on
     seeded random inputs of the op's shape), cached apart from fp32 op models; the table
     records it as ``meta["precision"]`` and its default file is
-    ``default_lut_path(device, space, precision)``. fp16 (TFLite devices: fp16-weight op
+    ``default_lut_path(device, space, precision)``. ``recheck``: after the rounds, entries
+    that sit far above the same op shape at the other resolutions
+    (:func:`luts.outliers.suspect_entries`) are timed for ``rounds`` more rounds, once per
+    build (``meta["recheck"]`` lists them before and after). fp16 (TFLite devices: fp16-weight op
     models, :func:`supernet.quantize.export_fp16`; CUDA: a ``.half()`` copy) likewise; ONNX
     (cpu) devices refuse it. ``on_op(op, entry)`` is
     called after each op is saved; ``on_warn(message)`` receives drift warnings (default: the
@@ -513,6 +516,14 @@ def build_lut(space: "Space | str", device: "str | DeviceSpec", *,
             monitor.check(force=True)
             table.meta["drift"] = monitor.summary()
         refresh()
+        if recheck and raw.meta.get("recheck_rounds_of") != rounds:
+            measured += _recheck(raw, table, lambda op: (
+                                     [ctx_job[op_job[op].shape]] if context else []) +
+                                 [op_job[op]], keep, rounds, profiler, conv,
+                                 save=lambda: (refresh(), raw.save(), table.save(out)),
+                                 say=(bar.write if bar is not None else None))
+            raw.meta["recheck_rounds_of"] = rounds
+            refresh()
         table.meta["noise"] = _noise_summary(raw, ops, op_job)
         table.meta["reference_ops"] = _reference_ops(raw, ops, op_job)
         missing = table.missing_ops()
@@ -533,6 +544,48 @@ def build_lut(space: "Space | str", device: "str | DeviceSpec", *,
         if bar is not None:
             bar.close()
         conv.close()
+
+
+def _recheck(raw: "_Raw", table: LatencyTable, jobs_of: Callable[[OpKey], List[_Job]],
+             keep: Dict[OpKey, LatencyStats], rounds: int,
+             profiler: Profiler, conv: "_Converter", *, save: Callable[[], Any],
+             say: Optional[Callable[[str], None]] = None) -> int:
+    """Time the suspect entries (:func:`luts.outliers.suspect_entries`) for ``rounds`` more
+    rounds, interleaved, saving after each timing (a killed recheck resumes: an op's rounds
+    done are in ``raw``). ``jobs_of(op)``: the models an entry is made of, timed in that
+    order (its context model, then the op: a spell that slowed the op slowed its context
+    model too, and the entry is their difference). Why: an entry that a slow spell of the
+    machine covered in every round stays high under any estimator; rounds timed minutes
+    later, at another moment of the machine, bring it down, and the lowest-round-median
+    estimator keeps the quieter rounds. Records ``table.meta["recheck"]`` and returns the
+    op timings made."""
+    from .outliers import DEFAULT_THRESHOLD, suspect_entries
+
+    suspects = suspect_entries({op: s.median_ms for op, s in table.entries.items()
+                                if op not in keep})
+    before = {op: table.entries[op].median_ms for op in suspects}
+    if suspects and say is not None:
+        say(f"re-timing {len(suspects)} entr{'y' if len(suspects) == 1 else 'ies'} far above "
+            f"the same op at other resolutions ({rounds} more rounds)")
+    timed = 0
+    for rnd in range(rounds + 1, 2 * rounds + 1):
+        for op in suspects:
+            for j in jobs_of(op):
+                if raw.rounds.get(j.what, 0) >= rnd:
+                    continue  # done before a kill, or a context model shared with another
+                raw.record(j.what, sample_once(profiler, conv.get(j), j.shape), rnd)
+                timed += j.what == op.to_string()
+            save()
+    save()
+    table.meta["recheck"] = {
+        "rule": f"more than {DEFAULT_THRESHOLD:.0%} above a + b*h^2 fitted on the same op "
+                f"shape at the other resolutions",
+        "rounds": rounds, "suspects": len(suspects),
+        "entries": {op.to_string(): {"before_ms": round(before[op], 6),
+                                     "after_ms": round(table.entries[op].median_ms, 6),
+                                     "excess": round(x, 4)}
+                    for op, x in suspects.items()}}
+    return timed
 
 
 def _median_note(estimator: str) -> str:

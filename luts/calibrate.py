@@ -47,7 +47,8 @@ from supernet.arch import ArchConfig
 from .table import LatencyTable, LUTError
 
 __all__ = ["calibrate_lut", "fit_calibration", "measure_subnets", "table_protocol",
-           "MODELS", "CALIBRATION_SEED_OFFSET"]
+           "refit_calibration", "calibrate_or_remeasure", "MODELS", "CALIBRATION_SEED_OFFSET",
+           "REMEASURE_HELDOUT_MAPE"]
 
 MODELS = ("scale", "overhead+scale", "per-resolution-scale", "overhead+per-resolution-scale",
           "shrunk-per-resolution-scale")
@@ -61,6 +62,10 @@ CALIBRATION_SEED_OFFSET = 7919
 # The calibration subnets kept as reference networks, by latency quantile: five (not one) so
 # that one of them caught in a slow spell moves the median ratio of a drift check little.
 REFERENCE_QUANTILES = (0.1, 0.3, 0.5, 0.7, 0.9)
+# Held-out error of the calibration above which the op table is timed again (see
+# calibrate_or_remeasure). Fresh tiny tables on the shared VM (benchmarks/latency_contract,
+# 2026-12-03): the fp32 build that later validated at 93% had 4.1%, the five others 0.9-3.3%.
+REMEASURE_HELDOUT_MAPE = 0.03
 
 
 def table_protocol(table: LatencyTable) -> MeasurementProtocol:
@@ -327,4 +332,73 @@ def calibrate_lut(table: "LatencyTable | str | os.PathLike",
         echo(f"warning: {cal['noise_warning']}")
     if save and table.path is not None:
         table.save(table.path)
+    return table
+
+
+def refit_calibration(table: LatencyTable) -> Dict[str, Any]:
+    """Fit the table's calibration again to its *current* op sums, from the whole-network
+    timings it stored (``calibration["rows"]``): after the ops were timed again the networks
+    need not be. Keeps everything else of the record (archs, reference networks, protocol);
+    returns the new record, also set on the table."""
+    cal = table.calibration
+    if not cal or not cal.get("rows"):
+        raise LUTError("the table has no calibration rows to refit; run `ofa-deploy lut "
+                       "calibrate` first")
+    rows = cal["rows"]
+    archs = [table.family.parse_arch(r["arch"], table.space) for r in rows]
+    table.speed_scale = 1.0
+    table.calibration = None
+    table._grids.clear()
+    op_sum = table.predict(archs, calibrated=False)
+    fit = fit_calibration(op_sum, [r["measured_ms"] for r in rows], [a.r for a in archs],
+                          table.resolutions, [r["measured_p90_ms"] for r in rows])
+    new = {**cal, **fit,
+           "rows": [{**r, "op_sum_ms": float(p)} for r, p in zip(rows, op_sum)]}
+    table.calibration = new
+    table._grids.clear()
+    return new
+
+
+def calibrate_or_remeasure(table: LatencyTable, device: "str | DeviceSpec | None",
+                           rebuild: Callable[[int], LatencyTable], *, samples: int = 20,
+                           seed: int = 0, progress: bool = False,
+                           max_heldout_mape: float = REMEASURE_HELDOUT_MAPE,
+                           echo: Callable[[str], None] = lambda s: None,
+                           **calibrate_kw: Any) -> LatencyTable:
+    """:func:`calibrate_lut`, then, when the op sums disagree with the whole networks more than
+    a table should (held-out error over ``max_heldout_mape``), time every op again: ``rebuild
+    (rounds)`` extends the build to that many rounds (``build_lut`` on the same file, which
+    keeps the rounds it has), and the calibration is refitted to the new op sums on the same
+    network timings (:func:`refit_calibration`). Once: the record's ``remeasured`` says why,
+    and the held-out error before and after. ``calibrate_kw`` go to :func:`calibrate_lut`
+    (``protocol``, ``profiler``, ``save``).
+
+    Why: a table whose ops were timed while a neighbour slowed the memory-heavy ops for the
+    whole build (every round of those ops) sums wrongly per subnet, not by one factor, so no
+    calibration model fits it; rounds timed after the calibration, at another moment of the
+    machine, do (the estimator keeps each op's quietest round). On the shared VM such a build
+    (2026-12-03, build #1 of benchmarks/latency_contract) had 126 of 450 entries more than 15%
+    above the median of three builds, a calibration held-out error of 4.1% against 0.9-1.9%
+    for the two others, and validated at 93% within 10% against 100%."""
+    table = calibrate_lut(table, device, samples=samples, seed=seed, progress=progress,
+                          echo=echo, **calibrate_kw)
+    cal = table.calibration
+    if cal is None or cal["heldout_mape"] <= max_heldout_mape:
+        return table
+    before = cal["heldout_mape"]
+    rounds = (calibrate_kw.get("protocol") or table_protocol(table)).rounds
+    echo(f"the op table disagrees with {cal['samples']} whole subnets (held-out error "
+         f"{before:.1%}, over {max_heldout_mape:.0%}): timing every op for {rounds} more "
+         f"rounds")
+    path = table.path
+    table = rebuild(2 * rounds)
+    table.calibration = cal  # a resumed build keeps the table's meta, not always its calibration
+    new = refit_calibration(table)
+    new["remeasured"] = {"reason": f"held-out error {before:.4f} > {max_heldout_mape}",
+                         "heldout_mape_before": before, "heldout_mape_after":
+                             new["heldout_mape"], "rounds": 2 * rounds}
+    echo(f"held-out error after re-timing: {new['heldout_mape']:.1%}")
+    if path is not None and calibrate_kw.get("save", True):
+        table.save(path)
+        table.path = path
     return table

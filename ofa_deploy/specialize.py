@@ -152,12 +152,15 @@ def resolve_lut(target: str, space, *, lut_path: Optional[str] = None, build: bo
     threads = 1 if threads is None else threads
     echo(f"no {precision} latency table for {spec} / {space.name} yet: profiling it now with "
          f"{threads} thread(s) (cached for next time; --threads to change)")
-    table = build_lut(space, spec, threads=threads, estimator=estimator, progress=progress,
-                      precision=precision)
-    from luts.calibrate import calibrate_lut
+    build_kw = dict(threads=threads, estimator=estimator, progress=progress,
+                    precision=precision)
+    table = build_lut(space, spec, **build_kw)
+    from luts.calibrate import calibrate_or_remeasure
 
     echo("calibrating the new table on 20 whole subnets (the export path specialize ships)")
-    return calibrate_lut(table, spec, samples=20, progress=progress, echo=echo)
+    return calibrate_or_remeasure(table, spec,
+                                  lambda r: build_lut(space, spec, rounds=r, **build_kw),
+                                  samples=20, progress=progress, echo=echo)
 
 
 def lut_id(table: LatencyTable) -> str:

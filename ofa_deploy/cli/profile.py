@@ -43,12 +43,18 @@ def _human(d: dict) -> str:
             ("build time", f"{d['build_seconds']:.1f} s"),
             ("max drift", f"{d['max_drift']:.1%}" if d["max_drift"] is not None else "-"),
             ("noise (median CV)", f"{d['median_cv']:.1%}" if d["median_cv"] is not None
-             else "-")]
+             else "-"),
+            ("entries re-timed (off their curve)", d.get("rechecked_entries") or 0)]
     c = d.get("calibration")
     if c:
         rows.append(("calibration", f"{c['model']} on {c['samples']} subnets: held-out MAPE "
                                     f"{c['heldout_mape']:.1%} (uncalibrated "
                                     f"{c['uncalibrated_mape']:.1%}), p90 x{c['p90_factor']:.3f}"))
+        if c.get("remeasured"):
+            rm = c["remeasured"]
+            rows.append(("ops re-timed", f"held-out MAPE {rm['heldout_mape_before']:.1%} -> "
+                                         f"{rm['heldout_mape_after']:.1%} ({rm['rounds']} "
+                                         f"rounds)"))
     parts = [table(rows, ("field", "value"))]
     parts.append(table([(x["resolution"], f"{x['min_ms']:.3f}", f"{x['max_ms']:.3f}")
                         for x in d["latency_range"]], ("resolution", "min ms", "max ms")))
@@ -143,21 +149,22 @@ def profile(device, space_name, resolutions, out, runs, warmup, rounds, threads,
             # e.g. the table `specialize` built with 1 thread: resume/refine it, not fail
             click.echo(f"note: {path} exists, built with {threads} thread(s): using them "
                        f"(--threads N --fresh rebuilds with other settings)", err=True)
-    t = build_lut(space, spec, resolutions=res, out=path, runs=runs, warmup=warmup,
-                  rounds=rounds, threads=threads, cache=cache_policy, estimator=estimator,
-                  cpus=cpus,
-                  cache_dir=cache_dir,
-                  progress=not quiet and not as_json, context=not no_context,
-                  convert_workers=convert_workers, fresh=fresh, seed=seed, flush_bytes=flush,
-                  precision=precision,
-                  on_warn=(lambda msg: click.echo(f"warning: {msg}", err=True))
-                  if quiet or as_json else None)
+    build_kw = dict(resolutions=res, out=path, runs=runs, warmup=warmup, threads=threads,
+                    cache=cache_policy, estimator=estimator, cpus=cpus, cache_dir=cache_dir,
+                    progress=not quiet and not as_json, context=not no_context,
+                    convert_workers=convert_workers, seed=seed, flush_bytes=flush,
+                    precision=precision,
+                    on_warn=(lambda msg: click.echo(f"warning: {msg}", err=True))
+                    if quiet or as_json else None)
+    t = build_lut(space, spec, rounds=rounds, fresh=fresh, **build_kw)
     if calib_samples > 0:
-        from luts.calibrate import calibrate_lut
+        from luts.calibrate import calibrate_or_remeasure
 
-        calibrate_lut(t, spec, samples=calib_samples, seed=seed,
-                      progress=not quiet and not as_json,
-                      echo=lambda msg: click.echo(msg, err=True))
+        # a second pass extends the same file: never --fresh again
+        t = calibrate_or_remeasure(
+            t, spec, lambda r: build_lut(space, spec, rounds=r, fresh=False, **build_kw),
+            samples=calib_samples, seed=seed, progress=not quiet and not as_json,
+            echo=lambda msg: click.echo(msg, err=True))
     m = t.meta
     noise = m.get("noise") or {}
     if noise.get("warning"):
@@ -188,7 +195,8 @@ def profile(device, space_name, resolutions, out, runs, warmup, rounds, threads,
             k: cal.get(k) for k in ("model", "scale", "overhead_ms", "p90_factor", "samples",
                                     "heldout_mape", "heldout_within_10pct",
                                     "uncalibrated_mape", "uncalibrated_within_10pct",
-                                    "candidates")},
+                                    "candidates", "remeasured")},
+        "rechecked_entries": (m.get("recheck") or {}).get("suspects"),
     }
     emit(data, as_json, _human)
 

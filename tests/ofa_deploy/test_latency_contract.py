@@ -379,3 +379,47 @@ def test_a_shipped_file_is_timed_among_the_reference_networks_round_by_round():
     assert len(got) == 1 + len(nets) and got[0].median_ms == 2.0
     per_round = [n["arch"] for n in nets]
     assert order == (["lead"] + per_round) * 3
+
+
+def test_a_table_that_disagrees_with_whole_networks_is_timed_again_once():
+    """Ops timed in a slow spell that hit some of them (not all alike): no calibration model
+    fits, so every op is timed again (here: the rebuild returns the quiet machine's entries)
+    and the calibration is refitted on the same network timings."""
+    from luts.calibrate import REMEASURE_HELDOUT_MAPE, calibrate_or_remeasure
+
+    truth = synthetic_table()
+    spelled = synthetic_table()
+    for op in list(spelled.entries)[::3]:  # a third of the ops 2.5x slow
+        e = spelled.entries[op]
+        spelled.entries[op] = LatencyStats(2.5 * e.median_ms, e.p10_ms, e.p90_ms, e.std_ms,
+                                           e.runs)
+    machine = BiasedMachine(truth=truth, scale=1.2, sigma=0.01)
+    rebuilt = []
+
+    def rebuild(rounds):
+        rebuilt.append(rounds)
+        quiet = synthetic_table()
+        quiet.meta.update(spelled.meta)
+        return quiet
+
+    msgs = []
+    t = calibrate_or_remeasure(spelled, "cpu", rebuild, samples=20, profiler=machine,
+                               protocol=PROTO, save=False, echo=msgs.append)
+    assert rebuilt == [2 * PROTO.rounds]
+    cal = t.calibration
+    rm = cal["remeasured"]
+    assert rm["heldout_mape_before"] > REMEASURE_HELDOUT_MAPE > rm["heldout_mape_after"]
+    assert cal["heldout_mape"] == rm["heldout_mape_after"] < 0.02
+    assert cal["default_scale"] == pytest.approx(1.2, rel=0.03)
+    # refitted on the networks measured once: the same archs and measurements, new op sums
+    first = spelled.calibration  # calibrate_lut set it on the table it was given
+    assert first["heldout_mape"] == rm["heldout_mape_before"]
+    assert [r["measured_ms"] for r in cal["rows"]] == [r["measured_ms"] for r in first["rows"]]
+    assert cal["rows"][0]["op_sum_ms"] == pytest.approx(
+        t.predict([t.family.parse_arch(cal["rows"][0]["arch"], t.space)], calibrated=False)[0])
+    assert any("timing every op" in m for m in msgs)
+    # a table that agrees with the networks is left alone
+    again = []
+    t2 = calibrate_or_remeasure(synthetic_table(), "cpu", lambda r: again.append(r), samples=20,
+                                profiler=machine, protocol=PROTO, save=False)
+    assert again == [] and "remeasured" not in t2.calibration
