@@ -176,6 +176,9 @@ def render_markdown(rep: Mapping[str, Any]) -> str:
                          f"{budget_text(h['within_budget'])} | {'yes' if h.get('chosen') else ''} | "
                          f"`{h['arch_string']}` |")
         lines.append("")
+        lines += [f"Round {h['round']}: {h['note']}." for h in rounds if h.get("note")]
+        if any(h.get("note") for h in rounds):
+            lines.append("")
     if rep.get("protocol"):
         from profilers.protocol import MeasurementProtocol
 

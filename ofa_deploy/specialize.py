@@ -7,7 +7,8 @@ closed: the exported winner is timed on the target under the table's measurement
 measured figure (median, or p90 with ``latency_quantile=90``) is over budget, the effective
 budget the search uses is tightened by the observed ratio and the search runs again; if it is
 under 0.9 x budget while slower (more accurate) subnets exist, the effective budget is loosened
-the same way. At most ``max_rounds`` rounds; the report lists each, and the winner is the
+the same way (and when the looser search picks the same subnet, none slower is predicted more
+accurate: the loop stops and the round's note says so). At most ``max_rounds`` rounds; the report lists each, and the winner is the
 round with the best predicted accuracy among those measured within budget (else the fastest).
 
 ``precision="int8"`` scenarios search an int8 latency table with the int8 accuracy estimate
@@ -563,6 +564,7 @@ def specialize(net: Supernet, predictor, scenarios: List[Scenario], *, out_dir: 
         # arch string -> (result, sub, acc, n_eval, bn calibration, artifacts, measurement,
         # accuracy of each shipped file (int8) and of the float subnet)
         done: Dict[str, tuple] = {}
+        loosened = False
         for k in range(1, max_rounds + 1):
             if k > 1:
                 cons = Constraints(max_latency_ms=eff, max_macs=None if s.mflops is None
@@ -575,6 +577,13 @@ def specialize(net: Supernet, predictor, scenarios: List[Scenario], *, out_dir: 
                     break
             arch = res.arch
             key = arch.to_string(space)
+            if k > 1 and loosened and key == history[-1]["arch_string"]:
+                # a looser budget picks the same subnet: none slower is predicted more
+                # accurate, so the unused share of the budget buys nothing
+                history[-1]["note"] = (f"a looser effective budget ({eff:.3f} ms) picks the "
+                                       f"same subnet: no slower subnet is predicted more "
+                                       f"accurate")
+                break
             echo(f"[{s.name}] round {k}: winner {key}: predicted {res.predicted_accuracy:.4f} "
                  f"acc, {res.latency_ms:.3f} ms (effective budget {eff:.3f} ms)")
             if key in done:
@@ -610,10 +619,12 @@ def specialize(net: Supernet, predictor, scenarios: List[Scenario], *, out_dir: 
                 "within_budget": None if fig is None else bool(fig <= s.budget_ms)})
             if fig is None:
                 break  # nothing to close the loop with (a phone table without the phone)
+            loosened = False
             if fig > s.budget_ms:
                 eff = _retarget(eff, s.budget_ms, fig)
             elif fig < UNDERUSE * s.budget_ms and eff < hi:
                 eff = min(hi, _retarget(eff, s.budget_ms, fig))
+                loosened = True
             else:
                 break
             if eff < lo:

@@ -157,7 +157,12 @@ def summarize(res: Dict[str, Any]) -> List[str]:
             c = d.get("calibration") or {}
             what = (f"{d.get('ops')} ops, noise CV {d.get('median_cv') or 0:.1%}; calibration "
                     f"{c.get('model')}: held-out MAPE {c.get('heldout_mape', 0):.1%} (uncal. "
-                    f"{c.get('uncalibrated_mape', 0):.1%})")
+                    f"{c.get('uncalibrated_mape', 0):.1%}); {d.get('rechecked_entries') or 0} "
+                    f"entries re-timed off their curve"
+                    + (f"; every op re-timed: held-out MAPE "
+                       f"{c['remeasured']['heldout_mape_before']:.1%} -> "
+                       f"{c['remeasured']['heldout_mape_after']:.1%}"
+                       if c.get("remeasured") else ""))
         elif name.startswith("validate") or name.startswith("noisy"):
             u = d.get("uncalibrated", {})
             what = (f"n={d.get('samples')}: within ±10% **{d.get('within_10pct', 0):.0%}**, τ "

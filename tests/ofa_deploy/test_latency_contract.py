@@ -194,6 +194,46 @@ def test_closed_loop_meets_the_budget_when_measured(net, tmp_path, monkeypatch, 
     assert rep["protocol"] == PROTO.get_state()
 
 
+class PeakPredictor(SizePredictor):
+    """Accuracy that peaks at op sum ``peak`` ms: no slower subnet is more accurate."""
+
+    def __init__(self, truth, peak):
+        super().__init__(truth)
+        self.peak = peak
+
+    def predict(self, batch):
+        return 1.0 - np.abs(self.truth.predict(batch) - self.peak) / 100.0
+
+
+def test_closed_loop_stops_when_a_looser_budget_picks_the_same_subnet(net, tmp_path,
+                                                                       monkeypatch):
+    """Far under budget only because the most accurate subnet is fast: one loosened search
+    finds the same subnet, the loop stops and says why (no speed is left on the table)."""
+    import ofa_deploy.specialize as S
+
+    truth = synthetic_table()
+    table = synthetic_table()
+    table.meta["protocol"] = PROTO.get_state()
+    table.save(tmp_path / "lut.json")
+    lo, hi = table.min_max()
+    peak = lo + 0.3 * (hi - lo)
+    monkeypatch.setattr(S, "get_profiler", lambda spec, **kw: BiasedMachine(
+        truth=truth, scale=1.0, sigma=0.01, **kw))
+    reps = specialize(net, PeakPredictor(truth, peak), [Scenario("cpu", lo + 0.7 * (hi - lo))],
+                      out_dir=tmp_path / "out", search_config=EvolutionConfig(
+                          population=48, generations=40, seed=0),
+                      data=DataContext(None), formats=["onnx"],
+                      lut_path=str(tmp_path / "lut.json"), echo=lambda s: None,
+                      progress=False)
+    rep = reps[0]
+    rounds = rep["rounds"]
+    assert len(rounds) == 1 and rounds[0]["chosen"]
+    assert rep["within_budget"] is True
+    assert rounds[0]["measured_ms"] < 0.9 * rep["budget_ms"]
+    assert "same subnet" in rounds[0]["note"]
+    assert "same subnet" in (tmp_path / "out" / "report.md").read_text()
+
+
 class Recorder(Profiler):
     """Records how every profiler is made; latency from the model's size (torch modules or
     files), so any artifact can be 'timed'."""
