@@ -517,9 +517,10 @@ def build_lut(space: "Space | str", device: "str | DeviceSpec", *,
             table.meta["drift"] = monitor.summary()
         refresh()
         if recheck and raw.meta.get("recheck_rounds_of") != rounds:
-            measured += _recheck(raw, table, lambda op: (
-                                     [ctx_job[op_job[op].shape]] if context else []) +
-                                 [op_job[op]], keep, rounds, profiler, conv,
+            def entry_jobs(op: OpKey) -> List[_Job]:
+                return ([ctx_job[op_job[op].shape]] if context else []) + [op_job[op]]
+
+            measured += _recheck(raw, table, entry_jobs, keep, rounds, profiler, conv,
                                  save=lambda: (refresh(), raw.save(), table.save(out)),
                                  say=(bar.write if bar is not None else None))
             raw.meta["recheck_rounds_of"] = rounds

@@ -362,7 +362,7 @@ def refit_calibration(table: LatencyTable) -> Dict[str, Any]:
 def calibrate_or_remeasure(table: LatencyTable, device: "str | DeviceSpec | None",
                            rebuild: Callable[[int], LatencyTable], *, samples: int = 20,
                            seed: int = 0, progress: bool = False,
-                           max_heldout_mape: float = REMEASURE_HELDOUT_MAPE,
+                           max_heldout_mape: Optional[float] = REMEASURE_HELDOUT_MAPE,
                            echo: Callable[[str], None] = lambda s: None,
                            **calibrate_kw: Any) -> LatencyTable:
     """:func:`calibrate_lut`, then, when the op sums disagree with the whole networks more than
@@ -370,7 +370,8 @@ def calibrate_or_remeasure(table: LatencyTable, device: "str | DeviceSpec | None
     (rounds)`` extends the build to that many rounds (``build_lut`` on the same file, which
     keeps the rounds it has), and the calibration is refitted to the new op sums on the same
     network timings (:func:`refit_calibration`). Once: the record's ``remeasured`` says why,
-    and the held-out error before and after. ``calibrate_kw`` go to :func:`calibrate_lut`
+    and the held-out error before and after (``max_heldout_mape=None``: calibrate only).
+    ``calibrate_kw`` go to :func:`calibrate_lut`
     (``protocol``, ``profiler``, ``save``).
 
     Why: a table whose ops were timed while a neighbour slowed the memory-heavy ops for the
@@ -383,8 +384,8 @@ def calibrate_or_remeasure(table: LatencyTable, device: "str | DeviceSpec | None
     table = calibrate_lut(table, device, samples=samples, seed=seed, progress=progress,
                           echo=echo, **calibrate_kw)
     cal = table.calibration
-    if cal is None or cal["heldout_mape"] <= max_heldout_mape:
-        return table
+    if cal is None or max_heldout_mape is None or cal["heldout_mape"] <= max_heldout_mape:
+        return table  # None: calibrate only
     before = cal["heldout_mape"]
     rounds = (calibrate_kw.get("protocol") or table_protocol(table)).rounds
     echo(f"the op table disagrees with {cal['samples']} whole subnets (held-out error "

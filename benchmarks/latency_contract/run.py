@@ -34,13 +34,23 @@ def load() -> List[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def cli(*args: str, timeout: float = 900) -> Dict[str, Any]:
+def cli(*args: str, timeout: float = 900, during=None) -> Dict[str, Any]:
     """Run ``ofa-deploy ARGS --json``-style commands; returns parsed stdout, stderr lines,
-    seconds and the load before/after."""
+    seconds and the load before/after. ``during(process)``, if given, runs while the command
+    does (e.g. CPU burners until a stage of it is done)."""
+    import tempfile
+
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     t0, l0 = time.monotonic(), load()
-    p = subprocess.run([sys.executable, "-m", "ofa_deploy", *args], capture_output=True,
-                       text=True, env=env, timeout=timeout, cwd=ROOT)
+    with tempfile.TemporaryFile("w+") as fo, tempfile.TemporaryFile("w+") as fe:
+        proc = subprocess.Popen([sys.executable, "-m", "ofa_deploy", *args], stdout=fo,
+                                stderr=fe, text=True, env=env, cwd=ROOT)
+        if during is not None:
+            during(proc)
+        proc.wait(timeout=timeout)
+        fo.seek(0)
+        fe.seek(0)
+        p = subprocess.CompletedProcess(proc.args, proc.returncode, fo.read(), fe.read())
     out: Dict[str, Any] = {"cmd": "ofa-deploy " + " ".join(args), "rc": p.returncode,
                            "seconds": round(time.monotonic() - t0, 1), "load_before": l0,
                            "load_after": load(),
@@ -65,7 +75,7 @@ class Bench:
         self.res: Dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                              time.gmtime()),
                                     "quick": args.quick, "stages": [], "skipped": []}
-        self.out = Path(args.out)
+        self.out = Path(args.out).resolve()
         (self.out / "tables").mkdir(parents=True, exist_ok=True)
 
     def left(self) -> float:
@@ -113,6 +123,41 @@ class Bench:
                       else str(table))
         return r
 
+    def spell_build(self, k: int, recheck: bool, burners: int = 2):
+        """A fresh build whose op rounds run next to ``burners`` CPU burners (a slow spell
+        that covers the whole op table, as build #1 of 2026-12-03 saw), stopped as soon as
+        the op table is complete: the calibration and what follows see a quiet machine."""
+        table = self.table(k, variant="spell" if recheck else "spell-norecheck")
+        args = ["profile", "--device", "cpu", "--space", TINY, "--out", str(table), "--fresh",
+                "--calibrate", str(self.a.calibrate), "--json", "-q"]
+        if not recheck:
+            args.append("--no-recheck")
+        spell: Dict[str, Any] = {}
+
+        def during(proc):
+            procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+                     for _ in range(burners)]
+            t0 = time.monotonic()
+            try:
+                while proc.poll() is None:
+                    try:
+                        if json.loads(table.read_text())["meta"].get("complete"):
+                            break
+                    except (OSError, ValueError, KeyError):
+                        pass
+                    time.sleep(0.2)
+            finally:
+                for p in procs:
+                    p.terminate()
+                    p.wait()
+            spell.update({"burners": burners, "seconds": round(time.monotonic() - t0, 1),
+                          "load_at_end": load()})
+
+        r = cli(*args, during=during)
+        r["spell"] = spell
+        r["table"] = str(table.relative_to(ROOT))
+        return r
+
     def validate(self, k: int, space: str = TINY, samples: Optional[int] = None,
                  variant: str = ""):
         args = ["lut", "validate", "--lut", str(self.table(k, space, variant)), "--samples",
@@ -120,6 +165,10 @@ class Bench:
         if variant == "int8":
             args += ["--precision", "int8"]
         return cli(*args)
+
+    def validate_table(self, table: Path, samples: Optional[int] = None):
+        return cli("lut", "validate", "--lut", str(table), "--samples",
+                   str(samples or self.a.samples), "--seed", "1", "--json", "-q")
 
     def specialize(self, frac: float):
         from luts.table import LatencyTable
@@ -134,14 +183,17 @@ class Bench:
         r.update({"fraction": frac, "budget_ms": ms, "range": [lo, hi]})
         return r
 
-    def noisy_validate(self, k: int):
-        # a CPU burner on one core while validating: the tool must warn, not be confident
-        burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    def noisy_validate(self, k: int, burners: int = 1):
+        # CPU burners while validating: the tool must warn, not be confident
+        procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+                 for _ in range(burners)]
         try:
             r = self.validate(k, samples=max(6, self.a.samples // 3))
         finally:
-            burner.terminate()
-            burner.wait()
+            for p in procs:
+                p.terminate()
+                p.wait()
+        r["burners"] = burners
         return r
 
 
@@ -236,6 +288,13 @@ def main() -> int:
     ap.add_argument("--more-int8", type=int, default=0, metavar="N",
                     help="only build and validate N more int8 tables (#2..), appended to the "
                          "results of the run in --out")
+    ap.add_argument("--noisy", type=int, default=0, metavar="N",
+                    help="only validate build #1 of the run in --out next to N CPU burners "
+                         "(appended to its results)")
+    ap.add_argument("--spell-ab", type=int, default=0, metavar="N",
+                    help="only run N pairs of builds whose op rounds run next to two CPU "
+                         "burners, with and without the recheck (alternating), each validated "
+                         "on a quiet machine (appended to the results in --out)")
     ap.add_argument("--later", action="store_true",
                     help="only validate the tables of an earlier run (in --out) again, and "
                          "append those stages to its results: 'validated an hour later'")
@@ -247,7 +306,7 @@ def main() -> int:
         if a.out == str(HERE / "results"):
             a.out = str(HERE / "results-quick")
     b = Bench(a)
-    if a.later or a.specialize_again or a.more_int8:
+    if a.later or a.specialize_again or a.more_int8 or a.noisy or a.spell_ab:
         prev = json.loads((b.out / "results.json").read_text())
         b.res = {**prev, "skipped": prev.get("skipped", [])}
     if a.later:
@@ -259,7 +318,16 @@ def main() -> int:
     if a.specialize_again:
         for f in (0.25, 0.5, 0.75):
             b.stage(f"specialize {f:.0%} again", 0, lambda f=f: b.specialize(f))
-    if a.specialize_again or a.more_int8:
+    if a.noisy:
+        b.stage(f"noisy validate #1 ({a.noisy} CPU burners)", 0,
+                lambda: b.noisy_validate(1, a.noisy))
+    for k in range(1, a.spell_ab + 1):
+        for recheck in ((True, False) if k % 2 else (False, True)):  # A, B, B, A
+            v = "spell" if recheck else "spell-norecheck"
+            if b.stage(f"build #{k} {v}", 0, lambda k=k, r=recheck: b.spell_build(k, r)):
+                b.stage(f"validate #{k} {v}", 0,
+                        lambda k=k, v=v: b.validate_table(b.table(k, variant=v)))
+    if a.specialize_again or a.more_int8 or a.noisy or a.spell_ab:
         b.save()
         table = "\n".join(summarize(b.res))
         (b.out / "table.md").write_text(table + "\n")

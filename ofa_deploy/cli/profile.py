@@ -97,6 +97,10 @@ def _human(d: dict) -> str:
               help="Processes converting op models ahead of timing (0: convert inline).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="Op-model cache root (default: <cache>/ops).")
+@click.option("--recheck/--no-recheck", default=True, show_default=True,
+              help="Re-time entries far above the same op at other resolutions, and every op "
+                   "once when the calibration shows the op sums disagree with whole networks "
+                   "(held-out error over 3%).")
 @click.option("--no-context", is_flag=True,
               help="Time ops alone (minus the overhead) instead of behind a producer layer.")
 @click.option("--flush-mb", default="auto", show_default=True, metavar="MB|auto",
@@ -116,7 +120,8 @@ def _human(d: dict) -> str:
 @config_option
 def profile(device, space_name, resolutions, out, runs, warmup, rounds, threads, cache_policy,
             estimator, calib_samples, cpus,
-            convert_workers, cache_dir, no_context, flush_mb, precision, fresh, seed, quiet,
+            convert_workers, cache_dir, recheck, no_context, flush_mb, precision, fresh, seed,
+            quiet,
             as_json) -> None:
     """Time every op a space can run on DEVICE and write its latency table.
 
@@ -153,18 +158,19 @@ def profile(device, space_name, resolutions, out, runs, warmup, rounds, threads,
                     cache=cache_policy, estimator=estimator, cpus=cpus, cache_dir=cache_dir,
                     progress=not quiet and not as_json, context=not no_context,
                     convert_workers=convert_workers, seed=seed, flush_bytes=flush,
-                    precision=precision,
+                    precision=precision, recheck=recheck,
                     on_warn=(lambda msg: click.echo(f"warning: {msg}", err=True))
                     if quiet or as_json else None)
     t = build_lut(space, spec, rounds=rounds, fresh=fresh, **build_kw)
     if calib_samples > 0:
-        from luts.calibrate import calibrate_or_remeasure
+        from luts.calibrate import REMEASURE_HELDOUT_MAPE, calibrate_or_remeasure
 
         # a second pass extends the same file: never --fresh again
         t = calibrate_or_remeasure(
             t, spec, lambda r: build_lut(space, spec, rounds=r, fresh=False, **build_kw),
             samples=calib_samples, seed=seed, progress=not quiet and not as_json,
-            echo=lambda msg: click.echo(msg, err=True))
+            echo=lambda msg: click.echo(msg, err=True),
+            max_heldout_mape=None if not recheck else REMEASURE_HELDOUT_MAPE)
     m = t.meta
     noise = m.get("noise") or {}
     if noise.get("warning"):

@@ -8,6 +8,7 @@ import pytest
 
 from luts.builder import build_lut, raw_path
 from luts.outliers import MIN_SIZES, suspect_entries
+from luts.table import LatencyTable
 from profilers.base import LatencyStats
 from supernet.ops import OpKey, enumerate_ops
 from tests.luts.test_builder import FakeProfiler
@@ -111,3 +112,33 @@ def test_recheck_can_be_turned_off(tmp_path):
     t = build_lut(TINY, "cpu", resolutions=[32, 40, 48, 56], out=tmp_path / "t.json",
                   profiler=prof, progress=False, rounds=1, recheck=False)
     assert "recheck" not in t.meta
+
+
+def test_profile_cli_wires_the_recheck_and_the_remeasure(run_cli, tmp_path, monkeypatch):
+    """`profile` rechecks by default and hands calibrate_or_remeasure a rebuild that extends
+    the same file (never --fresh again); --no-recheck turns both off."""
+    import luts.builder as LB
+    import luts.calibrate as LC
+
+    monkeypatch.setattr(LB, "get_profiler", lambda spec, **kw: FakeProfiler(fmt="torch"))
+    seen = {}
+
+    def fake(table, device, rebuild, **kw):
+        seen["max"] = kw["max_heldout_mape"]
+        seen["table"] = rebuild(3)  # what a disagreeing calibration asks for
+        return seen["table"]
+
+    monkeypatch.setattr(LC, "calibrate_or_remeasure", fake)
+    out = tmp_path / "t.json"
+    args = ["profile", "--device", "cpu", "--space", TINY, "--resolutions", "32,40,48,56",
+            "--rounds", "1", "--out", out, "--fresh", "--json"]
+    r = run_cli(*args)
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert seen["max"] == LC.REMEASURE_HELDOUT_MAPE
+    assert d["rounds"] == 3 and d["rechecked_entries"] == 0  # the fake's curve is flat
+    raw = json.loads(raw_path(out).read_text())
+    assert set(raw["rounds"].values()) == {3}  # extended in place, the first round kept
+    r = run_cli(*args, "--no-recheck")
+    assert r.exit_code == 0, r.output
+    assert seen["max"] is None and "recheck" not in LatencyTable.load(out).meta
