@@ -234,7 +234,7 @@ def evolution_search(space: "Space | str", predictor, constraints: Constraints,
     seeds = _seed_genes(problem, seed_archs)
     rng = np.random.default_rng(config.seed)
     with _single_thread_torch():
-        if config.islands == 1:
+        if config.islands == 1 and not config.aging_islands:
             return _evolve(problem, config, rng, seed_pool=seeds)
         from .pareto import _evolve_lockstep  # pareto builds on this module
 

@@ -64,8 +64,8 @@ def pareto_search(space: "Space | str", predictor, budgets: Sequence["Constraint
         for c in cons:
             problem.set_constraints(c)
             rng = np.random.default_rng(config.seed)  # as evolution_search seeds it
-            res = (_evolve(problem, config, rng, seed_pool=seeds) if config.islands == 1
-                   else _evolve_lockstep(problem, [c], config, rng, seed_pool=seeds)[0])
+            res = (_evolve(problem, config, rng, seed_pool=seeds)
+                   if config.islands == 1 and not config.aging_islands else _evolve_lockstep(problem, [c], config, rng, seed_pool=seeds)[0])
             if results and results[-1].predicted_accuracy > res.predicted_accuracy:
                 res = _adopt_tighter(problem, results[-1], res, config)
             results.append(res)
@@ -109,13 +109,23 @@ def _evolve_lockstep(problem: _Problem, cons: List[Constraints], config: Evoluti
     one longer run). Migration runs only along the budgets of the first island. Per budget the result
     is the best over its islands; ``extra["island_best"]`` lists each island's own best (before
     the final local search) and ``extra["island_spread"]`` their range. ``seed_pool`` rows
-    (genes) start the first island of every budget they fit, as in :func:`_evolve`."""
+    (genes) start the first island of every budget they fit, as in :func:`_evolve`.
+
+    ``config.aging_islands`` more groups per budget (islands ``islands`` and up) run aging
+    evolution in the same passes: a pool of the newest ``aging_population`` archs, parents by
+    tournament, ``offspring`` children for ``aging_generations`` generations; they are never
+    pruned, and each one's best ever joins the final pool (relinking, local search). Without
+    them the loop draws exactly what it did before they existed (same winners per seed)."""
     t0 = time.perf_counter()
     cost = problem.cost
     B, K, P, N = len(cons), config.islands, config.num_parents, config.population
-    G = B * K
+    A, M, O = config.aging_islands, config.aging_population, config.offspring
+    KA = K + A  # islands in all: the truncation ones first, then the aging ones
+    G = B * KA
+    aging = np.arange(G) // B >= K  # group -> whether it runs aging evolution
+    size = np.where(aging, M, N)  # initial sample per group
     q_all = sorted({q for c in cons for q in np.nonzero(np.isfinite(c.limits()))[0].tolist()})
-    budget_of = np.tile(np.arange(B), K)  # group -> budget index
+    budget_of = np.tile(np.arange(B), KA)  # group -> budget index
     lims = np.stack([c.limits()[q_all] for c in cons])[budget_of]  # (G, Q)
 
     def feasible(genes: np.ndarray, gid: np.ndarray) -> np.ndarray:
@@ -134,11 +144,12 @@ def _evolve_lockstep(problem: _Problem, cons: List[Constraints], config: Evoluti
         seeds, over = _take_seeds(problem, seed_pool if g < B else None, P, taken)
         if g < B:
             seeded.append(_seed_report(seed_pool, len(taken), over))
+        n = int(size[g])
         if seeds is None:
-            parts.append(problem.sample_feasible(N, rng))
+            parts.append(problem.sample_feasible(n, rng))
         else:
             parts.append(np.concatenate([seeds, problem.sample_feasible(
-                N - len(seeds), rng, exclude=taken)]) if N > len(seeds) else seeds)
+                n - len(seeds), rng, exclude=taken)]) if n > len(seeds) else seeds)
     gid = np.concatenate([np.full(len(x), g) for g, x in enumerate(parts)])
     pool = np.concatenate(parts)
     seen.update(cost.keys(pool, gid))
@@ -146,6 +157,12 @@ def _evolve_lockstep(problem: _Problem, cons: List[Constraints], config: Evoluti
     evaluations = np.bincount(gid, minlength=G)
     best = np.full(G, -np.inf)
     np.maximum.at(best, gid, scores)
+    # aging groups lose their best to age: each group's best row so far is kept aside
+    born = np.zeros(len(pool), dtype=np.int64)
+    best_row = np.zeros((G, cost.width), dtype=pool.dtype)
+    for g in np.nonzero(aging)[0]:
+        rows = np.nonzero(gid == g)[0]
+        best_row[g] = pool[rows[np.argmax(scores[rows])]]
     history = [best.copy()]
     elapsed = [time.perf_counter() - t0]
     # migration goes from a budget to the next looser one, in the first island only: the
@@ -159,22 +176,40 @@ def _evolve_lockstep(problem: _Problem, cons: List[Constraints], config: Evoluti
     pr = p if config.resolution_mutate_prob is None else config.resolution_mutate_prob
     tried = passed = 1.0
     live, n_live = np.ones(G, dtype=bool), K
-    for _gen in range(config.generations):
-        if config.prune_at and _gen and _gen % config.prune_at == 0 and n_live > config.keep_islands:
+    mixed = A > 0  # pure truncation keeps its original random stream (same results per seed)
+    for _gen in range(max(config.generations if K else 0, config.aging_generations if A else 0)):
+        if (config.prune_at and _gen and _gen % config.prune_at == 0 and n_live > config.keep_islands
+                and _gen < config.generations):
             # successive halving: per budget only the better half of the live islands (by
             # their best arch so far) go on; stable ranking keeps ties deterministic
             n_live = max(config.keep_islands, (n_live + 1) // 2)
-            rank = np.argsort(-np.where(live.reshape(K, B), best.reshape(K, B), -np.inf),
-                              axis=0, kind="stable")
-            live = np.zeros((K, B), dtype=bool)
-            np.put_along_axis(live, rank[:n_live], True, axis=0)
-            live = live.reshape(G)
+            # (the aging islands are never pruned: they start slower, by design)
+            rank = np.argsort(-np.where(live[:K * B].reshape(K, B), best[:K * B].reshape(K, B),
+                                        -np.inf), axis=0, kind="stable")
+            live_t = np.zeros((K, B), dtype=bool)
+            np.put_along_axis(live_t, rank[:n_live], True, axis=0)
+            live = np.concatenate([live_t.reshape(K * B), live[K * B:]])
             keep_rows = live[gid]
             pool, gid, scores = pool[keep_rows], gid[keep_rows], scores[keep_rows]
-            groups = np.nonzero(live)[0]
-            slot_gid = np.repeat(groups, N)
-            is_mut = np.tile(np.arange(N) < config.num_mutations, len(groups))
+            born = born[keep_rows]
+            if not mixed:
+                groups = np.nonzero(live)[0]
+                slot_gid = np.repeat(groups, N)
+                is_mut = np.tile(np.arange(N) < config.num_mutations, len(groups))
             migrates = migrates & live[:-1] & live[1:]
+        if mixed:
+            # groups breeding this generation: live truncation groups until ``generations``,
+            # aging groups until ``aging_generations``; a group done keeps its pool
+            active = live & np.where(aging, _gen < config.aging_generations,
+                                     _gen < config.generations)
+            groups = np.nonzero(active)[0]
+            if not len(groups):  # every truncation island pruned away, the aging ones done
+                break
+            per = np.where(aging[groups], O, N)
+            slot_gid = np.repeat(groups, per)
+            pos = np.arange(len(slot_gid)) - np.repeat(np.cumsum(per) - per, per)
+            is_mut = pos < np.where(aging[slot_gid], int(round(config.mutation_ratio * O)),
+                                    config.num_mutations)
         # parents: the best P of each group (rows sorted by group, then score)
         order = np.lexsort((-scores, gid))
         sg = gid[order]
@@ -190,16 +225,34 @@ def _evolve_lockstep(problem: _Problem, cons: List[Constraints], config: Evoluti
                 pool = np.concatenate([pool, cand[fresh]])
                 gid = np.concatenate([gid, cg[fresh]])
                 scores = np.concatenate([scores, scores[tops[up]][fresh]])
+                born = np.concatenate([born, np.full(len(fresh), _gen)])
                 order = np.lexsort((-scores, gid))
                 sg = gid[order]
                 starts = np.searchsorted(sg, np.arange(G))
-        keep = order[np.arange(len(order)) - starts[sg] < P]
-        parents, pg, ps = pool[keep], gid[keep], scores[keep]
+        if not mixed:
+            keep = order[np.arange(len(order)) - starts[sg] < P]
+        else:
+            # truncation groups breeding now keep their best P; the others keep every row
+            keep = order[(np.arange(len(order)) - starts[sg] < P) | ~active[sg] | aging[sg]]
+        parents, pg, ps, pb = pool[keep], gid[keep], scores[keep], born[keep]
         counts = np.bincount(pg, minlength=G)
         offs = np.concatenate([[0], np.cumsum(counts)[:-1]])
         cnt, off = counts[slot_gid], offs[slot_gid]
-        a = parents[off + (rng.random(len(slot_gid)) * cnt).astype(np.int64)]
-        b = parents[off + (rng.random(len(slot_gid)) * cnt).astype(np.int64)]
+        if not mixed:
+            a = parents[off + (rng.random(len(slot_gid)) * cnt).astype(np.int64)]
+            b = parents[off + (rng.random(len(slot_gid)) * cnt).astype(np.int64)]
+        else:
+            # a truncation slot draws its parents uniformly from the best P; an aging slot
+            # takes the winner of a tournament of ``tournament`` random members: a group's
+            # rows are sorted best first, so the winner is the smallest position drawn
+            draws = np.where(aging[slot_gid], config.tournament, 1)
+            T = int(draws.max())
+            picks = []
+            for _ in range(2):
+                u = (rng.random((len(slot_gid), T)) * cnt[:, None]).astype(np.int64)
+                u = np.where(np.arange(T) < draws[:, None], u, np.iinfo(np.int64).max)
+                picks.append(parents[off + u.min(axis=1)])
+            a, b = picks
 
         kids, done, t, f = _fill_slots(problem, a, b, is_mut, rng, p, pr, passed / tried,
                                        config.retry_rounds,
@@ -215,12 +268,36 @@ def _evolve_lockstep(problem: _Problem, cons: List[Constraints], config: Evoluti
             pool = np.concatenate([parents, kids])
             gid = np.concatenate([pg, kg])
             scores = np.concatenate([ps, kscores])
+            born = np.concatenate([pb, np.full(len(kids), _gen + 1)])
+            if mixed:
+                gain = np.full(G, -np.inf)
+                np.maximum.at(gain, kg, kscores)
+                for g in np.nonzero(aging & (gain > best))[0]:
+                    rows = np.nonzero(kg == g)[0]
+                    best_row[g] = kids[rows[np.argmax(kscores[rows])]]
+                # aging: the oldest die, so each aging group keeps its newest M rows
+                by_age = np.lexsort((-born, gid))
+                ga = gid[by_age]
+                first = np.searchsorted(ga, np.arange(G))
+                dead = aging[ga] & (np.arange(len(ga)) - first[ga] >= M)
+                if dead.any():
+                    alive = np.sort(by_age[~dead])
+                    pool, gid, scores, born = pool[alive], gid[alive], scores[alive], born[alive]
             np.maximum.at(best, kg, kscores)
         else:
-            pool, gid, scores = parents, pg, ps
+            pool, gid, scores, born = parents, pg, ps, pb
         history.append(best.copy())
         elapsed.append(time.perf_counter() - t0)
 
+    if A:
+        # each live aging group's best so far joins its final pool (age may have removed it)
+        ga = np.nonzero(aging & live)[0]
+        held = set(cost.keys(pool, gid))
+        ga = np.array([g for g, k in zip(ga, cost.keys(best_row[ga], ga)) if k not in held],
+                      dtype=np.int64)
+        pool = np.concatenate([pool, best_row[ga]])
+        gid = np.concatenate([gid, ga])
+        scores = np.concatenate([scores, best[ga]])
     bud = budget_of[gid]
     results: List[SearchResult] = []
     for g, c in enumerate(cons):
@@ -228,14 +305,14 @@ def _evolve_lockstep(problem: _Problem, cons: List[Constraints], config: Evoluti
         sel = bud == g
         pool_g, scores_g = pool[sel], scores[sel]
         isl = gid[sel] // B
-        islands = [float(best[i * B + g]) for i in range(K)]
+        islands = [float(best[i * B + g]) for i in range(KA)]
         # a last pass of migration so the front is monotone even where it was one step behind
         for prev in results[-1:]:
             row = _genes_of(cost, prev.population[:1])
             if prev.predicted_accuracy > scores_g.max() and problem.feasible(row)[0]:
                 pool_g = np.concatenate([pool_g, row])
                 scores_g = np.append(scores_g, prev.predicted_accuracy)
-                isl = np.append(isl, K)  # the migrant counts as an island of its own
+                isl = np.append(isl, KA)  # the migrant counts as an island of its own
         n_relink = 0
         if config.relink and config.local_search:
             pool_g, scores_g, n_relink = relink_islands(problem, pool_g, scores_g, isl)
@@ -244,7 +321,7 @@ def _evolve_lockstep(problem: _Problem, cons: List[Constraints], config: Evoluti
         report["local_search_evaluations"] += n_relink
         report["relink_evaluations"] = n_relink
         n += n_relink
-        hist = [float(max(h[i * B + g] for i in range(K))) for h in history]
+        hist = [float(max(h[i * B + g] for i in range(KA))) for h in history]
         res = _result(problem, pool_g, scores_g, hist, t0,
                       int(evaluations[g::B].sum()) + n, "evolution", config)
         res.history[-1] = max(res.history[-1], res.predicted_accuracy)

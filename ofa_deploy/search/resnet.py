@@ -415,6 +415,9 @@ def resnet_evolution_search(space: "ResNetSpace | str", predictor, constraints: 
             and config.islands > config.keep_islands):  # a pruning that would take effect
         raise SearchError("island pruning (prune_at) is not supported for ResNet spaces; "
                           "give prune_at=0")
+    if config.aging_islands:  # its own loop has no aging evolution
+        raise SearchError("aging islands (aging_islands) are not supported for ResNet spaces; "
+                          "give aging_islands=0")
     prob = _ResNetProblem(space, predictor, constraints, resolutions, latency_table)
     prob.check_feasible()
     rng = np.random.default_rng(config.seed)

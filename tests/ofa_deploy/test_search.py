@@ -619,3 +619,66 @@ def test_relink_adds_to_the_islands_search_feasibly_and_deterministically(note10
     assert front[0].arch == res.arch
     with pytest.raises(SearchError, match="relink must be true or false"):
         EvolutionConfig(relink=1)
+
+
+AGING = EvolutionConfig(population=16, generations=4, islands=1, seed=2, aging_islands=1,
+                        aging_population=20, offspring=8, tournament=3, aging_generations=12)
+
+
+def test_aging_island_runs_beside_truncation_feasibly_and_deterministically(note10,
+                                                                           mlp_predictor):
+    cons = Constraints(max_latency_ms=22.0)
+    rec = _RecordingPredictor(mlp_predictor)
+    res = evolution_search(W12, rec, cons, AGING, latency_table=note10)
+    # every candidate scored (both kinds of island, relinking, local search) fits the budget
+    lat = np.concatenate([note10.predict(b) for b in rec.batches])
+    assert len(lat) >= res.evaluations and (lat <= 22.0 + 1e-9).all()
+    # first batch: the truncation island's 16 and the aging island's 20 samples; then 4
+    # generations of both (16 + 8 slots), then 8 of the aging island alone (8 slots)
+    assert len(rec.batches[0]) == 36
+    gen_rows = [len(b) for b in rec.batches[1:13]]
+    assert min(gen_rows[:4]) > 8 and max(gen_rows[:4]) <= 24 and max(gen_rows[4:]) <= 8
+    assert len(res.extra["island_best"]) == 2
+    assert res.predicted_accuracy >= max(res.extra["island_best"]) - 1e-12
+    assert res.extra["local_optimum"] is True
+    assert res.evaluations - res.extra["local_search_evaluations"] <= AGING.evaluations_budget
+    again = evolution_search(W12, mlp_predictor, cons, AGING, latency_table=note10)
+    assert again.arch == res.arch and again.evaluations == res.evaluations
+    # the same search in a front of one budget gives the same winner
+    assert pareto_search(W12, mlp_predictor, [22.0], AGING, latency_table=note10)[0].arch \
+        == res.arch
+    # without the aging island the truncation island's own run is unchanged (its stream too)
+    plain = EvolutionConfig(**{**AGING.get_state(), "aging_islands": 0})
+    one = evolution_search(W12, mlp_predictor, cons, plain, latency_table=note10)
+    assert len(one.extra["island_best"]) == 1
+
+
+def test_aging_keeps_the_newest_archs_and_its_best_ever(note10, mlp_predictor):
+    # one aging island, no final local search: the result's population is the island's last
+    # pool (its newest 6 archs) plus its best ever, which age has long removed from the pool
+    cfg = EvolutionConfig(islands=0, aging_islands=1, aging_population=6, offspring=3,
+                          tournament=2, aging_generations=40, local_search=False, seed=4)
+    res = evolution_search(W12, mlp_predictor, Constraints(max_latency_ms=24.0), cfg,
+                           latency_table=note10)
+    assert len(res.population) <= 7
+    assert res.predicted_accuracy == pytest.approx(res.extra["island_best"][0])
+    assert (note10.predict(res.population) <= 24.0 + 1e-9).all()
+    # the best ever beats what the last pool holds (else this test would not test keeping it)
+    assert res.population_scores[0] > res.population_scores[1:].max()
+
+
+def test_aging_front_is_feasible_and_monotone(note10, mlp_predictor):
+    front = pareto_search(W12, mlp_predictor, [18.0, 24.0], AGING, latency_table=note10)
+    assert [r.latency_ms <= b for r, b in zip(front, (18.0, 24.0))] == [True, True]
+    assert front[0].predicted_accuracy <= front[1].predicted_accuracy
+
+
+def test_aging_settings_are_validated():
+    for bad in ({"aging_islands": -1}, {"tournament": 0}, {"offspring": 0},
+                {"aging_population": 1}, {"aging_generations": -1}):
+        with pytest.raises(SearchError, match=f"{next(iter(bad))} must be >= "):
+            EvolutionConfig(**bad)
+    with pytest.raises(SearchError, match="islands must be >= 1"):
+        EvolutionConfig(islands=0)
+    assert EvolutionConfig(islands=0, aging_islands=1).islands == 0
+    assert EvolutionConfig().aging_islands == 0  # opt-in: the default search is unchanged

@@ -92,6 +92,9 @@ def test_refusals(pred):
         resnet_evolution_search(SPACE, pred, Constraints(max_params=1e6), SMALL)
     with pytest.raises(SearchError, match="latency budget for space ofa-resnet50 needs a latency table"):
         resnet_evolution_search(SPACE, pred, Constraints(max_latency_ms=20), SMALL)
+    with pytest.raises(SearchError, match="aging islands .* not supported for ResNet"):
+        resnet_evolution_search(SPACE, pred, Constraints(max_macs=2e9),
+                                EvolutionConfig(**{**SMALL.get_state(), "aging_islands": 1}))
     with pytest.raises(SearchError, match="cannot be scored"):
         _ResNetProblem(SPACE, type("P", (), {"predict_features": pred.predict_features,
                                              "encoder": type(pred.encoder)(SPACE, (224,))})(),
