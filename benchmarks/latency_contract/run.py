@@ -132,6 +132,8 @@ class Bench:
                 "--calibrate", str(self.a.calibrate), "--json", "-q"]
         if not recheck:
             args.append("--no-recheck")
+        for old in (table, table.with_name(table.name + ".raw")):
+            old.unlink(missing_ok=True)  # the poll below must see this build's table only
         spell: Dict[str, Any] = {}
 
         def during(proc):

@@ -92,6 +92,12 @@ def _human(data: dict) -> str:
                    "generations: the OFA reference's search). By default 8, halved to the "
                    "better 4 (per budget) after 20 generations and to 3 after 40; "
                    "ofa-resnet50: 3, none dropped.  [default: 8]")
+@click.option("--aging-islands", type=click.IntRange(min=0), default=None,
+              help="Also evolve this many aging-evolution islands (tournament parents, the "
+                   "oldest die) beside the others: on the Note10 task (benchmarks/"
+                   "search_vs_reference, round 6) one of them reaches the isolated best "
+                   "subnets at 50-60 ms far more often, at about twice the CPU time. "
+                   "MobileNet spaces only.  [default: 0]")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=OutputPath("file"), default=None, metavar="FILE",
               help="Also write the result (the --json document) to FILE.")
@@ -103,7 +109,8 @@ def _human(data: dict) -> str:
                    "warning; one at a resolution the search cannot score is an error.")
 @config_option
 def search(space, target, lut, ms, mflops, params_m, predictor, predictor_format, resolution,
-           population, generations, islands, seed, out, as_json, init_arch) -> None:
+           population, generations, islands, aging_islands, seed, out, as_json,
+           init_arch) -> None:
     """Find the subnet with the best predicted accuracy within a budget.
 
     \b
@@ -138,12 +145,15 @@ def search(space, target, lut, ms, mflops, params_m, predictor, predictor_format
     check_positive(mflops, "--mflops")
     check_positive(params_m, "--params-m")
     if resnet:
+        if aging_islands:
+            raise OfaDeployError("--aging-islands applies to MobileNet spaces only")
         return _search_resnet(space, target, lut, ms, mflops, params_m, predictor,
                               predictor_format, resolution, population, generations, islands,
                               seed, out, as_json, init_arch)
 
     config = EvolutionConfig(seed=seed, **_given(population=population,
-                                                 generations=generations, islands=islands))
+                                                 generations=generations, islands=islands,
+                                                 aging_islands=aging_islands))
 
     table_obj, target_label = None, target
     if lut is not None or target is not None:

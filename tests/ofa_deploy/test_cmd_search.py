@@ -186,3 +186,20 @@ def test_init_arch_over_budget_warns_and_bad_resolution_is_one_line(run_cli, pre
     cpu = NET_CONFIGS / "cpu_lat-10ms_top1-71.1_finetune-25"  # another space
     _one_line_error(run_cli(*base, "--ms", "30", "--init-arch", cpu), "--init-arch", "proxyless")
     _one_line_error(run_cli(*base, "--ms", "30", "--init-arch", "r1-d1"), "--init-arch r1-d1")
+
+
+def test_aging_islands_flag(run_cli, predictor_file):
+    """--aging-islands reaches the search (its config in the JSON, its islands in the
+    per-island bests) and is refused for ResNet in one line."""
+    base = ("search", "--space", W12, "--target", "note10", "--ms", "30", "--predictor",
+            predictor_file, "--population", "16", "--generations", "8", "--islands", "2",
+            "--json")
+    plain = json.loads(run_cli(*base).stdout)
+    res = run_cli(*base, "--aging-islands", "1")
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["config"]["aging_islands"] == 1 and plain["config"]["aging_islands"] == 0
+    assert data["evaluations"] > plain["evaluations"]  # the aging island's children too
+    assert data["predicted_latency_ms"] <= 30.0
+    _one_line_error(run_cli("search", "--space", "ofa-resnet50", "--mflops", "2000",
+                            "--aging-islands", "1"), "MobileNet spaces only")
