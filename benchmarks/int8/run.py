@@ -9,12 +9,14 @@ Every artifact is made by the product's own path (``export_artifacts``, with
 ``precision="int8"`` for the int8 one). Latency: one thread through the project's profilers,
 ``cpu`` (onnxruntime) for .onnx and ``tflite:cpu`` (LiteRT + XNNPACK) for .tflite; float32 and
 int8 of the same subnet and format are timed interleaved
-(fp32, int8, fp32, int8, ...) in ``--rounds`` rounds of ``--runs`` runs each, and the report
-gives the median over rounds of each round's median with the spread, plus the load average.
+(fp32, int8, fp32, int8, ...) under the shared measurement protocol (``profilers.protocol``:
+the lowest round median of 15 rounds x 10 runs after 5 warm-up runs, warm cache, as tables,
+``lut validate``, ``specialize`` and ``bench`` time), with p10-p90 of every run and the
+load average.
 Accuracy: the Fashion-MNIST test split through each shipped file: all 10,000 images for ONNX,
 the first 2,000 for TFLite (``--acc-images``, ``--tflite-acc-images``).
 
-    .venv/bin/python benchmarks/int8/run.py [--rounds 7 --runs 30]
+    .venv/bin/python benchmarks/int8/run.py [--rounds 15 --runs 10]
 
 Writes results.json (atomically) and results.md beside this file.
 """
@@ -106,29 +108,32 @@ def _partitions(path, fmt):
     return {"delegate_partitions": tflite_graph_summary(path)["delegate_partitions"]}
 
 
-def _interleaved(fmt, paths, shape, rounds, runs, warmup):
-    if fmt == "onnx":
-        prof = OrtProfiler(DeviceSpec.parse("cpu"), threads=1, runs=runs, warmup=warmup)
-    else:
-        prof = LiteRTProfiler(DeviceSpec.parse("tflite:cpu"), threads=1, runs=runs, warmup=warmup)
-    per = {k: [] for k in paths}
+def _interleaved(fmt, paths, shape, protocol):
+    """fp32 and int8 of one subnet timed in one round-robin under the shared measurement
+    protocol (``profilers.protocol``: what tables, ``lut validate``, ``specialize`` and
+    ``bench`` use)."""
+    from profilers.base import get_profiler
+    from profilers.protocol import measure_pooled
+
+    spec = DeviceSpec.parse("cpu" if fmt == "onnx" else "tflite:cpu")
+    prof = get_profiler(spec, **protocol.profiler_kwargs(spec.backend))
     try:
-        for _ in range(rounds):
-            for k, p in paths.items():
-                per[k].append(prof.measure(str(p), shape).median_ms)
+        stats = measure_pooled(prof, [(str(p), shape) for p in paths.values()],
+                               protocol.for_networks())
     finally:
         prof.close()
-    return {k: {"median_ms": round(statistics.median(v), 4), "min_ms": round(min(v), 4),
-                "max_ms": round(max(v), 4), "round_medians_ms": [round(x, 4) for x in v]}
-            for k, v in per.items()}
+    return {k: {"median_ms": round(s.median_ms, 4), "p10_ms": round(s.p10_ms, 4),
+                "p90_ms": round(s.p90_ms, 4), "runs": s.runs}
+            for k, s in zip(paths, stats)}
 
 
 def main(argv=None):
     """Export, time and evaluate every case; write results.json and results.md."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--runs", type=int, default=30)
-    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=None,
+                    help="rounds over fp32 and int8 (default: the protocol's network rounds)")
+    ap.add_argument("--runs", type=int, default=None, help="runs per round (protocol's)")
+    ap.add_argument("--warmup", type=int, default=None, help="warm-up runs (protocol's)")
     ap.add_argument("--calib-images", type=int, default=256)
     ap.add_argument("--acc-images", type=int, default=None,
                     help="test images for the ONNX accuracy (default: all 10,000)")
@@ -143,6 +148,10 @@ def main(argv=None):
     ap.add_argument("--out-dir", type=Path, default=HERE)
     a = ap.parse_args(argv)
     a.formats = tuple(a.formats.split(","))
+    from profilers.protocol import MeasurementProtocol
+
+    protocol = MeasurementProtocol().with_(runs=a.runs, warmup=a.warmup,
+                                           network_rounds=a.rounds)
     rows = []
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="ofa-int8-bench-") as tmp:
@@ -156,7 +165,7 @@ def main(argv=None):
                                   min_agreement=0.0 if test is None else 0.5)
             for fmt in a.formats:
                 lat = _interleaved(fmt, {"fp32": f32[fmt]["path"], "int8": i8[fmt]["path"]},
-                                   shape, a.rounds, a.runs, a.warmup)
+                                   shape, protocol)
                 row = {"subnet": name, "format": fmt, "resolution": r,
                        "fp32": {"bytes": f32[fmt]["bytes"], **lat["fp32"],
                                 **_partitions(f32[fmt]["path"], fmt)},
@@ -179,11 +188,11 @@ def main(argv=None):
                        "python": platform.python_version(),
                        "loadavg_before": [round(x, 2) for x in load_before],
                        "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
-           "protocol": {"runtime": "onnx: onnxruntime CPU (cpu profiler); tflite: LiteRT with "
+           "protocol": {**protocol.get_state(),
+                        "runtime": "onnx: onnxruntime CPU (cpu profiler); tflite: LiteRT with "
                                    "XNNPACK (tflite:cpu profiler); 1 thread each",
-                        "rounds": a.rounds, "runs_per_round": a.runs, "warmup": a.warmup,
-                        "order": "fp32/int8 interleaved per round", "estimator":
-                        "median over rounds of the per-round median"},
+                        "order": "fp32/int8 interleaved per round",
+                        "describe": protocol.describe()},
            "quantization": QuantSettings(calib_images=a.calib_images).get_state(),
            "rows": rows}
     old = a.out_dir / "results.json"
@@ -200,15 +209,16 @@ def main(argv=None):
         f, q = row["fp32"], row["int8"]
         acc = lambda d: f"{100 * d['test_accuracy']:.2f}" if "test_accuracy" in d else "-"
         islands = ", ".join(f"{k} {v}" for k, v in q["float_islands"].items()) or "none"
-        lines.append(f"| {row['subnet']} | {row['format']} | {f['median_ms']:.3f} ({f['min_ms']:.3f}-{f['max_ms']:.3f}) "
-                     f"| {q['median_ms']:.3f} ({q['min_ms']:.3f}-{q['max_ms']:.3f}) | "
+        lines.append(f"| {row['subnet']} | {row['format']} | {f['median_ms']:.3f} ({f['p10_ms']:.3f}-{f['p90_ms']:.3f}) "
+                     f"| {q['median_ms']:.3f} ({q['p10_ms']:.3f}-{q['p90_ms']:.3f}) | "
                      f"{row['speedup']:.2f}x | {f['bytes'] // 1024:,} | {q['bytes'] // 1024:,} | "
                      f"{acc(f)} | {acc(q)} | {islands} | "
                      f"{f.get('delegate_partitions', '-')}/{q.get('delegate_partitions', '-')} |")
     m = doc["machine"]
     md = (f"# int8 vs float32 (1 thread)\n\n{m['cpu']}, {m['cores']} cores, "
-          f"load {m['loadavg_before'][0]} -> {m['loadavg_after'][0]}; {a.rounds} interleaved "
-          f"rounds x {a.runs} runs; ms = median of round medians (min-max over rounds).\n\n"
+          f"load {m['loadavg_before'][0]} -> {m['loadavg_after'][0]}; fp32 and int8 "
+          f"interleaved, {protocol.describe()}; ms = that estimate (p10-p90 of every "
+          f"run).\n\n"
           + "\n".join(lines) + "\n")
     atomic_write_text(a.out_dir / "results.md", md)
     print(md)
