@@ -234,7 +234,9 @@ def summarize(res: Dict[str, Any]) -> List[str]:
                     f"**{m.get('median') or 0:.3f}** ms, within budget "
                     f"**{d.get('within_budget')}**, >= 0.9 x budget "
                     f"{(m.get('median') or 0) >= 0.9 * s['budget_ms']}, rounds "
-                    f"{len(d.get('rounds', []))}")
+                    f"{len(d.get('rounds', []))}"
+                    + "".join(f"; round {h['round']}: {h['note']}" for h in d.get("rounds", [])
+                              if h.get("note")))
         else:
             what = "-"
         lines.append(f"| {name} | {s['cmd'].split(' --json')[0][:60]}… | {what} | {ld} | "

@@ -50,11 +50,14 @@ from ._common import (OutputPath, check_positive, config_option, emit, estimator
               type=click.FloatRange(0, 1),
               help="Refuse an int8 file that picks the float subnet's class on a smaller share "
                    "of the calibration images (0 for random-weight supernets).")
-@click.option("--population", default=200, show_default=True, type=click.IntRange(2),
-              help="Archs per search island.")
-@click.option("--generations", default=80, show_default=True, type=click.IntRange(0))
-@click.option("--islands", default=3, show_default=True, type=click.IntRange(1),
-              help="Independent search populations evolved together; the best wins.")
+@click.option("--population", default=None, type=click.IntRange(2),
+              help="Archs per search island (default: the search's, 200).")
+@click.option("--generations", default=None, type=click.IntRange(0),
+              help="Search generations (default: the search's, 75).")
+@click.option("--islands", default=None, type=click.IntRange(1),
+              help="Independent search populations evolved together; the best wins "
+                   "(default: the search's, 8, halved to 4 after 20 generations and to 3 "
+                   "after 40).")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0))
 @click.option("--threads", default=None, type=click.IntRange(1),
               help="CPU threads for profiling/measuring (default: the LUT's; another count "
@@ -120,8 +123,10 @@ def specialize(ctx, targets, budgets, mflops, supernet_name, space_name, lut_pat
     precisions = parse_precisions(precision)
     scenarios = make_scenarios(targets, budgets, mflops, precisions)
     fmts = parse_formats(formats)
-    config = EvolutionConfig(population=population, generations=generations, seed=seed,
-                             islands=islands)
+    # the search's own defaults unless given: one measured default for search and specialize
+    config = EvolutionConfig(seed=seed, **{k: v for k, v in (
+        ("population", population), ("generations", generations), ("islands", islands))
+        if v is not None})
     net = load_supernet(supernet_name, space_name)
     net.eval()
     predictor = load_predictor_for(predictor_path, predictor_format, net.space)
