@@ -392,7 +392,15 @@ def calibrate_or_remeasure(table: LatencyTable, device: "str | DeviceSpec | None
          f"{before:.1%}, over {max_heldout_mape:.0%}): timing every op for {rounds} more "
          f"rounds")
     path = table.path
+    first = table.meta
     table = rebuild(2 * rounds)
+    # what this profile run did in all: both passes' timings; the models were converted (or
+    # found in the cache) by the first pass, which the second only reads back
+    table.meta["op_timings_this_run"] = (first.get("op_timings_this_run") or 0) + \
+        (table.meta.get("op_timings_this_run") or 0)
+    for k in ("models_converted", "models_from_cache"):
+        if k in first:
+            table.meta[k] = first[k]
     table.calibration = cal  # a resumed build keeps the table's meta, not always its calibration
     new = refit_calibration(table)
     new["remeasured"] = {"reason": f"held-out error {before:.4f} > {max_heldout_mape}",

@@ -185,6 +185,33 @@ class Bench:
         r.update({"fraction": frac, "budget_ms": ms, "range": [lo, hi]})
         return r
 
+    def specialize_w10(self, table: Path, frac: float):
+        """``specialize`` on ``ofa-mbv3-w1.0`` at ``frac`` of ``table``'s range: a supernet of
+        random weights (weights do not change latency; there is no trained w1.0 checkpoint
+        here) ranked by the OFA ImageNet predictor of w1.2, whose genes (kernel, expand,
+        depth, resolution) are w1.0's too; no data, so no accuracy: latency only."""
+        from luts.table import LatencyTable
+
+        ckpt = self.out / "w10-random.pt"
+        if not ckpt.is_file():
+            import torch
+
+            from supernet import get_space
+            from supernet.checkpoint import save_supernet
+            from supernet.model import Supernet
+
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                save_supernet(Supernet(get_space(W10)), ckpt)
+        lo, hi = LatencyTable.load(table).min_max()
+        ms = round(lo + frac * (hi - lo), 3)
+        pred = ROOT / "ofa_deploy" / "assets" / "ofa-mbv3-w1.2-imagenet-acc-predictor.pth"
+        r = cli("specialize", "--supernet", str(ckpt), "--lut", str(table), "--target", "cpu",
+                "--ms", str(ms), "--data", "none", "--formats", "onnx", "--predictor",
+                str(pred), "--out", str(self.out / "specialize-w10" / f"{frac:g}"), "--json")
+        r.update({"fraction": frac, "budget_ms": ms, "range": [lo, hi]})
+        return r
+
     def noisy_validate(self, k: int, burners: int = 1):
         # CPU burners while validating: the tool must warn, not be confident
         procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
@@ -299,6 +326,10 @@ def main() -> int:
                     help="only run N pairs of builds whose op rounds run next to two CPU "
                          "burners, with and without the recheck (alternating), each validated "
                          "on a quiet machine (appended to the results in --out)")
+    ap.add_argument("--w10-specialize", default=None, metavar="TABLE",
+                    help="only run specialize on ofa-mbv3-w1.0 (random weights, the w1.2 "
+                         "ImageNet predictor) at 25/50/75%% of TABLE's range (appended to "
+                         "the results in --out)")
     ap.add_argument("--later", action="store_true",
                     help="only validate the tables of an earlier run (in --out) again, and "
                          "append those stages to its results: 'validated an hour later'")
@@ -310,7 +341,8 @@ def main() -> int:
         if a.out == str(HERE / "results"):
             a.out = str(HERE / "results-quick")
     b = Bench(a)
-    if a.later or a.specialize_again or a.more_int8 or a.noisy or a.spell_ab:
+    if a.later or a.specialize_again or a.more_int8 or a.noisy or a.spell_ab or \
+            a.w10_specialize:
         prev = json.loads((b.out / "results.json").read_text())
         b.res = {**prev, "skipped": prev.get("skipped", [])}
     if a.later:
@@ -331,7 +363,11 @@ def main() -> int:
             if b.stage(f"build #{k} {v}", 0, lambda k=k, r=recheck: b.spell_build(k, r)):
                 b.stage(f"validate #{k} {v}", 0,
                         lambda k=k, v=v: b.validate_table(b.table(k, variant=v)))
-    if a.specialize_again or a.more_int8 or a.noisy or a.spell_ab:
+    if a.w10_specialize:
+        for f in (0.25, 0.5, 0.75):
+            b.stage(f"specialize w1.0 {f:.0%}", 0,
+                    lambda f=f: b.specialize_w10(Path(a.w10_specialize).resolve(), f))
+    if a.specialize_again or a.more_int8 or a.noisy or a.spell_ab or a.w10_specialize:
         b.save()
         table = "\n".join(summarize(b.res))
         (b.out / "table.md").write_text(table + "\n")

@@ -158,26 +158,32 @@ def net():
         return Supernet(get_space(TINY)).eval()
 
 
-@pytest.mark.parametrize("bias", [1.3, 0.75])
-def test_closed_loop_meets_the_budget_when_measured(net, tmp_path, monkeypatch, bias):
+def _specialize_on_fake_machine(net, tmp_path, monkeypatch, predictor, budget, bias):
+    """specialize's report for one budget, the table being synthetic_table() and the machine
+    running every network ``bias`` x its op sum (1% noise)."""
     import ofa_deploy.specialize as S
 
     truth = synthetic_table()
     table = synthetic_table()
     table.meta["protocol"] = PROTO.get_state()
     table.save(tmp_path / "lut.json")
-    lo, hi = table.min_max()
-    # a budget the biased machine can meet, with faster and slower subnets around it
-    budget = lo * bias + 0.5 * (hi - lo) * min(bias, 1.0)
     monkeypatch.setattr(S, "get_profiler", lambda spec, **kw: BiasedMachine(
         truth=truth, scale=bias, sigma=0.01, **kw))
-    reps = specialize(net, SizePredictor(truth), [Scenario("cpu", budget)],
-                      out_dir=tmp_path / "out", search_config=EvolutionConfig(
-                          population=48, generations=40, seed=0),
+    return specialize(net, predictor, [Scenario("cpu", budget)], out_dir=tmp_path / "out",
+                      search_config=EvolutionConfig(population=48, generations=40, seed=0),
                       data=DataContext(None), formats=["onnx"],
                       lut_path=str(tmp_path / "lut.json"), echo=lambda s: None,
-                      progress=False)
-    rep = reps[0]
+                      progress=False)[0]
+
+
+@pytest.mark.parametrize("bias", [1.3, 0.75])
+def test_closed_loop_meets_the_budget_when_measured(net, tmp_path, monkeypatch, bias):
+    truth = synthetic_table()
+    lo, hi = truth.min_max()
+    # a budget the biased machine can meet, with faster and slower subnets around it
+    budget = lo * bias + 0.5 * (hi - lo) * min(bias, 1.0)
+    rep = _specialize_on_fake_machine(net, tmp_path, monkeypatch, SizePredictor(truth), budget,
+                                      bias)
     rounds = rep["rounds"]
     first = rounds[0]["measured_ms"]
     if bias > 1:
@@ -209,23 +215,11 @@ def test_closed_loop_stops_when_a_looser_budget_picks_the_same_subnet(net, tmp_p
                                                                        monkeypatch):
     """Far under budget only because the most accurate subnet is fast: one loosened search
     finds the same subnet, the loop stops and says why (no speed is left on the table)."""
-    import ofa_deploy.specialize as S
-
     truth = synthetic_table()
-    table = synthetic_table()
-    table.meta["protocol"] = PROTO.get_state()
-    table.save(tmp_path / "lut.json")
-    lo, hi = table.min_max()
-    peak = lo + 0.3 * (hi - lo)
-    monkeypatch.setattr(S, "get_profiler", lambda spec, **kw: BiasedMachine(
-        truth=truth, scale=1.0, sigma=0.01, **kw))
-    reps = specialize(net, PeakPredictor(truth, peak), [Scenario("cpu", lo + 0.7 * (hi - lo))],
-                      out_dir=tmp_path / "out", search_config=EvolutionConfig(
-                          population=48, generations=40, seed=0),
-                      data=DataContext(None), formats=["onnx"],
-                      lut_path=str(tmp_path / "lut.json"), echo=lambda s: None,
-                      progress=False)
-    rep = reps[0]
+    lo, hi = truth.min_max()
+    rep = _specialize_on_fake_machine(net, tmp_path, monkeypatch,
+                                      PeakPredictor(truth, lo + 0.3 * (hi - lo)),
+                                      lo + 0.7 * (hi - lo), 1.0)
     rounds = rep["rounds"]
     assert len(rounds) == 1 and rounds[0]["chosen"]
     assert rep["within_budget"] is True
