@@ -374,9 +374,9 @@ def calibrate_or_remeasure(table: LatencyTable, device: "str | DeviceSpec | None
     ``calibrate_kw`` go to :func:`calibrate_lut`
     (``protocol``, ``profiler``, ``save``).
 
-    Why: a table whose ops were timed while a neighbour slowed the memory-heavy ops for the
-    whole build (every round of those ops) sums wrongly per subnet, not by one factor, so no
-    calibration model fits it; rounds timed after the calibration, at another moment of the
+    Why: a table some of whose ops were slow in every one of their rounds (a slow spell of
+    the machine that hit some ops and not others; on 2026-12-03 mostly early, large-activation
+    ones) sums wrongly per subnet, not by one factor, so no calibration model fits it; rounds timed after the calibration, at another moment of the
     machine, do (the estimator keeps each op's quietest round). On the shared VM such a build
     (2026-12-03, build #1 of benchmarks/latency_contract) had 126 of 450 entries more than 15%
     above the median of three builds, a calibration held-out error of 4.1% against 0.9-1.9%

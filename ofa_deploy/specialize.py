@@ -8,7 +8,8 @@ measured figure (median, or p90 with ``latency_quantile=90``) is over budget, th
 budget the search uses is tightened by the observed ratio and the search runs again; if it is
 under 0.9 x budget while slower (more accurate) subnets exist, the effective budget is loosened
 the same way (and when the looser search picks the same subnet, none slower is predicted more
-accurate: the loop stops and the round's note says so). At most ``max_rounds`` rounds; the report lists each, and the winner is the
+accurate: the loop stops and the round's note says so). At most ``max_rounds`` rounds; the
+report lists each, and the winner is the
 round with the best predicted accuracy among those measured within budget (else the fastest).
 
 ``precision="int8"`` scenarios search an int8 latency table with the int8 accuracy estimate
