@@ -119,6 +119,28 @@ def test_check_detects_a_different_network(filled_supernet, tmp_path):
         check_onnx(sub, path, (1, 3, 32, 32), atol=1e-4)
 
 
+def test_relative_tolerance_scales_with_the_outputs(tmp_path):
+    """Float32 round-off grows with the outputs: the relative check allows atol x (1 + the
+    largest output), so a correct export of a net with large outputs passes it, while the
+    absolute check at the same atol fails; a wrong network still fails the relative one."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 64, 3), nn.ReLU(), nn.Conv2d(64, 8, 3)).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight.mul_(300.0)
+    path = tmp_path / "big.onnx"
+    export_onnx(model, (1, 3, 16, 16), path)
+    diff = check_onnx(model, path, (1, 3, 16, 16), atol=1e-6, relative=True)
+    assert diff > 1e-6  # a correct file, off by round-off alone
+    with pytest.raises(ExportError, match="differ by"):
+        check_onnx(model, path, (1, 3, 16, 16), atol=1e-6)
+    with torch.no_grad():
+        model[2].bias.add_(1.0)
+    with pytest.raises(ExportError, match="differ by"):
+        check_onnx(model, path, (1, 3, 16, 16), atol=1e-6, relative=True)
+
+
 def test_export_errors_are_clear(tmp_path):
     class Broken(nn.Module):
         def __init__(self):
