@@ -577,7 +577,6 @@ def _recheck(raw: "_Raw", table: LatencyTable, jobs_of: Callable[[OpKey], List[_
                 raw.record(j.what, sample_once(profiler, conv.get(j), j.shape), rnd)
                 timed += j.what == op.to_string()
             save()
-    save()
     table.meta["recheck"] = {
         "rule": f"more than {DEFAULT_THRESHOLD:.0%} above a + b*h^2 fitted on the same op "
                 f"shape at the other resolutions",

@@ -176,9 +176,8 @@ def render_markdown(rep: Mapping[str, Any]) -> str:
                          f"{budget_text(h['within_budget'])} | {'yes' if h.get('chosen') else ''} | "
                          f"`{h['arch_string']}` |")
         lines.append("")
-        lines += [f"Round {h['round']}: {h['note']}." for h in rounds if h.get("note")]
-        if any(h.get("note") for h in rounds):
-            lines.append("")
+        notes = [f"Round {h['round']}: {h['note']}." for h in rounds if h.get("note")]
+        lines += notes + ([""] if notes else [])
     if rep.get("protocol"):
         from profilers.protocol import MeasurementProtocol
 

@@ -15,6 +15,7 @@ in the remaining --time-budget is skipped and recorded as skipped.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -66,6 +67,23 @@ def cli(*args: str, timeout: float = 900, during=None) -> Dict[str, Any]:
     return out
 
 
+def _shown(table: Path) -> str:
+    """A table's path as results.json records it: relative to the repository when inside it."""
+    return str(table.relative_to(ROOT)) if table.is_relative_to(ROOT) else str(table)
+
+
+@contextlib.contextmanager
+def cpu_burners(n: int):
+    """``n`` processes spinning on the CPU for the duration (other work on the machine)."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    try:
+        yield
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait()
+
+
 class Bench:
     """Runs stages within a time budget and keeps every result."""
 
@@ -108,8 +126,7 @@ class Bench:
         """``variant``: "" (the protocol's defaults and --estimator), "int8" (an int8 table)
         or an estimator name (the A/B of estimators)."""
         table = self.table(k, space, variant)
-        args = ["profile", "--device", "cpu", "--space", space, "--out", str(table), "--fresh",
-                "--calibrate", str(self.a.calibrate), "--json", "-q"]
+        args = self._profile_args(table, space)
         if variant == "int8":
             args += ["--precision", "int8"]
         elif variant:
@@ -119,17 +136,20 @@ class Bench:
         if res:
             args += ["--resolutions", res]
         r = cli(*args)
-        r["table"] = (str(table.relative_to(ROOT)) if table.is_relative_to(ROOT)
-                      else str(table))
+        r["table"] = _shown(table)
         return r
+
+    def _profile_args(self, table: Path, space: str = TINY) -> List[str]:
+        """A fresh `profile` of ``space`` on the CPU into ``table``, calibrated, as JSON."""
+        return ["profile", "--device", "cpu", "--space", space, "--out", str(table), "--fresh",
+                "--calibrate", str(self.a.calibrate), "--json", "-q"]
 
     def spell_build(self, k: int, recheck: bool, burners: int = 2):
         """A fresh build whose op rounds run next to ``burners`` CPU burners (a slow spell
         that covers the whole op table, as build #1 of 2026-12-03 saw), stopped as soon as
         the op table is complete: the calibration and what follows see a quiet machine."""
         table = self.table(k, variant="spell" if recheck else "spell-norecheck")
-        args = ["profile", "--device", "cpu", "--space", TINY, "--out", str(table), "--fresh",
-                "--calibrate", str(self.a.calibrate), "--json", "-q"]
+        args = self._profile_args(table)
         if not recheck:
             args.append("--no-recheck")
         for old in (table, table.with_name(table.name + ".raw")):
@@ -137,10 +157,8 @@ class Bench:
         spell: Dict[str, Any] = {}
 
         def during(proc):
-            procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
-                     for _ in range(burners)]
             t0 = time.monotonic()
-            try:
+            with cpu_burners(burners):
                 while proc.poll() is None:
                     try:
                         if json.loads(table.read_text())["meta"].get("complete"):
@@ -148,29 +166,23 @@ class Bench:
                     except (OSError, ValueError, KeyError):
                         pass
                     time.sleep(0.2)
-            finally:
-                for p in procs:
-                    p.terminate()
-                    p.wait()
             spell.update({"burners": burners, "seconds": round(time.monotonic() - t0, 1),
                           "load_at_end": load()})
 
         r = cli(*args, during=during)
         r["spell"] = spell
-        r["table"] = str(table.relative_to(ROOT))
+        r["table"] = _shown(table)
         return r
 
     def validate(self, k: int, space: str = TINY, samples: Optional[int] = None,
                  variant: str = ""):
-        args = ["lut", "validate", "--lut", str(self.table(k, space, variant)), "--samples",
-                str(samples or self.a.samples), "--seed", "1", "--json", "-q"]
-        if variant == "int8":
-            args += ["--precision", "int8"]
-        return cli(*args)
+        return self.validate_table(self.table(k, space, variant), samples,
+                                   int8=variant == "int8")
 
-    def validate_table(self, table: Path, samples: Optional[int] = None):
-        return cli("lut", "validate", "--lut", str(table), "--samples",
-                   str(samples or self.a.samples), "--seed", "1", "--json", "-q")
+    def validate_table(self, table: Path, samples: Optional[int] = None, int8: bool = False):
+        args = ["lut", "validate", "--lut", str(table), "--samples",
+                str(samples or self.a.samples), "--seed", "1", "--json", "-q"]
+        return cli(*args, *(["--precision", "int8"] if int8 else []))
 
     def specialize(self, frac: float):
         from luts.table import LatencyTable
@@ -214,14 +226,8 @@ class Bench:
 
     def noisy_validate(self, k: int, burners: int = 1):
         # CPU burners while validating: the tool must warn, not be confident
-        procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
-                 for _ in range(burners)]
-        try:
+        with cpu_burners(burners):
             r = self.validate(k, samples=max(6, self.a.samples // 3))
-        finally:
-            for p in procs:
-                p.terminate()
-                p.wait()
         r["burners"] = burners
         return r
 

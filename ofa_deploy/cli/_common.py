@@ -145,6 +145,12 @@ class OutputPath(click.ParamType):
         return os.fspath(value)
 
 
+def given_flags(**flags: Any) -> dict:
+    """The flags given on the command line (None: not given, so the library's default holds),
+    e.g. the search settings passed on to ``EvolutionConfig``."""
+    return {k: v for k, v in flags.items() if v is not None}
+
+
 def check_positive(value: "float | None", flag: str) -> None:
     """Budgets are positive, finite numbers; anything else is a usage error naming the flag."""
     if value is not None and not (math.isfinite(value) and value > 0):

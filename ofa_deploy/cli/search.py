@@ -11,7 +11,8 @@ import click
 
 from supernet.errors import OfaDeployError
 
-from ._common import OutputPath, atomic_write_text, check_positive, config_option, emit, table
+from ._common import (OutputPath, atomic_write_text, check_positive, config_option, emit,
+                      given_flags, table)
 
 
 def _pct(v: float) -> str:
@@ -151,7 +152,7 @@ def search(space, target, lut, ms, mflops, params_m, predictor, predictor_format
                               predictor_format, resolution, population, generations, islands,
                               seed, out, as_json, init_arch)
 
-    config = EvolutionConfig(seed=seed, **_given(population=population,
+    config = EvolutionConfig(seed=seed, **given_flags(population=population,
                                                  generations=generations, islands=islands,
                                                  aging_islands=aging_islands))
 
@@ -211,11 +212,6 @@ def search(space, target, lut, ms, mflops, params_m, predictor, predictor_format
 RESNET_DEFAULT = {"population": 200, "generations": 80, "islands": 3, "prune_at": 0}
 
 
-def _given(**flags) -> dict:
-    """The evolution flags given on the command line (None: not given, keep the default)."""
-    return {k: v for k, v in flags.items() if v is not None}
-
-
 def _search_resnet(name, target, lut, ms, mflops, params_m, predictor, predictor_format,
                    resolution, population, generations, islands, seed, out, as_json,
                    init_arch=()) -> None:
@@ -236,7 +232,7 @@ def _search_resnet(name, target, lut, ms, mflops, params_m, predictor, predictor
         if target_label is None:
             target_label = str(table_obj.meta.get("device") or Path(lut).stem)
     config = EvolutionConfig(**{**RESNET_DEFAULT, "seed": seed,
-                                **_given(population=population, generations=generations,
+                                **given_flags(population=population, generations=generations,
                                          islands=islands)})
     predictor = str(bundled_resnet_predictor_path() if predictor is None else predictor)
     # loaded without a space, so that another family's file is refused by the check below

@@ -7,7 +7,8 @@ import sys
 import click
 
 from ._common import (OutputPath, check_positive, config_option, emit, estimator_option,
-                      load_data, load_predictor_for, output_dir_guard, save_resolved_config, table)
+                      given_flags, load_data, load_predictor_for, output_dir_guard,
+                      save_resolved_config, table)
 
 
 @click.command()
@@ -124,9 +125,8 @@ def specialize(ctx, targets, budgets, mflops, supernet_name, space_name, lut_pat
     scenarios = make_scenarios(targets, budgets, mflops, precisions)
     fmts = parse_formats(formats)
     # the search's own defaults unless given: one measured default for search and specialize
-    config = EvolutionConfig(seed=seed, **{k: v for k, v in (
-        ("population", population), ("generations", generations), ("islands", islands))
-        if v is not None})
+    config = EvolutionConfig(seed=seed, **given_flags(population=population,
+                                                     generations=generations, islands=islands))
     net = load_supernet(supernet_name, space_name)
     net.eval()
     predictor = load_predictor_for(predictor_path, predictor_format, net.space)
