@@ -124,7 +124,7 @@ def test_cost_model_prices_genes_like_the_archs(lut, rng):
 def test_search_with_macs_budget(run_cli, predictor_file):
     res = run_cli("search", "--space", SPACE, "--mflops", "250", "--predictor", predictor_file,
                   "--resolution", "160", "--resolution", "224", "--population", "16",
-                  "--generations", "6", "--json")
+                  "--generations", "6", "--aging-islands", "0", "--json")
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
     arch = ArchConfig.from_dict(data["arch"], SPACE)
@@ -137,7 +137,7 @@ def test_search_with_a_cpu_table(run_cli, predictor_file, lut):
     lo, hi = table.min_max(RES)
     budget = lo + 0.3 * (hi - lo)
     res = run_cli("search", "--space", SPACE, "--lut", out, "--ms", f"{budget:.6f}",
-                  "--predictor", predictor_file, "--population", "16", "--generations", "6",
+                  "--predictor", predictor_file, "--population", "16", "--generations", "6", "--aging-islands", "0",
                   "--json")
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)

@@ -36,10 +36,19 @@ sys.path.insert(0, str(ROOT))
 
 BUDGETS = (15, 20, 25, 30, 40, 50, 60)
 SPACE = "ofa-mbv3-w1.2"
-LONG = {"population": 400, "generations": 1000, "islands": 2}
-OLD_DEFAULT = {"population": 100, "generations": 500, "islands": 1}
+# --task tiny: the bundled default space, its bundled Fashion-MNIST predictor and the committed
+# CPU table, at 10/20/40/60/80% of the way from the table's fastest to slowest subnet (the
+# budgets of benchmarks/search_tiny)
+TINY_SPACE = "ofa-mbv3-tiny"
+TINY_LUT = ROOT / "benchmarks" / "lut_validation" / "tables" / "cpu-ofa-mbv3-tiny.json"
+TINY_FRACTIONS = (0.1, 0.2, 0.4, 0.6, 0.8)
+LONG = {"population": 400, "generations": 1000, "islands": 2, "aging_islands": 0}
+OLD_DEFAULT = {"population": 100, "generations": 500, "islands": 1, "aging_islands": 0}
+# the default of rounds 5-6: the same truncation islands without the aging island
+PREV_DEFAULT = {"aging_islands": 0}
 # record kinds of whole fronts: the current code's, and earlier implementations' / defaults'
-FRONTS = ("front", "lockstep_front", "prev_front")
+# (prev_front: the round 5-6 default's; front_r4: round 4's, 65 generations)
+FRONTS = ("front", "lockstep_front", "prev_front", "front_r4")
 
 
 def _stats(vals):
@@ -66,7 +75,8 @@ def summarize(records, budgets) -> dict:
         found += [(r["accuracies"][r["budgets"].index(b)], "front") for r in records
                   if r["kind"] in FRONTS and b in r["budgets"]]
         if found:  # on a tie the long runs are named (then default, old default, front)
-            rank = {"long": 3, "default": 2, "prev_default": 1.5, "old_default": 1, "front": 0}
+            rank = {"long": 3, "default": 2, "prev_default": 1.5, "default_r4": 1.2,
+                    "old_default": 1, "front": 0}
             row["best_known"], row["best_known_by"] = max(found, key=lambda f: (f[0],
                                                                                  rank.get(f[1], 0)))
         out[str(b)] = row
@@ -87,23 +97,31 @@ def _long_settings(records) -> dict:
 
 def markdown(doc: dict, ref: dict | None) -> str:
     m = doc["meta"]
+    task = m.get("task", "Note10 task")
     loads = [r["load_before"] for r in doc["records"] if r["kind"] == "default"]
+    threads = sorted({r["config"].get("threads", 1) for r in doc["records"]
+                      if r["kind"] == "default"})
     lines = [
-        "# Default search vs the best known subnet (Note10 task)",
+        f"# Default search vs the best known subnet ({task})",
         "",
         f"Machine: {m['machine']}; python {m['python']}, numpy {m['numpy']}. **Shared "
         f"machine**: the 1-minute load average before the default runs was "
         + (f"{min(loads):.1f}..{max(loads):.1f}" if loads else "?") + " (2 cores), so wall "
-        "seconds are inflated by other jobs; CPU seconds are the search process's own.",
+        "seconds are inflated by other jobs; CPU seconds are the search process's own (over "
+        "all its threads: the new default runs its aging island in a second thread, "
+        f"threads={threads}, so its wall seconds are below its CPU seconds).",
         "Commands: " + "; ".join(f"`{c}`" for c in m.get("commands", [])) + ".",
         "Best known: the best subnet any run here found (long runs: "
         + "; ".join(f"population {p} x {g} generations x {i} islands, seeds {s}"
                     for (p, g, i), s in _long_settings(doc["records"]).items())
         + "; and every run below; the column says which kind of run found it). New default: `EvolutionConfig()` = "
-        f"{doc['meta']['default_config']}. Previous default: 8 islands x 200 x 65 generations, "
-        "halved at 20 and 40, with relinking (records of kind `prev_default`, run with the code "
-        "of that time, before the shared sampling batch of round 5). Old "
-        "default: population 100 x 500 generations, one island (the same code otherwise).",
+        f"{doc['meta']['default_config']}. Previous default (rounds 5-6): the same 8 "
+        "truncation islands x 200 x 75 generations, halved at 20 and 40, with relinking, and "
+        "no aging island (records of kind `prev_default`; its winners are those of "
+        "`EvolutionConfig(aging_islands=0)` with this code, which is also the new default's "
+        "first thread). Old default: population 100 x 500 generations, one island (the same "
+        "code otherwise). Round 4's default (65 generations; kinds `default_r4`, `front_r4`) "
+        "is kept in best_known.json for the best known only.",
         "",
         "Accuracy = predicted top-1 (%) of the winner; mean and worst over seeds 0-4; Δ = "
         "points below the best known.",
@@ -148,7 +166,8 @@ def markdown(doc: dict, ref: dict | None) -> str:
                        ("lockstep_front", "The same front with all budgets evolved in "
                                           "lock-step with migration (the implementation before "
                                           "this one, same default config)"),
-                       ("prev_front", "The previous default's front (8 x 200 x 65 with relinking)")):
+                       ("prev_front", "The previous default's front (rounds 5-6: 8 x 200 x "
+                                      "75 with relinking, no aging island)")):
         fronts = [r for r in doc["records"] if r["kind"] == kind]
         if not fronts:
             continue
@@ -181,7 +200,13 @@ def markdown(doc: dict, ref: dict | None) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kind", choices=("long", "default"), required=True)
-    ap.add_argument("--budgets", type=float, nargs="+", default=list(BUDGETS))
+    ap.add_argument("--task", choices=("note10", "tiny"), default="note10",
+                    help="note10: ofa-mbv3-w1.2 with the Note10 tables and the OFA predictor "
+                         "(best_known.json); tiny: ofa-mbv3-tiny with its committed CPU table "
+                         "and bundled predictor (best_known_tiny.json)")
+    ap.add_argument("--budgets", type=float, nargs="+", default=None,
+                    help=f"ms (default: {' '.join(map(str, BUDGETS))} for note10; 10/20/40/60/80%% "
+                         "of the table's range for tiny)")
     ap.add_argument("--seeds", type=int, nargs="+", default=None,
                     help="default: 0 1 2 for long runs, 0-4 for the defaults")
     ap.add_argument("--long-config", default=None,
@@ -199,7 +224,9 @@ def main() -> None:
     from supernet.fileio import atomic_write_text
 
     out_dir = Path(args.out_dir)
-    path = out_dir / "best_known.json"
+    tiny = args.task == "tiny"
+    path = out_dir / ("best_known_tiny.json" if tiny else "best_known.json")
+    md_path = out_dir / ("best_known_tiny.md" if tiny else "best_known.md")
     doc = {"records": []}
     if path.exists() and not args.fresh:
         doc = json.loads(path.read_text())
@@ -215,16 +242,25 @@ def main() -> None:
             if k in ("population", "generations", "islands", "prune_at", "keep_islands",
                      "local_search", "relink")},
         "date": time.strftime("%Y-%m-%d"),
+        "task": ("ofa-mbv3-tiny, committed CPU table, bundled Fashion-MNIST predictor" if tiny
+                 else "Note10 task"),
     })
     meta["commands"] = list(dict.fromkeys(meta.get("commands", []) + [cmd]))
     seeds = args.seeds if args.seeds is not None else ([0, 1, 2] if args.kind == "long"
                                                         else [0, 1, 2, 3, 4])
     ref = None
-    if (out_dir / "results.json").exists():
+    if (out_dir / "results.json").exists() and not tiny:
         ref = json.loads((out_dir / "results.json").read_text()).get("summary")
 
-    table = load_table("note10", space=SPACE)
-    pred = load_predictor(bundled_predictor_path(SPACE), SPACE)
+    space = TINY_SPACE if tiny else SPACE
+    table = load_table(str(TINY_LUT) if tiny else "note10", space=space)
+    pred = load_predictor(bundled_predictor_path(space), space)
+    if args.budgets is None:
+        if tiny:
+            lo, hi = table.min_max(table.resolutions)
+            args.budgets = sorted({round(lo + f * (hi - lo), 2) for f in TINY_FRACTIONS})
+        else:
+            args.budgets = list(BUDGETS)
     def key(kind, budget, seed, cfg=None):
         """A run's identity; long runs of different settings are different runs."""
         return (kind, budget, seed) + ((tuple(sorted(cfg.items())),) if kind == "long" else ())
@@ -236,15 +272,15 @@ def main() -> None:
     long_cfg = dict(LONG)
     if args.long_config:
         long_cfg = dict(zip(("population", "generations", "islands"),
-                            (int(v) for v in args.long_config.split(","))))
-    kinds = [("long", long_cfg)] if args.kind == "long" else [("default", None),
-                                                           ("old_default", OLD_DEFAULT)]
+                            (int(v) for v in args.long_config.split(","))), aging_islands=0)
+    kinds = [("long", long_cfg)] if args.kind == "long" else [
+        ("default", None), ("prev_default", PREV_DEFAULT), ("old_default", OLD_DEFAULT)]
 
     def save():
         doc["summary"] = summarize(doc["records"], sorted({r["budget"] for r in doc["records"]
                                                            if r["kind"] not in FRONTS}))
         atomic_write_text(path, json.dumps(doc, indent=1) + "\n")
-        atomic_write_text(out_dir / "best_known.md", markdown(doc, ref))
+        atomic_write_text(md_path, markdown(doc, ref))
 
     for seed in seeds:
         for b in budgets:
@@ -254,7 +290,7 @@ def main() -> None:
                 cfg = EvolutionConfig(seed=seed, **(over or {}))
                 load = os.getloadavg()[0]
                 c0 = time.process_time()
-                r = evolution_search(SPACE, pred, Constraints(max_latency_ms=b), cfg,
+                r = evolution_search(space, pred, Constraints(max_latency_ms=b), cfg,
                                      latency_table=table)
                 cpu = time.process_time() - c0
                 doc["records"].append({
@@ -273,7 +309,7 @@ def main() -> None:
         if args.kind == "default" and ("front", -1.0, seed) not in done:
             load = os.getloadavg()[0]
             c0 = time.process_time()
-            rs = pareto_search(SPACE, pred, budgets, EvolutionConfig(seed=seed),
+            rs = pareto_search(space, pred, budgets, EvolutionConfig(seed=seed),
                                latency_table=table)
             cpu = time.process_time() - c0
             doc["records"].append({
@@ -287,7 +323,7 @@ def main() -> None:
                                                    for r in rs) + f" (cpu {cpu:.1f} s)",
                   flush=True)
     save()
-    print((out_dir / "best_known.md").read_text())
+    print(md_path.read_text())
 
 
 if __name__ == "__main__":

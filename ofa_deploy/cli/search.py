@@ -94,11 +94,13 @@ def _human(data: dict) -> str:
                    "better 4 (per budget) after 20 generations and to 3 after 40; "
                    "ofa-resnet50: 3, none dropped.  [default: 8]")
 @click.option("--aging-islands", type=click.IntRange(min=0), default=None,
-              help="Also evolve this many aging-evolution islands (tournament parents, the "
-                   "oldest die) beside the others: on the Note10 task (benchmarks/"
-                   "search_vs_reference, round 6) one of them reaches the isolated best "
-                   "subnets at 50-60 ms far more often, at about twice the CPU time. "
-                   "MobileNet spaces only.  [default: 0]")
+              help="Aging-evolution islands (tournament parents, the oldest die; 500 archs, "
+                   "100 children x 540 generations each) evolved beside the others, in a "
+                   "thread of their own: they reach the isolated best subnets far more often "
+                   "(benchmarks/search_vs_reference, rounds 6-7). 0 for the other islands "
+                   "alone (the search before round 7; a small search given by --population/"
+                   "--generations still has one unless 0). MobileNet spaces only.  "
+                   "[default: 1; ofa-resnet50: 0]")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=OutputPath("file"), default=None, metavar="FILE",
               help="Also write the result (the --json document) to FILE.")
@@ -209,7 +211,8 @@ def search(space, target, lut, ms, mflops, params_m, predictor, predictor_format
 
 # ResNet search settings when no flag is given: its measured 3 x 200 x 80 (it has no island
 # pruning); the MobileNet spaces take EvolutionConfig's defaults
-RESNET_DEFAULT = {"population": 200, "generations": 80, "islands": 3, "prune_at": 0}
+RESNET_DEFAULT = {"population": 200, "generations": 80, "islands": 3, "prune_at": 0,
+                  "aging_islands": 0}
 
 
 def _search_resnet(name, target, lut, ms, mflops, params_m, predictor, predictor_format,

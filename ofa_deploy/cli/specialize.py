@@ -59,6 +59,10 @@ from ._common import (OutputPath, check_positive, config_option, emit, estimator
               help="Independent search populations evolved together; the best wins "
                    "(default: the search's, 8, halved to 4 after 20 generations and to 3 "
                    "after 40).")
+@click.option("--aging-islands", default=None, type=click.IntRange(0),
+              help="Aging-evolution islands beside the others (default: the search's, 1; "
+                   "0 for the other islands alone, e.g. with a small --population/"
+                   "--generations).")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0))
 @click.option("--threads", default=None, type=click.IntRange(1),
               help="CPU threads for profiling/measuring (default: the LUT's; another count "
@@ -80,8 +84,9 @@ from ._common import (OutputPath, check_positive, config_option, emit, estimator
 @click.pass_context
 def specialize(ctx, targets, budgets, mflops, supernet_name, space_name, lut_path,
                predictor_path, predictor_format, data_spec, calib_images, eval_images,
-               finetune_epochs, formats, precision, quant_images, int8_min_agreement, population, generations, islands, seed, threads, runs,
-               warmup, estimator, latency_quantile, max_rounds, out_dir, as_json) -> None:
+               finetune_epochs, formats, precision, quant_images, int8_min_agreement,
+               population, generations, islands, aging_islands, seed, threads, runs, warmup,
+               estimator, latency_quantile, max_rounds, out_dir, as_json) -> None:
     """Search the best subnet for each (target, budget), then export and measure it.
 
     \b
@@ -126,7 +131,8 @@ def specialize(ctx, targets, budgets, mflops, supernet_name, space_name, lut_pat
     fmts = parse_formats(formats)
     # the search's own defaults unless given: one measured default for search and specialize
     config = EvolutionConfig(seed=seed, **given_flags(population=population,
-                                                     generations=generations, islands=islands))
+                                                     generations=generations, islands=islands,
+                                                     aging_islands=aging_islands))
     net = load_supernet(supernet_name, space_name)
     net.eval()
     predictor = load_predictor_for(predictor_path, predictor_format, net.space)

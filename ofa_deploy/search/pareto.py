@@ -1,8 +1,10 @@
 """Pareto fronts: several budgets evolved in lock-step."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import List, Sequence
 
 import numpy as np
@@ -111,11 +113,77 @@ def _evolve_lockstep(problem: _Problem, cons: List[Constraints], config: Evoluti
     the final local search) and ``extra["island_spread"]`` their range. ``seed_pool`` rows
     (genes) start the first island of every budget they fit, as in :func:`_evolve`.
 
-    ``config.aging_islands`` more groups per budget (islands ``islands`` and up) run aging
-    evolution in the same passes: a pool of the newest ``aging_population`` archs, parents by
-    tournament, ``offspring`` children for ``aging_generations`` generations; they are never
-    pruned, and each one's best ever joins the final pool (relinking, local search). Without
-    them the loop draws exactly what it did before they existed (same winners per seed)."""
+    ``config.aging_islands`` more islands per budget (numbered ``islands`` and up) run aging
+    evolution: a pool of the newest ``aging_population`` archs, parents by tournament,
+    ``offspring`` children for ``aging_generations`` generations; they are never pruned, and
+    each one's best ever joins the final pool (relinking, local search). With both kinds, the
+    truncation islands and the aging ones are two independent runs (:func:`_evolve_split`),
+    in two threads when ``config.threads`` > 1, merged before relinking."""
+    t0 = time.perf_counter()
+    if config.islands and config.aging_islands:
+        run = _evolve_split(problem, cons, config, rng, seed_pool)
+    else:
+        run = _evolve_groups(problem, cons, config, rng, seed_pool)
+    return _finish(problem, cons, config, run, t0)
+
+
+@dataclasses.dataclass
+class _Run:
+    """What an evolution of groups leaves for the finish: the final pool (genes, group of
+    each row, scores), each group's best score, its per-generation history (one ``(G,)`` array
+    per generation) with the seconds elapsed at each, the archs scored per group, the seed
+    report per budget, and how many islands per budget (``G = islands * budgets``)."""
+    pool: np.ndarray
+    gid: np.ndarray
+    scores: np.ndarray
+    best: np.ndarray
+    history: List[np.ndarray]
+    elapsed: List[float]
+    evaluations: np.ndarray
+    seeded: List[dict]
+    islands: int
+
+
+def _evolve_split(problem: _Problem, cons: List[Constraints], config: EvolutionConfig,
+                  rng: np.random.Generator, seed_pool: np.ndarray | None) -> _Run:
+    """The truncation islands (from ``rng``, so exactly the run they make without aging
+    islands) and the aging islands (from a Generator spawned off ``rng``) as two independent
+    runs, merged: the aging islands follow the truncation ones. With ``config.threads`` > 1
+    they run in two threads: numpy's BLAS, most of a search, runs without the GIL, so on two
+    free cores the search takes about as long as its longer part. Each part has its own
+    problem (shallow copy: its budget and its spare draws are its own) and its own
+    Generator, so the result is the same for any ``threads``."""
+    aging_rng = rng.spawn(1)[0]  # spawning draws nothing from rng
+    other = copy.copy(problem)
+    other._spare = None
+    jobs = [(problem, dataclasses.replace(config, aging_islands=0), rng, seed_pool),
+            (other, dataclasses.replace(config, islands=0), aging_rng, None)]
+    if config.threads > 1:
+        with ThreadPoolExecutor(max_workers=2) as ex:
+            futures = [ex.submit(_evolve_groups, p, cons, c, r, s) for p, c, r, s in jobs]
+            trunc, aging = [f.result() for f in futures]
+    else:
+        trunc, aging = [_evolve_groups(p, cons, c, r, s) for p, c, r, s in jobs]
+    n = max(len(trunc.history), len(aging.history))
+
+    def pad(seq: list) -> list:  # the shorter run's last entry holds once it has stopped
+        return list(seq) + [seq[-1]] * (n - len(seq))
+
+    return _Run(pool=np.concatenate([trunc.pool, aging.pool]),
+                gid=np.concatenate([trunc.gid, aging.gid + trunc.islands * len(cons)]),
+                scores=np.concatenate([trunc.scores, aging.scores]),
+                best=np.concatenate([trunc.best, aging.best]),
+                history=[np.concatenate([a, b]) for a, b in zip(pad(trunc.history),
+                                                                pad(aging.history))],
+                elapsed=[max(a, b) for a, b in zip(pad(trunc.elapsed), pad(aging.elapsed))],
+                evaluations=np.concatenate([trunc.evaluations, aging.evaluations]),
+                seeded=trunc.seeded, islands=trunc.islands + aging.islands)
+
+
+def _evolve_groups(problem: _Problem, cons: List[Constraints], config: EvolutionConfig,
+                   rng: np.random.Generator, seed_pool: np.ndarray | None = None) -> _Run:
+    """The evolution of :func:`_evolve_lockstep` (both kinds of island in one lock-step;
+    without aging islands it draws exactly what it did before they existed)."""
     t0 = time.perf_counter()
     cost = problem.cost
     B, K, P, N = len(cons), config.islands, config.num_parents, config.population
@@ -298,7 +366,19 @@ def _evolve_lockstep(problem: _Problem, cons: List[Constraints], config: Evoluti
         pool = np.concatenate([pool, best_row[ga]])
         gid = np.concatenate([gid, ga])
         scores = np.concatenate([scores, best[ga]])
-    bud = budget_of[gid]
+    return _Run(pool=pool, gid=gid, scores=scores, best=best, history=history,
+                elapsed=elapsed, evaluations=evaluations, seeded=seeded, islands=KA)
+
+
+def _finish(problem: _Problem, cons: List[Constraints], config: EvolutionConfig, run: _Run,
+            t0: float) -> List[SearchResult]:
+    """Per budget: relinking between its islands' bests, the final local search and the
+    result (with its islands' report)."""
+    B, KA = len(cons), run.islands
+    pool, gid, scores, best = run.pool, run.gid, run.scores, run.best
+    history, elapsed, evaluations, seeded = run.history, run.elapsed, run.evaluations, run.seeded
+    cost = problem.cost
+    bud = gid % B
     results: List[SearchResult] = []
     for g, c in enumerate(cons):
         problem.set_constraints(c)

@@ -407,8 +407,10 @@ def resnet_evolution_search(space: "ResNetSpace | str", predictor, constraints: 
     :func:`~.evolution.evolution_search` (``extra["seeds_used"]``, ``extra["seeds_over_budget"]``;
     a seed at a resolution not searched raises :class:`SearchError`).
     """
-    # the MobileNet default prunes islands; ResNet keeps its measured 3 x 200 x 80
-    config = EvolutionConfig(islands=3, generations=80, prune_at=0) if config is None else config
+    # the MobileNet default prunes islands and adds an aging island; ResNet keeps its measured
+    # 3 x 200 x 80
+    config = (EvolutionConfig(islands=3, generations=80, prune_at=0, aging_islands=0)
+              if config is None else config)
     if not isinstance(config, EvolutionConfig):
         raise SearchError("config must be an EvolutionConfig")
     if (config.prune_at and config.prune_at < config.generations

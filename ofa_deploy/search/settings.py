@@ -52,15 +52,18 @@ class EvolutionConfig:
     best intermediate arch and from each island's best), which at ~3% more evaluations
     sometimes lands in a better basin than any island reached. ``population`` is per island.
 
-    ``aging_islands`` (off by default) adds islands of aging evolution (Real et al.'s
-    regularised evolution: tournament parents, the oldest arch dies) in the same lock-step.
-    Measured on the Note10 task (benchmarks/search_vs_reference/README.md, round 6): one such
-    island (a pool of 500, 100 children x 540 generations) alone reaches the isolated best
-    known subnet at 50 ms in 16 of 20 seeds, where the default does in 5 of 20; beside
-    the default islands it brings the mean gap to the best known over seeds 0-9 from -0.148 to
-    -0.032 at 50 ms and from -0.092 to -0.010 at 60 ms, but at about twice the CPU (1.0-1.1 s
-    on a quiet machine, over the 1 s a default may take), and alone (at the default's CPU) it
-    is worse at 25 and 40 ms: hence opt-in."""
+    Beside them runs one island of aging evolution (``aging_islands``; Real et al.'s
+    regularised evolution: tournament parents, the oldest arch dies; a pool of 500, 100
+    children x 540 generations). Measured on the Note10 task (benchmarks/search_vs_reference/
+    README.md, rounds 6-7): alone it reaches the isolated best known subnet at 50 ms in 16 of
+    20 seeds, where the truncation islands do in 5 of 20, and it is worse at 25 and 40 ms, so
+    the two kinds complement each other; together they need about twice the CPU of either.
+    They are two independent runs (the aging island from a Generator spawned off the seed's),
+    so with ``threads`` = 2 they evolve in two threads at once: numpy's BLAS, most of a search,
+    runs without the GIL, so on a machine with two free cores the search takes about the time
+    of one part (0.6-0.7 s on the 2-core VM of the benchmark), and the result is the same for
+    any ``threads``. ``aging_islands=0`` gives the truncation islands alone (the default before
+    round 7, the same winner per seed as then)."""
 
     population: int = 200
     parent_ratio: float = 0.25
@@ -85,15 +88,18 @@ class EvolutionConfig:
     # before the final local search, path relinking between the live islands' bests (see
     # search.local.relink_islands): with one island (or one left) it does nothing
     relink: bool = True
-    # islands of aging evolution, run beside the ``islands`` above in the same lock-step: each
+    # islands of aging evolution, a run of their own beside the ``islands`` above: each
     # keeps a pool of its newest ``aging_population`` archs, breeds ``offspring`` children per
     # generation for ``aging_generations`` generations from parents that win a ``tournament``
     # among random pool members, and the oldest die (never pruned)
-    aging_islands: int = 0
+    aging_islands: int = 1
     aging_population: int = 500
     offspring: int = 100
     tournament: int = 10
-    aging_generations: int = 270
+    aging_generations: int = 540
+    # with both kinds of island, the aging islands evolve in a thread of their own beside the
+    # truncation islands (1: one after the other); the result is the same for any value
+    threads: int = 2
 
     def __post_init__(self) -> None:
         _check_int("population", self.population, 2)
@@ -115,6 +121,7 @@ class EvolutionConfig:
         _check_int("offspring", self.offspring, 1)
         _check_int("tournament", self.tournament, 1)
         _check_int("aging_generations", self.aging_generations, 0)
+        _check_int("threads", self.threads, 1)
         if self.islands + self.aging_islands < 1:
             raise SearchError("islands must be >= 1 (or give aging_islands)")
         if not isinstance(self.relink, bool):

@@ -10,7 +10,7 @@ import torch
 from luts.store import load_table
 
 W12 = "ofa-mbv3-w1.2"
-FAST = ("--population", "16", "--generations", "8")
+FAST = ("--population", "16", "--generations", "8", "--aging-islands", "0")
 
 
 @pytest.fixture(scope="module")
@@ -148,14 +148,16 @@ def test_init_arch_seeds_the_search(run_cli, predictor_file, tmp_path):
     base = ("search", "--space", W12, "--target", "note10", "--ms", "30",
             "--predictor", predictor_file, "--json")
     out = tmp_path / "best.json"
-    strong = ("--population", "48", "--generations", "20", "--islands", "2")
+    strong = ("--population", "48", "--generations", "20", "--islands", "2",
+              "--aging-islands", "0")
     first = run_cli(*base, *strong, "--out", out)
     assert first.exit_code == 0, first.output
     best = json.loads(first.stdout)
     # no generations: the result is the best of a small initial sample (plus a local search),
     # below the evolved one (checked: else the test below proves nothing) unless that seeds
     # it; a search --out and a net.config both seed
-    short = ("--population", "16", "--generations", "0", "--islands", "1")
+    short = ("--population", "16", "--generations", "0", "--islands", "1",
+             "--aging-islands", "0")
     cold = json.loads(run_cli(*base, *short).stdout)
     assert cold["predicted_accuracy"] < best["predicted_accuracy"]
     note10 = NET_CONFIGS / "note10_lat-30ms_top1-78.4_finetune-75"
@@ -192,7 +194,7 @@ def test_aging_islands_flag(run_cli, predictor_file):
     """--aging-islands reaches the search (its config in the JSON, its islands in the
     per-island bests) and is refused for ResNet in one line."""
     base = ("search", "--space", W12, "--target", "note10", "--ms", "30", "--predictor",
-            predictor_file, "--population", "16", "--generations", "8", "--islands", "2",
+            predictor_file, "--population", "16", "--generations", "8", "--islands", "2", "--aging-islands", "0",
             "--json")
     plain = json.loads(run_cli(*base).stdout)
     res = run_cli(*base, "--aging-islands", "1")

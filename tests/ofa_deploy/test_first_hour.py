@@ -20,7 +20,7 @@ SPACE = "ofa-mbv3-tiny"
 def _spec(assets, out, *extra):
     return ["specialize", "--supernet", assets / "net.pt", "--lut", assets / "lut.json",
             "--predictor", assets / "pred.pt", "--data", "none", "--generations", "3",
-            "--population", "8", "--runs", "3", "--warmup", "1", "--threads", "1",
+            "--aging-islands", "0", "--population", "8", "--runs", "3", "--warmup", "1", "--threads", "1",
             "--formats", "onnx", "--out", out, *extra]
 
 
@@ -99,7 +99,7 @@ def test_bad_output_paths_fail_before_any_work(assets, tmp_path, run_cli):
         _one_line(run_cli(*cmd, "--out", afile), 2, "--out", "is not a directory")
     assert afile.read_text() == "x" and not (tmp_path / "unused").exists()
     srch = ["search", "--space", SPACE, "--lut", assets / "lut.json", "--predictor",
-            assets / "pred.pt", "--ms", "1", "--population", "8", "--generations", "2"]
+            assets / "pred.pt", "--ms", "1", "--population", "8", "--generations", "2", "--aging-islands", "0", "--aging-islands", "0"]
     _one_line(run_cli(*srch, "--out", "/proc/x.json"), 2, "--out", "cannot create files in /proc")
     _one_line(run_cli(*srch, "--out", tmp_path), 2, "--out", "is a directory")
     _one_line(run_cli("bench", "--json", afile / "r.json"), 2, "--json", "which is a file")
@@ -118,7 +118,7 @@ def test_search_prints_its_result_when_the_write_fails(assets, tmp_path, run_cli
 
     monkeypatch.setattr(mod, "atomic_write_text", full_disk)
     r = run_cli("search", "--space", SPACE, "--lut", assets / "lut.json", "--predictor",
-                assets / "pred.pt", "--ms", "1", "--population", "8", "--generations", "2",
+                assets / "pred.pt", "--ms", "1", "--population", "8", "--generations", "2", "--aging-islands", "0",
                 "--json", "--out", tmp_path / "r.json")
     assert r.exit_code == 1
     assert json.loads(r.stdout)["predicted_latency_ms"] <= 1
@@ -379,7 +379,7 @@ def test_export_of_a_report_reproduces_the_specialize_model(assets, tmp_path, ru
     sha = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()
     run = tmp_path / "run"
     r = run_cli("specialize", "--lut", assets / "lut.json", "--ms", "1.2", "--calib-images",
-                "48", "--eval-images", "20", "--generations", "2", "--population", "8",
+                "48", "--eval-images", "20", "--generations", "2", "--population", "8", "--aging-islands", "0",
                 "--runs", "2", "--warmup", "0", "--threads", "1", "--formats", "onnx",
                 "--out", run)
     assert r.exit_code == 0, r.output

@@ -170,7 +170,7 @@ def _specialize_on_fake_machine(net, tmp_path, monkeypatch, predictor, budget, b
     monkeypatch.setattr(S, "get_profiler", lambda spec, **kw: BiasedMachine(
         truth=truth, scale=bias, sigma=0.01, **kw))
     return specialize(net, predictor, [Scenario("cpu", budget)], out_dir=tmp_path / "out",
-                      search_config=EvolutionConfig(population=48, generations=40, seed=0),
+                      search_config=EvolutionConfig(aging_islands=0, population=48, generations=40, seed=0),
                       data=DataContext(None), formats=["onnx"],
                       lut_path=str(tmp_path / "lut.json"), echo=lambda s: None,
                       progress=False)[0]
@@ -273,7 +273,7 @@ def test_table_validate_specialize_and_bench_measure_with_identical_settings(
     v = validate_lut(t, "cpu", samples=3, progress=False)
     lo, hi = t.min_max()
     rep = specialize(net, SizePredictor(t), [Scenario("cpu", (lo + hi) / 2)],
-                     out_dir=tmp_path / "spec", search_config=EvolutionConfig(
+                     out_dir=tmp_path / "spec", search_config=EvolutionConfig(aging_islands=0, 
                          population=16, generations=3, seed=0),
                      data=DataContext(None), formats=["onnx"],
                      lut_path=str(tmp_path / "t.json"), echo=lambda s: None,
@@ -299,7 +299,7 @@ def test_table_validate_specialize_and_bench_measure_with_identical_settings(
     with pytest.raises(ProtocolMismatch, match="estimator 'best-round-median' vs "
                                                "'median-pooled'"):
         specialize(net, SizePredictor(t), [Scenario("cpu", (lo + hi) / 2)],
-                   out_dir=tmp_path / "spec2", search_config=EvolutionConfig(
+                   out_dir=tmp_path / "spec2", search_config=EvolutionConfig(aging_islands=0, 
                        population=16, generations=3, seed=0),
                    data=DataContext(None), formats=["onnx"], lut_path=str(tmp_path / "t.json"),
                    estimator="median-pooled", echo=lambda s: None, progress=False)

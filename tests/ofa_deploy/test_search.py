@@ -16,7 +16,7 @@ from supernet.cost import arch_cost
 from supernet.ops import OpGrid
 
 W12 = "ofa-mbv3-w1.2"
-SMALL = EvolutionConfig(population=24, generations=15, seed=0)
+SMALL = EvolutionConfig(aging_islands=0, population=24, generations=15, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def test_infeasible_latency_fails_fast_naming_the_minimum(note10):
     t0 = time.perf_counter()
     with pytest.raises(InfeasibleBudgetError) as exc:
         evolution_search(W12, score, Constraints(max_latency_ms=lo - 0.01),
-                         EvolutionConfig(generations=100000), latency_table=note10)
+                         EvolutionConfig(aging_islands=0, generations=100000), latency_table=note10)
     assert time.perf_counter() - t0 < 5
     assert score.calls == 0  # refused before any scoring
     msg = str(exc.value)
@@ -160,7 +160,7 @@ def test_fixed_seed_gives_the_same_winner(note10, mlp_predictor):
     assert a.arch == b.arch and a.history == b.history
     np.testing.assert_array_equal(a.population.keys(), b.population.keys())
     c = evolution_search(W12, mlp_predictor, cons,
-                         EvolutionConfig(population=24, generations=15, seed=1),
+                         EvolutionConfig(aging_islands=0, population=24, generations=15, seed=1),
                          latency_table=note10)
     assert c.history != a.history
 
@@ -181,7 +181,7 @@ def test_generic_predictor_path_equals_fast_path(note10, mlp_predictor):
 
 def test_evolution_beats_random_search_with_the_same_evaluations(note10):
     cons = Constraints(max_latency_ms=30.0)
-    cfg = EvolutionConfig(population=30, generations=30, seed=0)
+    cfg = EvolutionConfig(aging_islands=0, population=30, generations=30, seed=0)
     evo = evolution_search(W12, CapacityScore(W12), cons, cfg, latency_table=note10)
     rnd = random_search(W12, CapacityScore(W12), cons, cfg.evaluations_budget, seed=0,
                         latency_table=note10)
@@ -220,15 +220,15 @@ def test_pareto_front_is_monotonic_and_sorted(note10, mlp_predictor):
 
 def test_config_and_constraints_validation():
     with pytest.raises(SearchError, match="population must be >= 2"):
-        EvolutionConfig(population=1)
+        EvolutionConfig(aging_islands=0, population=1)
     with pytest.raises(SearchError, match=r"parent_ratio must be in \(0, 1\]"):
-        EvolutionConfig(parent_ratio=0)
+        EvolutionConfig(aging_islands=0, parent_ratio=0)
     with pytest.raises(SearchError, match="leaves no parents"):
-        EvolutionConfig(population=3, parent_ratio=0.1)
+        EvolutionConfig(aging_islands=0, population=3, parent_ratio=0.1)
     with pytest.raises(SearchError, match="mutate_prob"):
-        EvolutionConfig(mutate_prob=1.5)
+        EvolutionConfig(aging_islands=0, mutate_prob=1.5)
     with pytest.raises(SearchError, match="generations must be an integer"):
-        EvolutionConfig(generations=2.5)
+        EvolutionConfig(aging_islands=0, generations=2.5)
     with pytest.raises(SearchError, match="unknown evolution setting"):
         EvolutionConfig.from_state({"populaton": 3})
     assert EvolutionConfig.from_state(SMALL.get_state()) == SMALL
@@ -334,7 +334,7 @@ def test_winner_is_a_local_optimum_and_reports_it(note10, mlp_predictor):
     from ofa_deploy.search.local import single_moves
 
     cons = Constraints(max_latency_ms=25.0)
-    cfg = EvolutionConfig(population=16, generations=3, seed=1)
+    cfg = EvolutionConfig(aging_islands=0, population=16, generations=3, seed=1)
     res = evolution_search(W12, mlp_predictor, cons, cfg, latency_table=note10)
     assert res.extra["local_optimum"] is True
     assert res.to_dict()["best_single_move_gain"] <= 0
@@ -349,14 +349,14 @@ def test_winner_is_a_local_optimum_and_reports_it(note10, mlp_predictor):
     assert res.extra["best_single_move_gain"] == pytest.approx(gain, abs=1e-9)
     # without the final local search the report still tells the truth about the winner
     raw = evolution_search(W12, mlp_predictor, cons,
-                           EvolutionConfig(population=16, generations=3, seed=1,
+                           EvolutionConfig(aging_islands=0, population=16, generations=3, seed=1,
                                            local_search=False), latency_table=note10)
     assert raw.predicted_accuracy <= res.predicted_accuracy
     assert raw.extra["local_optimum"] == (raw.extra["best_single_move_gain"] <= 0)
 
 
 def test_local_search_is_deterministic_per_seed_and_front_gets_it(note10, mlp_predictor):
-    cfg = EvolutionConfig(population=16, generations=3, seed=4)
+    cfg = EvolutionConfig(aging_islands=0, population=16, generations=3, seed=4)
     runs = [pareto_search(W12, mlp_predictor, [18.0, 30.0], cfg, latency_table=note10)
             for _ in range(2)]
     for a, b in zip(*runs):
@@ -368,12 +368,12 @@ def test_search_restores_torch_threads(note10, mlp_predictor):
     torch = pytest.importorskip("torch")
     before = torch.get_num_threads()
     evolution_search(W12, mlp_predictor, Constraints(max_latency_ms=25.0),
-                     EvolutionConfig(population=8, generations=1), latency_table=note10)
+                     EvolutionConfig(aging_islands=0, population=8, generations=1), latency_table=note10)
     assert torch.get_num_threads() == before
 
 
 # -- islands (independent restarts in lock-step) -------------------------------------------
-ISLANDS = EvolutionConfig(population=16, generations=6, islands=3, seed=2)
+ISLANDS = EvolutionConfig(aging_islands=0, population=16, generations=6, islands=3, seed=2)
 
 
 def test_islands_are_feasible_deterministic_and_report_their_spread(note10, mlp_predictor):
@@ -397,18 +397,18 @@ def test_islands_are_feasible_deterministic_and_report_their_spread(note10, mlp_
                              latency_table=note10)
     assert other.extra["island_best"] != d["island_best"]
     one = evolution_search(W12, mlp_predictor, cons,
-                           EvolutionConfig(population=24, generations=15, islands=1),
+                           EvolutionConfig(aging_islands=0, population=24, generations=15, islands=1),
                            latency_table=note10).to_dict()
     assert one["islands"] == 1 and one["island_spread"] == 0.0
     with pytest.raises(SearchError, match="islands must be >= 1"):
-        EvolutionConfig(islands=0)
+        EvolutionConfig(aging_islands=0, islands=0)
 
 
 def test_islands_are_independent_restarts(note10, mlp_predictor):
     """Island i of a lock-step run starts from its own sample: two islands never share
     their initial population, so their bests differ as independent seeds do."""
     cons = Constraints(max_latency_ms=25.0)
-    cfg = EvolutionConfig(population=12, generations=0, islands=2, seed=0, local_search=False)
+    cfg = EvolutionConfig(aging_islands=0, population=12, generations=0, islands=2, seed=0, local_search=False)
     rec = _RecordingPredictor(mlp_predictor)
     evolution_search(W12, rec, cons, cfg, latency_table=note10)
     first = rec.batches[0]  # the initial populations of both islands, scored in one pass
@@ -420,7 +420,7 @@ def test_islands_are_independent_restarts(note10, mlp_predictor):
 
 def test_front_with_islands_gives_every_budget_the_same_search(note10, mlp_predictor):
     budgets = [18.0, 25.0, 35.0]
-    cfg = EvolutionConfig(population=16, generations=6, islands=3, seed=2)
+    cfg = EvolutionConfig(aging_islands=0, population=16, generations=6, islands=3, seed=2)
     res = pareto_search(W12, mlp_predictor, budgets, cfg, latency_table=note10)
     accs = [r.predicted_accuracy for r in res]
     assert all(b >= a for a, b in zip(accs, accs[1:]))
@@ -444,7 +444,7 @@ def test_front_with_islands_gives_every_budget_the_same_search(note10, mlp_predi
 
 
 # -- successive halving of the islands -----------------------------------------------------
-HALVING = EvolutionConfig(population=16, generations=8, islands=4, seed=2, prune_at=3,
+HALVING = EvolutionConfig(aging_islands=0, population=16, generations=8, islands=4, seed=2, prune_at=3,
                           keep_islands=1)
 
 
@@ -470,9 +470,9 @@ def test_halving_prunes_islands_feasibly_and_deterministically(note10, mlp_predi
     again = evolution_search(W12, mlp_predictor, cons, HALVING, latency_table=note10)
     assert again.arch == res.arch and again.extra["island_best"] == res.extra["island_best"]
     with pytest.raises(SearchError, match="prune_at must be >= 0"):
-        EvolutionConfig(prune_at=-1)
+        EvolutionConfig(aging_islands=0, prune_at=-1)
     with pytest.raises(SearchError, match="keep_islands must be >= 1"):
-        EvolutionConfig(keep_islands=0)
+        EvolutionConfig(aging_islands=0, keep_islands=0)
 
 
 def test_halving_front_keeps_every_budget_feasible_and_monotone(note10, mlp_predictor):
@@ -544,6 +544,9 @@ def test_default_config_halves_eight_islands_and_resnet_keeps_its_own():
     cfg = EvolutionConfig()
     assert (cfg.islands, cfg.population, cfg.generations) == (8, 200, 75)
     assert (cfg.prune_at, cfg.keep_islands, cfg.relink) == (20, 3, True)
+    # and one aging island (round 7), in a second thread
+    assert (cfg.aging_islands, cfg.aging_population, cfg.offspring) == (1, 500, 100)
+    assert (cfg.aging_generations, cfg.tournament, cfg.threads) == (540, 10, 2)
     from ofa_deploy.cli.search import RESNET_DEFAULT
 
     assert RESNET_DEFAULT["prune_at"] == 0
@@ -553,7 +556,7 @@ def test_default_config_halves_eight_islands_and_resnet_keeps_its_own():
 def test_front_takes_a_tighter_budgets_better_winner_and_climbs_on(note10, mlp_predictor):
     # with no generations the budgets' winners are their random samples' bests, so the
     # monotone pass is needed somewhere in a long enough front
-    cfg = EvolutionConfig(population=8, generations=0, islands=2, seed=0)
+    cfg = EvolutionConfig(aging_islands=0, population=8, generations=0, islands=2, seed=0)
     budgets = [float(b) for b in range(16, 40, 2)]
     res = pareto_search(W12, mlp_predictor, budgets, cfg, latency_table=note10)
     accs = [r.predicted_accuracy for r in res]
@@ -598,7 +601,7 @@ def test_relink_path_lies_strictly_between_its_ends_and_fits(note10, mlp_predict
 
 def test_relink_adds_to_the_islands_search_feasibly_and_deterministically(note10,
                                                                           mlp_predictor):
-    cfg = EvolutionConfig(population=16, generations=6, islands=3, seed=1)
+    cfg = EvolutionConfig(aging_islands=0, population=16, generations=6, islands=3, seed=1)
     cons = Constraints(max_latency_ms=22.0)
     rec = _RecordingPredictor(mlp_predictor)
     res = evolution_search(W12, rec, cons, cfg, latency_table=note10)
@@ -618,7 +621,7 @@ def test_relink_adds_to_the_islands_search_feasibly_and_deterministically(note10
     front = pareto_search(W12, mlp_predictor, [22.0], cfg, latency_table=note10)
     assert front[0].arch == res.arch
     with pytest.raises(SearchError, match="relink must be true or false"):
-        EvolutionConfig(relink=1)
+        EvolutionConfig(aging_islands=0, relink=1)
 
 
 AGING = EvolutionConfig(population=16, generations=4, islands=1, seed=2, aging_islands=1,
@@ -629,28 +632,37 @@ def test_aging_island_runs_beside_truncation_feasibly_and_deterministically(note
                                                                            mlp_predictor):
     cons = Constraints(max_latency_ms=22.0)
     rec = _RecordingPredictor(mlp_predictor)
-    res = evolution_search(W12, rec, cons, AGING, latency_table=note10)
+    one_thread = EvolutionConfig(**{**AGING.get_state(), "threads": 1})
+    res = evolution_search(W12, rec, cons, one_thread, latency_table=note10)
     # every candidate scored (both kinds of island, relinking, local search) fits the budget
     lat = np.concatenate([note10.predict(b) for b in rec.batches])
     assert len(lat) >= res.evaluations and (lat <= 22.0 + 1e-9).all()
-    # first batch: the truncation island's 16 and the aging island's 20 samples; then 4
-    # generations of both (16 + 8 slots), then 8 of the aging island alone (8 slots)
-    assert len(rec.batches[0]) == 36
-    gen_rows = [len(b) for b in rec.batches[1:13]]
-    assert min(gen_rows[:4]) > 8 and max(gen_rows[:4]) <= 24 and max(gen_rows[4:]) <= 8
+    # two independent runs, one after the other in one thread: the truncation island's 16
+    # samples and 4 generations (up to 16 children), then the aging island's 20 samples and
+    # 12 generations (up to 8 children each)
+    sizes = [len(b) for b in rec.batches]
+    assert sizes[0] == 16 and 8 < max(sizes[1:5]) <= 16
+    assert sizes[5] == 20 and max(sizes[6:18]) <= 8
     assert len(res.extra["island_best"]) == 2
     assert res.predicted_accuracy >= max(res.extra["island_best"]) - 1e-12
     assert res.extra["local_optimum"] is True
     assert res.evaluations - res.extra["local_search_evaluations"] <= AGING.evaluations_budget
+    # in two threads (the default): the same search, to the last score and count
     again = evolution_search(W12, mlp_predictor, cons, AGING, latency_table=note10)
     assert again.arch == res.arch and again.evaluations == res.evaluations
+    assert again.extra["island_best"] == res.extra["island_best"]
+    assert np.array_equal(again.population_scores, res.population_scores)
     # the same search in a front of one budget gives the same winner
     assert pareto_search(W12, mlp_predictor, [22.0], AGING, latency_table=note10)[0].arch \
         == res.arch
-    # without the aging island the truncation island's own run is unchanged (its stream too)
-    plain = EvolutionConfig(**{**AGING.get_state(), "aging_islands": 0})
-    one = evolution_search(W12, mlp_predictor, cons, plain, latency_table=note10)
-    assert len(one.extra["island_best"]) == 1
+    # the truncation islands' run is the one they make without the aging island (their
+    # stream too: the aging island draws from a Generator spawned off the search's)
+    two = EvolutionConfig(**{**AGING.get_state(), "islands": 2})
+    plain = EvolutionConfig(**{**two.get_state(), "aging_islands": 0})
+    both = evolution_search(W12, mlp_predictor, cons, two, latency_table=note10)
+    alone = evolution_search(W12, mlp_predictor, cons, plain, latency_table=note10)
+    assert both.extra["island_best"][:2] == alone.extra["island_best"]
+    assert len(both.extra["island_best"]) == 3
 
 
 def test_aging_keeps_the_newest_archs_and_its_best_ever(note10, mlp_predictor):
@@ -678,7 +690,9 @@ def test_aging_settings_are_validated():
                 {"aging_population": 1}, {"aging_generations": -1}):
         with pytest.raises(SearchError, match=f"{next(iter(bad))} must be >= "):
             EvolutionConfig(**bad)
+    with pytest.raises(SearchError, match="threads must be >= 1"):
+        EvolutionConfig(threads=0)
     with pytest.raises(SearchError, match="islands must be >= 1"):
-        EvolutionConfig(islands=0)
+        EvolutionConfig(aging_islands=0, islands=0)
     assert EvolutionConfig(islands=0, aging_islands=1).islands == 0
-    assert EvolutionConfig().aging_islands == 0  # opt-in: the default search is unchanged
+    assert EvolutionConfig().aging_islands == 1  # part of the default search (round 7)

@@ -15,7 +15,7 @@ from ofa_deploy.search.resnet import (ResNetCostModel, _ResNetProblem, resnet_ev
 from supernet.resnet import ResNetArch, resnet_arch_cost
 
 SPACE = "ofa-resnet50"
-SMALL = EvolutionConfig(population=40, generations=15, islands=1, seed=0, local_search=False)
+SMALL = EvolutionConfig(aging_islands=0, population=40, generations=15, islands=1, seed=0, local_search=False)
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def test_every_scored_candidate_meets_the_budget(pred, monkeypatch):
         return orig(self, genes)
 
     monkeypatch.setattr(_ResNetProblem, "score", spy)
-    cfg = EvolutionConfig(population=30, generations=8, islands=2, seed=1)
+    cfg = EvolutionConfig(aging_islands=0, population=30, generations=8, islands=2, seed=1)
     res = resnet_evolution_search(SPACE, pred, Constraints(max_macs=1.2e9, max_params=15e6), cfg)
     cost = ResNetCostModel(SPACE, res.resolutions)
     g = np.concatenate(scored)
@@ -67,7 +67,7 @@ def test_every_scored_candidate_meets_the_budget(pred, monkeypatch):
 
 def test_deterministic_per_seed(pred):
     runs = [resnet_evolution_search(SPACE, pred, Constraints(max_macs=2e9),
-                                    EvolutionConfig(population=30, generations=6, seed=s))
+                                    EvolutionConfig(aging_islands=0, population=30, generations=6, seed=s))
             for s in (5, 5, 6)]
     a, b, c = (r.to_dict(with_history=True) for r in runs)
     for d in (a, b, c):
@@ -78,7 +78,7 @@ def test_deterministic_per_seed(pred):
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_beats_random_sampling_of_equal_evaluations(pred, seed):
-    cfg = EvolutionConfig(population=40, generations=15, islands=1, seed=seed, local_search=False)
+    cfg = EvolutionConfig(aging_islands=0, population=40, generations=15, islands=1, seed=seed, local_search=False)
     evo = resnet_evolution_search(SPACE, pred, Constraints(max_macs=2e9), cfg)
     rnd = resnet_random_search(SPACE, pred, Constraints(max_macs=2e9), evo.evaluations, seed=seed)
     assert rnd.evaluations == evo.evaluations

@@ -36,7 +36,7 @@ class Closeness:
 
 
 def _cfg(islands: int, **kw) -> EvolutionConfig:
-    return EvolutionConfig(population=16, generations=0, islands=islands, local_search=False,
+    return EvolutionConfig(aging_islands=0, population=16, generations=0, islands=islands, local_search=False,
                            seed=kw.pop("seed", 0), **kw)
 
 
@@ -64,7 +64,7 @@ def test_seed_that_is_the_optimum_is_the_result(islands):
 
 
 def test_seeded_evolution_keeps_the_seed_or_better():
-    cfg = EvolutionConfig(population=16, generations=3, islands=2, local_search=False)
+    cfg = EvolutionConfig(aging_islands=0, population=16, generations=3, islands=2, local_search=False)
     res = evolution_search(W12, Closeness(), LOOSE, cfg, seed_archs=[TARGET])
     assert res.arch == TARGET  # an optimum in the pool never leaves the parents
 
@@ -110,10 +110,10 @@ RESNET_CONFIGS = Path(__file__).resolve().parents[1] / "data" / "ofa-resnet50-ne
 def test_resnet_search_takes_init_archs(run_cli, tmp_path):
     base = ("search", "--space", "ofa-resnet50", "--mflops", "2000", "--islands", "1", "--json")
     out = tmp_path / "best.json"
-    strong = run_cli(*base, "--population", "40", "--generations", "15", "--out", out)
+    strong = run_cli(*base, "--population", "40", "--generations", "15", "--aging-islands", "0", "--out", out)
     assert strong.exit_code == 0, strong.output
     best = json.loads(strong.stdout)
-    short = ("--population", "8", "--generations", "0")
+    short = ("--population", "8", "--generations", "0", "--aging-islands", "0")
     cold = json.loads(run_cli(*base, *short).stdout)
     assert cold["predicted_accuracy"] < best["predicted_accuracy"]  # else this proves nothing
     big = RESNET_CONFIGS / "resnet50_max_r224"  # over 2000M MACs

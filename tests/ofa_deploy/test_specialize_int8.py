@@ -27,7 +27,7 @@ def _args(assets, out, *extra):
     return ["specialize", "--supernet", assets / "net.pt", "--predictor", assets / "pred.pt",
             "--target", "cpu", "--data", "synthetic", "--calib-images", "32", "--quant-images",
             "24", "--eval-images",
-            "64", "--generations", "3", "--population", "12", "--runs", "3", "--warmup", "1",
+            "64", "--generations", "3", "--population", "12", "--aging-islands", "0", "--runs", "3", "--warmup", "1",
             "--threads", "1", "--max-rounds", "1", "--ms", "0.9", "--out", out,
             "--int8-min-agreement", "0", *extra]  # random weights: a coin-toss class
 
