@@ -240,7 +240,8 @@ def main() -> None:
         "default_config": {
             k: v for k, v in dataclasses.asdict(EvolutionConfig()).items()
             if k in ("population", "generations", "islands", "prune_at", "keep_islands",
-                     "local_search", "relink")},
+                     "local_search", "relink", "aging_islands", "aging_population",
+                     "offspring", "tournament", "aging_generations", "threads")},
         "date": time.strftime("%Y-%m-%d"),
         "task": ("ofa-mbv3-tiny, committed CPU table, bundled Fashion-MNIST predictor" if tiny
                  else "Note10 task"),
