@@ -43,7 +43,9 @@ def _human(data: dict) -> str:
             f"{data['predictor']['format']} ({Path(data['predictor']['path']).name})  "
             f"{data['config'].get('islands', 1)} x {data['config']['population']} x "
             f"{data['config']['generations']} generations, "
-            f"seed {data['config']['seed']}")
+            + (f"+ {cfg['aging_islands']} aging x {cfg['aging_generations']}, "
+               if (cfg := data["config"]).get("aging_islands") else "")
+            + f"seed {data['config']['seed']}")
     lat = lambda e: "-" if e["predicted_latency_ms"] is None else \
         f"{e['predicted_latency_ms']:.2f} ms"
     if "pareto" in data:
@@ -52,7 +54,7 @@ def _human(data: dict) -> str:
                  e["arch_string"]) for e in data["pareto"]]
         body = table(rows, ("budget", "pred. acc", "latency", "MACs", "params", "res", "arch"))
         return (f"{head}\n{body}\nsearch: {data['search_seconds_total']:.2f} s for "
-                f"{len(rows)} budgets (evolved together)")
+                f"{len(rows)} budgets (one search each)")
     rows = [("budget", _budget_label(data["constraints"])),
             ("arch", data["arch_string"]),
             ("arch (json)", json.dumps(data["arch"])),
