@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import List, Sequence
 
 import numpy as np
@@ -127,6 +128,19 @@ def _evolve_lockstep(problem: _Problem, cons: List[Constraints], config: Evoluti
     return _finish(problem, cons, config, run, t0)
 
 
+class _Stopped(Exception):
+    """A part of a split search ended early because the other one failed."""
+
+
+def _results(futures: list) -> list:
+    """Each future's result, in order; the first failure to happen (not a part that merely
+    stopped because of it) is raised as soon as it does."""
+    for f in as_completed(futures):
+        if f.exception() is not None and not isinstance(f.exception(), _Stopped):
+            raise f.exception()
+    return [f.result() for f in futures]
+
+
 @dataclasses.dataclass
 class _Run:
     """What an evolution of groups leaves for the finish: the final pool (genes, group of
@@ -159,9 +173,16 @@ def _evolve_split(problem: _Problem, cons: List[Constraints], config: EvolutionC
     jobs = [(problem, dataclasses.replace(config, aging_islands=0), rng, seed_pool),
             (other, dataclasses.replace(config, islands=0), aging_rng, None)]
     if config.threads > 1:
+        # if either part fails, or Ctrl-C reaches this (main) thread, the other part stops
+        # at its next generation instead of running on while the executor waits for it
+        stop = threading.Event()
         with ThreadPoolExecutor(max_workers=2) as ex:
-            futures = [ex.submit(_evolve_groups, p, cons, c, r, s) for p, c, r, s in jobs]
-            trunc, aging = [f.result() for f in futures]
+            futures = [ex.submit(_evolve_groups, p, cons, c, r, s, stop) for p, c, r, s in jobs]
+            try:
+                trunc, aging = _results(futures)
+            except BaseException:
+                stop.set()
+                raise
     else:
         trunc, aging = [_evolve_groups(p, cons, c, r, s) for p, c, r, s in jobs]
     n = max(len(trunc.history), len(aging.history))
@@ -181,9 +202,12 @@ def _evolve_split(problem: _Problem, cons: List[Constraints], config: EvolutionC
 
 
 def _evolve_groups(problem: _Problem, cons: List[Constraints], config: EvolutionConfig,
-                   rng: np.random.Generator, seed_pool: np.ndarray | None = None) -> _Run:
+                   rng: np.random.Generator, seed_pool: np.ndarray | None = None,
+                   stop: threading.Event | None = None) -> _Run:
     """The evolution of :func:`_evolve_lockstep` (both kinds of island in one lock-step;
-    without aging islands it draws exactly what it did before they existed)."""
+    without aging islands it draws exactly what it did before they existed). ``stop``, once
+    set, ends it before its next generation with :class:`_Stopped` (the other thread of a
+    split search failed or was interrupted)."""
     t0 = time.perf_counter()
     cost = problem.cost
     B, K, P, N = len(cons), config.islands, config.num_parents, config.population
@@ -246,6 +270,8 @@ def _evolve_groups(problem: _Problem, cons: List[Constraints], config: Evolution
     live, n_live = np.ones(G, dtype=bool), K
     mixed = A > 0  # pure truncation keeps its original random stream (same results per seed)
     for _gen in range(max(config.generations if K else 0, config.aging_generations if A else 0)):
+        if stop is not None and stop.is_set():
+            raise _Stopped
         if (config.prune_at and _gen and _gen % config.prune_at == 0 and n_live > config.keep_islands
                 and _gen < config.generations):
             # successive halving: per budget only the better half of the live islands (by

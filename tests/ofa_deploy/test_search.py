@@ -665,6 +665,31 @@ def test_aging_island_runs_beside_truncation_feasibly_and_deterministically(note
     assert len(both.extra["island_best"]) == 3
 
 
+def test_a_failing_part_of_a_split_search_stops_the_other(note10, mlp_predictor):
+    """The truncation islands' predictor fails on their first generation (batches of 9-16
+    rows: the aging island's are 20, then at most 8); the aging island, set to run for a
+    million generations, must stop at once and the failure reach the caller."""
+
+    class FailsOnTruncationChildren:
+        def __init__(self, inner):
+            self.inner, self.encoder = inner, inner.encoder
+
+        def predict_features(self, x):
+            if 8 < len(x) <= 16:
+                raise RuntimeError("predictor broke")
+            return self.inner.predict_features(x)
+
+        def predict(self, batch):
+            return self.inner.predict(batch)
+
+    cfg = EvolutionConfig(**{**AGING.get_state(), "aging_generations": 10**6, "threads": 2})
+    t0 = time.perf_counter()
+    with pytest.raises(RuntimeError, match="predictor broke"):
+        evolution_search(W12, FailsOnTruncationChildren(mlp_predictor),
+                         Constraints(max_latency_ms=22.0), cfg, latency_table=note10)
+    assert time.perf_counter() - t0 < 30  # a million generations would take hours
+
+
 def test_aging_keeps_the_newest_archs_and_its_best_ever(note10, mlp_predictor):
     # one aging island, no final local search: the result's population is the island's last
     # pool (its newest 6 archs) plus its best ever, which age has long removed from the pool
