@@ -233,12 +233,10 @@ def evolution_search(space: "Space | str", predictor, constraints: Constraints,
     problem.check_feasible()
     seeds = _seed_genes(problem, seed_archs)
     rng = np.random.default_rng(config.seed)
-    with _single_thread_torch():
-        if config.islands == 1 and not config.aging_islands:
-            return _evolve(problem, config, rng, seed_pool=seeds)
-        from .pareto import _evolve_lockstep  # pareto builds on this module
+    from .pareto import _search_one  # pareto builds on this module
 
-        return _evolve_lockstep(problem, [constraints], config, rng, seed_pool=seeds)[0]
+    with _single_thread_torch():
+        return _search_one(problem, config, rng, seeds)
 
 
 def random_search(space: "Space | str", predictor, constraints: Constraints,

@@ -67,8 +67,7 @@ def pareto_search(space: "Space | str", predictor, budgets: Sequence["Constraint
         for c in cons:
             problem.set_constraints(c)
             rng = np.random.default_rng(config.seed)  # as evolution_search seeds it
-            res = (_evolve(problem, config, rng, seed_pool=seeds)
-                   if config.islands == 1 and not config.aging_islands else _evolve_lockstep(problem, [c], config, rng, seed_pool=seeds)[0])
+            res = _search_one(problem, config, rng, seeds)
             if results and results[-1].predicted_accuracy > res.predicted_accuracy:
                 res = _adopt_tighter(problem, results[-1], res, config)
             results.append(res)
@@ -77,6 +76,16 @@ def pareto_search(space: "Space | str", predictor, budgets: Sequence["Constraint
         for res in results:
             res.extra["front_seconds"] = total
     return results
+
+
+def _search_one(problem: _Problem, config: EvolutionConfig, rng: np.random.Generator,
+                seed_pool: np.ndarray | None) -> SearchResult:
+    """One budget's search (``problem``'s constraints), as :func:`evolution_search` and each
+    budget of :func:`pareto_search` run it: a lone truncation island in :func:`_evolve`,
+    anything else through :func:`_evolve_lockstep`."""
+    if config.islands == 1 and not config.aging_islands:
+        return _evolve(problem, config, rng, seed_pool=seed_pool)
+    return _evolve_lockstep(problem, [problem.constraints], config, rng, seed_pool=seed_pool)[0]
 
 
 def _adopt_tighter(problem: _Problem, tighter: SearchResult, res: SearchResult,
@@ -204,18 +213,19 @@ def _evolve_split(problem: _Problem, cons: List[Constraints], config: EvolutionC
 def _evolve_groups(problem: _Problem, cons: List[Constraints], config: EvolutionConfig,
                    rng: np.random.Generator, seed_pool: np.ndarray | None = None,
                    stop: threading.Event | None = None) -> _Run:
-    """The evolution of :func:`_evolve_lockstep` (both kinds of island in one lock-step;
-    without aging islands it draws exactly what it did before they existed). ``stop``, once
-    set, ends it before its next generation with :class:`_Stopped` (the other thread of a
-    split search failed or was interrupted)."""
+    """The evolution of :func:`_evolve_lockstep` for one kind of island: ``config.islands``
+    truncation islands (drawing exactly what they drew before aging islands existed) or
+    ``config.aging_islands`` aging ones, never both (:func:`_evolve_split` runs both kinds as
+    two such runs). ``stop``, once set, ends it before its next generation with
+    :class:`_Stopped` (the other thread of a split search failed or was interrupted)."""
     t0 = time.perf_counter()
     cost = problem.cost
     B, K, P, N = len(cons), config.islands, config.num_parents, config.population
     A, M, O = config.aging_islands, config.aging_population, config.offspring
-    KA = K + A  # islands in all: the truncation ones first, then the aging ones
+    aging = A > 0  # else truncation islands (one kind per run: see the docstring)
+    KA = A if aging else K  # islands per budget
     G = B * KA
-    aging = np.arange(G) // B >= K  # group -> whether it runs aging evolution
-    size = np.where(aging, M, N)  # initial sample per group
+    size = M if aging else N  # initial sample per group
     q_all = sorted({q for c in cons for q in np.nonzero(np.isfinite(c.limits()))[0].tolist()})
     budget_of = np.tile(np.arange(B), KA)  # group -> budget index
     lims = np.stack([c.limits()[q_all] for c in cons])[budget_of]  # (G, Q)
@@ -236,12 +246,11 @@ def _evolve_groups(problem: _Problem, cons: List[Constraints], config: Evolution
         seeds, over = _take_seeds(problem, seed_pool if g < B else None, P, taken)
         if g < B:
             seeded.append(_seed_report(seed_pool, len(taken), over))
-        n = int(size[g])
         if seeds is None:
-            parts.append(problem.sample_feasible(n, rng))
+            parts.append(problem.sample_feasible(size, rng))
         else:
             parts.append(np.concatenate([seeds, problem.sample_feasible(
-                n - len(seeds), rng, exclude=taken)]) if n > len(seeds) else seeds)
+                size - len(seeds), rng, exclude=taken)]) if size > len(seeds) else seeds)
     gid = np.concatenate([np.full(len(x), g) for g, x in enumerate(parts)])
     pool = np.concatenate(parts)
     seen.update(cost.keys(pool, gid))
@@ -252,7 +261,7 @@ def _evolve_groups(problem: _Problem, cons: List[Constraints], config: Evolution
     # aging groups lose their best to age: each group's best row so far is kept aside
     born = np.zeros(len(pool), dtype=np.int64)
     best_row = np.zeros((G, cost.width), dtype=pool.dtype)
-    for g in np.nonzero(aging)[0]:
+    for g in range(G if aging else 0):
         rows = np.nonzero(gid == g)[0]
         best_row[g] = pool[rows[np.argmax(scores[rows])]]
     history = [best.copy()]
@@ -262,48 +271,36 @@ def _evolve_groups(problem: _Problem, cons: List[Constraints], config: Evolution
     # population would pull every island into one basin)
     migrates = np.arange(G - 1) < B - 1
 
-    slot_gid = np.repeat(np.arange(G), N)
-    is_mut = np.tile(np.arange(N) < config.num_mutations, G)
+    # child slots per group per generation, the first ``mutation_ratio`` of them mutants
+    per, n_mut = ((O, int(round(config.mutation_ratio * O))) if aging
+                  else (N, config.num_mutations))
+    slot_gid = np.repeat(np.arange(G), per)
+    is_mut = np.tile(np.arange(per) < n_mut, G)
     p = config.mutate_prob
     pr = p if config.resolution_mutate_prob is None else config.resolution_mutate_prob
     tried = passed = 1.0
-    live, n_live = np.ones(G, dtype=bool), K
-    mixed = A > 0  # pure truncation keeps its original random stream (same results per seed)
-    for _gen in range(max(config.generations if K else 0, config.aging_generations if A else 0)):
+    live = np.ones(G, dtype=bool)
+    # the aging islands are never pruned (they start slower, by design): n_live is 0 there
+    n_live = 0 if aging else K
+    for _gen in range(config.aging_generations if aging else config.generations):
         if stop is not None and stop.is_set():
             raise _Stopped
-        if (config.prune_at and _gen and _gen % config.prune_at == 0 and n_live > config.keep_islands
-                and _gen < config.generations):
+        if config.prune_at and _gen and _gen % config.prune_at == 0 and n_live > config.keep_islands:
             # successive halving: per budget only the better half of the live islands (by
             # their best arch so far) go on; stable ranking keeps ties deterministic
             n_live = max(config.keep_islands, (n_live + 1) // 2)
-            # (the aging islands are never pruned: they start slower, by design)
-            rank = np.argsort(-np.where(live[:K * B].reshape(K, B), best[:K * B].reshape(K, B),
-                                        -np.inf), axis=0, kind="stable")
-            live_t = np.zeros((K, B), dtype=bool)
-            np.put_along_axis(live_t, rank[:n_live], True, axis=0)
-            live = np.concatenate([live_t.reshape(K * B), live[K * B:]])
+            rank = np.argsort(-np.where(live.reshape(K, B), best.reshape(K, B), -np.inf),
+                              axis=0, kind="stable")
+            live = np.zeros((K, B), dtype=bool)
+            np.put_along_axis(live, rank[:n_live], True, axis=0)
+            live = live.reshape(G)
             keep_rows = live[gid]
-            pool, gid, scores = pool[keep_rows], gid[keep_rows], scores[keep_rows]
-            born = born[keep_rows]
-            if not mixed:
-                groups = np.nonzero(live)[0]
-                slot_gid = np.repeat(groups, N)
-                is_mut = np.tile(np.arange(N) < config.num_mutations, len(groups))
+            pool, gid, scores, born = (pool[keep_rows], gid[keep_rows], scores[keep_rows],
+                                       born[keep_rows])
+            groups = np.nonzero(live)[0]
+            slot_gid = np.repeat(groups, N)
+            is_mut = np.tile(np.arange(N) < config.num_mutations, len(groups))
             migrates = migrates & live[:-1] & live[1:]
-        if mixed:
-            # groups breeding this generation: live truncation groups until ``generations``,
-            # aging groups until ``aging_generations``; a group done keeps its pool
-            active = live & np.where(aging, _gen < config.aging_generations,
-                                     _gen < config.generations)
-            groups = np.nonzero(active)[0]
-            if not len(groups):  # every truncation island pruned away, the aging ones done
-                break
-            per = np.where(aging[groups], O, N)
-            slot_gid = np.repeat(groups, per)
-            pos = np.arange(len(slot_gid)) - np.repeat(np.cumsum(per) - per, per)
-            is_mut = pos < np.where(aging[slot_gid], int(round(config.mutation_ratio * O)),
-                                    config.num_mutations)
         # parents: the best P of each group (rows sorted by group, then score)
         order = np.lexsort((-scores, gid))
         sg = gid[order]
@@ -323,30 +320,21 @@ def _evolve_groups(problem: _Problem, cons: List[Constraints], config: Evolution
                 order = np.lexsort((-scores, gid))
                 sg = gid[order]
                 starts = np.searchsorted(sg, np.arange(G))
-        if not mixed:
-            keep = order[np.arange(len(order)) - starts[sg] < P]
-        else:
-            # truncation groups breeding now keep their best P; the others keep every row
-            keep = order[(np.arange(len(order)) - starts[sg] < P) | ~active[sg] | aging[sg]]
+        # truncation groups keep their best P rows as parents; aging groups every row
+        keep = order if aging else order[np.arange(len(order)) - starts[sg] < P]
         parents, pg, ps, pb = pool[keep], gid[keep], scores[keep], born[keep]
         counts = np.bincount(pg, minlength=G)
         offs = np.concatenate([[0], np.cumsum(counts)[:-1]])
         cnt, off = counts[slot_gid], offs[slot_gid]
-        if not mixed:
+        if not aging:
             a = parents[off + (rng.random(len(slot_gid)) * cnt).astype(np.int64)]
             b = parents[off + (rng.random(len(slot_gid)) * cnt).astype(np.int64)]
         else:
-            # a truncation slot draws its parents uniformly from the best P; an aging slot
-            # takes the winner of a tournament of ``tournament`` random members: a group's
+            # each parent wins a tournament of ``tournament`` random pool members: a group's
             # rows are sorted best first, so the winner is the smallest position drawn
-            draws = np.where(aging[slot_gid], config.tournament, 1)
-            T = int(draws.max())
-            picks = []
-            for _ in range(2):
-                u = (rng.random((len(slot_gid), T)) * cnt[:, None]).astype(np.int64)
-                u = np.where(np.arange(T) < draws[:, None], u, np.iinfo(np.int64).max)
-                picks.append(parents[off + u.min(axis=1)])
-            a, b = picks
+            a, b = (parents[off + (rng.random((len(slot_gid), config.tournament))
+                                   * cnt[:, None]).astype(np.int64).min(axis=1)]
+                    for _ in range(2))
 
         kids, done, t, f = _fill_slots(problem, a, b, is_mut, rng, p, pr, passed / tried,
                                        config.retry_rounds,
@@ -363,17 +351,17 @@ def _evolve_groups(problem: _Problem, cons: List[Constraints], config: Evolution
             gid = np.concatenate([pg, kg])
             scores = np.concatenate([ps, kscores])
             born = np.concatenate([pb, np.full(len(kids), _gen + 1)])
-            if mixed:
+            if aging:
                 gain = np.full(G, -np.inf)
                 np.maximum.at(gain, kg, kscores)
-                for g in np.nonzero(aging & (gain > best))[0]:
+                for g in np.nonzero(gain > best)[0]:
                     rows = np.nonzero(kg == g)[0]
                     best_row[g] = kids[rows[np.argmax(kscores[rows])]]
-                # aging: the oldest die, so each aging group keeps its newest M rows
+                # the oldest die, so each group keeps its newest M rows
                 by_age = np.lexsort((-born, gid))
                 ga = gid[by_age]
                 first = np.searchsorted(ga, np.arange(G))
-                dead = aging[ga] & (np.arange(len(ga)) - first[ga] >= M)
+                dead = np.arange(len(ga)) - first[ga] >= M
                 if dead.any():
                     alive = np.sort(by_age[~dead])
                     pool, gid, scores, born = pool[alive], gid[alive], scores[alive], born[alive]
@@ -383,9 +371,9 @@ def _evolve_groups(problem: _Problem, cons: List[Constraints], config: Evolution
         history.append(best.copy())
         elapsed.append(time.perf_counter() - t0)
 
-    if A:
-        # each live aging group's best so far joins its final pool (age may have removed it)
-        ga = np.nonzero(aging & live)[0]
+    if aging:
+        # each group's best so far joins its final pool (age may have removed it)
+        ga = np.arange(G)
         held = set(cost.keys(pool, gid))
         ga = np.array([g for g, k in zip(ga, cost.keys(best_row[ga], ga)) if k not in held],
                       dtype=np.int64)
