@@ -233,7 +233,7 @@ def evolution_search(space: "Space | str", predictor, constraints: Constraints,
     problem.check_feasible()
     seeds = _seed_genes(problem, seed_archs)
     rng = np.random.default_rng(config.seed)
-    from .pareto import _search_one  # pareto builds on this module
+    from .islands import _search_one  # islands builds on this module
 
     with _single_thread_torch():
         return _search_one(problem, config, rng, seeds)
