@@ -6,7 +6,7 @@ table, the bundled OFA ImageNet accuracy predictor):
 * ``long``: a long run of the best method known here (islands of a large population, many
   generations), several seeds; the best over them is the "best known" subnet per budget;
 * ``default``: ``evolution_search`` with the default ``EvolutionConfig`` (seeds 0-4), the
-  previous default (population 100 x 500 generations, one island) on the same seeds, and
+  old default (population 100 x 500 generations, one island) and round 7's on the same seeds, and
   ``pareto_search`` over all budgets in one call with the default config (same seeds), to
   check that a front gives every budget the quality of its own search.
 
@@ -44,11 +44,13 @@ TINY_LUT = ROOT / "benchmarks" / "lut_validation" / "tables" / "cpu-ofa-mbv3-tin
 TINY_FRACTIONS = (0.1, 0.2, 0.4, 0.6, 0.8)
 LONG = {"population": 400, "generations": 1000, "islands": 2, "aging_islands": 0}
 OLD_DEFAULT = {"population": 100, "generations": 500, "islands": 1, "aging_islands": 0}
-# the default of rounds 5-6: the same truncation islands without the aging island
-PREV_DEFAULT = {"aging_islands": 0}
+# the default of round 7: the same truncation and aging islands, the aging island 540
+# generations long, and no merged island (round 8's default cuts it to 250 and adds one)
+PREV_DEFAULT = {"aging_generations": 540, "merge_generations": 0}
 # record kinds of whole fronts: the current code's, and earlier implementations' / defaults'
-# (prev_front: the round 5-6 default's; front_r4: round 4's, 65 generations)
-FRONTS = ("front", "lockstep_front", "prev_front", "front_r4")
+# (prev_front: round 7's default; front_r56: rounds 5-6's, the truncation islands alone;
+# front_r4: round 4's, 65 generations)
+FRONTS = ("front", "lockstep_front", "prev_front", "front_r56", "front_r4")
 
 
 def _stats(vals):
@@ -75,7 +77,8 @@ def summarize(records, budgets) -> dict:
         found += [(r["accuracies"][r["budgets"].index(b)], "front") for r in records
                   if r["kind"] in FRONTS and b in r["budgets"]]
         if found:  # on a tie the long runs are named (then default, old default, front)
-            rank = {"long": 3, "default": 2, "prev_default": 1.5, "default_r4": 1.2,
+            rank = {"long": 3, "default": 2, "prev_default": 1.5, "default_r56": 1.3,
+                    "default_r4": 1.2,
                     "old_default": 1, "front": 0}
             row["best_known"], row["best_known_by"] = max(found, key=lambda f: (f[0],
                                                                                  rank.get(f[1], 0)))
@@ -108,20 +111,23 @@ def markdown(doc: dict, ref: dict | None) -> str:
         f"machine**: the 1-minute load average before the default runs was "
         + (f"{min(loads):.1f}..{max(loads):.1f}" if loads else "?") + " (2 cores), so wall "
         "seconds are inflated by other jobs; CPU seconds are the search process's own (over "
-        "all its threads: the new default runs its aging island in a second thread, "
+        "all its threads: the new default runs its aging and merged islands in a second "
+        "thread, "
         f"threads={threads}, so its wall seconds are below its CPU seconds).",
         "Commands: " + "; ".join(f"`{c}`" for c in m.get("commands", [])) + ".",
         "Best known: the best subnet any run here found (long runs: "
         + "; ".join(f"population {p} x {g} generations x {i} islands, seeds {s}"
                     for (p, g, i), s in _long_settings(doc["records"]).items())
         + "; and every run below; the column says which kind of run found it). New default: `EvolutionConfig()` = "
-        f"{doc['meta']['default_config']}. Previous default (rounds 5-6): the same 8 "
-        "truncation islands x 200 x 75 generations, halved at 20 and 40, with relinking, and "
-        "no aging island (records of kind `prev_default`; its winners are those of "
-        "`EvolutionConfig(aging_islands=0)` with this code, which is also the new default's "
-        "first thread). Old default: population 100 x 500 generations, one island (the same "
-        "code otherwise). Round 4's default (65 generations; kinds `default_r4`, `front_r4`) "
-        "is kept in best_known.json for the best known only.",
+        f"{doc['meta']['default_config']}. Previous default (round 7): the same 8 "
+        "truncation islands x 200 x 75 generations, halved at 20 and 40, with relinking, "
+        "beside one aging island of 540 generations, and no merged island (records of kind "
+        f"`prev_default`; its winners are those of `EvolutionConfig(**{PREV_DEFAULT})` with "
+        "this code). Old default: population 100 x 500 generations, one island (the same "
+        "code otherwise). The truncation islands alone (rounds 5-6; kinds `default_r56`, "
+        "`front_r56`, the winners of `EvolutionConfig(aging_islands=0)`) and round 4's "
+        "default (65 generations; kinds `default_r4`, `front_r4`) are kept in the JSON for the "
+        "best known only.",
         "",
         "Accuracy = predicted top-1 (%) of the winner; mean and worst over seeds 0-4; Δ = "
         "points below the best known.",
@@ -166,8 +172,9 @@ def markdown(doc: dict, ref: dict | None) -> str:
                        ("lockstep_front", "The same front with all budgets evolved in "
                                           "lock-step with migration (the implementation before "
                                           "this one, same default config)"),
-                       ("prev_front", "The previous default's front (rounds 5-6: 8 x 200 x "
-                                      "75 with relinking, no aging island)")):
+                       ("prev_front", "The previous default's front (round 7: 8 x 200 x "
+                                      "75 with relinking beside one aging island of 540 "
+                                      "generations, no merged island)")):
         fronts = [r for r in doc["records"] if r["kind"] == kind]
         if not fronts:
             continue
@@ -241,7 +248,8 @@ def main() -> None:
             k: v for k, v in dataclasses.asdict(EvolutionConfig()).items()
             if k in ("population", "generations", "islands", "prune_at", "keep_islands",
                      "local_search", "relink", "aging_islands", "aging_population",
-                     "offspring", "tournament", "aging_generations", "threads")},
+                     "offspring", "tournament", "aging_generations", "merge_generations",
+                     "threads")},
         "date": time.strftime("%Y-%m-%d"),
         "task": ("ofa-mbv3-tiny, committed CPU table, bundled Fashion-MNIST predictor" if tiny
                  else "Note10 task"),

@@ -43,7 +43,9 @@ def _human(data: dict) -> str:
             f"{data['predictor']['format']} ({Path(data['predictor']['path']).name})  "
             f"{data['config'].get('islands', 1)} x {data['config']['population']} x "
             f"{data['config']['generations']} generations, "
-            + (f"+ {cfg['aging_islands']} aging x {cfg['aging_generations']}, "
+            + (f"+ {cfg['aging_islands']} aging x {cfg['aging_generations']}"
+               + (f" + merged x {cfg['merge_generations']}" if cfg.get("merge_generations")
+                  else "") + ", "
                if (cfg := data["config"]).get("aging_islands") else "")
             + f"seed {data['config']['seed']}")
     lat = lambda e: "-" if e["predicted_latency_ms"] is None else \
@@ -93,13 +95,15 @@ def _human(data: dict) -> str:
 @click.option("--islands", type=int, default=None,
               help="Independent populations evolved together; the best wins (1 and 100 x 500 "
                    "generations: the OFA reference's search). By default 8, halved to the "
-                   "better 4 (per budget) after 20 generations and to 3 after 40; "
+                   "better 4 after 20 generations and to 3 after 40; "
                    "ofa-resnet50: 3, none dropped.  [default: 8]")
 @click.option("--aging-islands", type=click.IntRange(min=0), default=None,
               help="Aging-evolution islands (tournament parents, the oldest die; 500 archs, "
-                   "100 children x 540 generations each) evolved beside the others, in a "
-                   "thread of their own: they reach the isolated best subnets far more often "
-                   "(benchmarks/search_vs_reference, rounds 6-7). 0 for the other islands "
+                   "100 children x 250 generations each), then a merged aging island of 300 "
+                   "generations started from the best archs of all islands, evolved beside "
+                   "the others in a thread of their own: they reach the isolated best subnets "
+                   "far more often (benchmarks/search_vs_reference, rounds 6-8). 0 for the "
+                   "other islands "
                    "alone (the search before round 7; a small search given by --population/"
                    "--generations still has one unless 0). MobileNet spaces only.  "
                    "[default: 1; ofa-resnet50: 0]")

@@ -39,7 +39,7 @@ class EvolutionConfig:
     """Hyper-parameters of :func:`evolution_search`.
 
     The variation rules and ratios are the OFA reference's. The default run is 8 independent
-    islands of 200 archs x 75 generations, halved (per budget, by best arch so far) to the
+    islands of 200 archs x 75 generations, halved (by best arch so far) to the
     better 4 after 20 generations and to 3 after 40, chosen by measurement on the Note10 task
     (benchmarks/search_vs_reference/README.md, ab.py over seeds 0-9; 75 rather than 65
     generations since cheaper sampling and encoding paid for them, round 5): seeds converge to
@@ -54,16 +54,22 @@ class EvolutionConfig:
 
     Beside them runs one island of aging evolution (``aging_islands``; Real et al.'s
     regularised evolution: tournament parents, the oldest arch dies; a pool of 500, 100
-    children x 540 generations). Measured on the Note10 task (benchmarks/search_vs_reference/
-    README.md, rounds 6-7): alone it reaches the isolated best known subnet at 50 ms in 16 of
-    20 seeds, where the truncation islands do in 5 of 20, and it is worse at 25 and 40 ms, so
-    the two kinds complement each other; together they need about twice the CPU of either.
-    They are two independent runs (the aging island from a Generator spawned off the seed's),
-    so with ``threads`` = 2 they evolve in two threads at once: numpy's BLAS, most of a search,
-    runs without the GIL, so on a machine with two free cores the search takes about the time
-    of one part (0.6-0.7 s on the 2-core VM of the benchmark), and the result is the same for
-    any ``threads``. ``aging_islands=0`` gives the truncation islands alone (the default before
-    round 7, the same winner per seed as then)."""
+    children x 250 generations), then the *merged island*: one more aging island of 300
+    generations (``merge_generations``) whose pool starts as the best 500 distinct archs of
+    the aging island's final pool and of the truncation islands' pool at the same fraction of
+    their run (after 34 of 75 generations). Each island ends in its own basin, and bred
+    together their best archs reach subnets none of them did. Measured on the Note10 task
+    (benchmarks/search_vs_reference/README.md, rounds 6-8): the aging island reaches isolated
+    optima the truncation islands rarely do and is worse at 25 and 40 ms, and the merged
+    island takes 50 ms from 16 to 20 of 20 seeds within 0.05 points of the best known, for
+    less CPU than the 540 generations of aging it replaces. The truncation islands form one
+    run, the aging and the merged island another (each from a Generator spawned off the
+    seed's), so with ``threads`` = 2 they evolve in two threads at once: numpy's BLAS, most of
+    a search, runs without the GIL, so on a machine with two free cores the search takes
+    about the time of the longer part (0.7-0.8 s on the 2-core VM of the benchmark), and the
+    result is the same for any ``threads``. ``aging_islands=0`` gives the truncation islands
+    alone (the default before round 7, the same winner per seed as then), and
+    ``aging_generations=540, merge_generations=0`` round 7's default."""
 
     population: int = 200
     parent_ratio: float = 0.25
@@ -81,7 +87,7 @@ class EvolutionConfig:
     # (one predictor pass for all of them) on the same budget; the best over them wins
     islands: int = 8
     # successive halving of the islands: every ``prune_at`` generations (0: never) only the
-    # better half of the live islands (by best arch so far, per budget) go on evolving, down
+    # better half of the live islands (by best arch so far) go on evolving, down
     # to ``keep_islands``; the pruned islands' generations are saved, not respent
     prune_at: int = 20
     keep_islands: int = 3
@@ -96,7 +102,11 @@ class EvolutionConfig:
     aging_population: int = 500
     offspring: int = 100
     tournament: int = 10
-    aging_generations: int = 540
+    aging_generations: int = 250
+    # with aging islands: then one more aging island for this many generations (0: none),
+    # its pool started as the best ``aging_population`` distinct archs of the aging islands'
+    # final pools and of the truncation islands' pool at the same fraction of their run
+    merge_generations: int = 300
     # with both kinds of island, the aging islands evolve in a thread of their own beside the
     # truncation islands (1: one after the other); the result is the same for any value
     threads: int = 2
@@ -122,6 +132,7 @@ class EvolutionConfig:
         _check_int("tournament", self.tournament, 1)
         _check_int("aging_generations", self.aging_generations, 0)
         _check_int("threads", self.threads, 1)
+        _check_int("merge_generations", self.merge_generations, 0)
         if self.islands + self.aging_islands < 1:
             raise SearchError("islands must be >= 1 (or give aging_islands)")
         if not isinstance(self.relink, bool):
@@ -143,10 +154,12 @@ class EvolutionConfig:
     @property
     def evaluations_budget(self) -> int:
         """Children generated in a whole run, over all islands (the reference, one island,
-        scores exactly this many), aging islands included (their samples and children)."""
+        scores exactly this many), aging islands included (their samples and children, and
+        the merged island's children)."""
+        merged = self.offspring * self.merge_generations if self.aging_islands else 0
         return (self.population * (self.generations + 1) * self.islands
                 + self.aging_islands * (self.aging_population
-                                        + self.offspring * self.aging_generations))
+                                        + self.offspring * self.aging_generations) + merged)
 
     def get_state(self) -> dict:
         """The settings as a plain dict (for JSON reports; see :meth:`from_state`)."""

@@ -544,9 +544,10 @@ def test_default_config_halves_eight_islands_and_resnet_keeps_its_own():
     cfg = EvolutionConfig()
     assert (cfg.islands, cfg.population, cfg.generations) == (8, 200, 75)
     assert (cfg.prune_at, cfg.keep_islands, cfg.relink) == (20, 3, True)
-    # and one aging island (round 7), in a second thread
+    # and one aging island (round 7), then the merged island (round 8), in a second thread
     assert (cfg.aging_islands, cfg.aging_population, cfg.offspring) == (1, 500, 100)
-    assert (cfg.aging_generations, cfg.tournament, cfg.threads) == (540, 10, 2)
+    assert (cfg.aging_generations, cfg.tournament, cfg.threads) == (250, 10, 2)
+    assert cfg.merge_generations == 300
     from ofa_deploy.cli.search import RESNET_DEFAULT
 
     assert RESNET_DEFAULT["prune_at"] == 0
@@ -625,7 +626,8 @@ def test_relink_adds_to_the_islands_search_feasibly_and_deterministically(note10
 
 
 AGING = EvolutionConfig(population=16, generations=4, islands=1, seed=2, aging_islands=1,
-                        aging_population=20, offspring=8, tournament=3, aging_generations=12)
+                        aging_population=20, offspring=8, tournament=3, aging_generations=12,
+                        merge_generations=5)
 
 
 def test_aging_island_runs_beside_truncation_feasibly_and_deterministically(note10,
@@ -689,12 +691,36 @@ def test_a_failing_part_of_a_split_search_stops_the_other(note10, mlp_predictor)
                          Constraints(max_latency_ms=22.0), cfg, latency_table=note10)
     assert time.perf_counter() - t0 < 30  # a million generations would take hours
 
+    class SlowThenFails(FailsOnTruncationChildren):
+        """The truncation islands' children take 0.2 s per generation and fail in the
+        third: by then the short aging island has long been waiting for their pool."""
+        calls = 0
+
+        def predict_features(self, x):
+            if 8 < len(x) <= 16:
+                self.calls += 1
+                time.sleep(0.2)
+                if self.calls == 3:
+                    raise RuntimeError("predictor broke")
+            return self.inner.predict_features(x)
+
+    # the merged island waits for the truncation islands' pool at generation 7 of 40; a
+    # failure before that pool exists must end the wait, not hang it
+    cfg = EvolutionConfig(**{**AGING.get_state(), "generations": 40, "aging_generations": 1,
+                             "threads": 2})
+    t0 = time.perf_counter()
+    with pytest.raises(RuntimeError, match="predictor broke"):
+        evolution_search(W12, SlowThenFails(mlp_predictor), Constraints(max_latency_ms=22.0),
+                         cfg, latency_table=note10)
+    assert time.perf_counter() - t0 < 30
+
 
 def test_aging_keeps_the_newest_archs_and_its_best_ever(note10, mlp_predictor):
     # one aging island, no final local search: the result's population is the island's last
     # pool (its newest 6 archs) plus its best ever, which age has long removed from the pool
     cfg = EvolutionConfig(islands=0, aging_islands=1, aging_population=6, offspring=3,
-                          tournament=2, aging_generations=40, local_search=False, seed=4)
+                          tournament=2, aging_generations=40, local_search=False, seed=4,
+                          merge_generations=0)
     res = evolution_search(W12, mlp_predictor, Constraints(max_latency_ms=24.0), cfg,
                            latency_table=note10)
     assert len(res.population) <= 7
@@ -702,6 +728,36 @@ def test_aging_keeps_the_newest_archs_and_its_best_ever(note10, mlp_predictor):
     assert (note10.predict(res.population) <= 24.0 + 1e-9).all()
     # the best ever beats what the last pool holds (else this test would not test keeping it)
     assert res.population_scores[0] > res.population_scores[1:].max()
+
+
+def test_merged_island_breeds_the_islands_best_archs_after_them(note10, mlp_predictor):
+    cons = Constraints(max_latency_ms=22.0)
+    rec = _RecordingPredictor(mlp_predictor)
+    cfg = EvolutionConfig(**{**AGING.get_state(), "threads": 1})
+    res = evolution_search(W12, rec, cons, cfg, latency_table=note10)
+    sizes = [len(b) for b in rec.batches]
+    # after the two runs (16 + 4 batches, 20 + 12 batches) the merged island scores only
+    # children (its pool starts from archs already scored), up to 8 per generation
+    assert 0 < max(sizes[18:18 + cfg.merge_generations]) <= cfg.offspring
+    lat = np.concatenate([note10.predict(b) for b in rec.batches])
+    assert (lat <= 22.0 + 1e-9).all()
+    # its pool starts with every island's best, so its best is at least theirs
+    assert res.extra["merged_island_best"] >= max(res.extra["island_best"])
+    assert len(res.extra["island_best"]) == 2  # the report covers the independent islands
+    assert len(res.history) == 1 + cfg.aging_generations + cfg.merge_generations
+    assert res.evaluations - res.extra["local_search_evaluations"] <= cfg.evaluations_budget
+    # without it: no merged island, and the islands' own runs are unchanged by it
+    off = evolution_search(W12, mlp_predictor, cons,
+                           EvolutionConfig(**{**cfg.get_state(), "merge_generations": 0}),
+                           latency_table=note10)
+    assert "merged_island_best" not in off.extra
+    assert off.extra["island_best"] == res.extra["island_best"]
+    assert len(off.history) == 1 + cfg.aging_generations
+    # truncation islands alone have none (aging_islands=0 keeps its earlier meaning)
+    plain = evolution_search(W12, mlp_predictor, cons,
+                             EvolutionConfig(**{**cfg.get_state(), "aging_islands": 0}),
+                             latency_table=note10)
+    assert "merged_island_best" not in plain.extra
 
 
 def test_aging_front_is_feasible_and_monotone(note10, mlp_predictor):
@@ -712,7 +768,8 @@ def test_aging_front_is_feasible_and_monotone(note10, mlp_predictor):
 
 def test_aging_settings_are_validated():
     for bad in ({"aging_islands": -1}, {"tournament": 0}, {"offspring": 0},
-                {"aging_population": 1}, {"aging_generations": -1}):
+                {"aging_population": 1}, {"aging_generations": -1},
+                {"merge_generations": -1}):
         with pytest.raises(SearchError, match=f"{next(iter(bad))} must be >= "):
             EvolutionConfig(**bad)
     with pytest.raises(SearchError, match="threads must be >= 1"):
