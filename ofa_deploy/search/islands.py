@@ -133,7 +133,9 @@ def _evolve_split(problem: _Problem, config: EvolutionConfig, rng: np.random.Gen
     other._spare = None
     snap = None
     if config.merge_generations:
-        share = config.aging_generations / (config.aging_generations + config.merge_generations)
+        # the aging islands' share of the second thread's work (all evolve in one pass)
+        aging_work = config.aging_islands * config.aging_generations
+        share = aging_work / (aging_work + config.merge_generations)
         snap = _Snapshot(int(round(config.generations * share)))
 
     def aging_part(stop: threading.Event | None = None) -> _Run:
