@@ -103,9 +103,9 @@ def _human(data: dict) -> str:
                    "generations started from the best archs of all islands, evolved beside "
                    "the others in a thread of their own: they reach the isolated best subnets "
                    "far more often (benchmarks/search_vs_reference, rounds 6-8). 0 for the "
-                   "other islands "
-                   "alone (the search before round 7; a small search given by --population/"
-                   "--generations still has one unless 0). MobileNet spaces only.  "
+                   "other islands alone (the search before round 7; a small search given by "
+                   "--population/--generations still has one unless 0). MobileNet spaces "
+                   "only.  "
                    "[default: 1; ofa-resnet50: 0]")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=OutputPath("file"), default=None, metavar="FILE",
@@ -161,8 +161,8 @@ def search(space, target, lut, ms, mflops, params_m, predictor, predictor_format
                               seed, out, as_json, init_arch)
 
     config = EvolutionConfig(seed=seed, **given_flags(population=population,
-                                                 generations=generations, islands=islands,
-                                                 aging_islands=aging_islands))
+                                                      generations=generations, islands=islands,
+                                                      aging_islands=aging_islands))
 
     table_obj, target_label = None, target
     if lut is not None or target is not None:
@@ -242,7 +242,7 @@ def _search_resnet(name, target, lut, ms, mflops, params_m, predictor, predictor
             target_label = str(table_obj.meta.get("device") or Path(lut).stem)
     config = EvolutionConfig(**{**RESNET_DEFAULT, "seed": seed,
                                 **given_flags(population=population, generations=generations,
-                                         islands=islands)})
+                                              islands=islands)})
     predictor = str(bundled_resnet_predictor_path() if predictor is None else predictor)
     # loaded without a space, so that another family's file is refused by the check below
     pred = load_predictor(predictor, None, format=predictor_format)

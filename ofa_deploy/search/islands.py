@@ -1,10 +1,11 @@
 """The island search of one budget: what :func:`evolution_search` and each budget of
 :func:`pareto_search` run.
 
-Truncation islands (with successive halving) and aging islands evolve as two independent runs,
-in two threads when ``config.threads`` > 1; their final pools are merged, then path relinking
-between the islands' bests and the final local search (:mod:`.local`) pick the winner. A lone
-truncation island is :func:`~.evolution._evolve`.
+Truncation islands (with successive halving) and aging islands, then the merged island (bred
+from the best archs of both), evolve as two independent runs, in two threads when
+``config.threads`` > 1; their final pools are merged, then path relinking between the islands'
+bests and the final local search (:mod:`.local`) pick the winner. A lone truncation island is
+:func:`~.evolution._evolve`.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import numpy as np
 
 from .evolution import _evolve, _fill_slots, _seed_report, _take_seeds
 from .local import polish, relink_islands
-from .problem import _Problem
+from .problem import _Problem, _unseen_rows
 from .results import SearchResult, _island_report, _result
 from .settings import EvolutionConfig
 
@@ -47,7 +48,8 @@ def _evolve_islands(problem: _Problem, config: EvolutionConfig, rng: np.random.G
     ``config.aging_islands`` more islands (numbered after the truncation ones) run aging
     evolution: a pool of the newest ``aging_population`` archs, parents by tournament,
     ``offspring`` children for ``aging_generations`` generations; they are never pruned, and
-    each one's best ever joins the final pool. With both kinds, the truncation islands and
+    each one's best ever joins the final pool. With ``config.merge_generations``, the merged
+    island follows them (:func:`_then_merged`). With both kinds, the truncation islands and
     the aging ones are two independent runs (:func:`_evolve_split`), merged before relinking.
 
     The result is the best over all islands after relinking and the final local search;
@@ -59,7 +61,7 @@ def _evolve_islands(problem: _Problem, config: EvolutionConfig, rng: np.random.G
     else:
         run = _run_islands(problem, config, rng, seed_pool)
         if config.aging_islands and config.merge_generations:
-            run = _then_merged(problem, config, rng.spawn(1)[0], run, run)
+            run = _then_merged(problem, config, rng.spawn(1)[0], run)
     return _finish(problem, config, run, t0)
 
 
@@ -142,11 +144,7 @@ def _evolve_split(problem: _Problem, config: EvolutionConfig, rng: np.random.Gen
         run = _run_islands(other, dataclasses.replace(config, islands=0), aging_rng, stop=stop)
         if snap is None:
             return run
-        pool, scores = snap.get(stop)
-        return _then_merged(other, config, merged_rng, run,
-                            _Run(pool=pool, island=np.zeros(len(pool), dtype=np.int64),
-                                 scores=scores, best=scores[:0], history=[], times=[],
-                                 evaluations=0, seeded={}), stop)
+        return _then_merged(other, config, merged_rng, run, snap.get(stop), stop)
 
     def trunc_part(stop: threading.Event | None = None) -> _Run:
         return _run_islands(problem, dataclasses.replace(config, aging_islands=0), rng,
@@ -182,27 +180,22 @@ def _evolve_split(problem: _Problem, config: EvolutionConfig, rng: np.random.Gen
 
 
 def _then_merged(problem: _Problem, config: EvolutionConfig, rng: np.random.Generator,
-                 run: _Run, other: _Run, stop: threading.Event | None = None) -> _Run:
+                 run: _Run, more: Tuple[np.ndarray, np.ndarray] | None = None,
+                 stop: threading.Event | None = None) -> _Run:
     """``run`` followed by the merged island: one more aging island, for
     ``config.merge_generations`` generations, whose pool starts as the best
-    ``config.aging_population`` distinct archs of ``run``'s final pool and ``other``'s
-    (the same run, or the truncation islands' snapshot); its rows join ``run``'s as one more
-    island.
+    ``config.aging_population`` distinct archs of ``run``'s final pool and of ``more``
+    (``(genes, scores)``: the truncation islands' snapshot); its rows join ``run``'s as one
+    more island.
 
     Each island ends in its own basin; bred together, their best archs recombine into
     subnets none of them reached (benchmarks/search_vs_reference, round 8: at 50 ms, seeds
     0-19, from -0.050 mean / -0.282 worst to -0.002 / -0.003 points below the best known)."""
-    cost = problem.cost
-    both = other is not run
-    genes = np.concatenate([run.pool, other.pool]) if both else run.pool
-    scores = np.concatenate([run.scores, other.scores]) if both else run.scores
+    genes, scores = run.pool, run.scores
+    if more is not None:
+        genes, scores = np.concatenate([genes, more[0]]), np.concatenate([scores, more[1]])
     order = np.argsort(-scores, kind="stable")
-    first: dict = {}
-    for i, k in zip(order.tolist(), cost.keys(genes[order])):
-        if len(first) >= config.aging_population:
-            break
-        first.setdefault(k, i)
-    take = np.fromiter(first.values(), dtype=np.int64, count=len(first))
+    take = order[_unseen_rows(problem.cost.keys(genes[order]), set(), config.aging_population)]
     cfg = dataclasses.replace(config, islands=0, aging_islands=1,
                               aging_generations=config.merge_generations)
     merged = _run_islands(problem, cfg, rng, stop=stop, start=(genes[take], scores[take]))

@@ -108,7 +108,7 @@ def _resolve_resolutions(space: Space, predictor, latency_table, resolutions) ->
 
 def _unseen_rows(keys, seen: set, limit: int) -> List[int]:
     """Indices of the first ``limit`` keys not in ``seen`` (added to it): the initial sample
-    scores no arch twice."""
+    scores no arch twice, and the merged island starts from distinct archs."""
     take: List[int] = []
     for i, k in enumerate(keys):
         if len(take) >= limit:
